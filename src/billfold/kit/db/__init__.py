@@ -1,0 +1,160 @@
+"""Engines and sessions for SQLite, PostgreSQL and MariaDB, set up so that each behaves the way
+Billfold expects: UTC everywhere, foreign keys enforced, strict SQL, full UTF-8.
+
+The transaction boundary lives here too: ``transaction()`` commits once at the end of a request
+or job, or rolls everything back. Services take a session and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from billfold.kit.errors import ConfigurationError, DatabaseUnavailable
+
+# Plain scheme names map to the drivers Billfold ships with.
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "sqlite": "sqlite+pysqlite",
+}
+_SUPPORTED_BACKENDS = {"sqlite", "postgresql", "mysql", "mariadb"}
+
+# Every MariaDB connection: UTC, strict, and NOT NULL TIMESTAMPs without surprise defaults.
+_MYSQL_INIT = (
+    "SET time_zone = '+00:00', "
+    "sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION', "
+    "explicit_defaults_for_timestamp = 1"
+)
+
+
+def is_mysql(dialect: sa.Dialect) -> bool:
+    """MariaDB and MySQL share a dialect family (SQLAlchemy names it either way)."""
+    return dialect.name in ("mysql", "mariadb")
+
+
+def parse_database_url(url: str | URL) -> URL:
+    """An SQLAlchemy URL with Billfold's driver for each database, or a ConfigurationError
+    that says what is wrong with it."""
+    try:
+        parsed = sa.engine.make_url(url) if isinstance(url, str) else url
+    except sa.exc.ArgumentError as error:
+        raise ConfigurationError(
+            f"malformed database URL {_redact(url)!r}: expected something like "
+            "sqlite:///billfold.db, postgresql://user@host/db or mariadb://user@host/db"
+        ) from error
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        backend = "postgresql"
+    if backend not in _SUPPORTED_BACKENDS:
+        raise ConfigurationError(
+            f"unsupported database {backend!r} in {_redact(url)!r}: Billfold runs on sqlite, postgresql and mariadb"
+        )
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername=_DEFAULT_DRIVERS[parsed.drivername])
+    if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed
+
+
+def _redact(url: str | URL) -> str:
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL too malformed to parse has no password we could find either
+        return str(url)
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with Billfold's per-database settings. Connects lazily."""
+    parsed = parse_database_url(url)
+    backend = parsed.get_backend_name()
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        options["connect_args"] = {"timeout": 30}
+    elif backend == "postgresql":
+        options["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 5}
+    else:
+        options["connect_args"] = {"init_command": _MYSQL_INIT, "connect_timeout": 5}
+    options.update(kwargs)
+    try:
+        engine = sa.create_engine(parsed, **options)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:
+        raise ConfigurationError(f"cannot use database URL {_redact(parsed)!r}: {error}") from error
+    if backend == "sqlite":
+        _configure_sqlite(engine)
+    elif backend in ("mysql", "mariadb"):
+        event.listen(engine, "handle_error", _mysql_check_failure_is_integrity_error)
+    return engine
+
+
+_MYSQL_CONSTRAINT_FAILED = 4025
+
+
+def _mysql_check_failure_is_integrity_error(context: sa.engine.ExceptionContext) -> BaseException | None:
+    # PyMySQL reports a failed CHECK (MariaDB's error 4025, also what Billfold's triggers raise)
+    # as an OperationalError; every other database calls it an integrity error, and so do we.
+    original = context.original_exception
+    if getattr(original, "args", None) and original.args[0] == _MYSQL_CONSTRAINT_FAILED:
+        return sa.exc.IntegrityError(context.statement, context.parameters, original)
+    return None
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin, so that
+        # SAVEPOINT and transactional DDL work (SQLAlchemy's documented recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: the session commits when the block ends, or rolls back if it raises."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def check_connection(engine: Engine) -> None:
+    """Connect once, or raise DatabaseUnavailable with the reason in one line."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as error:
+        raise DatabaseUnavailable(
+            f"cannot reach the database at {_redact(engine.url)}: {one_line(error.orig or error)}"
+        ) from error
+
+
+def one_line(error: BaseException) -> str:
+    """A driver's error message on one line, without SQLAlchemy's background link."""
+    text = " ".join(str(error).split())
+    return text.split(" (Background on this error")[0]

@@ -1,0 +1,95 @@
+"""What differs between SQLite, PostgreSQL and MariaDB when writing rows: upserts and row locks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+T = TypeVar("T", bound=tuple[Any, ...])
+
+
+def _insert_for(dialect_name: str, table: sa.Table) -> Any:
+    if dialect_name == "postgresql":
+        return postgresql.insert(table)
+    if dialect_name in ("mysql", "mariadb"):
+        return mysql.insert(table)
+    if dialect_name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"no upsert for dialect {dialect_name}")
+
+
+def upsert(
+    session: Session,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Iterable[str] | None = None,
+) -> int:
+    """Insert ``rows``; where a row with the same ``key`` (a primary key or unique constraint)
+    exists, overwrite the ``update`` columns (default: every column not in ``key``).
+    Returns the number of rows the statement reports as affected."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    statement = _insert_for(dialect, table).values(list(rows))
+    columns = list(update) if update is not None else [c for c in rows[0] if c not in key]
+    if not columns:
+        return insert_ignore(session, table, rows, key=key)
+    if dialect in ("mysql", "mariadb"):
+        statement = statement.on_duplicate_key_update({c: statement.inserted[c] for c in columns})
+    else:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key), set_={c: statement.excluded[c] for c in columns}
+        )
+    return session.execute(statement).rowcount
+
+
+def insert_ignore(
+    session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+) -> int:
+    """Insert ``rows``, silently skipping those whose ``key`` already exists.
+    Returns how many rows were new."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        return _insert_ignore_mysql(session, table, rows)
+    statement = _insert_for(dialect, table).values(list(rows))
+    statement = statement.on_conflict_do_nothing(index_elements=list(key))
+    return session.execute(statement).rowcount
+
+
+_MYSQL_DUPLICATE_KEY = 1062
+
+
+def _insert_ignore_mysql(session: Session, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    # MariaDB has no ON CONFLICT DO NOTHING. INSERT IGNORE would also swallow NOT NULL and CHECK
+    # failures, and ON DUPLICATE KEY UPDATE reports duplicates as affected rows (SQLAlchemy
+    # connects with CLIENT_FOUND_ROWS), so each row gets a savepoint and only a duplicate key
+    # is forgiven.
+    inserted = 0
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(sa.insert(table).values(**row))
+            inserted += 1
+        except sa.exc.IntegrityError as error:
+            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+            if code != _MYSQL_DUPLICATE_KEY:
+                raise
+    return inserted
+
+
+def for_update(statement: Select[T], session: Session, *, skip_locked: bool = False) -> Select[T]:
+    """Lock the selected rows until the transaction ends. ``skip_locked`` passes over rows another
+    transaction holds, so several workers can claim work side by side. SQLite locks the whole
+    database on write instead, so the statement is left as it is there."""
+    if session.get_bind().dialect.name == "sqlite":
+        return statement
+    return statement.with_for_update(skip_locked=skip_locked)

@@ -1,0 +1,80 @@
+"""Typed errors: one class per kind of failure, each with its HTTP status and a stable code.
+
+The API turns a ``BillfoldError`` into an RFC 9457 problem document; the CLI prints its
+message on one line and exits non-zero. Nothing else should need to know how to report it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillfoldError(Exception):
+    """Base of every error Billfold raises on purpose."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def to_problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem document for this error."""
+        return {
+            "type": f"https://billfold.dev/problems/{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            **self.extra,
+        }
+
+
+class InvalidInput(BillfoldError):
+    status = 422
+    code = "invalid_input"
+    title = "Invalid input"
+
+
+class UnknownCurrency(InvalidInput):
+    code = "unknown_currency"
+    title = "Unknown currency"
+
+
+class CurrencyMismatch(InvalidInput):
+    code = "currency_mismatch"
+    title = "Currencies do not match"
+
+
+class InvalidAmount(InvalidInput):
+    code = "invalid_amount"
+    title = "Invalid amount"
+
+
+class NotFound(BillfoldError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(BillfoldError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class ConfigurationError(BillfoldError):
+    """The operator's settings are wrong (a malformed database URL, an unknown driver)."""
+
+    status = 500
+    code = "configuration_error"
+    title = "Configuration error"
+
+
+class DatabaseUnavailable(BillfoldError):
+    status = 503
+    code = "database_unavailable"
+    title = "Database unavailable"

@@ -1,0 +1,39 @@
+"""The ORM models, one module per section of the spec. Importing this package registers every
+table on ``Base.metadata``."""
+
+from billfold.kit.db.base import Base
+from billfold.models.accounts import Address, Organization, OrganizationUser, User
+from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
+from billfold.models.catalog import Product, ProductCategory
+from billfold.models.invoices import Invoice
+from billfold.models.memberships import MembershipType, UserMembership
+from billfold.models.orders import Order, OrderItem
+from billfold.models.payments import Payment
+from billfold.models.providers import PaymentMethod, PaymentProvider, ProviderCustomer
+from billfold.models.subscriptions import Subscription
+from billfold.models.webhooks import PaymentEvent, PaymentWebhook
+
+__all__ = [
+    "Address",
+    "AnalyticsEvent",
+    "AnalyticsSnapshot",
+    "Base",
+    "Invoice",
+    "MembershipType",
+    "Order",
+    "OrderItem",
+    "Organization",
+    "OrganizationUser",
+    "Payment",
+    "PaymentEvent",
+    "PaymentMethod",
+    "PaymentProvider",
+    "PaymentWebhook",
+    "Product",
+    "ProductCategory",
+    "ProviderCustomer",
+    "Subscription",
+    "User",
+    "UserCohort",
+    "UserMembership",
+]

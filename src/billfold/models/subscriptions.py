@@ -1,0 +1,51 @@
+"""Spec § Transaction Tables, subscriptions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
+from billfold.kit.db.types import JSONType, UTCDateTime
+
+SUBSCRIPTION_STATUSES = ("active", "cancelled", "past_due", "trialing")
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = table_args(
+        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner"),
+        sa.Index("idx_subscriptions_status", "status"),
+        sa.Index("idx_subscriptions_user_id", "user_id"),
+    )
+
+    id: Mapped[str] = id_column("sub")
+    user_id: Mapped[str | None] = mapped_column(sa.String(255), sa.ForeignKey("users.id", ondelete="CASCADE"))
+    organization_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    product_id: Mapped[str] = mapped_column(
+        sa.String(255), sa.ForeignKey("products.id", ondelete="RESTRICT"), nullable=False
+    )
+    payment_method_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("payment_methods.id", ondelete="SET NULL")
+    )
+    provider_id: Mapped[str] = mapped_column(
+        sa.String(50), sa.ForeignKey("payment_providers.id", ondelete="CASCADE"), nullable=False
+    )
+    provider_subscription_id: Mapped[str | None] = mapped_column(sa.String(255))
+    status: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    current_period_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    current_period_end: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    cancel_at_period_end: Mapped[bool] = mapped_column(
+        sa.Boolean, nullable=False, default=False, server_default=sa.false()
+    )
+    trial_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    price_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(sa.String(3), nullable=False, default="USD", server_default="USD")
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = updated_at_column()

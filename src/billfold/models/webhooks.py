@@ -1,0 +1,39 @@
+"""Spec § Webhooks and Events: payment_webhooks (the inbox) and payment_events (the audit trail)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from billfold.kit.db.base import Base, created_at_column, id_column, table_args
+from billfold.kit.db.types import JSONType, UTCDateTime
+
+
+class PaymentWebhook(Base):
+    __tablename__ = "payment_webhooks"
+    __table_args__ = table_args(sa.Index("idx_payment_webhooks_processed", "processed"))
+
+    id: Mapped[str] = id_column("whk")
+    provider_id: Mapped[str] = mapped_column(
+        sa.String(50), sa.ForeignKey("payment_providers.id", ondelete="CASCADE"), nullable=False
+    )
+    event_type: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    payload: Mapped[Any] = mapped_column(JSONType, nullable=False)
+    processed: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False, server_default=sa.false())
+    created_at: Mapped[datetime] = created_at_column()
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PaymentEvent(Base):
+    __tablename__ = "payment_events"
+    __table_args__ = table_args(sa.Index("idx_payment_events_entity_type_entity_id", "entity_type", "entity_id"))
+
+    id: Mapped[str] = id_column("evt")
+    entity_type: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    entity_id: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    event_type: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = created_at_column()

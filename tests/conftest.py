@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from billfold.kit import clock
+from billfold.kit.db import create_engine
+from tests import databases
+
+DATABASES = databases.selected()
+
+
+def worker_id() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"billfold databases: {', '.join(DATABASES)}"
+
+
+class MigratedDatabases:
+    """One migrated database per backend for this worker, made on first use."""
+
+    def __init__(self, tmp: os.PathLike[str]) -> None:
+        self.tmp = tmp
+        self.engines: dict[str, Engine] = {}
+
+    def engine(self, backend: str) -> Engine:
+        if backend not in self.engines:
+            url = databases.fresh_database(backend, f"billfold_test_{worker_id()}", self.tmp)
+            engine = create_engine(url)
+            databases.migrate(engine)
+            self.engines[backend] = engine
+        return self.engines[backend]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedDatabases]:
+    holder = MigratedDatabases(tmp_path_factory.mktemp("sqlite"))
+    yield holder
+    holder.close()
+
+
+@pytest.fixture(params=DATABASES)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def engine(migrated: MigratedDatabases, backend: str) -> Engine:
+    return migrated.engine(backend)
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection inside a transaction that is rolled back after the test: each test starts
+    from the freshly migrated, empty schema."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                transaction.rollback()
+
+
+@pytest.fixture
+def session(connection: sa.Connection) -> Iterator[Session]:
+    """An ORM session on the test's connection; its commits become savepoints."""
+    with Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False) as session:
+        yield session
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[clock.FrozenClock]:
+    from datetime import datetime
+
+    with clock.using(clock.FrozenClock(datetime(2026, 1, 31, 9, 30, tzinfo=clock.UTC))) as frozen:
+        yield frozen

@@ -47,7 +47,7 @@ def parse_database_url(url: str | URL) -> URL:
     that says what is wrong with it."""
     try:
         parsed = sa.engine.make_url(url) if isinstance(url, str) else url
-    except sa.exc.ArgumentError as error:
+    except (sa.exc.ArgumentError, ValueError) as error:
         raise ConfigurationError(
             f"malformed database URL {_redact(url)!r}: expected something like "
             "sqlite:///billfold.db, postgresql://user@host/db or mariadb://user@host/db"
@@ -83,7 +83,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().absolute().parent
+            if not folder.is_dir():
+                raise ConfigurationError(f"the folder {folder} for the SQLite database {database} does not exist")
         options["connect_args"] = {"timeout": 30}
     elif backend == "postgresql":
         options["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 5}

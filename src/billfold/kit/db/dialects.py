@@ -61,8 +61,8 @@ def insert_ignore(
     if dialect in ("mysql", "mariadb"):
         return _insert_ignore_mysql(session, table, rows)
     statement = _insert_for(dialect, table).values(list(rows))
-    statement = statement.on_conflict_do_nothing(index_elements=list(key))
-    return session.execute(statement).rowcount
+    statement = statement.on_conflict_do_nothing(index_elements=list(key)).returning(table.c[key[0]])
+    return len(session.execute(statement).all())  # rowcount is not reliable for multi-row VALUES
 
 
 _MYSQL_DUPLICATE_KEY = 1062

@@ -15,7 +15,11 @@ from billfold.kit.clock import UTC, ensure_utc
 
 # SQLite keeps TIMESTAMP as text. Whole seconds, the same text SQLite's CURRENT_TIMESTAMP
 # writes, so rows written by Billfold and rows defaulted by the database sort together.
-_SQLITE_TIMESTAMP = sqlite.DATETIME(
+class _SQLiteTimestamp(sqlite.DATETIME):
+    __visit_name__ = "TIMESTAMP"  # the column's declared type stays the spec's TIMESTAMP
+
+
+_SQLITE_TIMESTAMP = _SQLiteTimestamp(
     storage_format="%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d",
 )
 

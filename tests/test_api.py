@@ -1,0 +1,79 @@
+"""The service over real HTTP: health, the OpenAPI document, the front page, and errors as RFC 9457
+problem documents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+
+from billfold.kit.db import create_engine, session_factory, transaction
+from tests import databases
+from tests import factories as make
+from tests.server import serving
+
+
+@pytest.fixture
+def base_url(engine: Engine) -> Iterator[str]:
+    with serving(engine) as url:
+        yield url
+
+
+def test_health_says_the_service_and_its_database_are_up(base_url: str) -> None:
+    answer = httpx.get(f"{base_url}/healthz")
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "ok" and answer.json()["database"] == "ok"
+
+
+def test_health_reports_an_unreachable_database_as_a_problem() -> None:
+    with serving(create_engine("postgresql://postgres@127.0.0.1:1/nothing")) as url:
+        answer = httpx.get(f"{url}/healthz")
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["code"] == "database_unavailable" and problem["status"] == 503
+    assert "cannot reach the database" in problem["detail"]
+
+
+def test_an_unknown_path_is_a_problem_document(base_url: str) -> None:
+    answer = httpx.get(f"{base_url}/no/such/page")
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "not_found"
+
+
+def test_the_openapi_document_describes_the_service(base_url: str) -> None:
+    document = httpx.get(f"{base_url}/openapi.json").json()
+    assert document["info"]["title"] == "Billfold"
+    health = document["paths"]["/healthz"]["get"]["responses"]
+    assert set(health) >= {"200", "503"}
+    assert "swagger" in httpx.get(f"{base_url}/docs").text.lower()
+
+
+def test_the_front_page_says_what_billfold_is_and_what_this_instance_holds(tmp_path: Path) -> None:
+    url = databases.fresh_database("sqlite", "front", tmp_path)
+    engine = create_engine(url)
+    databases.migrate(engine)
+    with transaction(session_factory(engine)) as session:
+        make.product(session)
+        make.product(session)
+        make.user(session)
+    with serving(engine) as base:
+        page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<h1>Billfold</h1>" in page.text
+    assert "<strong>2</strong> products" in page.text and "<strong>1</strong> customers" in page.text
+    for link in ('href="/docs"', 'href="/openapi.json"', 'href="/healthz"'):
+        assert link in page.text
+    engine.dispose()
+
+
+def test_the_front_page_tells_how_to_migrate_an_empty_database(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with serving(engine) as base:
+        page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and "billfold db upgrade" in page.text
+    engine.dispose()

@@ -1,0 +1,147 @@
+"""The database kit: UTC timestamps that read back as written, upserts and row locks that behave
+the same on each database, and updated_at filled from Billfold's own clock."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from billfold.kit import clock
+from billfold.kit.db import create_engine, parse_database_url, session_factory
+from billfold.kit.db.dialects import for_update, insert_ignore, upsert
+from billfold.kit.errors import ConfigurationError, InvalidInput
+from billfold.models import PaymentProvider, User
+from tests import factories as make
+
+
+def test_plain_urls_get_billfolds_drivers() -> None:
+    assert parse_database_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert parse_database_url("mariadb://u@h/db").drivername == "mariadb+pymysql"
+    assert parse_database_url("mysql://u@h/db").query["charset"] == "utf8mb4"
+    assert parse_database_url("sqlite:///x.db").drivername == "sqlite+pysqlite"
+    with pytest.raises(ConfigurationError, match="unsupported database 'mssql'"):
+        parse_database_url("mssql://u@h/db")
+
+
+def test_an_aware_time_reads_back_in_utc_to_the_second(session: Session) -> None:
+    tokyo = timezone(timedelta(hours=9))
+    written = datetime(2026, 3, 1, 8, 15, 30, 987654, tzinfo=tokyo)
+    with clock.using(clock.FrozenClock(written)):
+        ada = make.user(session)
+    session.expire_all()
+    stored = session.get(User, ada.id).created_at
+    assert stored == datetime(2026, 2, 28, 23, 15, 30, tzinfo=timezone.utc)
+    assert stored.tzinfo == timezone.utc
+
+
+def test_a_naive_time_is_refused(session: Session) -> None:
+    with pytest.raises(sa.exc.StatementError) as refused:
+        make.user(session, created_at=datetime(2026, 1, 1))
+    assert isinstance(refused.value.orig, InvalidInput) and "no time zone" in str(refused.value.orig)
+    session.rollback()
+
+
+def test_the_orm_stamps_rows_with_the_clock_and_moves_updated_at_with_it(session: Session, frozen_clock: clock.FrozenClock) -> None:
+    created = frozen_clock.now().replace(microsecond=0)
+    ada = make.user(session)
+    frozen_clock.advance("3h")
+    ada.phone = "+15555550123"
+    session.flush()
+    session.expire_all()
+    stored = session.get(User, ada.id)
+    assert stored.created_at == created
+    assert stored.updated_at == created + timedelta(hours=3)
+
+
+def test_upsert_inserts_then_overwrites_on_the_key(session: Session) -> None:
+    table = PaymentProvider.__table__
+    row = {"id": "acme", "display_name": "Acme Pay", "created_at": clock.now(), "updated_at": clock.now()}
+    upsert(session, table, [row], key=["id"], update=["display_name"])
+    upsert(session, table, [{**row, "display_name": "Acme Payments"}], key=["id"], update=["display_name"])
+    names = session.execute(sa.select(table.c.display_name).where(table.c.id == "acme")).scalars().all()
+    assert names == ["Acme Payments"]
+
+
+def test_insert_ignore_counts_only_new_rows_and_keeps_the_first(session: Session) -> None:
+    table = PaymentProvider.__table__
+    now = clock.now()
+    first = [{"id": "one", "display_name": "First", "created_at": now, "updated_at": now}]
+    assert insert_ignore(session, table, first, key=["id"]) == 1
+    again = [
+        {"id": "one", "display_name": "Second", "created_at": now, "updated_at": now},
+        {"id": "two", "display_name": "Two", "created_at": now, "updated_at": now},
+    ]
+    assert insert_ignore(session, table, again, key=["id"]) == 1
+    rows = dict(session.execute(sa.select(table.c.id, table.c.display_name).where(table.c.id.in_(["one", "two"]))).all())
+    assert rows == {"one": "First", "two": "Two"}
+
+
+def test_insert_ignore_still_refuses_a_row_that_breaks_another_rule(session: Session) -> None:
+    now = clock.now()
+    with pytest.raises(sa.exc.IntegrityError):
+        insert_ignore(session, PaymentProvider.__table__, [{"id": "x", "display_name": None, "created_at": now, "updated_at": now}], key=["id"])
+    session.rollback()
+
+
+@pytest.fixture
+def committed_providers(engine: Engine) -> list[str]:
+    """Rows another transaction can see, removed again after the test."""
+    ids = ["lock-a", "lock-b", "lock-c"]
+    with session_factory(engine).begin() as session:
+        session.add_all(PaymentProvider(id=i, display_name=i) for i in ids)
+    yield ids
+    with session_factory(engine).begin() as session:
+        session.execute(sa.delete(PaymentProvider).where(PaymentProvider.id.in_(ids)))
+
+
+def test_skip_locked_lets_two_workers_claim_different_rows(backend: str, engine: Engine, committed_providers: list[str]) -> None:
+    query = sa.select(PaymentProvider.id).where(PaymentProvider.id.in_(committed_providers)).order_by(PaymentProvider.id).limit(2)
+    sessions = session_factory(engine)
+    if backend == "sqlite":  # no row locks: one writer at a time holds the whole database
+        with sessions() as session:
+            assert for_update(query, session, skip_locked=True) is query
+        return
+    with sessions() as first, sessions() as second:
+        claimed_first = first.scalars(for_update(query, first, skip_locked=True)).all()
+        claimed_second = second.scalars(for_update(query, second, skip_locked=True)).all()
+        first.rollback()
+        second.rollback()
+    assert claimed_first == ["lock-a", "lock-b"]
+    assert claimed_second == ["lock-c"], "the second worker passes over the rows the first holds"
+
+
+def test_a_row_lock_makes_the_second_writer_wait(backend: str, engine: Engine, committed_providers: list[str]) -> None:
+    sessions = session_factory(engine)
+    order: list[str] = []
+    query = sa.select(PaymentProvider).where(PaymentProvider.id == "lock-a")
+    if backend == "sqlite":  # no row locks: the database-wide write lock serialises writers instead
+        with sessions() as session:
+            assert "FOR UPDATE" not in str(for_update(query, session).compile(engine))
+        return
+    with sessions() as first:
+        first.scalars(for_update(query, first)).one()
+        def second_writer() -> None:
+            with sessions() as second:
+                second.scalars(for_update(query, second)).one()
+                order.append("second")
+                second.rollback()
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(timeout=0.5)
+        order.append("first")
+        first.rollback()
+    thread.join(timeout=10)
+    assert order == ["first", "second"]
+
+
+def test_sqlite_files_use_wal_and_enforce_foreign_keys(tmp_path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()

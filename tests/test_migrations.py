@@ -1,0 +1,124 @@
+"""Migrations up and down on each database, the models agreeing with them, and the ``billfold db``
+commands an operator runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Engine
+
+from billfold.kit.db import create_engine
+from billfold.kit.db.base import Base
+from tests import databases, spec
+from tests.cli import assert_one_line_error, run
+
+SPEC_TABLES = set(spec.load().tables)
+
+
+@pytest.fixture
+def scratch(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database of its own, for tests that migrate."""
+    url = databases.fresh_database(backend, f"billfold_scratch_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}", tmp_path)
+    engine = create_engine(url)
+    yield engine
+    engine.dispose()
+    databases.drop_database(backend, url)
+
+
+def _tables(engine: Engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
+
+
+def _trigger_count(engine: Engine) -> int:
+    query = {
+        "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+        "postgresql": "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal",
+        "mariadb": "SELECT count(*) FROM information_schema.triggers WHERE trigger_schema = DATABASE()",
+    }["mariadb" if engine.dialect.name in ("mysql", "mariadb") else engine.dialect.name]
+    with engine.connect() as connection:
+        return connection.execute(sa.text(query)).scalar_one()
+
+
+def test_the_migration_goes_up_down_and_up_again(scratch: Engine) -> None:
+    databases.migrate(scratch)
+    assert _tables(scratch) == SPEC_TABLES | {"alembic_version"}
+    assert _trigger_count(scratch) > 0
+
+    databases.downgrade(scratch, "base")
+    assert _tables(scratch) <= {"alembic_version"}
+    assert _trigger_count(scratch) == 0
+    if scratch.dialect.name == "postgresql":
+        with scratch.connect() as connection:
+            assert connection.execute(
+                sa.text("SELECT count(*) FROM pg_proc WHERE proname = 'billfold_touch_updated_at'")
+            ).scalar_one() == 0
+
+    databases.migrate(scratch)
+    assert _tables(scratch) == SPEC_TABLES | {"alembic_version"}
+
+
+def test_the_models_describe_the_migrated_schema(engine: Engine) -> None:
+    """What the ORM believes about each table is what the migrations built: no difference in
+    tables, columns, types, nullability, indexes, unique constraints or foreign keys."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == []
+
+
+def test_db_commands_migrate_report_and_roll_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    assert "none (not migrated" in run("db", "current", database_url=url).stdout
+
+    upgraded = run("db", "upgrade", database_url=url)
+    assert upgraded.code == 0, upgraded
+    assert "migrated from empty to 0001" in upgraded.stdout
+    assert run("db", "current", database_url=url).stdout.strip() == "0001 (head)"
+    assert "already at revision 0001" in run("db", "upgrade", database_url=url).stdout
+
+    downgraded = run("db", "downgrade", "base", database_url=url)
+    assert downgraded.code == 0, downgraded
+    assert "none (not migrated" in run("db", "current", database_url=url).stdout
+    assert _tables(create_engine(url)) <= {"alembic_version"}
+
+
+@pytest.mark.parametrize(
+    ("url", "phrases"),
+    [
+        ("not a url", ("malformed database URL",)),
+        ("postgresql://billfold@db.example:port/shop", ("malformed database URL",)),
+        ("oracle://scott@localhost/shop", ("unsupported database 'oracle'",)),
+        ("postgresql://postgres@127.0.0.1:1/shop", ("cannot reach the database", "127.0.0.1:1")),
+        ("mariadb://root@127.0.0.1:1/shop", ("cannot reach the database", "127.0.0.1:1")),
+        ("sqlite:////no/such/folder/shop.db", ("/no/such/folder", "does not exist")),
+    ],
+    ids=["garbage", "bad-port", "unsupported", "postgresql-unreachable", "mariadb-unreachable", "sqlite-no-folder"],
+)
+def test_a_bad_database_url_ends_in_one_line_and_a_non_zero_exit(url: str, phrases: tuple[str, ...]) -> None:
+    for command in (("db", "upgrade"), ("db", "current"), ("db", "downgrade"), ("demo",), ("serve",)):
+        assert_one_line_error(run(*command, database_url=url), *phrases)
+
+
+def test_a_password_in_a_bad_url_is_not_printed() -> None:
+    result = run("db", "current", database_url="postgresql://billfold:s3cret-pw@127.0.0.1:1/shop")
+    assert_one_line_error(result, "cannot reach the database")
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_an_unknown_revision_is_refused_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    assert_one_line_error(run("db", "upgrade", "nosuchrevision", database_url=url), "nosuchrevision")
+    assert_one_line_error(run("db", "downgrade", database_url=url), "nothing to downgrade")
+    run("db", "upgrade", database_url=url)
+    assert_one_line_error(run("db", "downgrade", "nosuchrevision", database_url=url), "nosuchrevision")
+    assert run("db", "current", database_url=url).stdout.strip() == "0001 (head)", "a refused command changes nothing"
+
+
+def test_serving_an_unmigrated_database_is_refused(tmp_path: Path) -> None:
+    assert_one_line_error(run("serve", database_url=f"sqlite:///{tmp_path / 'shop.db'}"), "billfold db upgrade")

@@ -61,6 +61,7 @@ def test_the_front_page_says_what_billfold_is_and_what_this_instance_holds(tmp_p
         make.product(session)
         make.product(session)
         make.user(session)
+        make.user(session, user_type="admin")  # staff, not a customer
     with serving(engine) as base:
         page = httpx.get(f"{base}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -6,7 +6,6 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from http import HTTPStatus
 from html import escape
 from typing import Any
@@ -106,8 +105,12 @@ def _counts(sessions: sessionmaker[Session]) -> dict[str, int] | None:
     try:
         with sessions() as session:
             return {
-                label: session.scalar(sa.select(sa.func.count()).select_from(model)) or 0
-                for label, model in (("products", Product), ("customers", User), ("organizations", Organization))
+                label: session.scalar(sa.select(sa.func.count()).select_from(model).where(*where)) or 0
+                for label, model, where in (
+                    ("products", Product, ()),
+                    ("customers", User, (User.user_type != "admin",)),
+                    ("organizations", Organization, ()),
+                )
             }
     except sa.exc.SQLAlchemyError:
         return None  # not migrated yet, or unreachable: the page still says what Billfold is
@@ -156,8 +159,3 @@ and keeps every order, payment and invoice on record.</p>
 </html>
 """
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    """The request's unit of work: committed when the endpoint returns, rolled back if it raises."""
-    with request.app.state.sessions() as session, session.begin():
-        yield session

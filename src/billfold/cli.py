@@ -35,8 +35,9 @@ customer_app = typer.Typer(help="Customers: users and organizations.", no_args_i
 app.add_typer(db_app, name="db")
 app.add_typer(customer_app, name="customer")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a line longer than the terminal stays one line (scripts and pipes read these).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class CommandFailed(Exception):
@@ -128,7 +129,7 @@ def demo(
                 "(use a fresh BILLFOLD_DATABASE_URL, or `billfold db downgrade base` then `billfold db upgrade`)"
             )
         summary = load_demo(session)
-    out.print("Demo data loaded: " + ", ".join(f"{n} {what}" for what, n in summary.items()) + ".")
+    out.print("Demo data loaded: " + ", ".join(f"{what}: {n}" for what, n in summary.items()) + ".")
 
 
 @app.command()
@@ -200,7 +201,7 @@ def main() -> None:
     try:
         app()
     except (BillfoldError, CommandFailed, CommandError, sa.exc.SQLAlchemyError) as error:
-        err.print(f"billfold: error: {_one_line_reason(error)}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"billfold: error: {_one_line_reason(error)}", markup=False, highlight=False)
         sys.exit(1)
 
 

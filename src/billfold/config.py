@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,7 +16,6 @@ class Settings(BaseSettings):
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the database. Unset: billfold.db in the working folder (SQLite).",
     )
-    data_dir: Path = Field(Path(".billfold"), description="Where Billfold keeps files it makes (outgoing mail, keys).")
     host: str = Field("127.0.0.1", description="Address `billfold serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `billfold serve` listens on.")
 

@@ -8,6 +8,8 @@ never skipped.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -44,31 +46,32 @@ def fresh_database(backend: str, name: str, sqlite_dir: Path) -> URL:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return parse_database_url(f"sqlite:///{path}")
     server = parse_database_url(SERVER_URLS[backend])
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with admin.connect() as connection:
-            if backend == "postgresql":
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            else:
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-                connection.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-    finally:
-        admin.dispose()
+    drop_database(backend, server.set(database=name))
+    with _admin(backend) as connection:
+        if backend == "postgresql":
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        else:
+            connection.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     return server.set(database=name)
 
 
 def drop_database(backend: str, url: URL) -> None:
     if backend == "sqlite":
         return
-    server = parse_database_url(SERVER_URLS[backend])
-    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with _admin(backend) as connection:
+        if backend == "postgresql":
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        else:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+
+
+@contextmanager
+def _admin(backend: str) -> Iterator[sa.Connection]:
+    """A connection to the server itself, outside any transaction, for CREATE/DROP DATABASE."""
+    admin = create_engine(SERVER_URLS[backend], isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as connection:
-            if backend == "postgresql":
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-            else:
-                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+            yield connection
     finally:
         admin.dispose()
 

@@ -6,18 +6,18 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from html import escape
+from http import HTTPStatus
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billfold import __version__
 from billfold.config import Settings, get_settings

@@ -16,6 +16,12 @@ ORGANIZATION_ROLES = ("owner", "admin", "billing", "member")
 ADDRESS_TYPES = ("billing", "shipping", "both")
 
 
+def owner_check() -> sa.CheckConstraint:
+    """The spec's ``CHECK (user_id IS NOT NULL OR organization_id IS NOT NULL)``: a row that
+    belongs to a customer belongs to a user or an organization."""
+    return sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner")
+
+
 class User(Base):
     __tablename__ = "users"
     __table_args__ = table_args(
@@ -77,7 +83,7 @@ class OrganizationUser(Base):
 class Address(Base):
     __tablename__ = "addresses"
     __table_args__ = table_args(
-        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner"),
+        owner_check(),
         sa.Index("idx_addresses_user_id", "user_id"),
         sa.Index("idx_addresses_organization_id", "organization_id"),
         sa.Index("idx_addresses_type", "address_type"),

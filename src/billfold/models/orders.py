@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
 from billfold.kit.db.types import JSONType, UTCDateTime
+from billfold.models.accounts import owner_check
 
 ORDER_STATUSES = ("pending", "paid", "cancelled", "refunded")
 
@@ -19,7 +20,7 @@ class Order(Base):
     __table_args__ = table_args(
         # MariaDB refuses a CHECK over a column whose foreign key is ON DELETE SET NULL
         # (error 1901); the migrations enforce the rule there with triggers instead.
-        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner").ddl_if(
+        owner_check().ddl_if(
             dialect=("postgresql", "sqlite")
         ),
         sa.Index("idx_orders_status", "status"),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
 from billfold.kit.db.types import JSONType
+from billfold.models.accounts import owner_check
 
 
 class PaymentProvider(Base):
@@ -37,7 +38,7 @@ class ProviderCustomer(Base):
     __tablename__ = "provider_customers"
     __table_args__ = table_args(
         sa.UniqueConstraint("provider_id", "provider_customer_id"),
-        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner"),
+        owner_check(),
     )
 
     id: Mapped[str] = id_column("pcus")
@@ -59,7 +60,7 @@ class PaymentMethod(Base):
 
     __tablename__ = "payment_methods"
     __table_args__ = table_args(
-        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner"),
+        owner_check(),
         sa.Index("idx_payment_methods_user_id", "user_id"),
         sa.Index("idx_payment_methods_organization_id", "organization_id"),
         sa.Index("idx_payment_methods_provider_id", "provider_id"),

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
 from billfold.kit.db.types import JSONType, UTCDateTime
+from billfold.models.accounts import owner_check
 
 SUBSCRIPTION_STATUSES = ("active", "cancelled", "past_due", "trialing")
 
@@ -17,7 +18,7 @@ SUBSCRIPTION_STATUSES = ("active", "cancelled", "past_due", "trialing")
 class Subscription(Base):
     __tablename__ = "subscriptions"
     __table_args__ = table_args(
-        sa.CheckConstraint("user_id IS NOT NULL OR organization_id IS NOT NULL", name="owner"),
+        owner_check(),
         sa.Index("idx_subscriptions_status", "status"),
         sa.Index("idx_subscriptions_user_id", "user_id"),
     )

@@ -13,6 +13,7 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from billfold.kit.clock import UTC, ensure_utc
 
+
 # SQLite keeps TIMESTAMP as text. Whole seconds, the same text SQLite's CURRENT_TIMESTAMP
 # writes, so rows written by Billfold and rows defaulted by the database sort together.
 class _SQLiteTimestamp(sqlite.DATETIME):

@@ -86,3 +86,23 @@ def frozen_clock() -> Iterator[clock.FrozenClock]:
 
     with clock.using(clock.FrozenClock(datetime(2026, 1, 31, 9, 30, tzinfo=clock.UTC))) as frozen:
         yield frozen
+
+
+@pytest.fixture
+def admin_token(engine: Engine) -> str:
+    """A bearer token of a signed-in admin user, made directly in the database."""
+    from billfold.accounts.security import hash_password
+    from billfold.accounts.sessions import open_session
+    from billfold.kit.db import session_factory
+    from billfold.kit.ids import new_id
+    from billfold.models import User
+
+    with session_factory(engine).begin() as session:
+        admin = User(
+            name="Ada", last_name="Admin", email=f"{new_id('adm').lower()}@shop.example",
+            user_type="admin", password_hash=hash_password("admin password 1"), is_verified=True,
+        )
+        session.add(admin)
+        session.flush()
+        _, token = open_session(session, admin, transport="bearer", address=None, user_agent="tests", days=1)
+    return token

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 from sqlalchemy.engine import Engine
@@ -22,10 +25,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(engine: Engine) -> Iterator[str]:
-    """Serve the app on ``engine``'s database; yields the base URL."""
+def serving(engine: Engine, data_dir: Path | None = None, **settings: Any) -> Iterator[str]:
+    """Serve the app on ``engine``'s database, keeping its files (mail, key) in ``data_dir``;
+    yields the base URL."""
     port = free_port()
-    app = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False)), engine)
+    configured = Settings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        data_dir=data_dir or Path(tempfile.mkdtemp(prefix="billfold-")),
+        public_url=f"http://127.0.0.1:{port}",
+        **settings,
+    )
+    app = create_app(configured, engine)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import erase_customer, erase_user, erased_email
+from billfold.accounts.erasure import erase_customer, erase_user, erased_email
 from billfold.kit.errors import Conflict, NotFound
 from billfold.models import Address, Order, Organization, OrganizationUser, PaymentEvent, PaymentMethod, User
 from tests import factories as make

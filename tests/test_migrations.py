@@ -11,14 +11,19 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+import billfold.migrations
 from billfold.kit.db import create_engine
 from billfold.kit.db.base import Base
 from tests import databases, spec
+from tests.test_schema_matches_spec import OWN_TABLES
 from tests.cli import assert_one_line_error, run
 
 SPEC_TABLES = set(spec.load().tables)
+ALL_TABLES = SPEC_TABLES | OWN_TABLES
+HEAD = ScriptDirectory(str(Path(billfold.migrations.__file__).parent)).get_current_head()
 
 
 @pytest.fixture
@@ -47,7 +52,7 @@ def _trigger_count(engine: Engine) -> int:
 
 def test_the_migration_goes_up_down_and_up_again(scratch: Engine) -> None:
     databases.migrate(scratch)
-    assert _tables(scratch) == SPEC_TABLES | {"alembic_version"}
+    assert _tables(scratch) == ALL_TABLES | {"alembic_version"}
     assert _trigger_count(scratch) > 0
 
     databases.downgrade(scratch, "base")
@@ -60,7 +65,7 @@ def test_the_migration_goes_up_down_and_up_again(scratch: Engine) -> None:
             ).scalar_one() == 0
 
     databases.migrate(scratch)
-    assert _tables(scratch) == SPEC_TABLES | {"alembic_version"}
+    assert _tables(scratch) == ALL_TABLES | {"alembic_version"}
 
 
 def test_the_models_describe_the_migrated_schema(engine: Engine) -> None:
@@ -78,9 +83,14 @@ def test_db_commands_migrate_report_and_roll_back(tmp_path: Path) -> None:
 
     upgraded = run("db", "upgrade", database_url=url)
     assert upgraded.code == 0, upgraded
-    assert "migrated from empty to 0001" in upgraded.stdout
-    assert run("db", "current", database_url=url).stdout.strip() == "0001 (head)"
-    assert "already at revision 0001" in run("db", "upgrade", database_url=url).stdout
+    assert f"migrated from empty to {HEAD}" in upgraded.stdout
+    assert run("db", "current", database_url=url).stdout.strip() == f"{HEAD} (head)"
+    assert f"already at revision {HEAD}" in run("db", "upgrade", database_url=url).stdout
+
+    one_back = run("db", "downgrade", database_url=url)
+    assert one_back.code == 0 and "down to" in one_back.stdout
+    assert "latest is" in run("db", "current", database_url=url).stdout
+    assert run("db", "upgrade", database_url=url).code == 0
 
     downgraded = run("db", "downgrade", "base", database_url=url)
     assert downgraded.code == 0, downgraded
@@ -117,7 +127,7 @@ def test_an_unknown_revision_is_refused_in_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run("db", "downgrade", database_url=url), "nothing to downgrade")
     run("db", "upgrade", database_url=url)
     assert_one_line_error(run("db", "downgrade", "nosuchrevision", database_url=url), "nosuchrevision")
-    assert run("db", "current", database_url=url).stdout.strip() == "0001 (head)", "a refused command changes nothing"
+    assert run("db", "current", database_url=url).stdout.strip() == f"{HEAD} (head)", "a refused command changes nothing"
 
 
 def test_serving_an_unmigrated_database_is_refused(tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billfold import __version__
+from billfold.accounts import api as accounts_api
+from billfold.accounts.security import Security
 from billfold.config import Settings, get_settings
+from billfold.kit import mailer
 from billfold.kit.db import create_engine, one_line, session_factory
-from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
+from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
 from billfold.models import Organization, Product, User
 
 PROBLEM_JSON = "application/problem+json"
@@ -52,10 +55,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
+    app.state.security = Security.from_settings(settings)
+    mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
+    app.include_router(accounts_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:
-        return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON)
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyRequests) else None
+        return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -99,6 +106,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
 
     return app
+
+
+def make_mailer(settings: Settings) -> mailer.Mailer:
+    """SMTP when configured, otherwise .eml files in data_dir/mail."""
+    if settings.smtp_host:
+        return mailer.SmtpMailer(
+            settings.smtp_host, settings.smtp_port, settings.mail_from, settings.smtp_username,
+            settings.smtp_password.get_secret_value() if settings.smtp_password else None, settings.smtp_starttls,
+        )
+    return mailer.FolderMailer(settings.data_dir / "mail", settings.mail_from)
 
 
 def _counts(sessions: sessionmaker[Session]) -> dict[str, int] | None:

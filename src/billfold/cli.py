@@ -33,7 +33,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Migrate the database at BILLFOLD_DATABASE_URL.", no_args_is_help=True)
 customer_app = typer.Typer(help="Customers: users and organizations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+apikey_app = typer.Typer(help="API keys for the merchant's backend.", no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
+app.add_typer(apikey_app, name="apikey")
 
 # soft_wrap: a line longer than the terminal stays one line (scripts and pipes read these).
 out = Console(soft_wrap=True)
@@ -167,7 +169,7 @@ def customer_erase(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Erase a customer's personal data. Orders, payments and invoices are kept, anonymised."""
-    from billfold.accounts.service import erase_customer
+    from billfold.accounts.erasure import erase_customer
 
     engine = _engine()
     _require_migrated(engine)
@@ -183,6 +185,22 @@ def customer_erase(
     if erasure.removed:
         lines.append("removed: " + ", ".join(f"{n} {table}" for table, n in erasure.removed.items()))
     out.print("\n".join(lines))
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. 'shop backend'.")],
+    scope: Annotated[list[str] | None, typer.Option("--scope", help="read or write; repeat for both (default: both).")] = None,
+) -> None:
+    """Create an API key and print it. It is shown this once; Billfold keeps only its hash."""
+    from billfold.accounts.api_keys import create_api_key
+
+    engine = _engine()
+    _require_migrated(engine)
+    with transaction(session_factory(engine)) as session:
+        key, secret = create_api_key(session, name=name, scopes=scope or ["read", "write"], created_by=None)
+    err.print(f"API key {key.id} ({', '.join(key.scopes)}) created; it is shown only now:", highlight=False)
+    out.print(secret, highlight=False)
 
 
 def _one_line_reason(error: BaseException) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///billfold.db"
@@ -17,8 +18,40 @@ class Settings(BaseSettings):
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the database. Unset: billfold.db in the working folder (SQLite).",
     )
+    data_dir: Path = Field(
+        Path(".billfold"), description="Where Billfold keeps files it makes: the generated secret key, outgoing mail."
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs tokens and encrypts secrets at rest. Unset: generated once and kept in data_dir/secret_key. "
+        "Every process of one installation needs the same key.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where people reach Billfold: links in emails, passkeys' origin."
+    )
     host: str = Field("127.0.0.1", description="Address `billfold serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `billfold serve` listens on.")
+
+    session_days: int = Field(30, ge=1, description="How long a sign-in lasts without use.")
+    max_failed_sign_ins: int = Field(5, ge=1, description="Consecutive failed sign-ins that lock an account.")
+    sign_in_attempts_per_address: int = Field(
+        20, ge=1, description="Failed sign-ins one client address may make per 15 minutes."
+    )
+    sign_in_attempts_per_account: int = Field(
+        10, ge=1, description="Failed sign-ins against one email address per 15 minutes."
+    )
+
+    smtp_host: str | None = Field(None, description="SMTP server for outgoing mail. Unset: mail goes to data_dir/mail.")
+    smtp_port: int = Field(587, description="SMTP port.")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    mail_from: str = Field("Billfold <billfold@localhost>", description="The From of every email Billfold sends.")
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Session cookies carry the Secure flag whenever Billfold is reached over HTTPS."""
+        return self.public_url.startswith("https://")
 
 
 @lru_cache(maxsize=1)

@@ -1,219 +1,158 @@
-"""Accounts: the rules about users and organizations.
+"""Users: registration, email verification, passwords and their reset, locking.
 
-Erasing a customer (DESIGN.md rule 9): orders, payments, invoices, subscriptions and memberships
-outlive the customer, so a user who has any of them is anonymised, not deleted: their personal
-data is overwritten and what identified them is removed, and the financial records keep pointing
-at the same (now anonymous) row. A user with no such records is deleted outright. Services never
-commit; the caller's transaction does.
+Services take a session and never commit. Emails are queued on the session and leave only if
+the transaction commits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from datetime import timedelta
 
 import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
+from billfold.accounts.security import Security, check_new_password, hash_password, password_matches
+from billfold.kit import clock, mailer
+from billfold.kit.crypto import read_signed_token, signed_token
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, NotFound
-from billfold.kit.ids import new_id
-from billfold.models import (
-    Address,
-    AnalyticsEvent,
-    Invoice,
-    Order,
-    Organization,
-    OrganizationUser,
-    Payment,
-    PaymentEvent,
-    PaymentMethod,
-    Subscription,
-    User,
-    UserMembership,
-)
+from billfold.kit.errors import InvalidInput, NotFound, Unauthorized
+from billfold.models import AuthSession, PaymentEvent, SignInThrottle, User
 
-LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
-ERASED_NAME = "Erased"
-ERASED_LAST_NAME = "Customer"
+VERIFY_LIFETIME = timedelta(days=2)
+RESET_LIFETIME = timedelta(hours=1)
+SELF_SERVICE_USER_TYPES = ("individual", "business")
 
 
-@dataclass
-class Erasure:
-    """What erasing a customer did."""
-
-    customer_id: str
-    outcome: str  # "deleted" or "anonymised"
-    kept: dict[str, int] = field(default_factory=dict)  # financial records kept, by table
-    removed: dict[str, int] = field(default_factory=dict)  # rows removed, by table
-    organizations: list[Erasure] = field(default_factory=list)  # organizations erased with the user
+def normalize_email(raw: str, field: str = "email") -> str:
+    """The address as Billfold stores it: validated, lower-cased, so one person has one account."""
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as error:
+        raise InvalidInput(f"{raw!r} is not an email address: {error}", errors=[{"field": field, "message": str(error)}]) from error
 
 
-def erased_email(user_id: str) -> str:
-    """A unique address that can never receive mail (RFC 2606 reserves ``.invalid``)."""
-    return f"erased-{user_id}@billfold.invalid"
+def user_by_email(session: Session, email: str) -> User | None:
+    return session.scalars(sa.select(User).where(User.email == email)).one_or_none()
 
 
-def _count(session: Session, model: type, column: sa.ColumnElement[str | None], owner_id: str) -> int:
-    return session.scalar(sa.select(sa.func.count()).select_from(model).where(column == owner_id)) or 0
-
-
-def _financial_records(session: Session, owner: type[User] | type[Organization], owner_id: str) -> dict[str, int]:
-    column = "user_id" if owner is User else "organization_id"
-    models: list[type] = [Order, Payment, Invoice, Subscription]
-    if owner is User:
-        models.append(UserMembership)
-    counts = {m.__tablename__: _count(session, m, getattr(m, column), owner_id) for m in models}
-    return {table: n for table, n in counts.items() if n}
-
-
-def _refuse_live_subscriptions(session: Session, column: sa.ColumnElement[str | None], owner_id: str) -> None:
-    live = session.scalars(
-        sa.select(Subscription.id)
-        .where(column == owner_id, Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES))
-        .order_by(Subscription.id)
-    ).all()
-    if live:
-        raise Conflict(
-            f"{owner_id} still has {len(live)} live subscription(s) ({', '.join(live)}); "
-            "cancel them before erasing the customer",
-            live_subscriptions=list(live),
-        )
-
-
-def erase_customer(session: Session, customer_id: str) -> Erasure:
-    """Erase the user or organization named by ``customer_id`` (``usr_…`` or ``org_…``)."""
-    if customer_id.startswith("usr_"):
-        return erase_user(session, customer_id)
-    if customer_id.startswith("org_"):
-        return erase_organization(session, customer_id)
-    raise NotFound(f"{customer_id!r} is not a customer id; customers are users (usr_…) or organizations (org_…)")
-
-
-def erase_user(session: Session, user_id: str) -> Erasure:
-    """Erase a user's personal data, keeping the financial records that mention them.
-
-    Refused (Conflict) while the user has live subscriptions, or owns an organization that has
-    other members (ownership must pass to one of them first). Organizations the user owns alone
-    are erased with them.
-    """
-    user = session.scalars(for_update(sa.select(User).where(User.id == user_id), session)).one_or_none()
+def get_user(session: Session, user_id: str, *, lock: bool = False) -> User:
+    statement = sa.select(User).where(User.id == user_id)
+    user = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
     if user is None:
         raise NotFound(f"no user {user_id}")
-    _refuse_live_subscriptions(session, Subscription.user_id, user_id)
-
-    owned = session.scalars(
-        sa.select(Organization.id).where(Organization.owner_user_id == user_id).order_by(Organization.id)
-    ).all()
-    shared = session.scalars(
-        sa.select(OrganizationUser.organization_id)
-        .where(OrganizationUser.organization_id.in_(owned), OrganizationUser.user_id != user_id)
-        .distinct()
-    ).all()
-    if shared:
-        raise Conflict(
-            f"{user_id} owns organization(s) with other members ({', '.join(sorted(shared))}); "
-            "transfer ownership before erasing the user",
-            organizations=sorted(shared),
-        )
-    for organization_id in owned:
-        _refuse_live_subscriptions(session, Subscription.organization_id, organization_id)
-
-    organizations = [erase_organization(session, organization_id) for organization_id in owned]
-    kept = _financial_records(session, User, user_id)
-    still_owned = session.scalar(
-        sa.select(sa.func.count()).select_from(Organization).where(Organization.owner_user_id == user_id)
-    )
-    if not kept and not still_owned:
-        session.delete(user)
-        session.flush()
-        erasure = Erasure(user_id, "deleted", organizations=organizations)
-    else:
-        removed = _strip_personal_data(session, "user_id", user_id)
-        removed["organization_users"] = session.execute(
-            sa.delete(OrganizationUser).where(OrganizationUser.user_id == user_id)
-        ).rowcount
-        removed["analytics_events"] = session.execute(
-            sa.update(AnalyticsEvent).where(AnalyticsEvent.user_id == user_id).values(user_id=None, session_id=None)
-        ).rowcount
-        user.name = ERASED_NAME
-        user.last_name = ERASED_LAST_NAME
-        user.email = erased_email(user_id)
-        for column in ("picture", "user_name", "password_hash", "salt", "recovery_email", "phone", "two_factor", "passkeys"):
-            setattr(user, column, None)
-        user.is_verified = False
-        user.is_locked = True
-        session.flush()
-        erasure = Erasure(user_id, "anonymised", kept=kept, removed=_nonzero(removed), organizations=organizations)
-    _audit(session, "user", erasure)
-    return erasure
+    return user
 
 
-def erase_organization(session: Session, organization_id: str) -> Erasure:
-    """Remove an organization's members, saved payment methods and unused addresses; delete the
-    organization itself when no financial record mentions it. Its name and tax id stay when
-    records do: invoices must name the business they were issued to."""
-    organization = session.scalars(
-        for_update(sa.select(Organization).where(Organization.id == organization_id), session)
-    ).one_or_none()
-    if organization is None:
-        raise NotFound(f"no organization {organization_id}")
-    _refuse_live_subscriptions(session, Subscription.organization_id, organization_id)
-    kept = _financial_records(session, Organization, organization_id)
-    if not kept:
-        session.delete(organization)
-        session.flush()
-        erasure = Erasure(organization_id, "deleted")
-    else:
-        removed = _strip_personal_data(session, "organization_id", organization_id)
-        removed["organization_users"] = session.execute(
-            sa.delete(OrganizationUser).where(OrganizationUser.organization_id == organization_id)
-        ).rowcount
-        organization.business_email = None
-        organization.business_phone = None
-        session.flush()
-        erasure = Erasure(organization_id, "anonymised", kept=kept, removed=_nonzero(removed))
-    _audit(session, "organization", erasure)
-    return erasure
+def audit(session: Session, entity_type: str, entity_id: str, event_type: str, **data: object) -> None:
+    session.add(PaymentEvent(entity_type=entity_type, entity_id=entity_id, event_type=event_type, data=data or None))
 
 
-def _strip_personal_data(session: Session, owner_column: str, owner_id: str) -> dict[str, int]:
-    """Delete saved payment methods and the addresses no financial record uses; the addresses an
-    order or invoice uses stay (an invoice must show whom it was issued to) without phone or email."""
-    removed = {
-        "payment_methods": session.execute(
-            sa.delete(PaymentMethod).where(getattr(PaymentMethod, owner_column) == owner_id)
-        ).rowcount
-    }
-    used = sa.union(
-        sa.select(Order.billing_address_id.label("id")),
-        sa.select(Order.shipping_address_id),
-        sa.select(Invoice.billing_address_id),
-    ).subquery()
-    in_use = sa.select(used.c.id).where(used.c.id.is_not(None))
-    owned = getattr(Address, owner_column) == owner_id
-    removed["addresses"] = session.execute(
-        sa.delete(Address).where(owned, Address.id.not_in(in_use)).execution_options(synchronize_session=False)
-    ).rowcount
-    session.execute(
-        sa.update(Address).where(owned).values(phone=None, email=None, is_default=False).execution_options(
-            synchronize_session=False
-        )
-    )
-    return removed
-
-
-def _nonzero(counts: dict[str, int]) -> dict[str, int]:
-    return {table: n for table, n in counts.items() if n}
-
-
-def _audit(session: Session, entity_type: str, erasure: Erasure) -> None:
-    session.add(
-        PaymentEvent(
-            id=new_id("evt"),
-            entity_type=entity_type,
-            entity_id=erasure.customer_id,
-            event_type="erased",
-            data={"outcome": erasure.outcome, "kept": erasure.kept, "removed": erasure.removed},
-        )
-    )
+def register(
+    session: Session, security: Security, *, email: str, password: str, name: str, last_name: str, user_type: str = "individual"
+) -> User | None:
+    """Open an account and email a verification link. For an address that already has an account
+    nothing is created and its owner is told by email instead, so the answer cannot be used to
+    find out who has an account. Returns the new user, or None."""
+    email = normalize_email(email)
+    check_new_password(password)
+    if user_type not in SELF_SERVICE_USER_TYPES:
+        detail = f"user_type must be one of {', '.join(SELF_SERVICE_USER_TYPES)}"
+        raise InvalidInput(detail, errors=[{"field": "user_type", "message": detail}])
+    existing = user_by_email(session, email)
+    if existing is not None:
+        mailer.queue(session, mailer.Email(
+            email, "Someone tried to sign up with your address",
+            "An account already exists for this address. If it was you, sign in, or reset your password at "
+            f"{security.settings.public_url}/v1/auth/password-reset.\nIf it was not you, you can ignore this email.",
+        ))
+        return None
+    user = User(email=email, name=name.strip(), last_name=last_name.strip(), user_type=user_type, password_hash=hash_password(password))
+    session.add(user)
     session.flush()
+    send_verification(session, security, user)
+    audit(session, "user", user.id, "registered")
+    return user
+
+
+def send_verification(session: Session, security: Security, user: User) -> None:
+    token = signed_token(security.keyring, "verify-email", {"uid": user.id, "email": user.email}, VERIFY_LIFETIME)
+    mailer.queue(session, mailer.Email(
+        user.email, "Confirm your email address",
+        f"Hello {user.name},\n\nConfirm your address for Billfold with this token (valid for two days):\n\n{token}\n\n"
+        f"POST it to {security.settings.public_url}/v1/auth/verify-email as {{\"token\": \"...\"}}.\n",
+    ))
+
+
+def verify_email(session: Session, security: Security, token: str) -> User:
+    payload = read_signed_token(security.keyring, "verify-email", token)
+    user = session.get(User, payload["uid"])
+    if user is None or user.email != payload["email"]:
+        raise InvalidInput("the token is not valid", field="token")
+    if not user.is_verified:
+        user.is_verified = True
+        audit(session, "user", user.id, "email_verified")
+    return user
+
+
+def _password_fingerprint(user: User) -> str:
+    # Changes with every new password, so a reset token works once.
+    return hashlib.sha256((user.password_hash or "").encode()).hexdigest()[:16]
+
+
+def request_password_reset(session: Session, security: Security, email: str) -> None:
+    """Email a single-use reset token to the account's address and recovery address, if there is
+    such an account. The answer is the same either way."""
+    user = user_by_email(session, normalize_email(email))
+    if user is None:
+        return
+    token = signed_token(
+        security.keyring, "reset-password", {"uid": user.id, "pw": _password_fingerprint(user)}, RESET_LIFETIME
+    )
+    for address in dict.fromkeys(a for a in (user.email, user.recovery_email) if a):
+        mailer.queue(session, mailer.Email(
+            address, "Reset your Billfold password",
+            f"Hello {user.name},\n\nReset your password with this token within the hour:\n\n{token}\n\n"
+            f"POST it to {security.settings.public_url}/v1/auth/password-reset/confirm with your new password.\n"
+            "If you did not ask for this, ignore this email: your password stays as it is.\n",
+        ))
+
+
+def reset_password(session: Session, security: Security, token: str, new_password: str) -> User:
+    """Set a new password from a reset token: unlocks the account and signs out every session."""
+    payload = read_signed_token(security.keyring, "reset-password", token)
+    check_new_password(new_password, "new_password")
+    user = session.get(User, payload["uid"])
+    if user is None or payload["pw"] != _password_fingerprint(user):
+        raise InvalidInput("the token is not valid or has been used", field="token")
+    _set_password(session, user, new_password, keep_session_id=None)
+    user.is_locked = False
+    session.execute(sa.delete(SignInThrottle).where(SignInThrottle.key == f"user:{user.id}"))
+    audit(session, "user", user.id, "password_reset")
+    return user
+
+
+def change_password(session: Session, user: User, current: str, new: str, keep_session_id: str | None) -> None:
+    """Change a signed-in user's password; every other session of theirs is signed out."""
+    if not password_matches(user.password_hash, current):
+        raise Unauthorized("the current password is wrong", errors=[{"field": "current_password", "message": "wrong password"}])
+    check_new_password(new, "new_password")
+    _set_password(session, user, new, keep_session_id)
+    audit(session, "user", user.id, "password_changed")
+
+
+def _set_password(session: Session, user: User, password: str, keep_session_id: str | None) -> None:
+    user.password_hash = hash_password(password)
+    revoke = sa.update(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None))
+    if keep_session_id:
+        revoke = revoke.where(AuthSession.id != keep_session_id)
+    session.execute(revoke.values(revoked_at=clock.now()))
+
+
+def unlock(session: Session, user_id: str) -> User:
+    user = get_user(session, user_id)
+    user.is_locked = False
+    session.execute(sa.delete(SignInThrottle).where(SignInThrottle.key == f"user:{user.id}"))
+    audit(session, "user", user.id, "unlocked")
+    return user

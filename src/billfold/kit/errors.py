@@ -78,3 +78,29 @@ class DatabaseUnavailable(BillfoldError):
     status = 503
     code = "database_unavailable"
     title = "Database unavailable"
+
+
+class Unauthorized(BillfoldError):
+    """Not signed in, or the credentials are wrong."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(BillfoldError):
+    """Signed in, but not allowed to do this."""
+
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class TooManyRequests(BillfoldError):
+    status = 429
+    code = "too_many_requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int, **extra: object) -> None:
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after

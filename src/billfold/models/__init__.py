@@ -4,6 +4,7 @@ table on ``Base.metadata``."""
 from billfold.kit.db.base import Base
 from billfold.models.accounts import Address, Organization, OrganizationUser, User
 from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
+from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, SignInThrottle
 from billfold.models.catalog import Product, ProductCategory
 from billfold.models.invoices import Invoice
 from billfold.models.memberships import MembershipType, UserMembership
@@ -14,6 +15,10 @@ from billfold.models.subscriptions import Subscription
 from billfold.models.webhooks import PaymentEvent, PaymentWebhook
 
 __all__ = [
+    "ApiKey",
+    "AuthChallenge",
+    "AuthSession",
+    "SignInThrottle",
     "Address",
     "AnalyticsEvent",
     "AnalyticsSnapshot",

@@ -1,0 +1,160 @@
+"""What the accounts API takes and gives. Requests refuse unknown fields; responses never carry
+a password hash, a TOTP key, a token or a key after it was first shown."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+
+from billfold.models import ApiKey, AuthSession, User
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _https(url: HttpUrl) -> HttpUrl:
+    if url.scheme != "https":
+        raise ValueError("the picture must be an https URL")
+    return url
+
+
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+Password = Annotated[str, Field(min_length=1, max_length=1024)]
+Email = Annotated[str, Field(min_length=3, max_length=255)]
+Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164, such as +4930123456")]
+
+
+class RegisterIn(In):
+    email: Email
+    password: Password = Field(description="10 to 1024 characters.")
+    name: Name
+    last_name: Name
+    user_type: Literal["individual", "business"] = "individual"
+
+
+class TokenIn(In):
+    token: str = Field(min_length=1, max_length=4096)
+
+
+class SignInIn(In):
+    email: Email
+    password: Password
+    transport: Literal["bearer", "cookie"] = Field(
+        "bearer", description="bearer: the token is returned for an Authorization header; cookie: set as an HTTP-only cookie."
+    )
+
+
+class PasswordResetIn(In):
+    email: Email
+
+
+class PasswordResetConfirmIn(In):
+    token: str = Field(min_length=1, max_length=4096)
+    new_password: Password
+
+
+class PasswordChangeIn(In):
+    current_password: Password
+    new_password: Password
+
+
+class ProfileIn(In):
+    name: Name | None = None
+    last_name: Name | None = None
+    user_name: Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    phone: Phone | None = None
+    picture: Annotated[HttpUrl, AfterValidator(_https)] | None = None
+    recovery_email: Email | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    name: str
+    last_name: str
+    user_type: str
+    user_name: str | None
+    picture: str | None
+    phone: str | None
+    recovery_email: str | None
+    is_verified: bool
+    is_locked: bool
+    first_time: bool
+    two_factor_enabled: bool
+    passkeys: int = Field(description="How many passkeys the user has.")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id, email=user.email, name=user.name, last_name=user.last_name, user_type=user.user_type,
+            user_name=user.user_name, picture=user.picture, phone=user.phone, recovery_email=user.recovery_email,
+            is_verified=user.is_verified, is_locked=user.is_locked, first_time=user.first_time,
+            two_factor_enabled=bool((user.two_factor or {}).get("totp", {}).get("confirmed")),
+            passkeys=len(user.passkeys or []), created_at=user.created_at, updated_at=user.updated_at,
+        )
+
+
+class SessionOut(BaseModel):
+    id: str
+    transport: str
+    user_agent: str | None
+    ip_address: str | None
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+    current: bool = False
+
+    @classmethod
+    def of(cls, auth_session: AuthSession, current_id: str | None = None) -> SessionOut:
+        return cls(
+            id=auth_session.id, transport=auth_session.transport, user_agent=auth_session.user_agent,
+            ip_address=auth_session.ip_address, created_at=auth_session.created_at,
+            last_used_at=auth_session.last_used_at, expires_at=auth_session.expires_at,
+            current=auth_session.id == current_id,
+        )
+
+
+class SignInOut(BaseModel):
+    user: UserOut
+    session: SessionOut
+    first_time: bool = Field(description="True on the user's first completed sign-in.")
+    token: str | None = Field(None, description="bearer sign-ins: send as `Authorization: Bearer <token>`.")
+    csrf_token: str | None = Field(None, description="cookie sign-ins: send as `X-CSRF-Token` on every write.")
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class ApiKeyIn(In):
+    name: Name
+    scopes: list[Literal["read", "write"]] = Field(min_length=1, max_length=2)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    key_prefix: str = Field(description="The key's first characters, to tell keys apart.")
+    scopes: list[str]
+    created_by_user_id: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=key.id, name=key.name, key_prefix=key.key_prefix, scopes=key.scopes,
+            created_by_user_id=key.created_by_user_id, created_at=key.created_at,
+            last_used_at=key.last_used_at, revoked_at=key.revoked_at,
+        )
+
+
+class ApiKeyCreated(BaseModel):
+    api_key: ApiKeyOut
+    secret: str = Field(description="The key itself. Shown this once; Billfold keeps only its hash.")

@@ -1,0 +1,48 @@
+"""Helpers for tests that sign people up and in over HTTP."""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Api:
+    """A running Billfold and the folder its emails land in."""
+
+    url: str
+    data_dir: Path
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def mails_to(self, address: str) -> list[email.message.EmailMessage]:
+        folder = self.data_dir / "mail"
+        messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))] if folder.exists() else []
+        return [m for m in messages if m["To"] == address]
+
+    def token_mailed_to(self, address: str) -> str:
+        body = self.mails_to(address)[-1].get_content()
+        return re.search(r"^([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$", body, re.M).group(1)
+
+    def sign_up(self, address: str, password: str = PASSWORD, verify: bool = True, **fields: str) -> None:
+        with self.client() as client:
+            answer = client.post("/v1/auth/register", json={"email": address, "password": password, "name": "Grace", "last_name": "Hopper", **fields})
+            assert answer.status_code == 202, answer.text
+            if verify:
+                assert client.post("/v1/auth/verify-email", json={"token": self.token_mailed_to(address)}).status_code == 200
+
+    def sign_in(self, address: str, password: str = PASSWORD) -> str:
+        with self.client() as client:
+            answer = client.post("/v1/auth/sign-in", json={"email": address, "password": password})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["token"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session
 from billfold.kit import clock
 from billfold.kit.db import create_engine
 from tests import databases
+from tests.accounts import Api
+from tests.server import serving
 
 DATABASES = databases.selected()
 
@@ -106,3 +109,17 @@ def admin_token(engine: Engine) -> str:
         session.flush()
         _, token = open_session(session, admin, transport="bearer", address=None, user_agent="tests", days=1)
     return token
+
+
+@pytest.fixture
+def api(engine: Engine, tmp_path: Path) -> Iterator[Api]:
+    """Billfold served over HTTP on the test's database, its mail in ``tmp_path/mail``."""
+    with serving(engine, tmp_path, sign_in_attempts_per_address=1000) as url:
+        yield Api(url, tmp_path)
+
+
+@pytest.fixture
+def address(request: pytest.FixtureRequest, backend: str) -> str:
+    """An email address no other test uses (the test databases outlive a test)."""
+    name = "".join(c for c in request.node.name if c.isalnum())[:40].lower()
+    return f"{name}.{backend}@example.com"

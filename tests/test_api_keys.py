@@ -3,7 +3,6 @@ the only way besides an admin's session into the admin endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,6 @@ from billfold.models import ApiKey
 from tests.accounts import Api
 from tests.cli import assert_one_line_error, run
 from tests.server import serving
-
-
-@pytest.fixture
-def api(engine: Engine, tmp_path: Path) -> Iterator[Api]:
-    with serving(engine, tmp_path) as url:
-        yield Api(url, tmp_path)
 
 
 def test_an_admin_makes_a_key_that_is_shown_once_and_works(api: Api, engine: Engine, admin_token: str) -> None:

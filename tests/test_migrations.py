@@ -18,8 +18,8 @@ import billfold.migrations
 from billfold.kit.db import create_engine
 from billfold.kit.db.base import Base
 from tests import databases, spec
-from tests.test_schema_matches_spec import OWN_TABLES
 from tests.cli import assert_one_line_error, run
+from tests.test_schema_matches_spec import OWN_TABLES
 
 SPEC_TABLES = set(spec.load().tables)
 ALL_TABLES = SPEC_TABLES | OWN_TABLES

@@ -3,7 +3,6 @@ and by cookie with CSRF protection, lock-out, throttling, password change and re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,19 +14,6 @@ from billfold.kit.db import session_factory
 from billfold.models import AuthSession, SignInThrottle, User
 from tests.accounts import PASSWORD, Api
 from tests.server import serving
-
-
-@pytest.fixture
-def api(engine: Engine, tmp_path: Path) -> Iterator[Api]:
-    with serving(engine, tmp_path, sign_in_attempts_per_address=1000) as url:
-        yield Api(url, tmp_path)
-
-
-@pytest.fixture
-def address(request: pytest.FixtureRequest, backend: str) -> str:
-    """An address no other test uses (the servers' databases outlive a test)."""
-    name = "".join(c for c in request.node.name if c.isalnum())[:40].lower()
-    return f"{name}.{backend}@example.com"
 
 
 def _user(engine: Engine, address: str) -> User | None:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from billfold import __version__
 from billfold.accounts import api as accounts_api
+from billfold.accounts import organizations_api, two_factor_api
 from billfold.accounts.security import Security
 from billfold.config import Settings, get_settings
 from billfold.kit import mailer
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.security = Security.from_settings(settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
     app.include_router(accounts_api.router)
+    app.include_router(organizations_api.router)
+    app.include_router(two_factor_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:

@@ -27,19 +27,22 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 class MigratedDatabases:
-    """One migrated database per backend for this worker, made on first use."""
+    """Migrated databases per backend for this worker, made on first use: a shared one that
+    HTTP tests commit to, and a clean one where every test's work is rolled back, so tests that
+    need an empty database (the demo loader) never see another test's rows."""
 
     def __init__(self, tmp: os.PathLike[str]) -> None:
         self.tmp = tmp
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[tuple[str, str], Engine] = {}
 
-    def engine(self, backend: str) -> Engine:
-        if backend not in self.engines:
-            url = databases.fresh_database(backend, f"billfold_test_{worker_id()}", self.tmp)
+    def engine(self, backend: str, kind: str = "shared") -> Engine:
+        if (backend, kind) not in self.engines:
+            name = f"billfold_test_{worker_id()}" if kind == "shared" else f"billfold_{kind}_{worker_id()}"
+            url = databases.fresh_database(backend, name, self.tmp)
             engine = create_engine(url)
             databases.migrate(engine)
-            self.engines[backend] = engine
-        return self.engines[backend]
+            self.engines[backend, kind] = engine
+        return self.engines[backend, kind]
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -64,10 +67,16 @@ def engine(migrated: MigratedDatabases, backend: str) -> Engine:
 
 
 @pytest.fixture
-def connection(engine: Engine) -> Iterator[sa.Connection]:
+def clean_engine(migrated: MigratedDatabases, backend: str) -> Engine:
+    """The migrated database no test commits to."""
+    return migrated.engine(backend, "clean")
+
+
+@pytest.fixture
+def connection(clean_engine: Engine) -> Iterator[sa.Connection]:
     """A connection inside a transaction that is rolled back after the test: each test starts
     from the freshly migrated, empty schema."""
-    with engine.connect() as connection:
+    with clean_engine.connect() as connection:
         transaction = connection.begin()
         try:
             yield connection

@@ -78,3 +78,26 @@ def test_the_front_page_tells_how_to_migrate_an_empty_database(tmp_path: Path) -
         page = httpx.get(f"{base}/")
     assert page.status_code == 200 and "billfold db upgrade" in page.text
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/auth/register", '{"email": "nul@example.com", "password": "long enough pw", "name": "A\\u0000", "last_name": "B"}'),
+        ("POST", "/v1/auth/sign-in", '{"email": "nul@example.com", "password": "x\\u0000"}'),
+        ("GET", "/v1/users?starting_after=usr_%00", None),
+        ("DELETE", "/v1/me/sessions/ses%00", None),
+    ],
+    ids=["body", "password", "query", "path"],
+)
+def test_a_nul_character_anywhere_is_refused_as_bad_input(base_url: str, method: str, path: str, body: str | None) -> None:
+    answer = httpx.request(method, f"{base_url}{path}", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "NUL" in answer.json()["detail"]
+
+
+def test_an_escaped_backslash_before_u0000_is_ordinary_text(base_url: str) -> None:
+    """``"\\\\u0000"`` in JSON is a backslash and the letters u0000, not a NUL: it goes through."""
+    answer = httpx.post(f"{base_url}/v1/auth/sign-in", content='{"email": "nul@example.com", "password": "a\\\\u0000"}', headers={"content-type": "application/json"})
+    assert answer.status_code == 401

@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from billfold import __version__
 from billfold.accounts import api as accounts_api
@@ -26,6 +28,7 @@ from billfold.accounts.security import Security
 from billfold.config import Settings, get_settings
 from billfold.kit import mailer
 from billfold.kit.db import create_engine, one_line, session_factory
+from billfold.kit.http import Problem, RefuseNulCharacters
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
 from billfold.models import Organization, Product, User
 
@@ -38,14 +41,6 @@ class Health(BaseModel):
     version: str
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-
-
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or create_engine(settings.database_url)
@@ -54,6 +49,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
+    app.add_middleware(RefuseNulCharacters)
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.security = Security.from_settings(settings)
@@ -77,12 +73,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             "detail": error.detail if isinstance(error.detail, str) else title,
             "code": title.lower().replace(" ", "_"),
         }
-        return JSONResponse(problem, status_code=error.status_code, media_type=PROBLEM_JSON, headers=error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return JSONResponse(problem, status_code=error.status_code, media_type=PROBLEM_JSON, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": ".".join(str(part) for part in e["loc"] if part != "body"), "message": e["msg"]}
+            {"field": ".".join(str(part) for part in e["loc"][1:] if part != "body") or str(e["loc"][0]), "message": e["msg"]}
             for e in error.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -92,7 +91,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @app.get(
         "/healthz",
         response_model=Health,
-        responses={503: {"model": Problem, "description": "The database cannot be reached."}},
+        responses={503: {"model": Problem, "description": "The database cannot be reached.", "content": {PROBLEM_JSON: {}}}},
         tags=["operations"],
     )
     def healthz(request: Request) -> Health:
@@ -109,6 +108,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
 
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and isinstance(route, APIRoute):
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def make_mailer(settings: Settings) -> mailer.Mailer:

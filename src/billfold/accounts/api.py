@@ -26,6 +26,7 @@ from billfold.accounts.schemas import (
     TokenIn,
     UserOut,
 )
+from billfold.accounts.security import Security
 from billfold.kit.errors import Conflict, NotFound
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.models import ApiKey, AuthSession
@@ -57,18 +58,28 @@ def verify_email(body: TokenIn, session: DbSession, security: SecurityDep) -> Us
 @auth.post("/sign-in", response_model=SignInOut, responses=problems(401, 429))
 def sign_in(body: SignInIn, request: Request, response: Response, session: DbSession, security: SecurityDep) -> SignInOut | JSONResponse:
     """Sign in with email and password. A wrong email, a wrong password and a locked account get
-    the same 401; repeated failures lock the account and are throttled per address and account."""
+    the same 401; repeated failures lock the account and are throttled per address and account.
+    With two-factor authentication on, the answer has `second_factor_required` and a challenge
+    for `POST /v1/auth/sign-in/second-factor` instead of a session."""
     outcome = sessions.sign_in(
         session, security, email=body.email, password=body.password, transport=body.transport,
         address=request.client.host if request.client else None, user_agent=request.headers.get("user-agent"),
     )
+    if outcome.second_factor_required:
+        return SignInOut(second_factor_required=True, challenge=outcome.second_factor_challenge, challenge_expires_at=outcome.challenge_expires_at)
+    return signed_in(outcome, response, security, sessions.SIGN_IN_FAILED)
+
+
+def signed_in(outcome: sessions.SignIn, response: Response, security: Security, failure: str) -> SignInOut | JSONResponse:
+    """The answer to a completed sign-in, whichever way it was made: the token in the body, or set
+    as cookies with a CSRF token; or the 401 of a failed one."""
     if outcome.failed:
         # Returned, not raised: the failure must be recorded, so this transaction commits.
-        problem = sessions.SignInFailed(sessions.SIGN_IN_FAILED).to_problem()
+        problem = sessions.SignInFailed(failure).to_problem()
         return JSONResponse(problem, status_code=401, media_type="application/problem+json")
     assert outcome.user and outcome.auth_session and outcome.token
     answer = SignInOut(user=UserOut.of(outcome.user), session=SessionOut.of(outcome.auth_session, outcome.auth_session.id), first_time=outcome.first_time)
-    if body.transport == "cookie":
+    if outcome.auth_session.transport == "cookie":
         answer.csrf_token = sessions.csrf_token(security, outcome.auth_session)
         max_age = security.settings.session_days * 86400
         secure = security.settings.cookies_secure

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 
+from billfold.accounts.security import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from billfold.models import ApiKey, AuthSession, User
 
 
@@ -21,15 +22,16 @@ def _https(url: HttpUrl) -> HttpUrl:
     return url
 
 
-Name = Annotated[str, Field(min_length=1, max_length=255)]
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"\S")]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
-Email = Annotated[str, Field(min_length=3, max_length=255)]
+NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH, description="10 to 1024 characters.")]
+Email = Annotated[EmailStr, Field(max_length=254)]
 Phone = Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164, such as +4930123456")]
 
 
 class RegisterIn(In):
     email: Email
-    password: Password = Field(description="10 to 1024 characters.")
+    password: NewPassword
     name: Name
     last_name: Name
     user_type: Literal["individual", "business"] = "individual"
@@ -53,12 +55,12 @@ class PasswordResetIn(In):
 
 class PasswordResetConfirmIn(In):
     token: str = Field(min_length=1, max_length=4096)
-    new_password: Password
+    new_password: NewPassword
 
 
 class PasswordChangeIn(In):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class ProfileIn(In):
@@ -120,11 +122,18 @@ class SessionOut(BaseModel):
 
 
 class SignInOut(BaseModel):
-    user: UserOut
-    session: SessionOut
-    first_time: bool = Field(description="True on the user's first completed sign-in.")
+    """A completed sign-in (``user`` and ``session`` set), or, for an account with two-factor
+    authentication on, the password step's answer: ``second_factor_required`` with a challenge to
+    send with a code to ``POST /v1/auth/sign-in/second-factor``, and no session yet."""
+
+    user: UserOut | None = Field(None, description="Set once the sign-in is complete.")
+    session: SessionOut | None = Field(None, description="Set once the sign-in is complete.")
+    first_time: bool = Field(False, description="True on the user's first completed sign-in.")
     token: str | None = Field(None, description="bearer sign-ins: send as `Authorization: Bearer <token>`.")
     csrf_token: str | None = Field(None, description="cookie sign-ins: send as `X-CSRF-Token` on every write.")
+    second_factor_required: bool = Field(False, description="True: the password was right; now send a code with the challenge.")
+    challenge: str | None = Field(None, description="Single-use, for the second step only. Shown this once.")
+    challenge_expires_at: datetime | None = None
 
 
 class Message(BaseModel):

@@ -1,29 +1,36 @@
 """Signing in and out: throttles, account lock, sessions, and who a request's credentials name.
 
 A sign-in answer never says whether an address has an account: an unknown address, a wrong
-password and a locked account all get the same 401, and take as long.
+password and a locked account all get the same 401, and take as long. With two-factor
+authentication on, the password step opens a single-use challenge (``auth_challenges``) that the
+second step completes with a code; wrong codes count like wrong passwords. Passkey sign-in
+(``passkeys``) ends in the same ``finish_sign_in``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold.accounts import two_factor
 from billfold.accounts.security import Principal, Security, password_matches
 from billfold.accounts.service import audit, normalize_email, user_by_email
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, keyed_digest, random_token
-from billfold.kit.db.dialects import insert_ignore
+from billfold.kit.db.dialects import for_update, insert_ignore
 from billfold.kit.errors import TooManyRequests, Unauthorized
-from billfold.models import ApiKey, AuthSession, SignInThrottle, User
+from billfold.models import ApiKey, AuthChallenge, AuthSession, SignInThrottle, User
 
 THROTTLE_WINDOW = timedelta(minutes=15)
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often
 SESSION_PREFIX, API_KEY_PREFIX = "bfs", "bfk"
 SIGN_IN_FAILED = "The email or password is wrong, or the account is locked. A password reset unlocks it."
+SECOND_FACTOR_FAILED = "The code is wrong, the sign-in has expired or was completed, or the account is locked."
+SECOND_FACTOR, SECOND_FACTOR_LIFETIME, CHALLENGE_PREFIX = "second_factor", timedelta(minutes=5), "bfc"
 
 
 class SignInFailed(Unauthorized):
@@ -40,10 +47,21 @@ class SignIn:
     auth_session: AuthSession | None = None
     token: str | None = None
     first_time: bool = False
+    second_factor_challenge: str | None = None
+    challenge_expires_at: datetime | None = None
+
+    @property
+    def second_factor_required(self) -> bool:
+        return self.second_factor_challenge is not None
 
 
-def _throttle_keys(email: str, address: str | None) -> list[str]:
-    return [f"email:{email}"] + ([f"address:{address}"] if address else [])
+def _email_key(email: str) -> str:
+    # A digest: keeps keys short whatever the address's length, and no address in this table.
+    return f"email:{hash_token(email)}"
+
+
+def _throttle_keys(email: str | None, address: str | None) -> list[str]:
+    return ([_email_key(email)] if email else []) + ([f"address:{address}"] if address else [])
 
 
 def _retry_after(session: Session, key: str, limit: int) -> int | None:
@@ -71,6 +89,30 @@ def _record_failure(session: Session, key: str, *, windowed: bool = True) -> int
     return session.scalar(sa.select(table.c.failures).where(table.c.key == key)) or 0
 
 
+def check_throttles(session: Session, security: Security, *, email: str | None, address: str | None) -> None:
+    """Refuse (429) a sign-in attempt from an address, or against an account, that failed too often
+    in the current window."""
+    settings = security.settings
+    limits = {_email_key(email): settings.sign_in_attempts_per_account} if email else {}
+    if address:
+        limits[f"address:{address}"] = settings.sign_in_attempts_per_address
+    waits = [w for key, limit in limits.items() if (w := _retry_after(session, key, limit))]
+    if waits:
+        raise TooManyRequests(f"too many failed sign-ins; try again in {max(waits)} seconds", retry_after=max(waits))
+
+
+def record_failed_sign_in(session: Session, security: Security, *, email: str | None, address: str | None, user: User | None) -> SignIn:
+    """Count a failed attempt toward the throttles and, for a known unlocked account, toward its
+    lock. A wrong password and a wrong second-factor code both count."""
+    for key in _throttle_keys(email, address):
+        _record_failure(session, key)
+    locks = security.settings.max_failed_sign_ins
+    if user is not None and not user.is_locked and _record_failure(session, f"user:{user.id}", windowed=False) >= locks:
+        user.is_locked = True
+        audit(session, "user", user.id, "locked", reason="failed_sign_ins")
+    return SignIn(failed=True)
+
+
 def sign_in(
     session: Session,
     security: Security,
@@ -81,31 +123,118 @@ def sign_in(
     address: str | None,
     user_agent: str | None,
 ) -> SignIn:
-    settings = security.settings
+    """The password step. For an account with two-factor authentication on, no session yet: the
+    outcome carries a challenge for ``complete_second_factor``. The count of consecutive failures
+    is kept until the second factor is given too, so a known password does not buy more guesses."""
     email = normalize_email(email)
-    limits = {f"email:{email}": settings.sign_in_attempts_per_account}
-    if address:
-        limits[f"address:{address}"] = settings.sign_in_attempts_per_address
-    waits = [w for key, limit in limits.items() if (w := _retry_after(session, key, limit))]
-    if waits:
-        raise TooManyRequests(f"too many failed sign-ins; try again in {max(waits)} seconds", retry_after=max(waits))
-
+    check_throttles(session, security, email=email, address=address)
     user = user_by_email(session, email)
     if user is None or user.is_locked or not password_matches(user.password_hash, password):
-        for key in _throttle_keys(email, address):
-            _record_failure(session, key)
-        if user is not None and not user.is_locked:
-            if _record_failure(session, f"user:{user.id}", windowed=False) >= settings.max_failed_sign_ins:
-                user.is_locked = True
-                audit(session, "user", user.id, "locked", reason="failed_sign_ins")
-        return SignIn(failed=True)
+        return record_failed_sign_in(session, security, email=email, address=address, user=user)
+    if two_factor.enabled(user):
+        challenge, row = open_challenge(
+            session, SECOND_FACTOR, user_id=user.id, lifetime=SECOND_FACTOR_LIFETIME, token_prefix=CHALLENGE_PREFIX,
+            data={"transport": transport},
+        )
+        return SignIn(second_factor_challenge=challenge, challenge_expires_at=row.expires_at)
+    return finish_sign_in(session, security, user, transport=transport, address=address, user_agent=user_agent)
 
+
+def complete_second_factor(
+    session: Session, security: Security, *, challenge: str, code: str, address: str | None, user_agent: str | None
+) -> SignIn:
+    """The second step: a TOTP code or a recovery code for the challenge the password step gave.
+    Every failure (unknown, used or expired challenge, wrong code, locked account) looks the same;
+    wrong codes count toward the throttles and the lock like wrong passwords. The challenge stays
+    open for another try after a wrong code, until it expires or the account locks."""
+    row = find_challenge(session, SECOND_FACTOR, challenge)
+    if row is None or row.user_id is None or not isinstance(row.data, dict):
+        check_throttles(session, security, email=None, address=address)
+        return record_failed_sign_in(session, security, email=None, address=address, user=None)
+    user = locked_user(session, row.user_id)
+    email = user.email if user else None
+    check_throttles(session, security, email=email, address=address)
+    if user is None or user.is_locked:
+        return record_failed_sign_in(session, security, email=email, address=address, user=None)
+    if not two_factor.use_code(session, security, user, code):
+        return record_failed_sign_in(session, security, email=email, address=address, user=user)
+    transport = "cookie" if row.data.get("transport") == "cookie" else "bearer"
+    if not claim_challenge(session, row):
+        return SignIn(failed=True)  # completed meanwhile by a request that held the lock first
+    return finish_sign_in(session, security, user, transport=transport, address=address, user_agent=user_agent)
+
+
+def check_second_factor(session: Session, security: Security, user: User, code: str, *, address: str | None) -> bool:
+    """Check a signed-in user's code before a change to their two-factor settings. A wrong code
+    counts as a failed sign-in (throttles and lock), so a stolen session cannot guess codes.
+    The caller holds the user's row lock (``locked_user``)."""
+    check_throttles(session, security, email=user.email, address=address)
+    if two_factor.use_code(session, security, user, code):
+        return True
+    record_failed_sign_in(session, security, email=user.email, address=address, user=user)
+    return False
+
+
+def locked_user(session: Session, user_id: str) -> User | None:
+    """The user's row, read afresh and locked until the transaction ends: a code checked and
+    spent under this lock cannot be spent twice by requests side by side."""
+    statement = sa.select(User).where(User.id == user_id).execution_options(populate_existing=True)
+    return session.scalars(for_update(statement, session)).one_or_none()
+
+
+def finish_sign_in(
+    session: Session, security: Security, user: User, *, transport: str, address: str | None, user_agent: str | None
+) -> SignIn:
+    """Open the session of a sign-in that passed every check; the count of failures starts over."""
     session.execute(sa.delete(SignInThrottle).where(SignInThrottle.key == f"user:{user.id}"))
-    auth_session, token = open_session(session, user, transport=transport, address=address, user_agent=user_agent, days=settings.session_days)
+    auth_session, token = open_session(
+        session, user, transport=transport, address=address, user_agent=user_agent, days=security.settings.session_days
+    )
     first_time = user.first_time
     if first_time:
         user.first_time = False
     return SignIn(user=user, auth_session=auth_session, token=token, first_time=first_time)
+
+
+def open_challenge(
+    session: Session,
+    purpose: str,
+    *,
+    user_id: str | None,
+    lifetime: timedelta,
+    token_prefix: str | None = None,
+    secret: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> tuple[str, AuthChallenge]:
+    """Keep a single-use challenge until ``lifetime`` from now, under the SHA-256 of its secret:
+    ``secret`` when the caller made it (a WebAuthn challenge), else a new random token."""
+    secret = secret or random_token(token_prefix or "bfc")
+    now = clock.now()
+    row = AuthChallenge(user_id=user_id, purpose=purpose, secret_hash=hash_token(secret), data=data, expires_at=now + lifetime)
+    session.add(row)
+    session.flush()
+    return secret, row
+
+
+def find_challenge(session: Session, purpose: str, secret: str) -> AuthChallenge | None:
+    """The open challenge for ``secret``: made for ``purpose``, not used and not expired."""
+    row = session.scalars(sa.select(AuthChallenge).where(AuthChallenge.secret_hash == hash_token(secret))).one_or_none()
+    if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= clock.now():
+        return None
+    return row
+
+
+def claim_challenge(session: Session, row: AuthChallenge) -> bool:
+    """Mark the challenge used; False if another request used it first (one statement, so two
+    processes cannot both succeed)."""
+    table = AuthChallenge.__table__
+    now = clock.now()
+    claimed = session.execute(
+        sa.update(table).where(table.c.id == row.id, table.c.used_at.is_(None), table.c.expires_at > now).values(used_at=now)
+    ).rowcount
+    if claimed:
+        session.expire(row)
+    return claimed == 1
 
 
 def open_session(

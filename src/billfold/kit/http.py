@@ -3,6 +3,8 @@ cursor pagination."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -12,6 +14,51 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from billfold.kit.errors import InvalidInput
+
+
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+class RefuseNulCharacters:
+    """Answers 422 to a request with a NUL character in its path, query or JSON body.
+
+    PostgreSQL cannot store NUL in text, and no name, address or id has one; refusing it at the
+    door, on every database alike, keeps it from ever reaching a query as a 500.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        target = scope.get("path", "").encode("utf-8", "surrogateescape") + b"?" + scope.get("query_string", b"")
+        refused = b"\x00" in target or b"%00" in target
+        messages = []
+        if not refused:
+            body = b""
+            while True:  # request bodies here are small JSON documents
+                message = await receive()
+                messages.append(message)
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            refused = b"\x00" in body or _ESCAPED_NUL.search(body) is not None
+        if refused:
+            detail = "text may not contain NUL characters (\\u0000)"
+            problem = InvalidInput(detail, errors=[{"field": "", "message": detail}]).to_problem()
+            payload = json.dumps(problem).encode()
+            await send({"type": "http.response.start", "status": 422,
+                        "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replay = iter(messages)
+
+        async def replayed() -> Any:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
 
 
 def unit_of_work(request: Request) -> Iterator[Session]:

@@ -91,6 +91,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         options["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 5}
     else:
         options["connect_args"] = {"init_command": _MYSQL_INIT, "connect_timeout": 5}
+        # PostgreSQL's default: a statement sees what committed before it began, so a read
+        # after waiting for a row lock sees the row as the other transaction left it.
+        options["isolation_level"] = "READ COMMITTED"
     options.update(kwargs)
     try:
         engine = sa.create_engine(parsed, **options)
@@ -131,7 +134,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front. A DEFERRED transaction that read before
+        # another committed cannot then write: SQLite refuses at once ("database is locked"),
+        # without waiting for the busy timeout. SQLite runs one writer at a time either way.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

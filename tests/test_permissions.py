@@ -1,0 +1,413 @@
+"""Every cell of the permission matrix in docs/permissions.md, as one real HTTP request on each
+database. The matrix is read from the document, so the document and the service cannot drift
+apart: ✓ must answer 2xx (a read shows the thing, a write changes it); 403, 404 and 409 must answer
+that status and leave every row the request could touch as it was; *hidden* answers 200 without
+the organization.
+
+The people and API keys are made once per database (directly in the database: no Argon2 hashing);
+each cell gets a fresh organization with those people in their roles, so no request disturbs
+another."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from billfold.accounts.api_keys import create_api_key
+from billfold.kit.db import session_factory, transaction
+from billfold.kit.ids import new_id
+from billfold.models import Address, Organization, OrganizationUser, User
+from tests import databases
+from tests.server import serving
+from tests.test_organizations import Person, person
+
+MATRIX = Path(__file__).parents[1] / "docs" / "permissions.md"
+COLUMNS = (
+    "owner",
+    "admin",
+    "billing",
+    "member",
+    "non-member",
+    "admin user",
+    "API key (read)",
+    "API key (write)",
+)
+ROLES = ("owner", "admin", "billing", "member")
+OUTCOMES = ("✓", "403", "404", "409", "hidden", "—")
+
+
+@dataclass(frozen=True)
+class Row:
+    action: str
+    request: str  # `METHOD /path` or "later"
+    cells: dict[str, str]
+
+
+def read_matrix() -> list[Row]:
+    lines = MATRIX.read_text(encoding="utf-8").splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| action | request |"))
+    names = [c.strip() for c in lines[header].strip("|").split("|")]
+    assert tuple(names[2:]) == COLUMNS, f"the matrix's columns are {names[2:]}"
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        action, request, *cells = (c.strip() for c in line.strip().strip("|").split("|"))
+        rows.append(Row(action, request.strip("`"), dict(zip(COLUMNS, cells, strict=True))))
+    return rows
+
+
+# The requests
+
+
+@dataclass
+class Scene:
+    """A fresh organization with the shared people in their roles, and what the requests act on."""
+
+    organization: str
+    owner: str
+    co_owner: str  # a second owner
+    extra: str  # a plain member, also "another user" with an address of their own
+    outsider_email: str  # a confirmed account that belongs to no organization
+    organization_address: str
+    extra_address: str
+    me: str | None  # the acting user, if a user acts
+    my_address: str | None
+
+
+ADDRESS = {
+    "address_type": "billing",
+    "name": "Ada Lovelace",
+    "line1": "12 St James's Square",
+    "city": "London",
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    request: str  # as the matrix writes it
+    send: Callable[[httpx.Client, Scene], httpx.Response]
+    shows: Callable[[Scene], str | None] | None = None  # for a read: the id an allowed answer contains
+
+
+def _from(s: Scene, start: str) -> dict[str, Any]:
+    # The shared people collect rows across tests; start the page just before the scene's own.
+    return {"starting_after": start[:-1], "limit": 100}
+
+
+def _org(s: Scene, rest: str = "") -> str:
+    return f"/v1/organizations/{s.organization}{rest}"
+
+
+ACTIONS: dict[str, Action] = {
+    "Create an organization": Action(
+        "POST /v1/organizations",
+        lambda c, s: c.post(
+            "/v1/organizations", json={"name": "Made here", **({} if s.me else {"owner_user_id": s.extra})}
+        ),
+    ),
+    "Find the organization in the list": Action(
+        "GET /v1/organizations",
+        lambda c, s: c.get("/v1/organizations", params=_from(s, s.organization)),
+        lambda s: s.organization,
+    ),
+    "See the organization": Action(
+        "GET /v1/organizations/{id}", lambda c, s: c.get(_org(s)), lambda s: s.organization
+    ),
+    "Change its settings": Action(
+        "PATCH /v1/organizations/{id}", lambda c, s: c.patch(_org(s), json={"name": "Renamed"})
+    ),
+    "Delete it": Action("DELETE /v1/organizations/{id}", lambda c, s: c.delete(_org(s))),
+    "Transfer ownership": Action(
+        "POST /v1/organizations/{id}/transfer-ownership",
+        lambda c, s: c.post(_org(s, "/transfer-ownership"), json={"user_id": s.extra}),
+    ),
+    "See the members": Action(
+        "GET /v1/organizations/{id}/members",
+        lambda c, s: c.get(_org(s, "/members"), params={"limit": 100}),
+        lambda s: s.extra,
+    ),
+    "See one member": Action(
+        "GET /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.get(_org(s, f"/members/{s.extra}")),
+        lambda s: s.extra,
+    ),
+    "Add a member as admin, billing or member": Action(
+        "POST /v1/organizations/{id}/members",
+        lambda c, s: c.post(_org(s, "/members"), json={"email": s.outsider_email, "role": "billing"}),
+    ),
+    "Add a member as owner": Action(
+        "POST /v1/organizations/{id}/members",
+        lambda c, s: c.post(_org(s, "/members"), json={"email": s.outsider_email, "role": "owner"}),
+    ),
+    "Change a member's role (not to or from owner)": Action(
+        "PATCH /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.patch(_org(s, f"/members/{s.extra}"), json={"role": "billing"}),
+    ),
+    "Make a member an owner": Action(
+        "PATCH /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.patch(_org(s, f"/members/{s.extra}"), json={"role": "owner"}),
+    ),
+    "Make a co-owner something else": Action(
+        "PATCH /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.patch(_org(s, f"/members/{s.co_owner}"), json={"role": "admin"}),
+    ),
+    "Make the primary owner something else": Action(
+        "PATCH /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.patch(_org(s, f"/members/{s.owner}"), json={"role": "admin"}),
+    ),
+    "Remove a member (not an owner)": Action(
+        "DELETE /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.delete(_org(s, f"/members/{s.extra}")),
+    ),
+    "Remove a co-owner": Action(
+        "DELETE /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.delete(_org(s, f"/members/{s.co_owner}")),
+    ),
+    "Remove the primary owner": Action(
+        "DELETE /v1/organizations/{id}/members/{user_id}",
+        lambda c, s: c.delete(_org(s, f"/members/{s.owner}")),
+    ),
+    "Leave the organization": Action(
+        "DELETE /v1/organizations/{id}/members/{own user id}",
+        lambda c, s: c.delete(_org(s, f"/members/{s.me}")),
+    ),
+    "See its addresses": Action(
+        "GET /v1/organizations/{id}/addresses",
+        lambda c, s: c.get(_org(s, "/addresses")),
+        lambda s: s.organization_address,
+    ),
+    "See one of its addresses": Action(
+        "GET /v1/organizations/{id}/addresses/{address_id}",
+        lambda c, s: c.get(_org(s, f"/addresses/{s.organization_address}")),
+        lambda s: s.organization_address,
+    ),
+    "Add an address to it": Action(
+        "POST /v1/organizations/{id}/addresses", lambda c, s: c.post(_org(s, "/addresses"), json=ADDRESS)
+    ),
+    "Change one of its addresses": Action(
+        "PATCH /v1/organizations/{id}/addresses/{address_id}",
+        lambda c, s: c.patch(_org(s, f"/addresses/{s.organization_address}"), json={"city": "Leeds"}),
+    ),
+    "Delete one of its addresses": Action(
+        "DELETE /v1/organizations/{id}/addresses/{address_id}",
+        lambda c, s: c.delete(_org(s, f"/addresses/{s.organization_address}")),
+    ),
+    "See one's own addresses": Action(
+        "GET /v1/me/addresses",
+        lambda c, s: c.get("/v1/me/addresses", params=_from(s, s.my_address or s.extra_address)),
+        lambda s: s.my_address,
+    ),
+    "See one of one's own addresses": Action(
+        "GET /v1/me/addresses/{address_id}",
+        lambda c, s: c.get(f"/v1/me/addresses/{s.my_address or s.extra_address}"),
+        lambda s: s.my_address,
+    ),
+    "Add an address of one's own": Action(
+        "POST /v1/me/addresses", lambda c, s: c.post("/v1/me/addresses", json=ADDRESS)
+    ),
+    "Change one of one's own addresses": Action(
+        "PATCH /v1/me/addresses/{address_id}",
+        lambda c, s: c.patch(f"/v1/me/addresses/{s.my_address or s.extra_address}", json={"city": "Leeds"}),
+    ),
+    "Delete one of one's own addresses": Action(
+        "DELETE /v1/me/addresses/{address_id}",
+        lambda c, s: c.delete(f"/v1/me/addresses/{s.my_address or s.extra_address}"),
+    ),
+    "Reach another user's address as one's own": Action(
+        "GET /v1/me/addresses/{address_id}", lambda c, s: c.get(f"/v1/me/addresses/{s.extra_address}")
+    ),
+    "See a user's addresses": Action(
+        "GET /v1/users/{user_id}/addresses",
+        lambda c, s: c.get(f"/v1/users/{s.extra}/addresses"),
+        lambda s: s.extra_address,
+    ),
+    "Add an address for a user": Action(
+        "POST /v1/users/{user_id}/addresses",
+        lambda c, s: c.post(f"/v1/users/{s.extra}/addresses", json=ADDRESS),
+    ),
+    "Change a user's address": Action(
+        "PATCH /v1/users/{user_id}/addresses/{address_id}",
+        lambda c, s: c.patch(f"/v1/users/{s.extra}/addresses/{s.extra_address}", json={"city": "Leeds"}),
+    ),
+    "Delete a user's address": Action(
+        "DELETE /v1/users/{user_id}/addresses/{address_id}",
+        lambda c, s: c.delete(f"/v1/users/{s.extra}/addresses/{s.extra_address}"),
+    ),
+}
+
+
+# The world: people made once per database, a fresh organization per cell
+
+
+@dataclass
+class World:
+    engine: Engine
+    people: dict[str, Person]  # by column, for the columns that are users
+    clients: dict[
+        str, httpx.Client
+    ]  # by column, each signed in as its principal (made once: each costs ~60 ms)
+
+    def scene(self, column: str) -> Scene:
+        me = self.people[column].id if column in self.people else None
+        with transaction(session_factory(self.engine)) as session:
+
+            def user(label: str) -> str:
+                row = User(
+                    name=label,
+                    last_name="Tester",
+                    email=f"{label}.{new_id('p').lower()}@example.com",
+                    user_type="individual",
+                    is_verified=True,
+                )
+                session.add(row)
+                session.flush()
+                return row.id
+
+            def address(**owner: str) -> str:
+                row = Address(**owner, **ADDRESS, is_default=True)
+                session.add(row)
+                session.flush()
+                return row.id
+
+            co_owner, extra, outsider = user("co-owner"), user("extra"), user("outsider")
+            organization = Organization(name="Matrix Ltd", owner_user_id=self.people["owner"].id)
+            session.add(organization)
+            session.flush()
+            members = {self.people[role].id: role for role in ROLES} | {co_owner: "owner", extra: "member"}
+            session.add_all(
+                OrganizationUser(organization_id=organization.id, user_id=u, role=r)
+                for u, r in members.items()
+            )
+            outsider_email = session.get(User, outsider).email  # type: ignore[union-attr]
+            return Scene(
+                organization=organization.id,
+                owner=self.people["owner"].id,
+                co_owner=co_owner,
+                extra=extra,
+                outsider_email=outsider_email,
+                organization_address=address(organization_id=organization.id),
+                extra_address=address(user_id=extra),
+                me=me,
+                my_address=address(user_id=me) if me else None,
+            )
+
+    def snapshot(self, scene: Scene) -> dict[str, Any]:
+        """Every row a request in the matrix could change, in the scene and around it."""
+        owners = [u for u in (scene.me, scene.extra) if u]
+        with session_factory(self.engine)() as session:
+            organization = session.get(Organization, scene.organization)
+            members = session.execute(
+                sa.select(OrganizationUser.user_id, OrganizationUser.role)
+                .where(OrganizationUser.organization_id == scene.organization)
+                .order_by(OrganizationUser.user_id)
+            ).all()
+            addresses = session.execute(
+                sa.select(
+                    Address.id, Address.user_id, Address.organization_id, Address.is_default, Address.city
+                )
+                .where(
+                    sa.or_(
+                        Address.organization_id == scene.organization,
+                        sa.and_(Address.user_id.in_(owners), Address.organization_id.is_(None)),
+                    )
+                )
+                .order_by(Address.id)
+            ).all()
+            owned = session.execute(
+                sa.select(Organization.owner_user_id, sa.func.count())
+                .where(Organization.owner_user_id.in_(owners))
+                .group_by(Organization.owner_user_id)
+                .order_by(Organization.owner_user_id)
+            ).all()
+            return {
+                "organization": organization and (organization.name, organization.owner_user_id),
+                "members": [tuple(m) for m in members],
+                "addresses": [tuple(a) for a in addresses],
+                "organizations owned": [tuple(o) for o in owned],
+            }
+
+
+@pytest.fixture(scope="module", params=databases.selected())
+def world(
+    request: pytest.FixtureRequest, migrated: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    engine = migrated.engine(request.param)
+    people = {column: person(engine, column.replace(" ", "-")) for column in ROLES + ("non-member",)}
+    people["admin user"] = person(engine, "shop-admin", user_type="admin")
+    keys = {}
+    with transaction(session_factory(engine)) as session:
+        for column, scope in (("API key (read)", "read"), ("API key (write)", "write")):
+            keys[column] = create_api_key(session, name=column, scopes=[scope], created_by=None)[1]
+    tokens = {column: p.token for column, p in people.items()} | keys
+    with serving(engine, tmp_path_factory.mktemp("permissions")) as url:
+        clients = {
+            c: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {t}"}, timeout=30)
+            for c, t in tokens.items()
+        }
+        yield World(engine, people, clients)
+        for client in clients.values():
+            client.close()
+
+
+ROWS = read_matrix()
+CELLS = [
+    pytest.param(
+        row.action,
+        column,
+        outcome,
+        id=f"{re.sub(r'[^a-z0-9]+', '-', row.action.lower()).strip('-')}--{column}",
+    )
+    for row in ROWS
+    if row.request != "later"
+    for column, outcome in row.cells.items()
+    if outcome != "—"
+]
+
+
+def test_the_matrix_names_a_request_for_every_row_and_a_known_outcome_in_every_cell() -> None:
+    built = {row.action: row.request for row in ROWS if row.request != "later"}
+    assert set(built) == set(ACTIONS), (
+        "a row of docs/permissions.md without a request here, or the other way round"
+    )
+    for action, request in built.items():
+        assert request == ACTIONS[action].request, action
+    for row in ROWS:
+        assert set(row.cells.values()) <= set(OUTCOMES), row
+        if re.match(r"(later|[A-Z]+ /v1/organizations/)", row.request):
+            assert row.cells["non-member"] == "404", (
+                f"{row.action}: an outsider must not learn the organization exists"
+            )
+
+
+@pytest.mark.parametrize(("action", "column", "outcome"), CELLS)
+def test_each_cell_of_the_matrix(world: World, action: str, column: str, outcome: str) -> None:
+    scene = world.scene(column)
+    before = world.snapshot(scene)
+    answer = ACTIONS[action].send(world.clients[column], scene)
+    method = answer.request.method
+    after = world.snapshot(scene)
+    assert method == ACTIONS[action].request.split()[0]
+    if outcome == "✓":
+        assert 200 <= answer.status_code < 300, answer.text
+        shows = ACTIONS[action].shows
+        if method == "GET":
+            assert shows is not None and shows(scene) in answer.text, "an allowed read shows the thing"
+        else:
+            assert after != before, "an allowed write changes something"
+    elif outcome == "hidden":
+        assert answer.status_code == 200 and scene.organization not in answer.text
+    else:
+        assert answer.status_code == int(outcome), answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert after == before, "a refused request changes nothing"

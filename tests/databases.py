@@ -38,8 +38,16 @@ def selected() -> list[str]:
     return [n for n in ALL if n == "sqlite" or n in named]
 
 
+def run_prefix() -> str:
+    """BILLFOLD_TEST_RUN, when set, goes into every database name, so that several test runs
+    (in several checkouts) can share the servers without dropping each other's databases."""
+    run = "".join(c for c in os.environ.get("BILLFOLD_TEST_RUN", "").lower() if c.isalnum())
+    return f"{run}_" if run else ""
+
+
 def fresh_database(backend: str, name: str, sqlite_dir: Path) -> URL:
     """Create an empty database called ``name`` (dropping any left from an earlier run)."""
+    name = run_prefix() + name
     if backend == "sqlite":
         path = sqlite_dir / f"{name}.db"
         for suffix in ("", "-wal", "-shm"):

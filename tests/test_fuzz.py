@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key

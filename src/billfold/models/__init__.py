@@ -4,7 +4,7 @@ table on ``Base.metadata``."""
 from billfold.kit.db.base import Base
 from billfold.models.accounts import Address, Organization, OrganizationUser, User
 from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
-from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, SignInThrottle
+from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
 from billfold.models.catalog import Product, ProductCategory
 from billfold.models.invoices import Invoice
 from billfold.models.memberships import MembershipType, UserMembership
@@ -28,6 +28,7 @@ __all__ = [
     "Order",
     "OrderItem",
     "Organization",
+    "OrganizationInvitation",
     "OrganizationUser",
     "Payment",
     "PaymentEvent",

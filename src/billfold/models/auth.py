@@ -80,3 +80,32 @@ class SignInThrottle(Base):
     key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default=sa.text("0"))
     window_started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class OrganizationInvitation(Base):
+    """An invitation to join an organization, sent to an email address that may not have an
+    account yet. The token travels only in the email; only its SHA-256 is kept."""
+
+    __tablename__ = "organization_invitations"
+    __table_args__ = table_args(
+        sa.Index("idx_organization_invitations_organization_id", "organization_id"),
+        sa.Index("idx_organization_invitations_email", "email"),
+    )
+
+    id: Mapped[str] = id_column("inv")
+    organization_id: Mapped[str] = mapped_column(
+        sa.String(255), sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False
+    )
+    email: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    role: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    invited_by_user_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = created_at_column()
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    accepted_by_user_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("users.id", ondelete="SET NULL")
+    )
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

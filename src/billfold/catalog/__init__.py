@@ -1,0 +1,1 @@
+"""The catalog: product categories, products and their variants, membership types."""

@@ -157,3 +157,26 @@ def test_the_cli_erases_a_customer_and_explains_a_refusal(tmp_path: Path) -> Non
     assert_one_line_error(run("customer", "erase", bob_id, "--yes", database_url=url), "live subscription", "cancel")
     assert_one_line_error(run("customer", "erase", "usr_01JD0000000000000000000000", "--yes", database_url=url), "no user")
     engine.dispose()
+
+
+def test_invitations_to_an_erased_persons_address_go_with_them(session: Session) -> None:
+    from datetime import timedelta
+
+    from billfold.kit import clock
+    from billfold.models import OrganizationInvitation
+
+    ada = make.user(session)
+    shop = make.organization(session, make.user(session))
+    for n, email in enumerate((ada.email, "someone.else@example.com")):
+        session.add(
+            OrganizationInvitation(
+                organization_id=shop.id, email=email, role="member", token_hash=f"{n}" * 64,
+                expires_at=clock.now() + timedelta(days=7),
+            )
+        )
+    session.flush()
+
+    erase_user(session, ada.id)
+
+    left = session.scalars(sa.select(OrganizationInvitation.email).where(OrganizationInvitation.organization_id == shop.id)).all()
+    assert left == ["someone.else@example.com"]

@@ -11,6 +11,7 @@ another."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key
+from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.models import Address, Organization, OrganizationUser, User
+from billfold.models import Address, Organization, OrganizationInvitation, OrganizationUser, User
 from tests import databases
 from tests.server import serving
 from tests.test_organizations import Person, person
@@ -79,6 +81,7 @@ class Scene:
     outsider_email: str  # a confirmed account that belongs to no organization
     organization_address: str
     extra_address: str
+    invitation: str  # a pending invitation to the organization
     me: str | None  # the acting user, if a user acts
     my_address: str | None
 
@@ -181,6 +184,23 @@ ACTIONS: dict[str, Action] = {
     "Leave the organization": Action(
         "DELETE /v1/organizations/{id}/members/{own user id}",
         lambda c, s: c.delete(_org(s, f"/members/{s.me}")),
+    ),
+    "Invite someone as admin, billing or member": Action(
+        "POST /v1/organizations/{id}/invitations",
+        lambda c, s: c.post(_org(s, "/invitations"), json={"email": f"new.{s.organization.lower()}@example.com", "role": "billing"}),
+    ),
+    "Invite someone as owner": Action(
+        "POST /v1/organizations/{id}/invitations",
+        lambda c, s: c.post(_org(s, "/invitations"), json={"email": f"new.{s.organization.lower()}@example.com", "role": "owner"}),
+    ),
+    "See its invitations": Action(
+        "GET /v1/organizations/{id}/invitations",
+        lambda c, s: c.get(_org(s, "/invitations")),
+        lambda s: s.invitation,
+    ),
+    "Revoke an invitation": Action(
+        "DELETE /v1/organizations/{id}/invitations/{invitation_id}",
+        lambda c, s: c.delete(_org(s, f"/invitations/{s.invitation}")),
     ),
     "See its addresses": Action(
         "GET /v1/organizations/{id}/addresses",
@@ -290,6 +310,15 @@ class World:
                 for u, r in members.items()
             )
             outsider_email = session.get(User, outsider).email  # type: ignore[union-attr]
+            invitation = OrganizationInvitation(
+                organization_id=organization.id,
+                email=f"invited.{organization.id.lower()}@example.com",
+                role="member",
+                token_hash=new_id("tok").lower().ljust(64, "0")[:64],
+                expires_at=clock.now() + timedelta(days=7),
+            )
+            session.add(invitation)
+            session.flush()
             return Scene(
                 organization=organization.id,
                 owner=self.people["owner"].id,
@@ -298,6 +327,7 @@ class World:
                 outsider_email=outsider_email,
                 organization_address=address(organization_id=organization.id),
                 extra_address=address(user_id=extra),
+                invitation=invitation.id,
                 me=me,
                 my_address=address(user_id=me) if me else None,
             )
@@ -330,8 +360,14 @@ class World:
                 .group_by(Organization.owner_user_id)
                 .order_by(Organization.owner_user_id)
             ).all()
+            invitations = session.execute(
+                sa.select(OrganizationInvitation.id, OrganizationInvitation.role, OrganizationInvitation.revoked_at)
+                .where(OrganizationInvitation.organization_id == scene.organization)
+                .order_by(OrganizationInvitation.id)
+            ).all()
             return {
                 "organization": organization and (organization.name, organization.owner_user_id),
+                "invitations": [tuple(i) for i in invitations],
                 "members": [tuple(m) for m in members],
                 "addresses": [tuple(a) for a in addresses],
                 "organizations owned": [tuple(o) for o in owned],

@@ -7,6 +7,7 @@ secret runs against it; then neither its output nor any later answer may contain
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,6 +71,11 @@ def test_no_secret_reaches_the_log_or_a_later_answer(tmp_path: Path) -> None:
             assert len(confirmed.json()["recovery_codes"]) == 10
             secrets += confirmed.json()["recovery_codes"]
             later += [me.get("/v1/me").text, me.get("/v1/me/sessions").text, me.get("/v1/me/two-factor").text]
+            organization = me.post("/v1/organizations", json={"name": "Secretive Ltd"}).json()["id"]
+            invited = me.post(f"/v1/organizations/{organization}/invitations", json={"email": "guest@example.com"})
+            assert invited.status_code == 201, invited.text
+            secrets.append(re.search(r"^(bfi_\S+)$", api.mails_to("guest@example.com")[-1].get_content(), re.M).group(1))
+            later += [invited.text, me.get(f"/v1/organizations/{organization}/invitations").text]
     finally:
         server.terminate()
         server.wait(timeout=15)

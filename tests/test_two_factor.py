@@ -238,3 +238,27 @@ def test_confirming_without_an_enrolment_or_with_extra_fields_changes_nothing(ap
     with session_factory(engine)() as session:
         events = session.scalars(sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_id == _user(engine, address).id)).all()
     assert "two_factor_enabled" not in events
+
+
+def test_a_shop_admin_clears_two_factor_for_someone_who_lost_it(api: Api, engine: Engine, address: str, admin_token: str) -> None:
+    _enrolled(api, address)
+    user_id = _user(engine, address).id
+    with api.client() as client:
+        _password_step(client, address)  # the code is still asked for
+    with api.client() as anonymous:
+        assert anonymous.delete(f"/v1/users/{user_id}/two-factor").status_code == 401
+    api.sign_up(f"other.{address}")
+    with api.client(api.sign_in(f"other.{address}")) as customer:
+        assert customer.delete(f"/v1/users/{user_id}/two-factor").status_code == 403
+    assert _user(engine, address).two_factor is not None, "a refused request changes nothing"
+    with api.client(admin_token) as admin:
+        cleared = admin.delete(f"/v1/users/{user_id}/two-factor")
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json()["two_factor_enabled"] is False
+        assert admin.delete("/v1/users/usr_nobody/two-factor").status_code == 404
+    assert _user(engine, address).two_factor is None
+    assert "turned it off for you" in api.mails_to(address)[-1].get_content()
+    assert api.sign_in(address), "the password alone signs in again"
+    with session_factory(engine)() as session:
+        kinds = session.scalars(sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_id == user_id)).all()
+    assert "two_factor_cleared_by_admin" in kinds

@@ -187,6 +187,19 @@ def customer_erase(
     out.print("\n".join(lines))
 
 
+@app.command()
+def purge() -> None:
+    """Delete ended sign-in state: used or expired challenges, long-ended sessions, closed
+    throttle windows, invitations that ended a month ago. Safe to run at any time."""
+    from billfold.accounts.housekeeping import purge as purge_accounts
+
+    engine = _engine()
+    _require_migrated(engine)
+    with transaction(session_factory(engine)) as session:
+        removed = purge_accounts(session)
+    out.print(", ".join(f"{n} {table}" for table, n in removed.items()) + " deleted")
+
+
 @apikey_app.command("create")
 def apikey_create(
     name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. 'shop backend'.")],

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from billfold.accounts import api_keys, service, sessions
+from billfold.accounts import api_keys, service, sessions, two_factor
 from billfold.accounts.auth import CSRF_COOKIE, SESSION_COOKIE, Admin, SecurityDep, User
 from billfold.accounts.erasure import erase_user
 from billfold.accounts.schemas import (
@@ -189,6 +189,15 @@ def get_user(user_id: str, principal: Admin, session: DbSession) -> UserOut:
 @users.post("/{user_id}/unlock", response_model=UserOut)
 def unlock_user(user_id: str, principal: Admin, session: DbSession) -> UserOut:
     return UserOut.of(service.unlock(session, user_id))
+
+
+@users.delete("/{user_id}/two-factor", response_model=UserOut)
+def clear_two_factor(user_id: str, principal: Admin, session: DbSession) -> UserOut:
+    """Turn off a user's two-factor authentication (shop admins), for someone who lost both their
+    authenticator and their recovery codes. They are told by email; their passkeys stay."""
+    user = service.get_user(session, user_id, lock=True)
+    two_factor.disable(session, user, by_admin=principal.user.id if principal.user else principal.api_key.id)
+    return UserOut.of(user)
 
 
 @keys.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)

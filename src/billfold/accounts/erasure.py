@@ -21,6 +21,7 @@ from billfold.models import (
     Invoice,
     Order,
     Organization,
+    OrganizationInvitation,
     OrganizationUser,
     Payment,
     PaymentEvent,
@@ -117,6 +118,10 @@ def erase_user(session: Session, user_id: str) -> Erasure:
         _refuse_live_subscriptions(session, Subscription.organization_id, organization_id)
 
     organizations = [erase_organization(session, organization_id) for organization_id in owned]
+    # Invitations sent to the address name the person too.
+    invitations_removed = session.execute(
+        sa.delete(OrganizationInvitation).where(OrganizationInvitation.email == user.email)
+    ).rowcount
     kept = _financial_records(session, User, user_id)
     still_owned = session.scalar(
         sa.select(sa.func.count()).select_from(Organization).where(Organization.owner_user_id == user_id)
@@ -130,6 +135,7 @@ def erase_user(session: Session, user_id: str) -> Erasure:
         removed["organization_users"] = session.execute(
             sa.delete(OrganizationUser).where(OrganizationUser.user_id == user_id)
         ).rowcount
+        removed["organization_invitations"] = invitations_removed
         removed["analytics_events"] = session.execute(
             sa.update(AnalyticsEvent).where(AnalyticsEvent.user_id == user_id).values(user_id=None, session_id=None)
         ).rowcount

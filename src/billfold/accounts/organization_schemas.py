@@ -11,7 +11,7 @@ import email_validator
 from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from billfold.accounts.addresses import COUNTRY_CODES
-from billfold.accounts.schemas import Email, In, Phone
+from billfold.accounts.schemas import Email, In, Name, NewPassword, Phone
 from billfold.models import Address, Organization, OrganizationUser, User
 
 Role = Literal["owner", "admin", "billing", "member"]
@@ -271,3 +271,56 @@ __all__ = [
     "OrganizationUpdate",
     "TransferIn",
 ]
+
+
+# Invitations
+
+
+class InvitationIn(In):
+    email: ContactEmail = Field(description="The address to invite; it need not have an account yet.")
+    role: Role = "member"
+
+
+class InvitationOut(BaseModel):
+    id: str
+    organization_id: str
+    email: str
+    role: Role
+    status: Literal["pending", "accepted", "revoked", "expired"]
+    invited_by_user_id: str | None
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime | None
+    accepted_by_user_id: str | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, invitation: Any, status: str) -> InvitationOut:
+        return cls(
+            id=invitation.id,
+            organization_id=invitation.organization_id,
+            email=invitation.email,
+            role=invitation.role,
+            status=status,  # type: ignore[arg-type]
+            invited_by_user_id=invitation.invited_by_user_id,
+            created_at=invitation.created_at,
+            expires_at=invitation.expires_at,
+            accepted_at=invitation.accepted_at,
+            accepted_by_user_id=invitation.accepted_by_user_id,
+            revoked_at=invitation.revoked_at,
+        )
+
+
+class AcceptInvitationIn(In):
+    token: str = Field(min_length=1, max_length=512, description="The token from the invitation email.")
+    password: NewPassword | None = Field(None, description="To open an account, when not signed in.")
+    name: Name | None = Field(None, description="To open an account, when not signed in.")
+    last_name: Name | None = Field(None, description="To open an account, when not signed in.")
+
+
+class InvitationAccepted(BaseModel):
+    organization_id: str
+    user_id: str
+    email: str
+    role: Role
+    account_created: bool = Field(description="True when accepting opened the account; sign in next.")

@@ -126,15 +126,21 @@ def access(session: Session, principal: Principal, organization_id: str, *, lock
     if has_prefix(organization_id, "org"):
         statement = sa.select(Organization).where(Organization.id == organization_id)
         organization = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
-    membership = None
+    own = None
     if organization is not None and principal.user is not None:
-        membership = _membership(session, organization.id, principal.user.id, lock=lock)
-    if organization is None or (membership is None and not principal.is_admin):
+        own = membership(session, organization.id, principal.user.id, lock=lock)
+    if organization is None or (own is None and not principal.is_admin):
         raise NotFound(f"no organization {organization_id}")
-    return Access(principal, organization, membership)
+    return Access(principal, organization, own)
 
 
-def _membership(
+def lock_organization(session: Session, organization_id: str) -> Organization:
+    """The organization's row, held until the transaction ends (see ``access``)."""
+    statement = sa.select(Organization).where(Organization.id == organization_id)
+    return session.scalars(for_update(statement, session)).one()
+
+
+def membership(
     session: Session, organization_id: str, user_id: str, *, lock: bool = False
 ) -> OrganizationUser | None:
     statement = sa.select(OrganizationUser).where(
@@ -250,14 +256,14 @@ def transfer_ownership(session: Session, access: Access, user_id: str) -> Organi
     """Make a member the primary owner; the previous primary owner stays as an admin."""
     access.require(Permission.OWNERSHIP)
     organization = access.organization
-    target = _membership(session, organization.id, user_id, lock=True) if has_prefix(user_id, "usr") else None
+    target = membership(session, organization.id, user_id, lock=True) if has_prefix(user_id, "usr") else None
     if target is None:
         detail = f"{user_id} is not a member of {organization.id}; add them first, then transfer ownership"
         raise NotFound(detail, errors=[{"field": "user_id", "message": "not a member"}])
     previous_owner_id = organization.owner_user_id
     if target.user_id == previous_owner_id:
         return organization
-    previous = _membership(session, organization.id, previous_owner_id, lock=True)
+    previous = membership(session, organization.id, previous_owner_id, lock=True)
     if previous is not None:
         previous.role = PREVIOUS_OWNER_ROLE
     target.role = "owner"
@@ -270,7 +276,7 @@ def transfer_ownership(session: Session, access: Access, user_id: str) -> Organi
         "ownership_transferred",
         previous_owner_user_id=previous_owner_id,
         owner_user_id=target.user_id,
-        by=_actor_id(access.principal),
+        by=actor_id(access.principal),
     )
     return organization
 
@@ -296,7 +302,7 @@ def get_member(session: Session, access: Access, user_id: str) -> OrganizationUs
 
 def _member(session: Session, access: Access, user_id: str, *, lock: bool = False) -> OrganizationUser:
     member = (
-        _membership(session, access.organization.id, user_id, lock=lock)
+        membership(session, access.organization.id, user_id, lock=lock)
         if has_prefix(user_id, "usr")
         else None
     )
@@ -306,27 +312,28 @@ def _member(session: Session, access: Access, user_id: str, *, lock: bool = Fals
 
 
 def add_member(session: Session, access: Access, *, email: str, role: str = "member") -> OrganizationUser:
-    """Add the person with an existing, confirmed account at ``email``. There are no invitations:
-    someone without an account is asked to sign up first."""
+    """Add the person with an existing, confirmed account at ``email`` at once. Anyone else is
+    invited instead (accounts/invitations.py)."""
     access.require(Permission.MEMBERS)
     if role == "owner":
         access.require(Permission.OWNERSHIP)
-    _check_role(role)
+    check_role(role)
     organization = access.organization
     email = normalize_email(email)
     user = user_by_email(session, email)
     if user is None:
         detail = (
-            f"no Billfold account uses {email}; ask them to sign up (POST /v1/auth/register) "
-            "and confirm their address, then add them"
+            f"no Billfold account uses {email}; invite them instead "
+            f"(POST /v1/organizations/{organization.id}/invitations): they can open one as they accept"
         )
         raise NoSuchAccount(detail, errors=[{"field": "email", "message": "no account with this address"}])
     if not user.is_verified:
         raise UnconfirmedAccount(
-            f"the account at {email} has not confirmed its address yet; ask them to confirm it, then add them",
+            f"the account at {email} has not confirmed its address yet; ask them to confirm it, or invite "
+            f"them (POST /v1/organizations/{organization.id}/invitations): accepting confirms it",
             errors=[{"field": "email", "message": "address not confirmed"}],
         )
-    if _membership(session, organization.id, user.id, lock=True) is not None:
+    if membership(session, organization.id, user.id, lock=True) is not None:
         raise AlreadyMember(
             f"{email} is already a member of {organization.id}",
             errors=[{"field": "email", "message": "already a member"}],
@@ -341,14 +348,14 @@ def add_member(session: Session, access: Access, *, email: str, role: str = "mem
         "member_added",
         user_id=user.id,
         role=role,
-        by=_actor_id(access.principal),
+        by=actor_id(access.principal),
     )
     mailer.queue(
         session,
         mailer.Email(
             user.email,
             f"You were added to {organization.name}",
-            f"Hello {user.name},\n\n{_actor_name(access.principal)} added you to the organization "
+            f"Hello {user.name},\n\n{actor_name(access.principal)} added you to the organization "
             f"{organization.name} on Billfold, as {role}.\n",
         ),
     )
@@ -357,7 +364,7 @@ def add_member(session: Session, access: Access, *, email: str, role: str = "mem
 
 def change_role(session: Session, access: Access, user_id: str, role: str) -> OrganizationUser:
     access.require(Permission.MEMBERS)
-    _check_role(role)
+    check_role(role)
     member = _member(session, access, user_id, lock=True)
     if "owner" in (role, member.role):
         access.require(Permission.OWNERSHIP)
@@ -376,7 +383,7 @@ def change_role(session: Session, access: Access, user_id: str, role: str) -> Or
         user_id=member.user_id,
         previous_role=previous,
         role=role,
-        by=_actor_id(access.principal),
+        by=actor_id(access.principal),
     )
     return member
 
@@ -399,7 +406,7 @@ def remove_member(session: Session, access: Access, user_id: str) -> None:
         "member_left" if leaving else "member_removed",
         user_id=user_id,
         role=member.role,
-        by=_actor_id(access.principal),
+        by=actor_id(access.principal),
     )
 
 
@@ -425,19 +432,19 @@ def _owner_count(session: Session, organization_id: str) -> int:
     )
 
 
-def _check_role(role: str) -> None:
+def check_role(role: str) -> None:
     if role not in ORGANIZATION_ROLES:
         detail = f"role must be one of {', '.join(ORGANIZATION_ROLES)}"
         raise InvalidInput(detail, errors=[{"field": "role", "message": detail}])
 
 
-def _actor_id(principal: Principal) -> str | None:
+def actor_id(principal: Principal) -> str | None:
     if principal.user is not None:
         return principal.user.id
     return principal.api_key.id if principal.api_key is not None else None
 
 
-def _actor_name(principal: Principal) -> str:
+def actor_name(principal: Principal) -> str:
     if principal.user is not None:
         return f"{principal.user.name} {principal.user.last_name} ({principal.user.email})"
     return "The shop"

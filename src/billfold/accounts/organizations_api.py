@@ -11,9 +11,13 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from billfold.accounts import addresses, organizations
-from billfold.accounts.auth import Admin, Authenticated, User
+from billfold.accounts import addresses, invitations, organizations
+from billfold.accounts.auth import Admin, Anyone, Authenticated, SecurityDep, User
 from billfold.accounts.organization_schemas import (
+    AcceptInvitationIn,
+    InvitationAccepted,
+    InvitationIn,
+    InvitationOut,
     AddressIn,
     AddressOut,
     AddressUpdate,
@@ -28,11 +32,12 @@ from billfold.accounts.organization_schemas import (
 )
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
-from billfold.models import Address, Organization, OrganizationUser
+from billfold.models import Address, Organization, OrganizationInvitation, OrganizationUser
 
 router = APIRouter(prefix="/v1", responses=problems(400, 422))
 orgs = APIRouter(prefix="/organizations", tags=["organizations"], responses=problems(401, 403, 404))
 my_addresses = APIRouter(prefix="/me/addresses", tags=["addresses"], responses=problems(401, 403, 404))
+invitations_router = APIRouter(prefix="/invitations", tags=["organizations"], responses=problems(401, 403))
 user_addresses = APIRouter(
     prefix="/users/{user_id}/addresses", tags=["addresses"], responses=problems(401, 403, 404)
 )
@@ -173,6 +178,64 @@ def remove_member(
     access = organizations.access(session, principal, organization_id, lock=True)
     organizations.remove_member(session, access, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# Invitations
+
+
+@orgs.post(
+    "/{organization_id}/invitations",
+    status_code=status.HTTP_201_CREATED,
+    response_model=InvitationOut,
+    responses=problems(409),
+)
+def invite(
+    organization_id: str, body: InvitationIn, principal: Authenticated, session: DbSession, security: SecurityDep
+) -> InvitationOut:
+    """Invite an address, with or without an account, to join with a role (owners and admins; only
+    owners invite owners). The token goes only to that address, by email, valid for seven days.
+    Inviting the address again replaces the pending invitation."""
+    access = organizations.access(session, principal, organization_id, lock=True)
+    invitation, _token = invitations.invite(session, security, access, email=body.email, role=body.role)
+    return InvitationOut.of(invitation, invitations.status(invitation))
+
+
+@orgs.get("/{organization_id}/invitations", response_model=Page[InvitationOut])
+def list_invitations(
+    organization_id: str, principal: Authenticated, session: DbSession, paging: Paging
+) -> Page[InvitationOut]:
+    """The organization's invitations in every status (owners and admins)."""
+    access = organizations.access(session, principal, organization_id)
+    page = _rows(session, invitations.invitations(access), OrganizationInvitation.id, paging)
+    return _page(page, lambda rows: [InvitationOut.of(i, invitations.status(i)) for i in rows])
+
+
+@orgs.delete("/{organization_id}/invitations/{invitation_id}", **NO_CONTENT)
+def revoke_invitation(
+    organization_id: str, invitation_id: str, principal: Authenticated, session: DbSession
+) -> Response:
+    """Revoke a pending invitation (owners and admins): its token stops working."""
+    access = organizations.access(session, principal, organization_id, lock=True)
+    invitations.revoke(session, access, invitation_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@invitations_router.post(
+    "/accept", status_code=status.HTTP_201_CREATED, response_model=InvitationAccepted, responses=problems(409)
+)
+def accept_invitation(body: AcceptInvitationIn, principal: Anyone, session: DbSession) -> InvitationAccepted:
+    """Join with an invitation's token: signed in as the invited address, or, with no account at
+    that address, not signed in and with a password, name and last name to open one."""
+    accepted = invitations.accept(
+        session, principal, body.token, password=body.password, name=body.name, last_name=body.last_name
+    )
+    return InvitationAccepted(
+        organization_id=accepted.member.organization_id,
+        user_id=accepted.user.id,
+        email=accepted.user.email,
+        role=accepted.member.role,  # type: ignore[arg-type]
+        account_created=accepted.account_created,
+    )
 
 
 # Addresses: the same five endpoints for an organization, the signed-in user, and (for admins) any user.
@@ -321,3 +384,4 @@ def delete_user_address(user_id: str, address_id: str, principal: Admin, session
 router.include_router(orgs)
 router.include_router(my_addresses)
 router.include_router(user_addresses)
+router.include_router(invitations_router)

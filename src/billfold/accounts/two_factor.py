@@ -132,11 +132,26 @@ def confirm_enrolment(session: Session, security: Security, user: User, code: st
     return codes
 
 
-def disable(session: Session, user: User) -> None:
-    """Turn two-factor authentication off (the caller has checked a current code)."""
+def disable(session: Session, user: User, *, by_admin: str | None = None) -> None:
+    """Turn two-factor authentication off: the user, once the caller has checked a current code,
+    or a shop admin (``by_admin``, their id) for someone who lost their authenticator and their
+    recovery codes. Passkeys are not touched."""
+    if not enabled(user) and by_admin is None:
+        return
+    had = enabled(user)
     user.two_factor = None
-    audit(session, "user", user.id, "two_factor_disabled")
-    tell(session, user, "Two-factor authentication is off", "Signing in to Billfold now takes only your password.")
+    if by_admin is None:
+        audit(session, "user", user.id, "two_factor_disabled")
+    else:
+        audit(session, "user", user.id, "two_factor_cleared_by_admin", by=by_admin, was_enabled=had)
+    if had:
+        who = "A shop administrator turned it off for you." if by_admin else ""
+        tell(
+            session,
+            user,
+            "Two-factor authentication is off",
+            f"Signing in to Billfold now takes only your password. {who}".strip(),
+        )
 
 
 def regenerate_recovery_codes(session: Session, security: Security, user: User) -> list[str]:

@@ -3,11 +3,16 @@ transaction commits and are dropped if it rolls back, so a refused request sends
 
 Two mailers: SMTP when ``BILLFOLD_SMTP_HOST`` is set, otherwise a folder of ``.eml`` files
 (``data_dir/mail``) that the demo, the tests and a developer can read.
+
+A message that cannot be sent after the commit is logged and dropped; the request that queued it
+has already succeeded. (A durable outbox with retries comes with the worker.)
 """
 
 from __future__ import annotations
 
+import logging
 import smtplib
+import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -21,6 +26,7 @@ from billfold.kit import clock
 from billfold.kit.ids import new_id
 
 _OUTBOX = "billfold_outbox"
+log = logging.getLogger("billfold.mail")
 
 
 @dataclass(frozen=True)
@@ -58,14 +64,28 @@ class FolderMailer:
 
 
 class SmtpMailer:
-    def __init__(self, host: str, port: int, sender: str, username: str | None, password: str | None, starttls: bool) -> None:
+    """Sends through an SMTP server; with ``starttls`` the connection is upgraded to TLS and the
+    server's certificate is verified (against the system's CAs unless ``tls_context`` says
+    otherwise) before the password is sent."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        username: str | None,
+        password: str | None,
+        starttls: bool,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host, self.port, self.sender = host, port, sender
         self.username, self.password, self.starttls = username, password, starttls
+        self.tls_context = tls_context
 
     def send(self, email: Email) -> None:
         with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
             if self.starttls:
-                smtp.starttls()
+                smtp.starttls(context=self.tls_context or ssl.create_default_context())
             if self.username:
                 smtp.login(self.username, self.password or "")
             smtp.send_message(_message(email, self.sender))
@@ -81,8 +101,13 @@ def deliver_after_commit(sessions: sessionmaker[Session], mailer: Mailer) -> Non
 
     @event.listens_for(sessions, "after_commit")
     def _send(session: Session) -> None:
+        # The transaction has committed: a mail server that fails must not turn the request into
+        # an error. The failure is logged (never the body, which may carry a token).
         for email in session.info.pop(_OUTBOX, []):
-            mailer.send(email)
+            try:
+                mailer.send(email)
+            except (OSError, smtplib.SMTPException) as error:
+                log.error("could not send %r to %s: %s", email.subject, email.to, error)
 
     @event.listens_for(sessions, "after_rollback")
     def _drop(session: Session) -> None:

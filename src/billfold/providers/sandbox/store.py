@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -60,6 +61,22 @@ def stamp(at: datetime | None = None) -> str:
     return clock.ensure_utc(at or clock.now()).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a setting kept in the file). The switch needs the file to itself,
+    and SQLite does not always wait for that with the busy timeout, so several processes opening
+    a new file at once retry here until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class SandboxStore:
     """Transactions on the sandbox's state. ``path=None`` keeps it in this process's memory."""
 
@@ -81,7 +98,7 @@ class SandboxStore:
     def _create_schema(self) -> None:
         with self._connection() as db:
             if self.path is not None:
-                db.execute("PRAGMA journal_mode = WAL")
+                _use_wal(db)
             db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in filter(str.strip, SCHEMA.split(";")):

@@ -1,0 +1,539 @@
+"""The sandbox provider: the whole adapter protocol with no network, outcomes chosen by test tokens.
+
+It behaves like a real provider where that matters to Billfold: idempotency keys are scoped per
+operation and replay the first outcome (a decline included), a reused key with other
+parameters is refused, state lives outside the caller (a SQLite file shared by processes and
+kept across restarts), and it sends Standard-Webhooks-signed events about what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from billfold.kit import clock
+from billfold.kit.ids import new_id
+from billfold.kit.money import CURRENCIES, Money
+from billfold.providers import standard_webhooks
+from billfold.providers.base import (
+    FEATURES,
+    Capabilities,
+    ChargeResult,
+    ChargeStatus,
+    CustomerResult,
+    PaymentMethodResult,
+    RefundResult,
+    RefundStatus,
+    WebhookEvent,
+)
+from billfold.providers.errors import (
+    Declined,
+    DeclineCode,
+    IdempotencyMismatch,
+    InvalidProviderRequest,
+    ProviderObjectNotFound,
+    ProviderUnavailable,
+    WebhookSignatureInvalid,
+)
+from billfold.providers.sandbox.store import SandboxStore, stamp
+from billfold.providers.sandbox.tokens import TEST_CARDS, Behaviour, TestCard
+
+# A well-known secret for development only; configure your own ``webhook_secret``.
+DEFAULT_WEBHOOK_SECRET = standard_webhooks.make_secret(b"billfold sandbox webhook secret!")
+
+EVENT_TYPES = frozenset({
+    "customer.created", "payment_method.attached", "payment_method.detached",
+    "charge.succeeded", "charge.authorized", "charge.requires_action", "charge.failed", "charge.canceled",
+    "charge.refunded", "refund.succeeded",
+})
+
+# Our status -> the sandbox's raw status (Stripe-like words, so the mapping is exercised).
+RAW_STATUS = {
+    ChargeStatus.SUCCEEDED: "succeeded",
+    ChargeStatus.AUTHORIZED: "requires_capture",
+    ChargeStatus.REQUIRES_ACTION: "requires_action",
+    ChargeStatus.FAILED: "declined",
+    ChargeStatus.CANCELED: "canceled",
+    ChargeStatus.PROCESSING: "processing",
+}
+
+DECLINE_MESSAGES = {
+    DeclineCode.GENERIC_DECLINE: "The card was declined.",
+    DeclineCode.INSUFFICIENT_FUNDS: "The card has insufficient funds.",
+    DeclineCode.EXPIRED_CARD: "The card has expired.",
+    DeclineCode.LOST_CARD: "The card was reported lost.",
+    DeclineCode.AUTHENTICATION_REQUIRED: "The card needs the customer to authenticate; charge it on-session.",
+    DeclineCode.AUTHENTICATION_FAILED: "The customer did not pass authentication.",
+}
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What an operation answered, as stored under its idempotency key and replayed."""
+
+    object: dict[str, Any]
+    decline: str | None = None  # a DeclineCode: the answer is "declined", with this charge
+    timeout: bool = False  # recorded, but the first caller hears ProviderUnavailable
+
+    def to_json(self) -> str:
+        return json.dumps({"object": self.object, "decline": self.decline}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> _Outcome:
+        data = json.loads(text)
+        return cls(data["object"], data.get("decline"))
+
+
+def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
+    """Everything on, unless ``config["disable"]`` lists features or ``config["currencies"]`` narrows
+    the currencies: so other code's tests can stand in for a less able provider."""
+    disabled = set(config.get("disable") or ())
+    unknown = disabled - set(FEATURES)
+    if unknown:
+        raise ValueError(f"sandbox config 'disable' names unknown capabilities {sorted(unknown)}")
+    features = {name: name not in disabled for name in FEATURES}
+    features["provider_subscriptions"] = False  # the protocol has no subscription calls (yet)
+    currencies = config.get("currencies")
+    return Capabilities(
+        **features,
+        currencies=frozenset(c.upper() for c in currencies) if currencies else frozenset(CURRENCIES),
+        webhook_events=EVENT_TYPES,
+    )
+
+
+class SandboxProvider:
+    """The sandbox adapter. ``config``: ``state_path`` (a SQLite file; absent: memory of this
+    adapter only), ``webhook_secret`` (``whsec_…``), ``disable`` and ``currencies`` (see
+    ``sandbox_capabilities``)."""
+
+    kind = "sandbox"
+
+    def __init__(self, provider_id: str = "sandbox", config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        path = config.get("state_path")
+        self.provider_id = provider_id
+        self.store = SandboxStore(None if path in (None, "", ":memory:") else str(path))
+        self.webhook_secret: str = config.get("webhook_secret") or DEFAULT_WEBHOOK_SECRET
+        standard_webhooks.secret_key(self.webhook_secret)  # a malformed secret fails now, not at delivery
+        self.capabilities = sandbox_capabilities(config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- customers and saved methods -------------------------------------------------------
+
+    def create_customer(
+        self, *, email: str | None = None, name: str | None = None,
+        metadata: Mapping[str, str] | None = None, idempotency_key: str,
+    ) -> CustomerResult:
+        params = {"email": email, "name": name, "metadata": _metadata(metadata)}
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            customer_id, now = new_id("cus"), stamp()
+            db.execute("INSERT INTO customers (id, email, name, metadata, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (customer_id, email, name, json.dumps(params["metadata"]), now))
+            customer = _customer(_get(db, "customers", customer_id))
+            self._event(db, "customer.created", "customer", customer.to_dict())
+            return _Outcome(customer.to_dict())
+
+        return CustomerResult.from_dict(self._run("create_customer", idempotency_key, params, act))
+
+    def attach_payment_method(self, *, customer_id: str, token: str, idempotency_key: str) -> PaymentMethodResult:
+        self.capabilities.require("saved_methods", self.provider_id)
+        params = {"customer_id": customer_id, "token": token}
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            _get(db, "customers", customer_id)
+            card = _card(token)
+            now = clock.now()
+            exp_year = now.year - 1 if card.expired else now.year + 3
+            method_id = new_id("pm")
+            db.execute(
+                "INSERT INTO payment_methods (id, customer_id, token, brand, last4, exp_month, exp_year, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (method_id, customer_id, token, card.brand, card.last4, 12, exp_year, stamp(now)),
+            )
+            method = _method(_get(db, "payment_methods", method_id))
+            self._event(db, "payment_method.attached", "payment_method", method.to_dict())
+            return _Outcome(method.to_dict())
+
+        return PaymentMethodResult.from_dict(self._run("attach_payment_method", idempotency_key, params, act))
+
+    def detach_payment_method(self, *, payment_method_id: str, idempotency_key: str) -> PaymentMethodResult:
+        def act(db: sqlite3.Connection) -> _Outcome:
+            _get(db, "payment_methods", payment_method_id)
+            db.execute("UPDATE payment_methods SET detached = 1 WHERE id = ?", (payment_method_id,))
+            method = _method(_get(db, "payment_methods", payment_method_id))
+            self._event(db, "payment_method.detached", "payment_method", method.to_dict())
+            return _Outcome(method.to_dict())
+
+        params = {"payment_method_id": payment_method_id}
+        return PaymentMethodResult.from_dict(self._run("detach_payment_method", idempotency_key, params, act))
+
+    # ---- charges ------------------------------------------------------------------------------
+
+    def charge(
+        self, *, amount: Money, idempotency_key: str, customer_id: str | None = None,
+        payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
+        capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
+    ) -> ChargeResult:
+        self._check_charge(amount, payment_method_id, off_session, capture)
+        params = {
+            "amount": [amount.amount, amount.currency], "customer_id": customer_id,
+            "payment_method_id": payment_method_id, "token": token, "off_session": off_session,
+            "capture": capture, "description": description, "metadata": _metadata(metadata),
+        }
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            card, customer = _charge_source(db, customer_id, payment_method_id, token, off_session)
+            if card.behaviour is Behaviour.UNAVAILABLE:
+                raise ProviderUnavailable("the sandbox provider did not answer (test token)", provider=self.provider_id)
+            charge_id = new_id("ch")
+            status, decline = _first_status(card, off_session, capture)
+            now = stamp()
+            db.execute(
+                "INSERT INTO charges (id, token, customer_id, payment_method_id, currency, amount, amount_captured,"
+                " amount_refunded, status, provider_status, capture, off_session, description, metadata,"
+                " next_action, failure_code, failure_message, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (charge_id, card.token, customer, payment_method_id, amount.currency, amount.amount,
+                 amount.amount if status is ChargeStatus.SUCCEEDED else 0, status, RAW_STATUS[status],
+                 capture, off_session, description, json.dumps(params["metadata"]),
+                 json.dumps(_next_action(charge_id)) if status is ChargeStatus.REQUIRES_ACTION else None,
+                 decline, DECLINE_MESSAGES.get(decline) if decline else None, now, now),
+            )
+            charge = self._charge_changed(db, charge_id)
+            return _Outcome(charge.to_dict(), decline, timeout=card.behaviour is Behaviour.TIMEOUT_AFTER_SUCCESS)
+
+        return ChargeResult.from_dict(self._run("charge", idempotency_key, params, act))
+
+    def _check_charge(self, amount: Money, payment_method_id: str | None, off_session: bool, capture: bool) -> None:
+        """Refuse, before anything is recorded, what the provider cannot or would not do."""
+        self.capabilities.require_currency(amount.currency, self.provider_id)
+        if off_session:
+            self.capabilities.require("off_session_charges", self.provider_id)
+        if payment_method_id is not None:
+            self.capabilities.require("saved_methods", self.provider_id)
+        if not capture:
+            self.capabilities.require("separate_capture", self.provider_id)
+        if not amount.is_positive():
+            raise InvalidProviderRequest(f"a charge must be for a positive amount, not {amount}", code="invalid_amount")
+
+    def confirm(self, *, charge_id: str, idempotency_key: str) -> ChargeResult:
+        def act(db: sqlite3.Connection) -> _Outcome:
+            row = _get(db, "charges", charge_id)
+            if row["status"] != ChargeStatus.REQUIRES_ACTION:
+                raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only a charge that requires "
+                                             "action can be confirmed", code="charge_not_confirmable")
+            if TEST_CARDS[row["token"]].behaviour is Behaviour.ACTION_THEN_SUCCEED:
+                status = ChargeStatus.SUCCEEDED if row["capture"] else ChargeStatus.AUTHORIZED
+                captured, decline = (row["amount"] if status is ChargeStatus.SUCCEEDED else 0), None
+            else:
+                status, captured, decline = ChargeStatus.FAILED, 0, DeclineCode.AUTHENTICATION_FAILED
+            db.execute(
+                "UPDATE charges SET status = ?, provider_status = ?, amount_captured = ?, next_action = NULL,"
+                " failure_code = ?, failure_message = ?, updated_at = ? WHERE id = ?",
+                (status, RAW_STATUS[status], captured, decline, DECLINE_MESSAGES.get(decline) if decline else None,
+                 stamp(), charge_id),
+            )
+            return _Outcome(self._charge_changed(db, charge_id).to_dict(), decline)
+
+        return ChargeResult.from_dict(self._run("confirm", idempotency_key, {"charge_id": charge_id}, act))
+
+    def capture(self, *, charge_id: str, idempotency_key: str, amount: Money | None = None) -> ChargeResult:
+        self.capabilities.require("separate_capture", self.provider_id)
+        params = {"charge_id": charge_id, "amount": [amount.amount, amount.currency] if amount else None}
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            row = _get(db, "charges", charge_id)
+            if row["status"] != ChargeStatus.AUTHORIZED:
+                raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only an authorized charge "
+                                             "can be captured", code="charge_not_capturable")
+            authorized = Money(row["amount"], row["currency"])
+            to_capture = _part_of(amount, authorized, "capture")
+            if to_capture != authorized:
+                self.capabilities.require("partial_capture", self.provider_id)
+            db.execute(
+                "UPDATE charges SET status = ?, provider_status = ?, amount_captured = ?, updated_at = ? WHERE id = ?",
+                (ChargeStatus.SUCCEEDED, RAW_STATUS[ChargeStatus.SUCCEEDED], to_capture.amount, stamp(), charge_id),
+            )
+            return _Outcome(self._charge_changed(db, charge_id).to_dict())
+
+        return ChargeResult.from_dict(self._run("capture", idempotency_key, params, act))
+
+    def cancel(self, *, charge_id: str, idempotency_key: str) -> ChargeResult:
+        def act(db: sqlite3.Connection) -> _Outcome:
+            row = _get(db, "charges", charge_id)
+            if row["status"] not in (ChargeStatus.AUTHORIZED, ChargeStatus.REQUIRES_ACTION):
+                raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only an authorized charge or "
+                                             "one that requires action can be canceled (refund a succeeded one)",
+                                             code="charge_not_cancelable")
+            db.execute("UPDATE charges SET status = ?, provider_status = ?, next_action = NULL, updated_at = ?"
+                       " WHERE id = ?", (ChargeStatus.CANCELED, RAW_STATUS[ChargeStatus.CANCELED], stamp(), charge_id))
+            return _Outcome(self._charge_changed(db, charge_id).to_dict())
+
+        return ChargeResult.from_dict(self._run("cancel", idempotency_key, {"charge_id": charge_id}, act))
+
+    # ---- refunds ------------------------------------------------------------------------------
+
+    def refund(
+        self, *, charge_id: str, idempotency_key: str, amount: Money | None = None,
+        reason: str | None = None, metadata: Mapping[str, str] | None = None,
+    ) -> RefundResult:
+        self.capabilities.require("refunds", self.provider_id)
+        params = {"charge_id": charge_id, "amount": [amount.amount, amount.currency] if amount else None,
+                  "reason": reason, "metadata": _metadata(metadata)}
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            row = _get(db, "charges", charge_id)
+            if row["status"] != ChargeStatus.SUCCEEDED:
+                raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only a succeeded charge can "
+                                             "be refunded", code="charge_not_refundable")
+            captured = Money(row["amount_captured"], row["currency"])
+            remaining = captured - Money(row["amount_refunded"], row["currency"])
+            if remaining.is_zero():
+                raise InvalidProviderRequest(f"charge {charge_id} is already fully refunded",
+                                             code="charge_already_refunded")
+            to_refund = _part_of(amount, remaining, "refund")
+            if to_refund != captured:
+                self.capabilities.require("partial_refunds", self.provider_id)
+            refund_id, now = new_id("re"), stamp()
+            db.execute("INSERT INTO refunds (id, charge_id, currency, amount, status, reason, metadata, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (refund_id, charge_id, to_refund.currency, to_refund.amount,
+                       RefundStatus.SUCCEEDED, reason, json.dumps(params["metadata"]), now))
+            db.execute("UPDATE charges SET amount_refunded = amount_refunded + ?, updated_at = ? WHERE id = ?",
+                       (to_refund.amount, now, charge_id))
+            refund = _refund(_get(db, "refunds", refund_id))
+            self._event(db, "refund.succeeded", "refund", refund.to_dict())
+            self._event(db, "charge.refunded", "charge", _charge(_get(db, "charges", charge_id)).to_dict())
+            return _Outcome(refund.to_dict())
+
+        return RefundResult.from_dict(self._run("refund", idempotency_key, params, act))
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def get_charge(self, charge_id: str) -> ChargeResult:
+        with self.store.read() as db:
+            return _charge(_get(db, "charges", charge_id))
+
+    def get_refund(self, refund_id: str) -> RefundResult:
+        with self.store.read() as db:
+            return _refund(_get(db, "refunds", refund_id))
+
+    def get_customer(self, customer_id: str) -> CustomerResult:
+        with self.store.read() as db:
+            return _customer(_get(db, "customers", customer_id))
+
+    def get_payment_method(self, payment_method_id: str) -> PaymentMethodResult:
+        with self.store.read() as db:
+            return _method(_get(db, "payment_methods", payment_method_id))
+
+    def list_charges(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[ChargeResult]:
+        """Charges created in [created_from, created_to), oldest first (for reconciliation)."""
+        return [_charge(row) for row in self._list("charges", created_from, created_to)]
+
+    def list_refunds(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[RefundResult]:
+        """Refunds created in [created_from, created_to), oldest first."""
+        return [_refund(row) for row in self._list("refunds", created_from, created_to)]
+
+    def list_refunds_of(self, charge_id: str) -> list[RefundResult]:
+        with self.store.read() as db:
+            rows = db.execute("SELECT * FROM refunds WHERE charge_id = ? ORDER BY created_at, id", (charge_id,))
+            return [_refund(row) for row in rows]
+
+    def _list(self, table: str, start: datetime | None, end: datetime | None) -> list[sqlite3.Row]:
+        order = "seq" if table == "events" else "created_at, id"
+        with self.store.read() as db:
+            return db.execute(
+                f"SELECT * FROM {table} WHERE created_at >= ? AND created_at < ? ORDER BY {order}",  # noqa: S608
+                (stamp(start) if start else "", stamp(end) if end else "~"),
+            ).fetchall()
+
+    # ---- webhooks -------------------------------------------------------------------------------
+
+    def list_events(
+        self, created_from: datetime | None = None, created_to: datetime | None = None,
+        *, object_id: str | None = None, type: str | None = None,
+    ) -> list[WebhookEvent]:
+        """The events the sandbox would have sent, in the order they happened."""
+        events = [_event(row) for row in self._list("events", created_from, created_to)]
+        return [e for e in events if (object_id is None or e.object_id == object_id) and (type is None or e.type == type)]
+
+    def build_webhook(self, event: WebhookEvent, at: datetime | None = None) -> tuple[bytes, dict[str, str]]:
+        """The body and Standard Webhooks headers for delivering ``event`` now (or ``at``)."""
+        body = json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+        return body, standard_webhooks.sign(self.webhook_secret, event.id, body, at)
+
+    def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
+        msg_id = standard_webhooks.verify(self.webhook_secret, body, headers)
+        try:
+            event = WebhookEvent.from_dict(json.loads(body))
+        except (ValueError, KeyError, TypeError) as error:
+            raise WebhookSignatureInvalid("the signed webhook body is not a sandbox event") from error
+        if event.id != msg_id:
+            raise WebhookSignatureInvalid("the webhook-id header does not name the event in the body")
+        return event
+
+    # ---- machinery ------------------------------------------------------------------------------
+
+    def _run(self, operation: str, key: str, params: dict[str, Any],
+             act: Callable[[sqlite3.Connection], _Outcome]) -> dict[str, Any]:
+        """Do ``act`` once per (operation, key): replay the stored outcome for the same parameters,
+        refuse other parameters. Outcomes are stored in the same transaction as the work, so a
+        crash leaves either both or neither. Refusals (InvalidProviderRequest) and
+        ProviderUnavailable roll back and store nothing, so they may be retried."""
+        _check_key(key)
+        request_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        with self.store.write() as db:
+            stored = db.execute("SELECT request_hash, outcome FROM idempotency_keys WHERE operation = ? AND key = ?",
+                                (operation, key)).fetchone()
+            if stored is not None:
+                if stored["request_hash"] != request_hash:
+                    raise IdempotencyMismatch(f"idempotency key {key!r} was used for a {operation} with other "
+                                              "parameters", idempotency_key=key)
+                outcome = _Outcome.from_json(stored["outcome"])
+            else:
+                outcome = act(db)
+                db.execute("INSERT INTO idempotency_keys (operation, key, request_hash, outcome, created_at)"
+                           " VALUES (?, ?, ?, ?, ?)", (operation, key, request_hash, outcome.to_json(), stamp()))
+        if outcome.timeout:  # only ever true on the first call: the stored outcome has no timeout
+            raise ProviderUnavailable("the sandbox provider timed out (test token); the charge may have happened, "
+                                      "retry with the same idempotency key", provider=self.provider_id)
+        if outcome.decline:
+            charge = ChargeResult.from_dict(outcome.object)
+            raise Declined(charge.failure_message or "The payment was declined.", outcome.decline, charge=charge)
+        return outcome.object
+
+    def _charge_changed(self, db: sqlite3.Connection, charge_id: str) -> ChargeResult:
+        charge = _charge(_get(db, "charges", charge_id))
+        self._event(db, f"charge.{charge.status}", "charge", charge.to_dict())
+        return charge
+
+    def _event(self, db: sqlite3.Connection, type: str, object_type: str, data: dict[str, Any]) -> None:
+        db.execute("INSERT INTO events (id, type, object_type, object_id, data, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                   (new_id("evt"), type, object_type, data["id"], json.dumps(data, sort_keys=True), stamp()))
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidProviderRequest(f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters",
+                                     code="invalid_idempotency_key")
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (metadata or {}).items()}
+
+
+def _card(token: str) -> TestCard:
+    card = TEST_CARDS.get(token)
+    if card is None:
+        raise InvalidProviderRequest(f"{token!r} is not a sandbox test token; see docs/providers.md",
+                                     code="unknown_token")
+    return card
+
+
+def _get(db: sqlite3.Connection, table: str, object_id: str) -> sqlite3.Row:
+    row = db.execute(f"SELECT * FROM {table} WHERE id = ?", (object_id,)).fetchone()  # noqa: S608
+    if row is None:
+        raise ProviderObjectNotFound(f"the sandbox has no {table[:-1].replace('_', ' ')} {object_id!r}")
+    return row
+
+
+def _charge_source(
+    db: sqlite3.Connection, customer_id: str | None, payment_method_id: str | None, token: str | None,
+    off_session: bool,
+) -> tuple[TestCard, str | None]:
+    """The card to charge and the customer it belongs to."""
+    if (payment_method_id is None) == (token is None):
+        raise InvalidProviderRequest("give exactly one of payment_method_id and token", code="invalid_payment_source")
+    if customer_id is not None:
+        _get(db, "customers", customer_id)
+    if token is not None:
+        if off_session:
+            raise InvalidProviderRequest("an off-session charge needs a saved payment method",
+                                         code="off_session_needs_saved_method")
+        return _card(token), customer_id
+    assert payment_method_id is not None
+    method = _get(db, "payment_methods", payment_method_id)
+    if method["detached"]:
+        raise InvalidProviderRequest(f"payment method {payment_method_id} was detached", code="payment_method_detached")
+    if customer_id is not None and method["customer_id"] != customer_id:
+        raise InvalidProviderRequest(f"payment method {payment_method_id} belongs to another customer",
+                                     code="payment_method_customer_mismatch")
+    return TEST_CARDS[method["token"]], method["customer_id"]
+
+
+def _first_status(card: TestCard, off_session: bool, capture: bool) -> tuple[ChargeStatus, DeclineCode | None]:
+    if card.behaviour is Behaviour.DECLINE:
+        return ChargeStatus.FAILED, card.decline_code
+    if card.behaviour in (Behaviour.ACTION_THEN_SUCCEED, Behaviour.ACTION_THEN_FAIL):
+        if off_session:  # no customer present to authenticate: a soft decline, bring them back on-session
+            return ChargeStatus.FAILED, DeclineCode.AUTHENTICATION_REQUIRED
+        return ChargeStatus.REQUIRES_ACTION, None
+    return (ChargeStatus.SUCCEEDED if capture else ChargeStatus.AUTHORIZED), None
+
+
+def _next_action(charge_id: str) -> dict[str, Any]:
+    # Nothing to visit: in the sandbox the customer "authenticates" when the caller calls confirm().
+    return {"type": "sandbox_authenticate", "charge_id": charge_id}
+
+
+def _part_of(amount: Money | None, limit: Money, verb: str) -> Money:
+    """``amount`` (default: all of ``limit``) checked to be positive, in currency and within limit."""
+    if amount is None:
+        return limit
+    if amount.currency != limit.currency:
+        raise InvalidProviderRequest(f"cannot {verb} {amount.currency} on a {limit.currency} charge",
+                                     code="currency_mismatch")
+    if not amount.is_positive():
+        raise InvalidProviderRequest(f"cannot {verb} {amount}: the amount must be positive", code="invalid_amount")
+    if amount > limit:
+        code = "refund_exceeds_captured" if verb == "refund" else "capture_exceeds_authorized"
+        raise InvalidProviderRequest(f"cannot {verb} {amount}: at most {limit} is left", code=code)
+    return amount
+
+
+def _charge(row: sqlite3.Row) -> ChargeResult:
+    currency = row["currency"]
+    return ChargeResult(
+        id=row["id"], status=ChargeStatus(row["status"]), provider_status=row["provider_status"],
+        amount=Money(row["amount"], currency), amount_captured=Money(row["amount_captured"], currency),
+        amount_refunded=Money(row["amount_refunded"], currency), created=_time(row["created_at"]),
+        customer_id=row["customer_id"], payment_method_id=row["payment_method_id"], capture=bool(row["capture"]),
+        off_session=bool(row["off_session"]), description=row["description"], metadata=json.loads(row["metadata"]),
+        next_action=json.loads(row["next_action"]) if row["next_action"] else None,
+        failure_code=row["failure_code"], failure_message=row["failure_message"],
+    )
+
+
+def _refund(row: sqlite3.Row) -> RefundResult:
+    return RefundResult(row["id"], row["charge_id"], Money(row["amount"], row["currency"]), RefundStatus(row["status"]),
+                        row["status"], _time(row["created_at"]), row["reason"], json.loads(row["metadata"]))
+
+
+def _customer(row: sqlite3.Row) -> CustomerResult:
+    return CustomerResult(row["id"], row["email"], row["name"], _time(row["created_at"]), json.loads(row["metadata"]))
+
+
+def _method(row: sqlite3.Row) -> PaymentMethodResult:
+    return PaymentMethodResult(row["id"], row["customer_id"], "credit_card", row["brand"], row["last4"],
+                               row["exp_month"], row["exp_year"], _time(row["created_at"]), bool(row["detached"]))
+
+
+def _event(row: sqlite3.Row) -> WebhookEvent:
+    return WebhookEvent(row["id"], row["type"], row["object_type"], row["object_id"], _time(row["created_at"]),
+                        json.loads(row["data"]))
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)

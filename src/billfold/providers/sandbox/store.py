@@ -1,0 +1,149 @@
+"""The sandbox provider's own "remote" state, in one SQLite file (or in memory).
+
+This is the pretend provider's database, not Billfold's. Several processes on one machine share
+the file: WAL lets readers go on while one writer works, ``BEGIN IMMEDIATE`` takes the write lock
+before reading anything a write depends on (so two same-key charges cannot both see "no such
+key"), and ``busy_timeout`` makes the others wait instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from billfold.kit import clock
+
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, email TEXT, name TEXT, metadata TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS payment_methods (
+    id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers(id), token TEXT NOT NULL,
+    brand TEXT NOT NULL, last4 TEXT NOT NULL, exp_month INTEGER NOT NULL, exp_year INTEGER NOT NULL,
+    detached INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id TEXT PRIMARY KEY, token TEXT NOT NULL, customer_id TEXT, payment_method_id TEXT,
+    currency TEXT NOT NULL, amount INTEGER NOT NULL, amount_captured INTEGER NOT NULL,
+    amount_refunded INTEGER NOT NULL, status TEXT NOT NULL, provider_status TEXT NOT NULL,
+    capture INTEGER NOT NULL, off_session INTEGER NOT NULL, description TEXT, metadata TEXT NOT NULL,
+    next_action TEXT, failure_code TEXT, failure_message TEXT,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    CHECK (amount_refunded <= amount_captured AND amount_captured <= amount)
+);
+CREATE INDEX IF NOT EXISTS charges_created ON charges (created_at);
+CREATE TABLE IF NOT EXISTS refunds (
+    id TEXT PRIMARY KEY, charge_id TEXT NOT NULL REFERENCES charges(id), currency TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0), status TEXT NOT NULL, reason TEXT,
+    metadata TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refunds_created ON refunds (created_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    operation TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, outcome TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (operation, key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+    object_type TEXT NOT NULL, object_id TEXT NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_created ON events (created_at);
+"""
+
+
+def stamp(at: datetime | None = None) -> str:
+    """A UTC time as fixed-width text, so text order is time order."""
+    return clock.ensure_utc(at or clock.now()).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a setting kept in the file). The switch needs the file to itself,
+    and SQLite does not always wait for that with the busy timeout, so several processes opening
+    a new file at once retry here until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+class SandboxStore:
+    """Transactions on the sandbox's state. ``path=None`` keeps it in this process's memory."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._lock = threading.RLock()  # serialises use of the one in-memory connection
+        self._memory: sqlite3.Connection | None = None
+        if path is None:
+            self._memory = self._open(":memory:")
+        self._create_schema()
+
+    def _open(self, target: str) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def _create_schema(self) -> None:
+        with self._connection() as db:
+            if self.path is not None:
+                _use_wal(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._memory is not None:
+            with self._lock:
+                yield self._memory
+            return
+        # A connection per call: nothing to share between threads, nothing inherited by a fork.
+        assert self.path is not None
+        db = self._open(self.path)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the write lock from its first statement."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent snapshot for reading."""
+        with self._connection() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()

@@ -1,0 +1,77 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com), with the standard library.
+
+Headers: ``webhook-id``, ``webhook-timestamp`` (unix seconds), ``webhook-signature`` (a
+space-separated list of ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, so a secret can be
+rolled). The secret is ``whsec_`` followed by base64 of the key bytes. Same wire format as the
+``standardwebhooks`` package, which is not a dependency.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from billfold.kit import clock
+from billfold.kit.errors import ConfigurationError
+from billfold.providers.errors import WebhookSignatureInvalid
+
+TOLERANCE = timedelta(minutes=5)
+SECRET_PREFIX = "whsec_"
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key inside a ``whsec_…`` secret."""
+    encoded = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ConfigurationError("a webhook secret must be 'whsec_' followed by base64") from error
+    if len(key) < 16:
+        raise ConfigurationError("a webhook secret must hold at least 16 bytes of key")
+    return key
+
+
+def make_secret(key: bytes) -> str:
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` signature over ``id.timestamp.body``."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def sign(secret: str, msg_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:
+    """The three headers for delivering ``body`` as message ``msg_id`` now (or ``at``)."""
+    timestamp = int((at or clock.now()).timestamp())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature(secret, msg_id, timestamp, body),
+    }
+
+
+def verify(secret: str, body: bytes, headers: Mapping[str, str], tolerance: timedelta = TOLERANCE) -> str:
+    """Check the signature over the raw ``body`` and that the timestamp is within ``tolerance``
+    of ``clock.now()`` (either way); returns the message id or raises WebhookSignatureInvalid."""
+    lower = {key.lower(): value for key, value in headers.items()}
+    msg_id, stamp, signatures = (lower.get(name) for name in ("webhook-id", "webhook-timestamp", "webhook-signature"))
+    if not msg_id or not stamp or not signatures:
+        raise WebhookSignatureInvalid("missing webhook-id, webhook-timestamp or webhook-signature header")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise WebhookSignatureInvalid("webhook-timestamp is not a whole number of seconds") from None
+    now = clock.now().timestamp()
+    if abs(now - timestamp) > tolerance.total_seconds():
+        raise WebhookSignatureInvalid("webhook-timestamp is outside the tolerance window", code="webhook_timestamp_stale")
+    expected = signature(secret, msg_id, timestamp, body).encode()
+    for candidate in signatures.split():
+        if candidate.startswith("v1,") and hmac.compare_digest(candidate.encode(), expected):
+            return msg_id
+    raise WebhookSignatureInvalid("no webhook signature matches")

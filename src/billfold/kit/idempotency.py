@@ -154,7 +154,8 @@ def claim(
         try:
             with transaction(sessions) as session:
                 row = IdempotencyKey(
-                    scope=scope, idem_key=key, request_method=method.upper()[:10], request_path=path[:_PATH_LENGTH],
+                    scope=scope, idem_key=key, request_method=method.upper()[:10],
+                    request_path=path[:_PATH_LENGTH],
                     request_hash=digest, recovery_point=STARTED, lock_token=token, locked_at=now,
                     last_run_at=now, created_at=now,
                 )
@@ -179,7 +180,8 @@ def claim(
             stale = now - LOCK_TIMEOUT
             if row.locked_at is not None and row.locked_at > stale:
                 raise _in_use()
-            seen = IdempotencyKey.lock_token.is_(None) if row.lock_token is None else IdempotencyKey.lock_token == row.lock_token
+            column = IdempotencyKey.lock_token
+            seen = column.is_(None) if row.lock_token is None else column == row.lock_token
             taken = session.execute(
                 sa.update(IdempotencyKey)
                 .where(
@@ -204,7 +206,8 @@ def advance(session: Session, claim: Claim, recovery_point: str) -> Claim:
     longer ours, so the phase rolls back."""
     if recovery_point == FINISHED:
         raise ValueError("use finish() to finish a key")
-    _fenced_update(session, claim, recovery_point=recovery_point, locked_at=clock.now(), last_run_at=clock.now())
+    now = clock.now()
+    _fenced_update(session, claim, recovery_point=recovery_point, locked_at=now, last_run_at=now)
     return Claim(claim.id, claim.lock_token, recovery_point)
 
 
@@ -233,7 +236,8 @@ def purge(session: Session, older_than: timedelta = DEFAULT_RETENTION) -> int:
     """Delete keys created more than ``older_than`` ago (at least 24 hours), finished or
     abandoned, leaving any a live request holds. In the caller's transaction; returns how many."""
     if older_than < MIN_RETENTION:
-        raise InvalidInput(f"idempotency keys are kept at least {MIN_RETENTION.total_seconds() / 3600:.0f} hours")
+        hours = MIN_RETENTION.total_seconds() / 3600
+        raise InvalidInput(f"idempotency keys are kept at least {hours:.0f} hours")
     now = clock.now()
     return session.execute(
         sa.delete(IdempotencyKey)
@@ -321,7 +325,8 @@ def _token() -> str:
 
 
 __all__ = [
-    "DEFAULT_RETENTION", "HEADER", "KEY_PATTERN", "LOCK_TIMEOUT", "MIN_RETENTION", "Claim", "IdempotencyKeyInUse",
+    "DEFAULT_RETENTION", "HEADER", "KEY_PATTERN", "LOCK_TIMEOUT", "MIN_RETENTION", "Claim",
+    "IdempotencyKeyInUse",
     "IdempotencyKeyMismatch", "LostLock", "Outcome", "Replay", "advance", "check_key", "claim",
     "finish", "is_final", "purge", "release", "request_hash", "run_once",
 ]

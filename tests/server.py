@@ -6,12 +6,13 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from fastapi import APIRouter
 from sqlalchemy.engine import Engine
 
 from billfold.api import create_app
@@ -25,9 +26,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(engine: Engine, data_dir: Path | None = None, **settings: Any) -> Iterator[str]:
-    """Serve the app on ``engine``'s database, keeping its files (mail, key) in ``data_dir``;
-    yields the base URL."""
+def serving(
+    engine: Engine, data_dir: Path | None = None, routers: Sequence[APIRouter] = (), **settings: Any
+) -> Iterator[str]:
+    """Serve the app on ``engine``'s database, keeping its files (mail, key) in ``data_dir``, with
+    any test-only ``routers`` added; yields the base URL."""
     port = free_port()
     configured = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
@@ -36,6 +39,8 @@ def serving(engine: Engine, data_dir: Path | None = None, **settings: Any) -> It
         **settings,
     )
     app = create_app(configured, engine)
+    for router in routers:
+        app.include_router(router)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

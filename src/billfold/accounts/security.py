@@ -63,6 +63,14 @@ class Principal:
         """Admin users and API keys run the shop and see everything."""
         return self.api_key is not None or (self.user is not None and self.user.user_type == "admin")
 
+    @property
+    def idempotency_scope(self) -> str:
+        """Whose ``Idempotency-Key``s these are: the API key's id, or the signed-in user's."""
+        if self.api_key is not None:
+            return self.api_key.id
+        assert self.user is not None, "a principal is an API key or a user"
+        return self.user.id
+
     def require_admin(self) -> None:
         if not self.is_admin:
             raise Forbidden("only the shop's admins may do this")

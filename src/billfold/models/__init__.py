@@ -6,6 +6,7 @@ from billfold.models.accounts import Address, Organization, OrganizationUser, Us
 from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
 from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
 from billfold.models.catalog import Product, ProductCategory
+from billfold.models.idempotency import IdempotencyKey
 from billfold.models.invoices import Invoice
 from billfold.models.memberships import MembershipType, UserMembership
 from billfold.models.orders import Order, OrderItem
@@ -23,6 +24,7 @@ __all__ = [
     "AnalyticsEvent",
     "AnalyticsSnapshot",
     "Base",
+    "IdempotencyKey",
     "Invoice",
     "MembershipType",
     "Order",

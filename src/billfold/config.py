@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     smtp_starttls: bool = True
     mail_from: str = Field("Billfold <billfold@localhost>", description="The From of every email Billfold sends.")
 
+    tax_rates: dict[str, int] | None = Field(
+        None,
+        description="Tax rates by country (ISO 3166-1 alpha-2) in basis points, as JSON: "
+        '{"GB": 2000, "DE": 1900}. Unset: the standard VAT/GST rates in billfold.orders.totals.',
+    )
+    order_number_prefix: str = Field("ORD", pattern=r"^[A-Z0-9]{1,10}$", description="Order numbers read PREFIX-YEAR-000001.")
+
     @property
     def cookies_secure(self) -> bool:
         """Session cookies carry the Secure flag whenever Billfold is reached over HTTPS."""

@@ -1,0 +1,69 @@
+"""One state machine per entity (DESIGN.md rule 4): a table of allowed moves and one function that
+applies a move, writes its ``payment_events`` row in the same transaction, and refuses an illegal
+one with a clear error. Moving an entity to where it already is does nothing and returns False,
+so a handler that runs twice changes nothing the second time (rule 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from billfold.kit.errors import Conflict
+from billfold.models import PaymentEvent
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+    title = "Not allowed in the current state"
+
+
+@dataclass(frozen=True)
+class StateMachine:
+    """``moves[state]`` is the set of states an entity may go to from ``state``; ``moves[None]``
+    the states it may start in."""
+
+    entity: str  # payment_events.entity_type: "order", "payment", ...
+    moves: Mapping[str | None, frozenset[str]]
+
+    def can(self, current: str | None, to: str) -> bool:
+        return to in self.moves.get(current, frozenset())
+
+    def start(self, session: Session, row: Any, to: str, *, by: str | None, **data: Any) -> None:
+        """Give a new row (already flushed, so it has its id) its first state."""
+        if not self.can(None, to):
+            raise IllegalTransition(f"a {self.entity} cannot start as {to}")
+        row.status = to
+        self._record(session, row, None, to, by, data)
+
+    def move(self, session: Session, row: Any, to: str, *, by: str | None, **data: Any) -> bool:
+        """Move ``row`` to ``to``; False (and nothing written) when it is there already."""
+        current = row.status
+        if current == to:
+            return False
+        if not self.can(current, to):
+            raise IllegalTransition(
+                f"{self.entity} {row.id} is {current} and cannot become {to}",
+                entity=self.entity,
+                status=current,
+                wanted=to,
+            )
+        row.status = to
+        self._record(session, row, current, to, by, data)
+        return True
+
+    def _record(self, session: Session, row: Any, before: str | None, after: str, by: str | None, data: dict[str, Any]) -> None:
+        session.add(
+            PaymentEvent(
+                entity_type=self.entity,
+                entity_id=row.id,
+                event_type=f"{self.entity}.{after}",
+                data={"from": before, "to": after, "by": by, **{k: v for k, v in data.items() if v is not None}},
+            )
+        )
+
+
+def machine(entity: str, moves: Mapping[str | None, set[str] | frozenset[str]]) -> StateMachine:
+    return StateMachine(entity, {state: frozenset(targets) for state, targets in moves.items()})

@@ -1,0 +1,1 @@
+"""Orders, their items and totals, checkout and refunds."""

@@ -1,0 +1,330 @@
+"""Checkout: paying an order through a provider, safe to retry at every step.
+
+A checkout runs in three phases, each its own transaction, bounded by the one call to the provider
+(reference/providers.md §1):
+
+1. **prepare** (order row locked): refuse an order that is not payable; otherwise find the payment
+   already under way for this order, or create one (``pending``). Its id is the provider's
+   idempotency key (``billfold-<payment id>-charge``).
+2. **charge**: one call to the provider, outside any transaction.
+3. **record** (order and payment locked): move the payment, and the order once paid in full, by
+   their state machines; an outcome recorded already is left alone.
+
+A crash or a provider timeout between 2 and 3 leaves the payment ``pending``. The next checkout of
+the order, with or without the same ``Idempotency-Key``, takes that payment up again and sends
+the same provider key, so the provider answers with the charge it made instead of charging twice.
+Many checkouts of one order at once therefore share one payment and one provider charge. A
+payment waiting for the customer's action (3-D Secure) is finished with ``confirm`` or ended
+with ``cancel``; a new checkout meanwhile is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from billfold.accounts.addresses import Owner
+from billfold.accounts.security import Principal, Security
+from billfold.kit import clock
+from billfold.kit.db import transaction
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import Conflict, InvalidInput, NotFound
+from billfold.kit.idempotency import Claim, finish
+from billfold.kit.ids import has_prefix
+from billfold.kit.money import Money
+from billfold.models import Order, Payment
+from billfold.orders import service
+from billfold.orders.service import OrderNotPayable, actor
+from billfold.orders.states import ORDER, PAYMENT
+from billfold.payments import customers, gateways, methods
+from billfold.providers.base import ChargeResult, ChargeStatus
+from billfold.providers.errors import Declined, ProviderUnavailable
+
+WAITING_FOR_CUSTOMER = "requires_action"
+
+
+class PaymentNotWaiting(Conflict):
+    code = "payment_not_waiting"
+    title = "The payment is not waiting for the customer"
+
+
+class PaymentRequiresAction(Conflict):
+    code = "payment_requires_action"
+    title = "A payment waits for the customer"
+
+
+@dataclass(frozen=True)
+class PayWith:
+    """How the customer pays: a saved method, or a one-time provider token; and through which
+    provider (the method's, or the default)."""
+
+    payment_method_id: str | None = None
+    token: str | None = None
+    provider_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a checkout, confirmation or cancellation ended in: the HTTP status and the ids to
+    show. ``error`` is the provider's refusal, raised to the caller after it was recorded."""
+
+    status: int
+    order_id: str
+    payment_id: str
+    error: Exception | None = None
+
+
+def _owner(order: Order) -> Owner:
+    return Owner.organization(order.organization_id) if order.organization_id else Owner.user(order.user_id or "")
+
+
+def _lock_order(session: Session, order_id: str) -> Order:
+    statement = sa.select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
+    return session.scalars(for_update(statement, session)).one()
+
+
+def _lock_payment(session: Session, payment_id: str) -> Payment:
+    statement = sa.select(Payment).where(Payment.id == payment_id).execution_options(populate_existing=True)
+    return session.scalars(for_update(statement, session)).one()
+
+
+def _meta(payment: Payment) -> dict[str, Any]:
+    return dict(payment.metadata_ or {})
+
+
+def charge_key(payment_id: str) -> str:
+    return f"billfold-{payment_id}-charge"
+
+
+def _prepare(session: Session, security: Security, principal: Principal, order_id: str, pay: PayWith) -> str:
+    order = service.get_order(session, principal, order_id)
+    service.require_buyer(session, principal, order)
+    order = _lock_order(session, order.id)
+    if order.status != "pending":
+        raise OrderNotPayable(f"order {order.order_number} is {order.status}; only a pending order can be paid")
+    under_way = session.scalars(
+        sa.select(Payment)
+        .where(Payment.order_id == order.id, Payment.status == "pending")
+        .order_by(Payment.id.desc())
+        .limit(1)
+    ).first()
+    if under_way is not None:
+        if _meta(under_way).get("provider_status") == WAITING_FOR_CUSTOMER:
+            raise PaymentRequiresAction(
+                f"payment {under_way.id} of order {order.order_number} waits for the customer: "
+                f"confirm it (POST /v1/payments/{under_way.id}/confirm) or cancel it first",
+                payment_id=under_way.id,
+            )
+        return under_way.id  # taken up again with the same provider key
+    if pay.payment_method_id and pay.token:
+        raise InvalidInput(
+            "pay with a saved payment method or a token, not both",
+            errors=[{"field": "token", "message": "give payment_method_id or token"}],
+        )
+    owner = _owner(order)
+    method = None
+    if pay.token is None:
+        method = (
+            methods.method_for_charge(session, owner, pay.payment_method_id)
+            if pay.payment_method_id
+            else methods.default_method(session, owner)
+        )
+        if method is None:
+            raise InvalidInput(
+                "the customer has no saved payment method: give payment_method_id or token",
+                errors=[{"field": "payment_method_id", "message": "required"}],
+            )
+    provider_id = method.provider_id if method else pay.provider_id
+    if method and pay.provider_id and pay.provider_id != method.provider_id:
+        raise InvalidInput(
+            f"payment method {method.id} belongs to provider {method.provider_id}, not {pay.provider_id}",
+            errors=[{"field": "provider_id", "message": "not the method's provider"}],
+        )
+    provider = (
+        gateways.active_provider(session, provider_id, field="provider_id")
+        if provider_id
+        else gateways.default_provider(session, security)
+    )
+    adapter = gateways.adapter_for_provider(session, security, provider.id)
+    adapter.capabilities.require_currency(order.currency, provider.id)
+    provider_customer = customers.ensure_provider_customer(session, adapter, owner) if method else None
+    payment = Payment(
+        order_id=order.id,
+        user_id=order.user_id,
+        organization_id=order.organization_id,
+        payment_method_id=method.id if method else None,
+        provider_id=provider.id,
+        amount_cents=order.total_cents,
+        currency=order.currency,
+        status="pending",
+        metadata_={
+            "provider_status": "created",
+            **({"token": pay.token} if pay.token else {}),
+            **({"provider_payment_method_id": method.provider_payment_method_id} if method else {}),
+            **({"provider_customer_id": provider_customer.provider_customer_id} if provider_customer else {}),
+        },
+    )
+    session.add(payment)
+    session.flush()
+    PAYMENT.start(session, payment, "pending", by=actor(principal), order_id=order.id, amount_cents=order.total_cents)
+    return payment.id
+
+
+def _apply(session: Session, payment: Payment, result: ChargeResult | None, *, by: str | None, error: Exception | None) -> int:
+    """Record what the provider said about ``payment``; the HTTP status to answer with."""
+    order = _lock_order(session, payment.order_id) if payment.order_id else None
+    meta = _meta(payment)
+    if result is not None:
+        payment.provider_payment_id = result.id
+        meta["provider_status"] = result.provider_status
+        meta.pop("next_action", None)
+        if result.next_action:
+            meta["next_action"] = result.next_action
+    if isinstance(error, Declined):
+        meta["decline_code"] = error.decline_code
+        payment.error_message = error.detail
+    payment.metadata_ = meta
+    status = result.status if result is not None else ChargeStatus.FAILED
+    if status == ChargeStatus.SUCCEEDED:
+        if PAYMENT.move(session, payment, "completed", by=by, provider_payment_id=payment.provider_payment_id):
+            payment.completed_at = clock.now()
+        if order is not None and order.status == "pending" and _paid_in_full(session, order):
+            ORDER.move(session, order, "paid", by=by, payment_id=payment.id)
+            order.completed_at = clock.now()
+        session.flush()
+        return 200
+    if status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
+        PAYMENT.move(session, payment, "failed", by=by, reason=meta.get("decline_code") or status.value)
+        session.flush()
+        return 402 if status == ChargeStatus.FAILED else 200  # a cancellation asked for is a success
+    if status == ChargeStatus.REQUIRES_ACTION:
+        meta["provider_status"] = WAITING_FOR_CUSTOMER
+        payment.metadata_ = meta
+    session.flush()
+    return 202  # waiting for the customer, or the provider is still processing
+
+
+def _paid_in_full(session: Session, order: Order) -> bool:
+    paid = session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Payment.amount_cents), 0)).where(
+            Payment.order_id == order.id, Payment.status == "completed"
+        )
+    )
+    return int(paid or 0) >= order.total_cents
+
+
+def _call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
+    meta = _meta(payment)
+    try:
+        result = adapter.charge(
+            amount=Money(payment.amount_cents, payment.currency),
+            idempotency_key=charge_key(payment.id),
+            customer_id=meta.get("provider_customer_id"),
+            payment_method_id=meta.get("provider_payment_method_id"),
+            token=meta.get("token"),
+            off_session=False,
+            description=f"Order {order.order_number}" if order else None,
+            metadata={"payment_id": payment.id, **({"order_id": order.id} if order else {})},
+        )
+        return result, None
+    except Declined as declined:
+        return declined.charge, declined
+
+
+def checkout(
+    sessions: sessionmaker[Session],
+    security: Security,
+    principal: Principal,
+    order_id: str,
+    pay: PayWith,
+    *,
+    claim: Claim | None = None,
+    respond: Any = None,
+) -> Outcome:
+    """Pay an order (see the module's docstring). ``claim`` and ``respond`` (outcome → (status,
+    body)) store the answer under the caller's ``Idempotency-Key`` in the recording transaction."""
+    with transaction(sessions) as session:
+        payment_id = _prepare(session, security, principal, order_id, pay)
+    return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=_call)
+
+
+def _drive(
+    sessions: sessionmaker[Session],
+    security: Security,
+    principal: Principal | None,
+    payment_id: str,
+    *,
+    claim: Claim | None,
+    respond: Any,
+    call: Any,
+) -> Outcome:
+    with sessions() as session:
+        payment = session.get(Payment, payment_id)
+        assert payment is not None
+        order = session.get(Order, payment.order_id) if payment.order_id else None
+        adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
+        session.rollback()
+    try:
+        result, error = call(adapter, payment, order)
+    except ProviderUnavailable:
+        raise  # the payment stays pending; a retry takes it up with the same provider key
+    with transaction(sessions) as session:
+        payment = _lock_payment(session, payment_id)
+        if payment.status == "pending" or (payment.status == "failed" and result and result.status == ChargeStatus.SUCCEEDED):
+            status = _apply(session, payment, result, by=actor(principal), error=error)
+        else:
+            status = {"completed": 200, "refunded": 200, "failed": 402}[payment.status]
+        outcome = Outcome(status, payment.order_id or "", payment.id, error if status == 402 else None)
+        if claim is not None and respond is not None:
+            finish(session, claim, *respond(session, outcome))
+    return outcome
+
+
+def _payment_for(session: Session, principal: Principal, payment_id: str) -> Payment:
+    payment = session.get(Payment, payment_id) if has_prefix(payment_id, "pay") else None
+    if payment is None or payment.order_id is None:
+        raise NotFound(f"no payment {payment_id}")
+    service.get_order(session, principal, payment.order_id)  # NotFound unless the principal may see it
+    return payment
+
+
+def _waiting(session: Session, principal: Principal, payment_id: str) -> Payment:
+    payment = _payment_for(session, principal, payment_id)
+    order = session.get(Order, payment.order_id)
+    assert order is not None
+    service.require_buyer(session, principal, order)
+    if payment.status != "pending" or _meta(payment).get("provider_status") != WAITING_FOR_CUSTOMER:
+        raise PaymentNotWaiting(f"payment {payment.id} is not waiting for the customer's action")
+    return payment
+
+
+def confirm(
+    sessions: sessionmaker[Session], security: Security, principal: Principal, payment_id: str, *, claim: Claim | None = None, respond: Any = None
+) -> Outcome:
+    """Finish a payment after the customer's action (3-D Secure)."""
+    with transaction(sessions) as session:
+        _waiting(session, principal, payment_id)
+
+    def call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
+        try:
+            return adapter.confirm(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-confirm"), None
+        except Declined as declined:
+            return declined.charge, declined
+
+    return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=call)
+
+
+def cancel_payment(
+    sessions: sessionmaker[Session], security: Security, principal: Principal, payment_id: str, *, claim: Claim | None = None, respond: Any = None
+) -> Outcome:
+    """End a payment that waits for the customer's action; the order can be paid again."""
+    with transaction(sessions) as session:
+        _waiting(session, principal, payment_id)
+
+    def call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
+        return adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-cancel"), None
+
+    return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=call)

@@ -1,0 +1,288 @@
+"""Orders: built from catalog items for a user or an organization, priced from the catalog at that
+moment, taxed by the billing address's country, numbered gaplessly; cancelled while unpaid.
+
+Who may buy for whom: a user for themselves; for an organization its owners and billing members
+(``Permission.BILLING``); the shop's admins and write API keys for anyone they name. Everyone who
+may see a customer's data sees its orders (an organization's members included).
+
+Addresses are copied into the order (``metadata.billing_address`` / ``shipping_address``) as they
+were when it was placed, so a later change to the address book never rewrites an order or its
+invoice; the address ids stay as the spec has them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.accounts import organizations
+from billfold.accounts.addresses import Owner, defaults_of, get_address
+from billfold.accounts.organizations import Permission
+from billfold.accounts.security import Principal
+from billfold.config import Settings
+from billfold.kit import clock
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import Conflict, CurrencyMismatch, Forbidden, InvalidInput, NotFound
+from billfold.kit.ids import has_prefix
+from billfold.models import Address, Order, OrderItem, OrganizationUser, Payment, Product, User
+from billfold.orders import numbering, totals
+from billfold.orders.states import ORDER
+
+MAX_ITEMS = 100
+ADDRESS_FIELDS = ("name", "line1", "line2", "city", "state", "postal_code", "country", "phone", "email")
+
+
+class ProductNotPurchasable(InvalidInput):
+    code = "product_not_purchasable"
+    title = "This product cannot be bought here"
+
+
+class OrderNotPayable(Conflict):
+    code = "order_not_payable"
+    title = "The order cannot be paid"
+
+
+class PaymentInProgress(Conflict):
+    code = "payment_in_progress"
+    title = "A payment is under way"
+
+
+@dataclass(frozen=True)
+class ItemIn:
+    product_id: str
+    quantity: int = 1
+
+
+def actor(principal: Principal | None) -> str | None:
+    """Who caused a change, for the audit trail: a user id or an API key id."""
+    if principal is None:
+        return None
+    return organizations.actor_id(principal)
+
+
+def buyer(session: Session, principal: Principal, *, user_id: str | None, organization_id: str | None) -> Owner:
+    """The customer an order is for, once the principal is found to be allowed to buy for them."""
+    if user_id and organization_id:
+        raise InvalidInput(
+            "an order is for a user or an organization, not both",
+            errors=[{"field": "organization_id", "message": "give user_id or organization_id"}],
+        )
+    if organization_id:
+        access = organizations.access(session, principal, organization_id)
+        access.require(Permission.BILLING)
+        return Owner.organization(access.organization.id)
+    principal.require_scope("write")
+    if principal.user is not None and user_id in (None, principal.user.id):
+        if principal.is_admin and user_id is None:
+            raise InvalidInput(
+                "the shop's admins buy for a customer: name user_id or organization_id",
+                errors=[{"field": "user_id", "message": "required"}],
+            )
+        return Owner.user(principal.user.id)
+    if user_id is None:
+        raise InvalidInput(
+            "an API key buys for a customer: name user_id or organization_id",
+            errors=[{"field": "user_id", "message": "required"}],
+        )
+    principal.require_admin()
+    if not has_prefix(user_id, "usr") or session.get(User, user_id) is None:
+        raise NotFound(f"no user {user_id}", errors=[{"field": "user_id", "message": "no such user"}])
+    return Owner.user(user_id)
+
+
+def _product(session: Session, product_id: str, field: str) -> Product:
+    product = session.get(Product, product_id) if has_prefix(product_id, "prod") else None
+    if product is None:
+        raise NotFound(f"no product {product_id}", errors=[{"field": field, "message": "no such product"}])
+    if not product.is_active:
+        raise ProductNotPurchasable(
+            f"{product.name} ({product.id}) is not on sale", errors=[{"field": field, "message": "inactive"}]
+        )
+    if product.is_recurring:
+        raise ProductNotPurchasable(
+            f"{product.name} ({product.id}) is sold by subscription, not in an order",
+            errors=[{"field": field, "message": "recurring: subscribe instead"}],
+        )
+    has_variants = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(Product)
+        .where(Product.parent_product_id == product.id, Product.is_active.is_(True))
+    )
+    if has_variants:
+        raise ProductNotPurchasable(
+            f"{product.name} ({product.id}) comes in variants: order one of them",
+            errors=[{"field": field, "message": "choose a variant"}],
+        )
+    return product
+
+
+def _address(session: Session, owner: Owner, address_id: str | None, kind: str, needed: bool) -> Address | None:
+    field = f"{kind}_address_id"
+    if address_id is None:
+        address_id = defaults_of(session, owner).get(kind)
+        if address_id is None:
+            if not needed:
+                return None
+            raise InvalidInput(
+                f"the customer has no {kind} address: add one, or name {field}",
+                errors=[{"field": field, "message": "required"}],
+            )
+    try:
+        address = get_address(session, owner, address_id)
+    except NotFound as error:
+        raise NotFound(
+            f"the customer has no address {address_id}", errors=[{"field": field, "message": "not the customer's"}]
+        ) from error
+    if address.address_type not in (kind, "both"):
+        raise InvalidInput(
+            f"{address_id} is a {address.address_type} address, not a {kind} address",
+            errors=[{"field": field, "message": f"not a {kind} address"}],
+        )
+    return address
+
+
+def _snapshot(address: Address | None) -> dict[str, Any] | None:
+    if address is None:
+        return None
+    return {"id": address.id, **{f: getattr(address, f) for f in ADDRESS_FIELDS if getattr(address, f) is not None}}
+
+
+def create_order(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    *,
+    items: list[ItemIn],
+    user_id: str | None = None,
+    organization_id: str | None = None,
+    billing_address_id: str | None = None,
+    shipping_address_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Order:
+    owner = buyer(session, principal, user_id=user_id, organization_id=organization_id)
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise InvalidInput(
+            f"an order has 1 to {MAX_ITEMS} items", errors=[{"field": "items", "message": "1 to 100 items"}]
+        )
+    products = [_product(session, item.product_id, f"items.{n}.product_id") for n, item in enumerate(items)]
+    currencies = sorted({p.currency for p in products})
+    if len(currencies) > 1:
+        raise CurrencyMismatch(
+            f"one order is paid in one currency; these products are priced in {', '.join(currencies)}",
+            errors=[{"field": "items", "message": "mixed currencies"}],
+        )
+    billing = _address(session, owner, billing_address_id, "billing", needed=True)
+    physical = any(p.product_type == "physical" for p in products)
+    shipping = _address(session, owner, shipping_address_id, "shipping", needed=physical)
+    lines = [totals.Line(p.id, item.quantity, p.price_cents) for p, item in zip(products, items, strict=True)]
+    rates = settings.tax_rates if settings.tax_rates is not None else totals.DEFAULT_TAX_RATES
+    sums = totals.compute(
+        lines, currencies[0], billing.country if billing else None, tax=totals.CountryTaxTable(rates)
+    )
+    extra = {"billing_address": _snapshot(billing), "shipping_address": _snapshot(shipping)}
+    order = Order(
+        order_number="",  # taken last, see numbering
+        user_id=owner.user_id,
+        organization_id=owner.organization_id,
+        subtotal_cents=sums.subtotal_cents,
+        discount_cents=sums.discount_cents,
+        tax_cents=sums.tax_cents,
+        total_cents=sums.total_cents,
+        currency=currencies[0],
+        billing_address_id=billing.id if billing else None,
+        shipping_address_id=shipping.id if shipping else None,
+        metadata_={**(metadata or {}), **{k: v for k, v in extra.items() if v is not None}},
+    )
+    order.order_number = numbering.order_number(session, clock.now().year, settings.order_number_prefix)
+    session.add(order)
+    session.flush()
+    session.add_all(
+        OrderItem(
+            order_id=order.id,
+            product_id=line.product_id,
+            quantity=line.quantity,
+            unit_price_cents=line.unit_price_cents,
+            total_cents=line.total_cents,
+            metadata_={"name": product.name},
+        )
+        for line, product in zip(lines, products, strict=True)
+    )
+    ORDER.start(session, order, "pending", by=actor(principal), order_number=order.order_number)
+    session.flush()
+    return order
+
+
+def visible_orders(session: Session, principal: Principal) -> sa.Select[tuple[Order]]:
+    """Every order for the shop's admins; a user's own and their organizations' for a user."""
+    if principal.is_admin:
+        principal.require_scope("read")
+        return sa.select(Order)
+    assert principal.user is not None
+    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
+    return sa.select(Order).where(
+        sa.or_(Order.user_id == principal.user.id, Order.organization_id.in_(theirs))
+    )
+
+
+def get_order(session: Session, principal: Principal, order_id: str, *, lock: bool = False) -> Order:
+    """An order the principal may see; NotFound otherwise, the same answer as for no such order."""
+    statement = visible_orders(session, principal).where(Order.id == order_id)
+    order = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
+    if order is None or not has_prefix(order_id, "ord"):
+        raise NotFound(f"no order {order_id}")
+    return order
+
+
+def require_buyer(session: Session, principal: Principal, order: Order) -> None:
+    """Paying or cancelling needs the right to buy for the order's customer (seeing it is not enough)."""
+    if principal.is_admin:
+        principal.require_scope("write")
+        return
+    if order.organization_id is not None:
+        organizations.access(session, principal, order.organization_id).require(Permission.BILLING)
+    elif principal.user is None or order.user_id != principal.user.id:
+        raise Forbidden("only the customer who placed the order may do this")
+
+
+def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:
+    rows = session.scalars(
+        sa.select(OrderItem).where(OrderItem.order_id.in_(order_ids)).order_by(OrderItem.id)
+    ).all() if order_ids else []
+    grouped: dict[str, list[OrderItem]] = {order_id: [] for order_id in order_ids}
+    for row in rows:
+        grouped[row.order_id].append(row)
+    return grouped
+
+
+def payments_of(session: Session, order_ids: list[str]) -> dict[str, list[Payment]]:
+    rows = session.scalars(
+        sa.select(Payment).where(Payment.order_id.in_(order_ids)).order_by(Payment.id)
+    ).all() if order_ids else []
+    grouped: dict[str, list[Payment]] = {order_id: [] for order_id in order_ids}
+    for row in rows:
+        grouped[row.order_id].append(row)  # type: ignore[index]
+    return grouped
+
+
+def cancel_order(session: Session, principal: Principal, order_id: str, reason: str | None = None) -> Order:
+    """Cancel an unpaid order. A paid one can only be refunded; one whose payment is under way
+    (with the provider, or waiting for the customer's action) waits for that payment to end."""
+    order = get_order(session, principal, order_id, lock=True)
+    require_buyer(session, principal, order)
+    if order.status == "paid":
+        raise OrderNotPayable(
+            f"order {order.order_number} is paid: refund it instead of cancelling (POST /v1/payments/{{id}}/refunds)"
+        )
+    in_flight = session.scalar(
+        sa.select(sa.func.count()).select_from(Payment).where(Payment.order_id == order.id, Payment.status == "pending")
+    )
+    if in_flight and order.status == "pending":
+        raise PaymentInProgress(
+            f"order {order.order_number} has a payment under way; cancel that payment or wait for it to end"
+        )
+    ORDER.move(session, order, "cancelled", by=actor(principal), reason=reason)
+    session.flush()
+    return order

@@ -19,6 +19,7 @@ ProductType = Literal["physical", "digital", "service", "subscription"]
 BillingInterval = Literal["monthly", "yearly"]
 DurationType = Literal["recurring", "fixed", "lifetime"]
 
+# Whole numbers are strict: 12.5, 12.0 and "12" are refused, never rounded or read.
 # Text with something besides spaces in it, and no NUL (which PostgreSQL cannot store).
 _TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=_TEXT)]
@@ -30,11 +31,11 @@ HttpsUrl = Annotated[
 ]
 MAX_BIGINT = 2**63 - 1
 PriceCents = Annotated[
-    int, Field(ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200.")
+    int, Field(strict=True, ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200.")
 ]
-SortOrder = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id.")]
-TrialDays = Annotated[int, Field(ge=0, le=730, description="Free days before the first charge; recurring only.")]
-DurationDays = Annotated[int, Field(ge=1, le=36500)]
+SortOrder = Annotated[int, Field(strict=True, ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id.")]
+TrialDays = Annotated[int, Field(strict=True, ge=0, le=730, description="Free days before the first charge; recurring only.")]
+DurationDays = Annotated[int, Field(strict=True, ge=1, le=36500)]
 MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
 MetadataValue = Annotated[str, Field(max_length=500, pattern=r"^[^\x00]*$")]
 Metadata = Annotated[
@@ -92,6 +93,11 @@ Features = Annotated[
 ]
 
 
+def _times(row: ProductCategory | Product | MembershipType) -> dict[str, datetime]:
+    # The database keeps whole seconds; answer a write with what a later read will show.
+    return {"created_at": row.created_at.replace(microsecond=0), "updated_at": row.updated_at.replace(microsecond=0)}
+
+
 # Categories
 
 
@@ -134,8 +140,7 @@ class CategoryOut(BaseModel):
             image=category.image,
             is_active=category.is_active,
             sort_order=category.sort_order,
-            created_at=category.created_at,
-            updated_at=category.updated_at,
+            **_times(category),
         )
 
 
@@ -238,8 +243,7 @@ class ProductOut(BaseModel):
             variations=[Variation.model_validate(v) for v in product.variations or []],
             metadata=product.metadata_ or {},
             is_active=product.is_active,
-            created_at=product.created_at,
-            updated_at=product.updated_at,
+            **_times(product),
         )
 
 
@@ -295,6 +299,5 @@ class MembershipTypeOut(BaseModel):
             currency=membership_type.currency,
             features=list(membership_type.features or []),
             is_active=membership_type.is_active,
-            created_at=membership_type.created_at,
-            updated_at=membership_type.updated_at,
+            **_times(membership_type),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
 
 from billfold.accounts.organization_schemas import keep
 from billfold.accounts.schemas import In
@@ -19,7 +19,6 @@ ProductType = Literal["physical", "digital", "service", "subscription"]
 BillingInterval = Literal["monthly", "yearly"]
 DurationType = Literal["recurring", "fixed", "lifetime"]
 
-# Whole numbers are strict: 12.5, 12.0 and "12" are refused, never rounded or read.
 # Text with something besides spaces in it, and no NUL (which PostgreSQL cannot store).
 _TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=_TEXT)]
@@ -29,13 +28,26 @@ HttpsUrl = Annotated[
     str,
     Field(max_length=255, pattern=r"^https://[^\s\x00/?#][^\s\x00]*$", description="An https URL."),
 ]
+
+
+def _whole(value: object) -> object:
+    # JSON's 12.0 is the number 12; 12.5, "12" and true are not whole numbers, and are refused
+    # rather than rounded or read.
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError("must be a whole number")
+    return value
+
+
+Whole = BeforeValidator(_whole)
 MAX_BIGINT = 2**63 - 1
 PriceCents = Annotated[
-    int, Field(strict=True, ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200.")
+    int, Field(ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200."), Whole
 ]
-SortOrder = Annotated[int, Field(strict=True, ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id.")]
-TrialDays = Annotated[int, Field(strict=True, ge=0, le=730, description="Free days before the first charge; recurring only.")]
-DurationDays = Annotated[int, Field(strict=True, ge=1, le=36500)]
+SortOrder = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id."), Whole]
+TrialDays = Annotated[int, Field(ge=0, le=730, description="Free days before the first charge; recurring only."), Whole]
+DurationDays = Annotated[int, Field(ge=1, le=36500), Whole]
 MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
 MetadataValue = Annotated[str, Field(max_length=500, pattern=r"^[^\x00]*$")]
 Metadata = Annotated[
@@ -64,6 +76,9 @@ Currency = Annotated[
 ]
 
 
+UNIQUE = {"uniqueItems": True}
+
+
 def _distinct(values: list[str]) -> list[str]:
     if len(set(values)) != len(values):
         raise ValueError("must not repeat a value")
@@ -74,7 +89,7 @@ class Variation(BaseModel):
     """One way the product varies, such as size with options S, M and L."""
 
     name: Label
-    options: Annotated[list[Label], Field(min_length=1, max_length=50), AfterValidator(_distinct)]
+    options: Annotated[list[Label], Field(min_length=1, max_length=50, json_schema_extra=UNIQUE), AfterValidator(_distinct)]
 
 
 def _distinct_variations(variations: list[Variation]) -> list[Variation]:
@@ -89,7 +104,9 @@ Variations = Annotated[
 ]
 Gallery = Annotated[list[HttpsUrl], Field(max_length=20, description="More images, https URLs.")]
 Features = Annotated[
-    list[Name], Field(max_length=100, description="What the membership includes, one line each."), AfterValidator(_distinct)
+    list[Name],
+    Field(max_length=100, description="What the membership includes, one line each.", json_schema_extra=UNIQUE),
+    AfterValidator(_distinct),
 ]
 
 
@@ -270,7 +287,7 @@ class MembershipTypeUpdate(In):
     duration_days: DurationDays | None = None
     price_cents: PriceCents = keep()
     currency: Currency = None  # type: ignore[assignment]  # optional, not nullable
-    features: Features = keep()
+    features: Features | None = Field(None, description="null: none.")
     is_active: StrictBool = keep()
 
 

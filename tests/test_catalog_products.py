@@ -9,12 +9,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
+from billfold.catalog.categories import tree
+from billfold.catalog.schemas import MembershipTypeOut, ProductOut
 from billfold.catalog.service import ProductInactive, VariantRequired, purchasable_product
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.errors import NotFound
 from billfold.kit.ids import new_id
-from billfold.models import Product
+from billfold.demo import load_demo
+from billfold.models import MembershipType, Product
 from tests import factories as make
 from tests.accounts import Api
 from tests.test_catalog import audit_events, every, made
@@ -226,3 +230,21 @@ def test_lists_filter_and_page_in_a_stable_order(api: Api, admin_token: str) -> 
         assert_problem(anyone.get("/v1/products", params={"currency": "ABC"}), 422, "invalid_input", "currency")
         assert_problem(anyone.get("/v1/products", params={"product_type": "rental"}), 422, "invalid_input", "product_type")
         assert_problem(anyone.get("/v1/products", params={"limit": 0}), 422, "invalid_input", "limit")
+
+
+def test_the_demo_catalog_reads_back_through_the_catalog_services(session: Session) -> None:
+    load_demo(session)
+    for product in session.scalars(sa.select(Product)):
+        ProductOut.of(product)  # every demo row fits what the API promises
+    for membership_type in session.scalars(sa.select(MembershipType)):
+        MembershipTypeOut.of(membership_type)
+    roots = tree(session, include_inactive=False)
+    assert [node.category.name for node in roots] == ["Software", "Merchandise", "Learning"]
+    assert [node.category.name for node in roots[0].children] == ["Plans", "Add-ons"]
+    by_name = {p.name: p for p in session.scalars(sa.select(Product))}
+    assert purchasable_product(session, by_name["Team plan (monthly)"].id).billing_interval == "monthly"
+    assert purchasable_product(session, by_name["Billfold logo T-shirt, Navy, XL"].id).price_cents == 2700
+    with pytest.raises(VariantRequired):
+        purchasable_product(session, by_name["Billfold logo T-shirt"].id)
+    with pytest.raises(ProductInactive):
+        purchasable_product(session, by_name["Solo plan (monthly, retired)"].id)

@@ -22,6 +22,7 @@ from billfold.accounts import organizations
 from billfold.accounts.addresses import Owner, defaults_of, get_address
 from billfold.accounts.organizations import Permission
 from billfold.accounts.security import Principal
+from billfold.catalog.service import purchasable_product
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
@@ -94,27 +95,14 @@ def buyer(session: Session, principal: Principal, *, user_id: str | None, organi
 
 
 def _product(session: Session, product_id: str, field: str) -> Product:
-    product = session.get(Product, product_id) if has_prefix(product_id, "prod") else None
-    if product is None:
-        raise NotFound(f"no product {product_id}", errors=[{"field": field, "message": "no such product"}])
-    if not product.is_active:
-        raise ProductNotPurchasable(
-            f"{product.name} ({product.id}) is not on sale", errors=[{"field": field, "message": "inactive"}]
-        )
+    try:
+        product = purchasable_product(session, product_id)
+    except NotFound as error:
+        raise NotFound(f"no product {product_id}", errors=[{"field": field, "message": "no such product"}]) from error
     if product.is_recurring:
         raise ProductNotPurchasable(
             f"{product.name} ({product.id}) is sold by subscription, not in an order",
             errors=[{"field": field, "message": "recurring: subscribe instead"}],
-        )
-    has_variants = session.scalar(
-        sa.select(sa.func.count())
-        .select_from(Product)
-        .where(Product.parent_product_id == product.id, Product.is_active.is_(True))
-    )
-    if has_variants:
-        raise ProductNotPurchasable(
-            f"{product.name} ({product.id}) comes in variants: order one of them",
-            errors=[{"field": field, "message": "choose a variant"}],
         )
     return product
 

@@ -1,0 +1,241 @@
+"""Orders, checkout, payments and refunds under /v1. Every POST that creates or moves money takes an
+optional ``Idempotency-Key`` (see docs/api.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from billfold.accounts.auth import Authenticated, SecurityDep
+from billfold.config import Settings
+from billfold.kit.db import transaction
+from billfold.kit.errors import BillfoldError
+from billfold.kit.http import DbSession, Page, Paging, paginate, problems
+from billfold.kit.idempotency import Claim, Replay, claim, finish, is_final, release
+from billfold.kit.idempotency_http import PROBLEM_JSON, REPLAYED_HEADER, Idempotent
+from billfold.models import Order, Payment
+from billfold.orders import checkout as checkout_service
+from billfold.orders import refunds as refund_service
+from billfold.orders import service
+from billfold.orders.schemas import CancelIn, CheckoutIn, CheckoutOut, OrderIn, OrderOut, PaymentOut, RefundIn, RefundOut
+from billfold.providers.errors import Declined
+
+router = APIRouter(prefix="/v1", responses=problems(400, 401, 403, 404, 422))
+orders = APIRouter(prefix="/orders", tags=["orders"])
+payments = APIRouter(prefix="/payments", tags=["payments"])
+
+
+def order_out(session: Session, order: Order) -> OrderOut:
+    return orders_out(session, [order])[0]
+
+
+def orders_out(session: Session, rows: list[Order]) -> list[OrderOut]:
+    ids = [o.id for o in rows]
+    items = service.items_of(session, ids)
+    paid = service.payments_of(session, ids)
+    refunds = refund_service.refunds_of(session, [p.id for ps in paid.values() for p in ps])
+    return [OrderOut.of(o, items[o.id], [PaymentOut.of(p, refunds[p.id]) for p in paid[o.id]]) for o in rows]
+
+
+def payment_out(session: Session, payment: Payment) -> PaymentOut:
+    return PaymentOut.of(payment, refund_service.refunds_of(session, [payment.id])[payment.id])
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.security.settings
+
+
+class _Answer:
+    """Builds the response inside the transaction that records the outcome (so the stored answer
+    under an Idempotency-Key is exactly what was sent), and keeps it for the route to return."""
+
+    def __init__(self, build: Callable[[Session, Any], tuple[int, Any]]) -> None:
+        self.build = build
+        self.status: int = 500
+        self.body: Any = None
+
+    def __call__(self, session: Session, outcome: Any) -> tuple[int, Any]:
+        self.status, self.body = self.build(session, outcome)
+        return self.status, self.body
+
+    def response(self, replayed: bool = False) -> JSONResponse:
+        headers = {REPLAYED_HEADER: "true"} if replayed else None
+        media_type = PROBLEM_JSON if self.status >= 400 else None
+        return JSONResponse(self.body, status_code=self.status, headers=headers, media_type=media_type)
+
+
+def _idempotently(
+    request: Request, idempotent: Any, scope: str, body: Any, answer: _Answer, work: Callable[[Claim | None], Any]
+) -> JSONResponse:
+    """Run a multi-phase money move once per Idempotency-Key (when one is given)."""
+    idempotent.session.commit()  # the request's own transaction ends before the phases begin
+    sessions = request.app.state.sessions
+    if idempotent.key is None:
+        outcome = work(None)
+        if answer.body is None:
+            with sessions() as session:
+                answer(session, outcome)
+        return answer.response()
+    claimed = claim(
+        sessions, scope=scope, key=idempotent.key, method=request.method, path=request.url.path,
+        params=idempotent.params(body),
+    )
+    if isinstance(claimed, Replay):
+        answer.status, answer.body = claimed.status, claimed.body
+        return answer.response(replayed=True)
+    try:
+        outcome = work(claimed)
+    except BaseException as error:
+        if is_final(error):
+            assert isinstance(error, BillfoldError)
+            with transaction(sessions) as session:
+                finish(session, claimed, error.status, error.to_problem())
+        else:
+            release(sessions, claimed)
+        raise
+    if answer.body is None:  # nothing was stored (cannot happen with a claim): answer anyway
+        with sessions() as session:
+            answer(session, outcome)
+    return answer.response()
+
+
+# Orders
+
+
+@orders.post("", status_code=status.HTTP_201_CREATED, response_model=OrderOut, responses=problems(409))
+def create_order(body: OrderIn, request: Request, principal: Authenticated, idempotent: Idempotent) -> Any:
+    """Place an order for yourself, an organization you buy for, or (admins) any customer. Prices
+    come from the catalog now; tax from the billing address's country."""
+
+    def handler(session: Session) -> OrderOut:
+        order = service.create_order(
+            session, _settings(request), principal,
+            items=[service.ItemIn(i.product_id, i.quantity) for i in body.items],
+            user_id=body.user_id, organization_id=body.organization_id,
+            billing_address_id=body.billing_address_id, shipping_address_id=body.shipping_address_id,
+        )
+        return order_out(session, order)
+
+    return idempotent.respond(principal.idempotency_scope, body, handler, status_code=201)
+
+
+@orders.get("", response_model=Page[OrderOut])
+def list_orders(principal: Authenticated, session: DbSession, paging: Paging) -> Page[OrderOut]:
+    """Your orders and your organizations' (everyone's for the shop's admins), oldest first."""
+    page = paginate(session, service.visible_orders(session, principal), Order.id, paging)
+    return Page[OrderOut](data=orders_out(session, list(page.data)), has_more=page.has_more)
+
+
+@orders.get("/{order_id}", response_model=OrderOut)
+def get_order(order_id: str, principal: Authenticated, session: DbSession) -> OrderOut:
+    return order_out(session, service.get_order(session, principal, order_id))
+
+
+@orders.post("/{order_id}/cancel", response_model=OrderOut, responses=problems(409))
+def cancel_order(order_id: str, body: CancelIn, principal: Authenticated, idempotent: Idempotent) -> Any:
+    """Cancel an unpaid order (a paid one is refunded instead)."""
+
+    def handler(session: Session) -> OrderOut:
+        return order_out(session, service.cancel_order(session, principal, order_id, body.reason))
+
+    return idempotent.respond(principal.idempotency_scope, body, handler)
+
+
+def _checkout_answer(session: Session, outcome: checkout_service.Outcome) -> tuple[int, Any]:
+    if outcome.status == 402:
+        error = outcome.error if isinstance(outcome.error, BillfoldError) else Declined("the payment was declined", "generic_decline")
+        return 402, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id}
+    order = session.get(Order, outcome.order_id)
+    payment = session.get(Payment, outcome.payment_id)
+    assert order is not None and payment is not None
+    body = CheckoutOut(order=order_out(session, order), payment=payment_out(session, payment))
+    return outcome.status, jsonable_encoder(body)
+
+
+@orders.post(
+    "/{order_id}/checkout",
+    response_model=CheckoutOut,
+    responses={**problems(402, 409, 503), 202: {"model": CheckoutOut, "description": "Waiting for the customer's action (see payment.next_action) or for the provider."}},
+)
+def checkout(
+    order_id: str, body: CheckoutIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> JSONResponse:
+    """Pay an order with a saved method or a provider token. 200: paid. 202: the customer must act
+    (3-D Secure: see `payment.next_action`, then confirm the payment). 402: declined; the order can
+    be paid again. 503: the provider did not answer; retry (with the same Idempotency-Key): it
+    never charges twice."""
+    pay = checkout_service.PayWith(body.payment_method_id, body.token, body.provider_id)
+    answer = _Answer(_checkout_answer)
+    sessions = request.app.state.sessions
+    return _idempotently(
+        request, idempotent, principal.idempotency_scope, body, answer,
+        lambda claimed: checkout_service.checkout(sessions, security, principal, order_id, pay, claim=claimed, respond=answer),
+    )
+
+
+# Payments and refunds
+
+
+@payments.get("/{payment_id}", response_model=PaymentOut)
+def get_payment(payment_id: str, principal: Authenticated, session: DbSession) -> PaymentOut:
+    return payment_out(session, checkout_service._payment_for(session, principal, payment_id))
+
+
+@payments.post("/{payment_id}/confirm", response_model=CheckoutOut, responses=problems(402, 409, 503))
+def confirm_payment(
+    payment_id: str, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> JSONResponse:
+    """Finish a payment after the customer's action (3-D Secure)."""
+    answer = _Answer(_checkout_answer)
+    sessions = request.app.state.sessions
+    return _idempotently(
+        request, idempotent, principal.idempotency_scope, None, answer,
+        lambda claimed: checkout_service.confirm(sessions, security, principal, payment_id, claim=claimed, respond=answer),
+    )
+
+
+@payments.post("/{payment_id}/cancel", response_model=CheckoutOut, responses=problems(409, 503))
+def cancel_payment(
+    payment_id: str, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> JSONResponse:
+    """End a payment that waits for the customer's action; the order can be paid again."""
+    answer = _Answer(_checkout_answer)
+    sessions = request.app.state.sessions
+    return _idempotently(
+        request, idempotent, principal.idempotency_scope, None, answer,
+        lambda claimed: checkout_service.cancel_payment(sessions, security, principal, payment_id, claim=claimed, respond=answer),
+    )
+
+
+@payments.post("/{payment_id}/refunds", status_code=status.HTTP_201_CREATED, response_model=RefundOut, responses=problems(409, 503))
+def refund_payment(
+    payment_id: str, body: RefundIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> JSONResponse:
+    """Refund all or part of a completed payment (the shop's admins). Any number of partial refunds,
+    never more than was paid; the payment and order become refunded when nothing is left."""
+
+    def build(session: Session, refund_id: str) -> tuple[int, Any]:
+        from billfold.models import Refund
+
+        refund = session.get(Refund, refund_id)
+        assert refund is not None
+        return 201, jsonable_encoder(RefundOut.of(refund))
+
+    answer = _Answer(build)
+    sessions = request.app.state.sessions
+    return _idempotently(
+        request, idempotent, principal.idempotency_scope, body, answer,
+        lambda claimed: refund_service.refund(
+            sessions, security, principal, payment_id, amount_cents=body.amount_cents, reason=body.reason,
+            claim=claimed, respond=answer,
+        ),
+    )
+
+
+router.include_router(orders)
+router.include_router(payments)

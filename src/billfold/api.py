@@ -27,6 +27,7 @@ from billfold.accounts import organizations_api, two_factor_api
 from billfold.accounts.security import Security
 from billfold.catalog import api as catalog_api
 from billfold.orders import api as orders_api
+from billfold.payments import api as payments_api
 from billfold.config import Settings, get_settings
 from billfold.kit import mailer
 from billfold.kit.db import create_engine, one_line, session_factory
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
+    app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(two_factor_api.router)
     app.include_router(catalog_api.router)
     app.include_router(orders_api.router)
+    app.include_router(payments_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `billfold serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `billfold serve` listens on.")
 
+    default_provider: str = Field(
+        "sandbox",
+        description="The payment provider (a payment_providers id) used when a request names none. "
+        "If it is not an active provider, the only active provider is used.",
+    )
+
     session_days: int = Field(30, ge=1, description="How long a sign-in lasts without use.")
     max_failed_sign_ins: int = Field(5, ge=1, description="Consecutive failed sign-ins that lock an account.")
     sign_in_attempts_per_address: int = Field(

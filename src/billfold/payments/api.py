@@ -1,0 +1,315 @@
+"""Payment providers (admins) and payment methods (of the signed-in user, of an organization, and
+for admins of any user), under /v1; and the guard that refuses card data in every request."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy.orm import Session
+
+from billfold.accounts import organizations
+from billfold.accounts.addresses import Owner, user_owner
+from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
+from billfold.accounts.organizations import Permission
+from billfold.accounts.security import Principal
+from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
+from billfold.models import PaymentMethod, PaymentProvider
+from billfold.payments import gateways, methods
+from billfold.payments.schemas import (
+    PaymentMethodIn,
+    PaymentMethodOut,
+    PaymentMethodUpdate,
+    ProviderIn,
+    ProviderOut,
+    ProviderUpdate,
+)
+
+router = APIRouter(prefix="/v1", responses=problems(400, 422))
+providers = APIRouter(prefix="/payment-providers", tags=["payment providers"], responses=problems(401, 403, 404))
+mine = APIRouter(prefix="/me/payment-methods", tags=["payment methods"], responses=problems(401, 403, 404))
+theirs = APIRouter(
+    prefix="/organizations/{organization_id}/payment-methods", tags=["payment methods"],
+    responses=problems(401, 403, 404),
+)
+users = APIRouter(prefix="/users/{user_id}/payment-methods", tags=["payment methods"], responses=problems(401, 403, 404))
+NO_CONTENT: dict[str, Any] = {"status_code": status.HTTP_204_NO_CONTENT, "response_class": Response}
+
+
+# Refusing card data, whatever the endpoint
+
+# Field names that carry a card number, a security code, track data, a PIN or a card's expiry
+# (the expiry comes from the provider, never from a request). Compared without case, underscores,
+# dashes or spaces.
+CARD_FIELDS = frozenset(
+    {
+        "number", "cardnumber", "ccnumber", "pan", "primaryaccountnumber", "accountnumber",
+        "cvc", "cvc2", "cvv", "cvv2", "cid", "csc", "cvn", "securitycode", "cardcode", "cardverificationcode",
+        "track", "track1", "track2", "trackdata", "pin", "pinblock",
+        "exp", "expmonth", "expyear", "expiry", "expirydate", "expirymonth", "expiryyear",
+        "expiration", "expirationdate", "expirationmonth", "expirationyear",
+    }
+)
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s_\-\[\]]", "", name.lower())
+
+
+def card_fields(value: Any, path: str = "") -> list[str]:
+    """Where in a JSON document a card field is (``card.number``), by name only."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if _normal(str(key)) in CARD_FIELDS or (
+                _normal(str(key)) == "token" and isinstance(inner, str) and methods.token_is_card_data(inner)
+            ):
+                found.append(here)
+            found += card_fields(inner, here)
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found += card_fields(inner, f"{path}.{index}" if path else str(index))
+    return found
+
+
+def card_data_problem(fields: list[str]) -> dict[str, Any]:
+    detail = (
+        "Billfold never takes card numbers, security codes or card expiry dates: collect the card with the "
+        "provider's own fields (Stripe Elements, PayPal Card Fields, Accept.js; the sandbox's test tokens) "
+        "and send the token they give. Refused fields: " + ", ".join(fields)
+    )
+    return methods.CardDataRefused(
+        detail, errors=[{"field": f, "message": "card data is refused; send a provider token"} for f in fields]
+    ).to_problem()
+
+
+class RefuseCardData:
+    """Answers 422 ``card_data_refused`` to any JSON request body with a card field anywhere in it,
+    before the request reaches an endpoint; the value is neither echoed nor logged."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        messages = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if not message.get("more_body") or message.get("type") != "http.request":
+                break
+        fields: list[str] = []
+        if body[:1] in (b"{", b"[") or body.lstrip()[:1] in (b"{", b"["):
+            try:
+                fields = card_fields(json.loads(body))
+            except (ValueError, RecursionError):
+                fields = []  # not JSON: the endpoint refuses it as it would anyway
+        if fields:
+            payload = json.dumps(card_data_problem(fields)).encode()
+            await send({"type": "http.response.start", "status": 422, "headers": [
+                (b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        replay = iter(messages)
+
+        async def replayed() -> Any:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+
+# Payment providers (admins; a read-only key may look)
+
+
+@providers.get("", response_model=Page[ProviderOut])
+def list_providers(principal: Admin, session: DbSession, paging: Paging) -> Page[ProviderOut]:
+    require("\x00" not in (paging.starting_after or ""), "must not contain NUL characters", "starting_after")
+    from sqlalchemy import select
+
+    return paginate(session, select(PaymentProvider), PaymentProvider.id, paging, ProviderOut.of)
+
+
+@providers.post("", status_code=status.HTTP_201_CREATED, response_model=ProviderOut, responses=problems(409))
+def create_provider(body: ProviderIn, principal: Admin, session: DbSession, security: SecurityDep) -> ProviderOut:
+    """Add a provider. Secrets in config are encrypted at rest and never shown again."""
+    fields = body.model_dump(exclude_unset=True)
+    fields.setdefault("id", body.id)
+    return ProviderOut.of(gateways.create_provider(session, security, fields))
+
+
+@providers.get("/{provider_id}", response_model=ProviderOut)
+def get_provider(provider_id: str, principal: Admin, session: DbSession) -> ProviderOut:
+    return ProviderOut.of(gateways.get_provider(session, provider_id))
+
+
+@providers.patch("/{provider_id}", response_model=ProviderOut, responses=problems(409))
+def update_provider(
+    provider_id: str, body: ProviderUpdate, principal: Admin, session: DbSession, security: SecurityDep
+) -> ProviderOut:
+    """Change a provider; `is_active: false` switches it off (providers are never deleted: payments
+    refer to them)."""
+    changes = body.model_dump(exclude_unset=True)
+    return ProviderOut.of(gateways.update_provider(session, security, provider_id, changes))
+
+
+# Payment methods: the same five endpoints for the signed-in user, an organization, and (for
+# admins) any user.
+
+
+def _page(session: Session, owner: Owner, paging: PageQuery) -> Page[PaymentMethodOut]:
+    require("\x00" not in (paging.starting_after or ""), "must not contain NUL characters", "starting_after")
+    return paginate(session, methods.methods_of(owner), PaymentMethod.id, paging, PaymentMethodOut.of)
+
+
+def _save(session: Session, security: Any, owner: Owner, body: PaymentMethodIn) -> PaymentMethodOut:
+    return PaymentMethodOut.of(
+        methods.save_method(
+            session, security, owner, token=body.token, provider_id=body.provider_id,
+            billing_address_id=body.billing_address_id, make_default=body.make_default,
+        )
+    )
+
+
+def _update(session: Session, owner: Owner, payment_method_id: str, body: PaymentMethodUpdate) -> PaymentMethodOut:
+    changes = body.model_dump(exclude_unset=True)
+    kwargs: dict[str, Any] = {}
+    if "make_default" in changes:
+        kwargs["make_default"] = changes["make_default"]
+    if "billing_address_id" in changes:
+        kwargs["billing_address_id"] = changes["billing_address_id"]
+    return PaymentMethodOut.of(methods.update_method(session, owner, payment_method_id, **kwargs))
+
+
+def _me(principal: Principal) -> Owner:
+    assert principal.user is not None
+    return Owner.user(principal.user.id)
+
+
+def _organization(session: Session, principal: Principal, organization_id: str, *, change: bool) -> Owner:
+    """Members look; owners and the billing role change (``Permission.BILLING``)."""
+    access = organizations.access(session, principal, organization_id, lock=change)
+    access.require(Permission.BILLING if change else Permission.VIEW)
+    return Owner.organization(access.organization.id)
+
+
+CREATED: dict[str, Any] = {
+    "status_code": status.HTTP_201_CREATED, "response_model": PaymentMethodOut, "responses": problems(409),
+}
+
+
+@mine.get("", response_model=Page[PaymentMethodOut])
+def list_my_methods(principal: User, session: DbSession, paging: Paging) -> Page[PaymentMethodOut]:
+    return _page(session, _me(principal), paging)
+
+
+@mine.post("", **CREATED)
+def save_my_method(body: PaymentMethodIn, principal: User, session: DbSession, security: SecurityDep) -> PaymentMethodOut:
+    """Save a payment method from a provider token (never a card number)."""
+    return _save(session, security, _me(principal), body)
+
+
+@mine.get("/{payment_method_id}", response_model=PaymentMethodOut)
+def get_my_method(payment_method_id: str, principal: User, session: DbSession) -> PaymentMethodOut:
+    return PaymentMethodOut.of(methods.get_method(session, _me(principal), payment_method_id))
+
+
+@mine.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
+def update_my_method(
+    payment_method_id: str, body: PaymentMethodUpdate, principal: User, session: DbSession
+) -> PaymentMethodOut:
+    return _update(session, _me(principal), payment_method_id, body)
+
+
+@mine.delete("/{payment_method_id}", **NO_CONTENT, responses=problems(409))
+def delete_my_method(payment_method_id: str, principal: User, session: DbSession, security: SecurityDep) -> Response:
+    """Detach it at the provider and delete it; if it was the default, the newest other method becomes the default."""
+    methods.delete_method(session, security, _me(principal), payment_method_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@theirs.get("", response_model=Page[PaymentMethodOut])
+def list_organization_methods(
+    organization_id: str, principal: Authenticated, session: DbSession, paging: Paging
+) -> Page[PaymentMethodOut]:
+    """The organization's payment methods: every member may look."""
+    return _page(session, _organization(session, principal, organization_id, change=False), paging)
+
+
+@theirs.post("", **CREATED)
+def save_organization_method(
+    organization_id: str, body: PaymentMethodIn, principal: Authenticated, session: DbSession, security: SecurityDep
+) -> PaymentMethodOut:
+    """Save a payment method for the organization (owners and the billing role)."""
+    return _save(session, security, _organization(session, principal, organization_id, change=True), body)
+
+
+@theirs.get("/{payment_method_id}", response_model=PaymentMethodOut)
+def get_organization_method(
+    organization_id: str, payment_method_id: str, principal: Authenticated, session: DbSession
+) -> PaymentMethodOut:
+    owner = _organization(session, principal, organization_id, change=False)
+    return PaymentMethodOut.of(methods.get_method(session, owner, payment_method_id))
+
+
+@theirs.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
+def update_organization_method(
+    organization_id: str, payment_method_id: str, body: PaymentMethodUpdate, principal: Authenticated,
+    session: DbSession,
+) -> PaymentMethodOut:
+    return _update(session, _organization(session, principal, organization_id, change=True), payment_method_id, body)
+
+
+@theirs.delete("/{payment_method_id}", **NO_CONTENT, responses=problems(409))
+def delete_organization_method(
+    organization_id: str, payment_method_id: str, principal: Authenticated, session: DbSession,
+    security: SecurityDep,
+) -> Response:
+    owner = _organization(session, principal, organization_id, change=True)
+    methods.delete_method(session, security, owner, payment_method_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@users.get("", response_model=Page[PaymentMethodOut])
+def list_user_methods(user_id: str, principal: Admin, session: DbSession, paging: Paging) -> Page[PaymentMethodOut]:
+    """A user's payment methods: admins and API keys."""
+    return _page(session, user_owner(session, user_id), paging)
+
+
+@users.post("", **CREATED)
+def save_user_method(
+    user_id: str, body: PaymentMethodIn, principal: Admin, session: DbSession, security: SecurityDep
+) -> PaymentMethodOut:
+    return _save(session, security, user_owner(session, user_id), body)
+
+
+@users.get("/{payment_method_id}", response_model=PaymentMethodOut)
+def get_user_method(user_id: str, payment_method_id: str, principal: Admin, session: DbSession) -> PaymentMethodOut:
+    return PaymentMethodOut.of(methods.get_method(session, user_owner(session, user_id), payment_method_id))
+
+
+@users.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
+def update_user_method(
+    user_id: str, payment_method_id: str, body: PaymentMethodUpdate, principal: Admin, session: DbSession
+) -> PaymentMethodOut:
+    return _update(session, user_owner(session, user_id), payment_method_id, body)
+
+
+@users.delete("/{payment_method_id}", **NO_CONTENT, responses=problems(409))
+def delete_user_method(
+    user_id: str, payment_method_id: str, principal: Admin, session: DbSession, security: SecurityDep
+) -> Response:
+    methods.delete_method(session, security, user_owner(session, user_id), payment_method_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+router.include_router(providers)
+router.include_router(mine)
+router.include_router(theirs)
+router.include_router(users)

@@ -1,0 +1,100 @@
+"""Provider customers: who a user or an organization is at each payment provider.
+
+The ``provider_customers`` row for (owner, provider) is made on first use. The remote customer is
+created with an idempotency key derived from the owner and the provider, so two concurrent first
+uses make one customer at the provider; on our side the owner's row is locked first, so they also
+make one row (and an insert that still collides is rolled back to a savepoint and re-read).
+Services never commit.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.accounts.addresses import Owner
+from billfold.accounts.service import audit
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import NotFound
+from billfold.models import Organization, ProviderCustomer, User
+from billfold.providers.base import ProviderAdapter
+
+
+def owner_id(owner: Owner) -> str:
+    return owner.organization_id or owner.user_id or ""
+
+
+def owner_data(owner: Owner) -> dict[str, str]:
+    """The owner as audit data: ``{"organization_id": …}`` or ``{"user_id": …}``."""
+    return {"organization_id": owner.organization_id} if owner.organization_id else {"user_id": owner.user_id or ""}
+
+
+def lock_owner(session: Session, owner: Owner) -> User | Organization:
+    """The owner's row, locked until the transaction ends: changes to one owner's provider
+    customers and payment methods happen one at a time. NotFound if the owner does not exist."""
+    model: type[User] | type[Organization] = Organization if owner.organization_id is not None else User
+    statement = sa.select(model).where(model.id == owner_id(owner))
+    found = session.scalars(for_update(statement, session)).one_or_none()
+    if found is None:
+        raise NotFound(f"no {'organization' if model is Organization else 'user'} {owner_id(owner)}")
+    return found
+
+
+def customer_key(provider_id: str, owner: Owner) -> str:
+    """The idempotency key of creating the owner's customer at the provider."""
+    return f"customer-{provider_id}-{owner_id(owner)}"
+
+
+def _owned(owner: Owner) -> sa.ColumnElement[bool]:
+    if owner.organization_id is not None:
+        return ProviderCustomer.organization_id == owner.organization_id
+    return sa.and_(ProviderCustomer.user_id == owner.user_id, ProviderCustomer.organization_id.is_(None))
+
+
+def find_provider_customer(session: Session, provider_id: str, owner: Owner) -> ProviderCustomer | None:
+    statement = (
+        sa.select(ProviderCustomer)
+        .where(ProviderCustomer.provider_id == provider_id, _owned(owner))
+        .order_by(ProviderCustomer.id)
+        .limit(1)
+    )
+    # A locking read sees rows committed while we waited for the owner's lock, even under
+    # MariaDB's REPEATABLE READ.
+    statement = for_update(statement, session).execution_options(populate_existing=True)
+    return session.scalars(statement).first()
+
+
+def ensure_provider_customer(session: Session, adapter: ProviderAdapter, owner: Owner) -> ProviderCustomer:
+    """The owner's customer at the adapter's provider, created there and here on first use."""
+    holder = lock_owner(session, owner)
+    provider_id = adapter.provider_id
+    existing = find_provider_customer(session, provider_id, owner)
+    if existing is not None:
+        return existing
+    if isinstance(holder, Organization):
+        email, name = holder.business_email, holder.name
+    else:
+        email, name = holder.email, " ".join(p for p in (holder.name, holder.last_name) if p) or None
+    remote = adapter.create_customer(
+        email=email, name=name, metadata={f"billfold_{k}": v for k, v in owner_data(owner).items()},
+        idempotency_key=customer_key(provider_id, owner),
+    )
+    customer = ProviderCustomer(
+        user_id=owner.user_id, organization_id=owner.organization_id, provider_id=provider_id,
+        provider_customer_id=remote.id,
+    )
+    try:
+        with session.begin_nested():
+            session.add(customer)
+            session.flush()
+    except sa.exc.IntegrityError:
+        # Another transaction saved the same remote customer first (the same idempotency key
+        # gave it the same id): use its row.
+        found = session.scalars(
+            sa.select(ProviderCustomer)
+            .where(ProviderCustomer.provider_id == provider_id, ProviderCustomer.provider_customer_id == remote.id)
+            .execution_options(populate_existing=True)
+        ).one()
+        return found
+    audit(session, "provider_customer", customer.id, "created", provider_id=provider_id, **owner_data(owner))
+    return customer

@@ -202,18 +202,23 @@ def test_bad_orders_name_the_field_and_change_nothing(api: Api, engine: Engine) 
 
 
 @pytest.mark.parametrize("with_key", [True, False], ids=["one key", "no key"])
-def test_fifty_checkouts_of_one_order_at_once_charge_once(api: Api, engine: Engine, with_key: bool) -> None:
+def test_fifty_checkouts_of_one_order_at_once_charge_once(api: Api, engine: Engine, backend: str, with_key: bool) -> None:
+    """At once on PostgreSQL and MariaDB; one after another on SQLite, which has one writer."""
     ada = customer(api, engine)
     made = order(api, ada.token, (product(engine), 1))
     answers: list[int] = []
-    start = threading.Barrier(50)
+    at_once = backend != "sqlite"
+    start = threading.Barrier(50 if at_once else 1)
 
     def pay() -> None:
         with api.client(ada.token) as client:
             start.wait()
             answers.append(checkout(client, made["id"], "fifty-at-once" if with_key else None).status_code)
 
-    threads = [threading.Thread(target=pay) for _ in range(50)]
+    if not at_once:
+        for _ in range(50):
+            pay()
+    threads = [threading.Thread(target=pay) for _ in range(50 if at_once else 0)]
     for thread in threads:
         thread.start()
     for thread in threads:

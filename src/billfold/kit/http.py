@@ -92,7 +92,9 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such thing, or not yours to see.",
         409: "Conflicts with the current state.",
         422: "Invalid input; `errors` names each field.",
+        402: "The payment was declined; `decline_code` says why.",
         429: "Too many attempts; see Retry-After.",
+        503: "A payment provider did not answer; retry (with the same Idempotency-Key).",
     }
     return {
         status: {"model": Problem, "description": described[status], "content": {"application/problem+json": {}}}

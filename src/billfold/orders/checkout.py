@@ -266,7 +266,7 @@ def _drive(
         assert payment is not None
         order = session.get(Order, payment.order_id) if payment.order_id else None
         adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-        session.rollback()
+        session.commit()  # ends the read; expire_on_commit is off, so the rows stay readable
     try:
         result, error = call(adapter, payment, order)
     except ProviderUnavailable:

@@ -131,7 +131,7 @@ def refund(
         payment = session.get(Payment, payment_id)
         assert row is not None and payment is not None
         adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-        session.rollback()
+        session.commit()  # ends the read; expire_on_commit is off, so the rows stay readable
     failure: str | None = None
     try:
         result = adapter.refund(

@@ -234,17 +234,16 @@ def test_a_bad_address_is_refused_naming_the_field_and_changes_nothing(
     api: Api, engine: Engine, change: dict, field: str
 ) -> None:
     ada = person(engine, "ada")
+    code = "card_data_refused" if field == "card_number" else "invalid_input"  # no endpoint takes card data
     with api.client(ada.token) as client:
         kept = client.post("/v1/me/addresses", json=address("billing")).json()
         assert_problem(
             client.post("/v1/me/addresses", json={**address("shipping"), **change}),
             422,
-            "invalid_input",
+            code,
             field,
         )
-        assert_problem(
-            client.patch(f"/v1/me/addresses/{kept['id']}", json=change), 422, "invalid_input", field
-        )
+        assert_problem(client.patch(f"/v1/me/addresses/{kept['id']}", json=change), 422, code, field)
     assert stored(engine, "user_id", ada.id) == [
         (kept["id"], "billing", True, "Billing Street 1", "SW1Y 4JH", "GB")
     ]

@@ -127,7 +127,7 @@ def create_order(body: OrderIn, request: Request, principal: Authenticated, idem
 @orders.get("", response_model=Page[OrderOut])
 def list_orders(principal: Authenticated, session: DbSession, paging: Paging) -> Page[OrderOut]:
     """Your orders and your organizations' (everyone's for the shop's admins), oldest first."""
-    page = paginate(session, service.visible_orders(session, principal), Order.id, paging)
+    page = paginate(session, service.visible_orders(session, principal), Order.id, paging, lambda row: row)
     return Page[OrderOut](data=orders_out(session, list(page.data)), has_more=page.has_more)
 
 

@@ -26,7 +26,15 @@ from billfold.accounts.api_keys import create_api_key
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.models import Address, Organization, OrganizationInvitation, OrganizationUser, User
+from billfold.models import (
+    Address,
+    Organization,
+    OrganizationInvitation,
+    OrganizationUser,
+    PaymentMethod,
+    PaymentProvider,
+    User,
+)
 from tests import databases
 from tests.server import serving
 from tests.test_organizations import Person, person
@@ -84,7 +92,14 @@ class Scene:
     invitation: str  # a pending invitation to the organization
     me: str | None  # the acting user, if a user acts
     my_address: str | None
+    # Payment methods, two per owner: the first the default, the second not.
+    organization_methods: tuple[str, str]
+    extra_methods: tuple[str, str]
+    my_methods: tuple[str, str] | None
 
+
+PROVIDER = "matrix_sandbox"
+SAVE = {"provider_id": PROVIDER, "token": "tok_sandbox_visa"}
 
 ADDRESS = {
     "address_type": "billing",
@@ -264,6 +279,69 @@ ACTIONS: dict[str, Action] = {
         "DELETE /v1/users/{user_id}/addresses/{address_id}",
         lambda c, s: c.delete(f"/v1/users/{s.extra}/addresses/{s.extra_address}"),
     ),
+    "See its payment methods": Action(
+        "GET /v1/organizations/{id}/payment-methods",
+        lambda c, s: c.get(_org(s, "/payment-methods")),
+        lambda s: s.organization_methods[0],
+    ),
+    "See one of its payment methods": Action(
+        "GET /v1/organizations/{id}/payment-methods/{payment_method_id}",
+        lambda c, s: c.get(_org(s, f"/payment-methods/{s.organization_methods[0]}")),
+        lambda s: s.organization_methods[0],
+    ),
+    "Add a payment method to it": Action(
+        "POST /v1/organizations/{id}/payment-methods", lambda c, s: c.post(_org(s, "/payment-methods"), json=SAVE)
+    ),
+    "Change its default payment method": Action(
+        "PATCH /v1/organizations/{id}/payment-methods/{payment_method_id}",
+        lambda c, s: c.patch(_org(s, f"/payment-methods/{s.organization_methods[1]}"), json={"make_default": True}),
+    ),
+    "Delete one of its payment methods": Action(
+        "DELETE /v1/organizations/{id}/payment-methods/{payment_method_id}",
+        lambda c, s: c.delete(_org(s, f"/payment-methods/{s.organization_methods[0]}")),
+    ),
+    "See one's own payment methods": Action(
+        "GET /v1/me/payment-methods",
+        lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
+        lambda s: s.my_methods and s.my_methods[0],
+    ),
+    "See one of one's own payment methods": Action(
+        "GET /v1/me/payment-methods/{payment_method_id}",
+        lambda c, s: c.get(f"/v1/me/payment-methods/{(s.my_methods or s.extra_methods)[0]}"),
+        lambda s: s.my_methods and s.my_methods[0],
+    ),
+    "Add a payment method of one's own": Action(
+        "POST /v1/me/payment-methods", lambda c, s: c.post("/v1/me/payment-methods", json=SAVE)
+    ),
+    "Change one's own default payment method": Action(
+        "PATCH /v1/me/payment-methods/{payment_method_id}",
+        lambda c, s: c.patch(f"/v1/me/payment-methods/{(s.my_methods or s.extra_methods)[1]}", json={"make_default": True}),
+    ),
+    "Delete one of one's own payment methods": Action(
+        "DELETE /v1/me/payment-methods/{payment_method_id}",
+        lambda c, s: c.delete(f"/v1/me/payment-methods/{(s.my_methods or s.extra_methods)[0]}"),
+    ),
+    "Reach another user's payment method as one's own": Action(
+        "GET /v1/me/payment-methods/{payment_method_id}",
+        lambda c, s: c.get(f"/v1/me/payment-methods/{s.extra_methods[0]}"),
+    ),
+    "See a user's payment methods": Action(
+        "GET /v1/users/{user_id}/payment-methods",
+        lambda c, s: c.get(f"/v1/users/{s.extra}/payment-methods"),
+        lambda s: s.extra_methods[0],
+    ),
+    "Add a payment method for a user": Action(
+        "POST /v1/users/{user_id}/payment-methods",
+        lambda c, s: c.post(f"/v1/users/{s.extra}/payment-methods", json=SAVE),
+    ),
+    "Change a user's default payment method": Action(
+        "PATCH /v1/users/{user_id}/payment-methods/{payment_method_id}",
+        lambda c, s: c.patch(f"/v1/users/{s.extra}/payment-methods/{s.extra_methods[1]}", json={"make_default": True}),
+    ),
+    "Delete a user's payment method": Action(
+        "DELETE /v1/users/{user_id}/payment-methods/{payment_method_id}",
+        lambda c, s: c.delete(f"/v1/users/{s.extra}/payment-methods/{s.extra_methods[0]}"),
+    ),
 }
 
 
@@ -293,6 +371,19 @@ class World:
                 session.add(row)
                 session.flush()
                 return row.id
+
+            def methods(**owner: str) -> tuple[str, str]:
+                rows = [
+                    PaymentMethod(
+                        **owner, provider_id=PROVIDER, provider_payment_method_id=new_id("pm"),
+                        payment_type="credit_card", card_brand="visa", last_four="4242",
+                        expiry_month="12", expiry_year="2031", is_default=default,
+                    )
+                    for default in (True, False)
+                ]
+                session.add_all(rows)
+                session.flush()
+                return rows[0].id, rows[1].id
 
             def address(**owner: str) -> str:
                 row = Address(**owner, **ADDRESS, is_default=True)
@@ -330,6 +421,9 @@ class World:
                 invitation=invitation.id,
                 me=me,
                 my_address=address(user_id=me) if me else None,
+                organization_methods=methods(organization_id=organization.id),
+                extra_methods=methods(user_id=extra),
+                my_methods=methods(user_id=me) if me else None,
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:
@@ -365,7 +459,20 @@ class World:
                 .where(OrganizationInvitation.organization_id == scene.organization)
                 .order_by(OrganizationInvitation.id)
             ).all()
+            payment_methods = session.execute(
+                sa.select(
+                    PaymentMethod.id, PaymentMethod.user_id, PaymentMethod.organization_id, PaymentMethod.is_default
+                )
+                .where(
+                    sa.or_(
+                        PaymentMethod.organization_id == scene.organization,
+                        sa.and_(PaymentMethod.user_id.in_(owners), PaymentMethod.organization_id.is_(None)),
+                    )
+                )
+                .order_by(PaymentMethod.id)
+            ).all()
             return {
+                "payment methods": [tuple(m) for m in payment_methods],
                 "organization": organization and (organization.name, organization.owner_user_id),
                 "invitations": [tuple(i) for i in invitations],
                 "members": [tuple(m) for m in members],
@@ -383,6 +490,10 @@ def world(
     people["admin user"] = person(engine, "shop-admin", user_type="admin")
     keys = {}
     with transaction(session_factory(engine)) as session:
+        if session.get(PaymentProvider, PROVIDER) is None:
+            session.add(PaymentProvider(
+                id=PROVIDER, display_name="Matrix sandbox", config={"kind": "sandbox"}, supports_saved_methods=True
+            ))
         for column, scope in (("API key (read)", "read"), ("API key (write)", "write")):
             keys[column] = create_api_key(session, name=column, scopes=[scope], created_by=None)[1]
     tokens = {column: p.token for column, p in people.items()} | keys

@@ -160,7 +160,7 @@ def load_demo(session: Session) -> dict[str, int]:
 
     session.add(PaymentProvider(
         id="sandbox", display_name="Sandbox", picture=f"{IMAGES}/providers/sandbox.svg", is_active=True,
-        supports_subscriptions=True, supports_saved_methods=True,
+        supports_subscriptions=True, supports_saved_methods=True, config={"kind": "sandbox"},
     ))
 
     categories: dict[str, ProductCategory] = {}

@@ -286,7 +286,7 @@ def update_provider(session: Session, security: Security, provider_id: str, chan
     changed: list[str] = []
     if "kind" in changes or "config" in changes:
         stored = dict(provider.config or {})
-        kind = changes.get("kind") or registry.kind_of(provider.id, stored)
+        kind = changes["kind"] if changes.get("kind") is not None else registry.kind_of(provider.id, stored)
         patch = dict(changes.get("config") or {})
         _check_config(kind, patch)
         merged = {k: v for k, v in stored.items() if k != "kind"}

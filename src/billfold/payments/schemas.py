@@ -43,7 +43,8 @@ def _https(text: str) -> str:
 
 Picture = Annotated[
     str,
-    Field(max_length=255, pattern=r"^https://[^\s\x00]+$", description="An https URL of the provider's logo.",
+    Field(max_length=255, pattern=r"^https://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]+$",
+          description="An https URL of the provider's logo.",
           json_schema_extra={"format": "uri"}),
     AfterValidator(_https),
 ]
@@ -67,8 +68,16 @@ def _config_schema(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def _config_keys(config: dict[str, Any]) -> dict[str, Any]:
+    for key in config:
+        if not key:
+            raise ValueError("a config key must not be empty")
+    return config
+
+
 Config = Annotated[
     dict[str, Any],
+    AfterValidator(_config_keys),
     Field(
         description="Adapter settings. Secrets (secret_key, api_key, webhook_secret, password, client_secret, "
         "transaction_key, private_key, or a key ending in _secret, _key, _password or _token) are encrypted "

@@ -28,11 +28,15 @@ from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.models import (
     Address,
+    Order,
+    OrderItem,
     Organization,
     OrganizationInvitation,
     OrganizationUser,
+    Payment,
     PaymentMethod,
     PaymentProvider,
+    Product,
     User,
 )
 from tests import databases
@@ -96,6 +100,8 @@ class Scene:
     organization_methods: tuple[str, str]
     extra_methods: tuple[str, str]
     my_methods: tuple[str, str] | None
+    product: str  # a one-time product on sale
+    order: str  # a pending order of the organization's
 
 
 PROVIDER = "matrix_sandbox"
@@ -300,6 +306,20 @@ ACTIONS: dict[str, Action] = {
         "DELETE /v1/organizations/{id}/payment-methods/{payment_method_id}",
         lambda c, s: c.delete(_org(s, f"/payment-methods/{s.organization_methods[0]}")),
     ),
+    "Buy for it": Action(
+        "POST /v1/orders",
+        lambda c, s: c.post("/v1/orders", json={"items": [{"product_id": s.product}], "organization_id": s.organization}),
+    ),
+    "See one of its orders": Action(
+        "GET /v1/orders/{order_id}", lambda c, s: c.get(f"/v1/orders/{s.order}"), lambda s: s.order
+    ),
+    "Pay one of its orders": Action(
+        "POST /v1/orders/{order_id}/checkout",
+        lambda c, s: c.post(f"/v1/orders/{s.order}/checkout", json={"provider_id": PROVIDER, "token": "tok_sandbox_visa"}),
+    ),
+    "Cancel one of its orders": Action(
+        "POST /v1/orders/{order_id}/cancel", lambda c, s: c.post(f"/v1/orders/{s.order}/cancel", json={})
+    ),
     "See one's own payment methods": Action(
         "GET /v1/me/payment-methods",
         lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
@@ -409,6 +429,16 @@ class World:
                 expires_at=clock.now() + timedelta(days=7),
             )
             session.add(invitation)
+            product = Product(name="Matrix manual", product_type="digital", price_cents=1500, currency="USD")
+            session.add(product)
+            session.flush()
+            order = Order(
+                order_number=new_id("mx"), organization_id=organization.id, subtotal_cents=1500, total_cents=1500,
+                currency="USD", status="pending",
+            )
+            session.add(order)
+            session.flush()
+            session.add(OrderItem(order_id=order.id, product_id=product.id, quantity=1, unit_price_cents=1500, total_cents=1500))
             session.flush()
             return Scene(
                 organization=organization.id,
@@ -424,6 +454,8 @@ class World:
                 organization_methods=methods(organization_id=organization.id),
                 extra_methods=methods(user_id=extra),
                 my_methods=methods(user_id=me) if me else None,
+                product=product.id,
+                order=order.id,
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:
@@ -471,7 +503,15 @@ class World:
                 )
                 .order_by(PaymentMethod.id)
             ).all()
+            orders = session.execute(
+                sa.select(Order.id, Order.status, sa.func.count(Payment.id))
+                .outerjoin(Payment, Payment.order_id == Order.id)
+                .where(Order.organization_id == scene.organization)
+                .group_by(Order.id, Order.status)
+                .order_by(Order.id)
+            ).all()
             return {
+                "orders": [tuple(o) for o in orders],
                 "payment methods": [tuple(m) for m in payment_methods],
                 "organization": organization and (organization.name, organization.owner_user_id),
                 "invitations": [tuple(i) for i in invitations],

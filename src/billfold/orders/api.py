@@ -183,7 +183,7 @@ def checkout(
 
 @payments.get("/{payment_id}", response_model=PaymentOut)
 def get_payment(payment_id: str, principal: Authenticated, session: DbSession) -> PaymentOut:
-    return payment_out(session, checkout_service._payment_for(session, principal, payment_id))
+    return payment_out(session, checkout_service.payment_for(session, principal, payment_id))
 
 
 @payments.post("/{payment_id}/confirm", response_model=CheckoutOut, responses=problems(402, 409, 503))

@@ -100,7 +100,7 @@ def charge_key(payment_id: str) -> str:
 
 
 def _prepare(session: Session, security: Security, principal: Principal, order_id: str, pay: PayWith) -> str:
-    order = service.get_order(session, principal, order_id)
+    order = service.get_order(session, principal, order_id, change=True)
     service.require_buyer(session, principal, order)
     order = _lock_order(session, order.id)
     if order.status != "pending":
@@ -283,16 +283,17 @@ def _drive(
     return outcome
 
 
-def _payment_for(session: Session, principal: Principal, payment_id: str) -> Payment:
+def payment_for(session: Session, principal: Principal, payment_id: str, *, change: bool = False) -> Payment:
+    """A payment of an order the principal may see; NotFound otherwise."""
     payment = session.get(Payment, payment_id) if has_prefix(payment_id, "pay") else None
     if payment is None or payment.order_id is None:
         raise NotFound(f"no payment {payment_id}")
-    service.get_order(session, principal, payment.order_id)  # NotFound unless the principal may see it
+    service.get_order(session, principal, payment.order_id, change=change)
     return payment
 
 
 def _waiting(session: Session, principal: Principal, payment_id: str) -> Payment:
-    payment = _payment_for(session, principal, payment_id)
+    payment = payment_for(session, principal, payment_id, change=True)
     order = session.get(Order, payment.order_id)
     assert order is not None
     service.require_buyer(session, principal, order)

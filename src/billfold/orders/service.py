@@ -203,10 +203,11 @@ def create_order(
     return order
 
 
-def visible_orders(session: Session, principal: Principal) -> sa.Select[tuple[Order]]:
-    """Every order for the shop's admins; a user's own and their organizations' for a user."""
+def visible_orders(session: Session, principal: Principal, *, change: bool = False) -> sa.Select[tuple[Order]]:
+    """Every order for the shop's admins; a user's own and their organizations' for a user.
+    ``change``: the principal is about to change one (an API key needs ``write``, not ``read``)."""
     if principal.is_admin:
-        principal.require_scope("read")
+        principal.require_scope("write" if change else "read")
         return sa.select(Order)
     assert principal.user is not None
     theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
@@ -215,9 +216,9 @@ def visible_orders(session: Session, principal: Principal) -> sa.Select[tuple[Or
     )
 
 
-def get_order(session: Session, principal: Principal, order_id: str, *, lock: bool = False) -> Order:
+def get_order(session: Session, principal: Principal, order_id: str, *, lock: bool = False, change: bool = False) -> Order:
     """An order the principal may see; NotFound otherwise, the same answer as for no such order."""
-    statement = visible_orders(session, principal).where(Order.id == order_id)
+    statement = visible_orders(session, principal, change=change).where(Order.id == order_id)
     order = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
     if order is None or not has_prefix(order_id, "ord"):
         raise NotFound(f"no order {order_id}")
@@ -258,7 +259,7 @@ def payments_of(session: Session, order_ids: list[str]) -> dict[str, list[Paymen
 def cancel_order(session: Session, principal: Principal, order_id: str, reason: str | None = None) -> Order:
     """Cancel an unpaid order. A paid one can only be refunded; one whose payment is under way
     (with the provider, or waiting for the customer's action) waits for that payment to end."""
-    order = get_order(session, principal, order_id, lock=True)
+    order = get_order(session, principal, order_id, lock=True, change=True)
     require_buyer(session, principal, order)
     if order.status == "paid":
         raise OrderNotPayable(

@@ -26,8 +26,11 @@ from billfold.accounts import api as accounts_api
 from billfold.accounts import organizations_api, two_factor_api
 from billfold.accounts.security import Security
 from billfold.catalog import api as catalog_api
+from billfold.invoices import api as invoices_api
+from billfold.memberships import api as memberships_api
 from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
+from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
 from billfold.kit import mailer
 from billfold.kit.db import create_engine, one_line, session_factory
@@ -64,6 +67,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(catalog_api.router)
     app.include_router(orders_api.router)
     app.include_router(payments_api.router)
+    app.include_router(subscriptions_api.router)
+    app.include_router(invoices_api.router)
+    app.include_router(memberships_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:

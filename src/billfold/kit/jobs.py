@@ -1,0 +1,62 @@
+"""Background work: sweeps that find due rows in the database and do them (DESIGN.md rule 7).
+
+A domain package registers its sweeps at import time::
+
+    @sweep("subscriptions.renew", every=timedelta(minutes=1))
+    def renew_due(context: Context) -> int:
+        ...  # claim due rows (FOR UPDATE SKIP LOCKED), do them, commit; return how many were done
+
+A sweep takes its own transactions (it is a job boundary, like a request), claims rows so that
+several workers on several machines never do the same row twice, and returns how much it did, so
+a catch-up (after ``billfold clock advance``) can run every sweep until none has work left.
+The runner (``billfold worker``, the in-process embedded worker, Dramatiq) lives in
+``billfold.worker``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from billfold.accounts.security import Security
+    from billfold.config import Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a sweep may use: sessions to open its transactions, the settings, and the security
+    (keyring) for provider adapters."""
+
+    sessions: sessionmaker[Session]
+    settings: Settings
+    security: Security
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    run: Callable[[Context], int]
+    every: timedelta
+
+
+_SWEEPS: dict[str, Sweep] = {}
+
+
+def sweep(name: str, *, every: timedelta) -> Callable[[Callable[[Context], int]], Callable[[Context], int]]:
+    """Register ``run`` as the sweep ``name``, due every ``every``."""
+
+    def register(run: Callable[[Context], int]) -> Callable[[Context], int]:
+        _SWEEPS[name] = Sweep(name, run, every)
+        return run
+
+    return register
+
+
+def sweeps() -> list[Sweep]:
+    """Every registered sweep, by name."""
+    return [_SWEEPS[name] for name in sorted(_SWEEPS)]

@@ -1,0 +1,7 @@
+"""The subscriptions HTTP routes under /v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/v1")

@@ -36,7 +36,7 @@ from billfold.kit.idempotency import Claim, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
 from billfold.models import Order, Payment
-from billfold.orders import service
+from billfold.orders import events, service
 from billfold.orders.service import OrderNotPayable, actor
 from billfold.orders.states import ORDER, PAYMENT
 from billfold.payments import customers, gateways, methods
@@ -194,6 +194,8 @@ def _apply(session: Session, payment: Payment, result: ChargeResult | None, *, b
         if order is not None and order.status == "pending" and _paid_in_full(session, order):
             ORDER.move(session, order, "paid", by=by, payment_id=payment.id)
             order.completed_at = clock.now()
+            session.flush()
+            events.order_paid(session, order)
         session.flush()
         return 200
     if status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):

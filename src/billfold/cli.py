@@ -189,14 +189,17 @@ def customer_erase(
 
 @app.command()
 def purge() -> None:
-    """Delete ended sign-in state: used or expired challenges, long-ended sessions, closed
-    throttle windows, invitations that ended a month ago. Safe to run at any time."""
+    """Delete what has ended: used or expired sign-in challenges, long-ended sessions, closed
+    throttle windows, invitations that ended a month ago, Idempotency-Keys older than 72 hours.
+    Safe to run at any time."""
     from billfold.accounts.housekeeping import purge as purge_accounts
+    from billfold.kit import idempotency
 
     engine = _engine()
     _require_migrated(engine)
     with transaction(session_factory(engine)) as session:
         removed = purge_accounts(session)
+        removed["idempotency_keys"] = idempotency.purge(session)
     out.print(", ".join(f"{n} {table}" for table, n in removed.items()) + " deleted")
 
 

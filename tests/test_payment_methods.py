@@ -267,3 +267,14 @@ def test_card_data_never_reaches_the_server_log(tmp_path: Path) -> None:
     assert PAN not in logged and "4241" not in logged and PASSWORD not in logged
     database = (tmp_path / "shop.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "data").glob("sandbox.sqlite3*"))
     assert PAN.encode() not in database
+
+
+def test_a_retried_save_with_the_same_idempotency_key_saves_one_method(api: Api, engine: Engine, provider: str) -> None:
+    ada = person(engine, "ada")
+    body = {"provider_id": provider, "token": "tok_sandbox_visa"}
+    with api.client(ada.token) as client:
+        first = client.post("/v1/me/payment-methods", json=body, headers={"Idempotency-Key": "save-card-1"})
+        again = client.post("/v1/me/payment-methods", json=body, headers={"Idempotency-Key": "save-card-1"})
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+        assert [m["id"] for m in client.get("/v1/me/payment-methods").json()["data"]] == [first.json()["id"]]

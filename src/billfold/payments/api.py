@@ -16,6 +16,7 @@ from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
 from billfold.accounts.organizations import Permission
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
+from billfold.kit.idempotency_http import Idempotent, IdempotentRequest
 from billfold.models import PaymentMethod, PaymentProvider
 from billfold.payments import gateways, methods
 from billfold.payments.schemas import (
@@ -168,13 +169,20 @@ def _page(session: Session, owner: Owner, paging: PageQuery) -> Page[PaymentMeth
     return paginate(session, methods.methods_of(owner), PaymentMethod.id, paging, PaymentMethodOut.of)
 
 
-def _save(session: Session, security: Any, owner: Owner, body: PaymentMethodIn) -> PaymentMethodOut:
-    return PaymentMethodOut.of(
-        methods.save_method(
-            session, security, owner, token=body.token, provider_id=body.provider_id,
-            billing_address_id=body.billing_address_id, make_default=body.make_default,
+def _save(
+    idempotent: IdempotentRequest, principal: Principal, security: Any, owner: Owner, body: PaymentMethodIn
+) -> Any:
+    """Save once per Idempotency-Key: a retried POST does not save the card twice."""
+
+    def handler(session: Session) -> PaymentMethodOut:
+        return PaymentMethodOut.of(
+            methods.save_method(
+                session, security, owner, token=body.token, provider_id=body.provider_id,
+                billing_address_id=body.billing_address_id, make_default=body.make_default,
+            )
         )
-    )
+
+    return idempotent.respond(principal.idempotency_scope, body, handler, status_code=201)
 
 
 def _update(session: Session, owner: Owner, payment_method_id: str, body: PaymentMethodUpdate) -> PaymentMethodOut:
@@ -210,9 +218,9 @@ def list_my_methods(principal: User, session: DbSession, paging: Paging) -> Page
 
 
 @mine.post("", **CREATED)
-def save_my_method(body: PaymentMethodIn, principal: User, session: DbSession, security: SecurityDep) -> PaymentMethodOut:
+def save_my_method(body: PaymentMethodIn, principal: User, idempotent: Idempotent, security: SecurityDep) -> Any:
     """Save a payment method from a provider token (never a card number)."""
-    return _save(session, security, _me(principal), body)
+    return _save(idempotent, principal, security, _me(principal), body)
 
 
 @mine.get("/{payment_method_id}", response_model=PaymentMethodOut)
@@ -244,10 +252,11 @@ def list_organization_methods(
 
 @theirs.post("", **CREATED)
 def save_organization_method(
-    organization_id: str, body: PaymentMethodIn, principal: Authenticated, session: DbSession, security: SecurityDep
-) -> PaymentMethodOut:
+    organization_id: str, body: PaymentMethodIn, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> Any:
     """Save a payment method for the organization (owners and the billing role)."""
-    return _save(session, security, _organization(session, principal, organization_id, change=True), body)
+    owner = _organization(idempotent.session, principal, organization_id, change=True)
+    return _save(idempotent, principal, security, owner, body)
 
 
 @theirs.get("/{payment_method_id}", response_model=PaymentMethodOut)
@@ -284,9 +293,9 @@ def list_user_methods(user_id: str, principal: Admin, session: DbSession, paging
 
 @users.post("", **CREATED)
 def save_user_method(
-    user_id: str, body: PaymentMethodIn, principal: Admin, session: DbSession, security: SecurityDep
-) -> PaymentMethodOut:
-    return _save(session, security, user_owner(session, user_id), body)
+    user_id: str, body: PaymentMethodIn, principal: Admin, idempotent: Idempotent, security: SecurityDep
+) -> Any:
+    return _save(idempotent, principal, security, user_owner(idempotent.session, user_id), body)
 
 
 @users.get("/{payment_method_id}", response_model=PaymentMethodOut)

@@ -32,7 +32,7 @@ from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
-from billfold.kit.idempotency import Claim, finish
+from billfold.kit.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
 from billfold.models import Order, Payment
@@ -250,6 +250,8 @@ def checkout(
     body)) store the answer under the caller's ``Idempotency-Key`` in the recording transaction."""
     with transaction(sessions) as session:
         payment_id = _prepare(session, security, principal, order_id, pay)
+        if claim is not None:  # the key's recovery point: the payment this request is driving
+            claim = advance(session, claim, f"payment:{payment_id}")
     return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=_call)
 
 

@@ -138,6 +138,8 @@ def demo(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (BILLFOLD_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (BILLFOLD_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (about one per core).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs about a quarter of a simple request's time).")] = True,
 ) -> None:
     """Serve the API and pages on http://127.0.0.1:8000."""
     import uvicorn
@@ -149,7 +151,13 @@ def serve(
     _require_migrated(engine)
     host, port = host or settings.host, port or settings.port
     out.print(f"Billfold {__version__} serving on http://{host}:{port}  (API reference: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")
+    if workers > 1:
+        # Each worker process builds its own app (and engine) from the same settings.
+        engine.dispose()
+        uvicorn.run("billfold.api:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level="info", access_log=access_log)
+    else:
+        uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info", access_log=access_log)
 
 
 @app.command()

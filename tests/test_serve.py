@@ -1,0 +1,59 @@
+"""``billfold serve`` as an operator runs it: several worker processes, each answering with its own
+app built from the same settings, and the access log switched off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests import cli
+from tests.server import free_port
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_runs_the_asked_number_of_workers_without_an_access_log(tmp_path: Path, workers: int) -> None:
+    url = f"sqlite:///{tmp_path / 'billfold.db'}"
+    assert cli.run("db", "upgrade", database_url=url).code == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env.update(BILLFOLD_DATABASE_URL=url, BILLFOLD_DATA_DIR=str(tmp_path / "data"), BILLFOLD_SECRET_KEY="serve-test-" + "s" * 32)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [cli.BILLFOLD, "serve", "--port", str(port), "--workers", str(workers), "--no-access-log"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            for _ in range(20):
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["database"] == "ok"
+            if workers > 1:
+                # uvicorn's supervisor, and one process per worker (multiprocessing may add a helper)
+                deadline = time.monotonic() + 20
+                while len(psutil.Process(server.pid).children()) < workers:
+                    assert time.monotonic() < deadline, "the workers did not start"
+                    time.sleep(0.1)
+        finally:
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    assert '"GET /healthz' not in log.read_text(), "the access log is off"

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key
+from billfold.invoices.service import LineIn, issue_invoice
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
@@ -102,6 +103,7 @@ class Scene:
     my_methods: tuple[str, str] | None
     product: str  # a one-time product on sale
     order: str  # a pending order of the organization's
+    invoice: str  # an open invoice of the organization's
 
 
 PROVIDER = "matrix_sandbox"
@@ -320,6 +322,9 @@ ACTIONS: dict[str, Action] = {
     "Cancel one of its orders": Action(
         "POST /v1/orders/{order_id}/cancel", lambda c, s: c.post(f"/v1/orders/{s.order}/cancel", json={})
     ),
+    "See its invoices": Action(
+        "GET /v1/invoices/{invoice_id}", lambda c, s: c.get(f"/v1/invoices/{s.invoice}"), lambda s: s.invoice
+    ),
     "See one's own payment methods": Action(
         "GET /v1/me/payment-methods",
         lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
@@ -440,6 +445,9 @@ class World:
             session.flush()
             session.add(OrderItem(order_id=order.id, product_id=product.id, quantity=1, unit_price_cents=1500, total_cents=1500))
             session.flush()
+            invoice = issue_invoice(
+                session, currency="USD", organization_id=organization.id, lines=[LineIn("Matrix manual", 1500, product_id=product.id)]
+            )
             return Scene(
                 organization=organization.id,
                 owner=self.people["owner"].id,
@@ -456,6 +464,7 @@ class World:
                 my_methods=methods(user_id=me) if me else None,
                 product=product.id,
                 order=order.id,
+                invoice=invoice.id,
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
         '{"GB": 2000, "DE": 1900}. Unset: the standard VAT/GST rates in billfold.orders.totals.',
     )
     order_number_prefix: str = Field("ORD", pattern=r"^[A-Z0-9]{1,10}$", description="Order numbers read PREFIX-YEAR-000001.")
+    invoice_number_prefix: str = Field(
+        "INV", pattern=r"^[A-Z0-9]{1,10}$", description="Invoice numbers read PREFIX-YEAR-000001 (gapless per year)."
+    )
+
+    seller_name: str = Field("Billfold Demo Shop Ltd", description="The seller named on invoices.")
+    seller_address: str = Field(
+        "1 Example Street\nLondon EC1A 1AA\nUnited Kingdom",
+        description="The seller's address on invoices, one line per line (newlines, or \\n in the environment).",
+    )
+    seller_tax_id: str | None = Field("GB000000000", description="The seller's VAT/tax number on invoices; empty: none shown.")
 
     @property
     def cookies_secure(self) -> bool:

@@ -1,1 +1,9 @@
-"""Invoices."""
+"""Invoices: numbering, states, lines and documents.
+
+Importing this package imports :mod:`billfold.invoices.service`, which registers its reaction to
+paid orders (``billfold.orders.events.on_paid``): every process that imports ``billfold.invoices``
+(the API through ``billfold.api`` → ``billfold.invoices.api``; a worker through the package)
+issues each paid order's invoice in the transaction that marks it paid.
+"""
+
+from billfold.invoices import service as service  # noqa: F401  (registers the on_paid reaction)

@@ -5,7 +5,7 @@ from billfold.kit.db.base import Base
 from billfold.models.accounts import Address, Organization, OrganizationUser, User
 from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
 from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
-from billfold.models.billing import NumberSeries, Refund
+from billfold.models.billing import InvoiceLine, NumberSeries, Refund
 from billfold.models.catalog import Product, ProductCategory
 from billfold.models.idempotency import IdempotencyKey
 from billfold.models.invoices import Invoice
@@ -27,6 +27,7 @@ __all__ = [
     "Base",
     "IdempotencyKey",
     "Invoice",
+    "InvoiceLine",
     "MembershipType",
     "Order",
     "OrderItem",

@@ -1,5 +1,6 @@
 """Billfold's own tables for the money path, beyond the spec (see docs/schema.md): gapless number
-series for orders (and later invoices), and refunds, which the spec has no table for."""
+series for orders and invoices, refunds, which the spec has no table for, and the lines of an
+invoice (the spec's invoices have only totals)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,35 @@ class Refund(Base):
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+INVOICE_LINE_KINDS = ("item", "proration", "credit", "shipping")
+
+
+class InvoiceLine(Base):
+    """One line of an invoice: an item sold, a proration, a credit or shipping. ``unit_amount_cents``
+    and ``amount_cents`` may be negative (a credit, a proration refund); the invoice's
+    ``amount_cents`` is the sum of its lines' ``amount_cents``."""
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = table_args(
+        sa.CheckConstraint("quantity > 0", name="quantity_positive"),
+        sa.Index("idx_invoice_lines_invoice_id", "invoice_id", "position"),
+    )
+
+    id: Mapped[str] = id_column("inl")
+    invoice_id: Mapped[str] = mapped_column(
+        sa.String(255), sa.ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False
+    )
+    position: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(sa.String(50), nullable=False, default="item", server_default="item")
+    description: Mapped[str] = mapped_column(sa.String(500), nullable=False)
+    product_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("products.id", ondelete="SET NULL")
+    )
+    quantity: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=1, server_default=sa.text("1"))
+    unit_amount_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = created_at_column()

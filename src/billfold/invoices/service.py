@@ -1,0 +1,345 @@
+"""Invoices: issued with their lines, numbered gaplessly (``INV-2026-000001``), moved through their
+statuses by one state machine (reference/providers.md §3.2):
+
+    draft → open;  open → paid | void | uncollectible;  uncollectible → paid | void
+
+``paid`` and ``void`` are terminal. An invoice is issued straight to ``open`` (both moves are
+recorded in ``payment_events``) with its number, taken last so the series' row lock is held for
+as short a time as possible. Services never commit: the caller's transaction does, and a
+transaction that rolls back gives its number back.
+
+Amounts: ``amount_cents`` is the sum of the lines (credits and proration refunds are negative
+lines); ``total_cents = amount_cents − discount_cents + tax_cents``. An invoice whose amount after
+discount would be negative is refused.
+
+Every paid order gets its invoice: :func:`issue_for_paid_order` is registered with
+``billfold.orders.events.on_paid`` when this module is imported, which ``billfold.invoices``
+(the package) does, so any process that imports anything from ``billfold.invoices`` (the API
+does, through ``billfold.invoices.api``) reacts to paid orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.accounts.organizations import actor_id
+from billfold.accounts.security import Principal
+from billfold.kit import clock
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
+from billfold.kit.ids import has_prefix
+from billfold.kit.ids import new_id
+from billfold.kit.money import normalize_currency
+from billfold.kit.states import machine
+from billfold.models import Invoice, InvoiceLine, Order, OrderItem, OrganizationUser, Payment, Product
+from billfold.models.billing import INVOICE_LINE_KINDS
+from billfold.orders import numbering
+from billfold.orders.events import on_paid
+
+INVOICE = machine(
+    "invoice",
+    {
+        None: {"draft"},
+        "draft": {"open"},
+        "open": {"paid", "void", "uncollectible"},
+        "uncollectible": {"paid", "void"},
+        "paid": set(),
+        "void": set(),
+    },
+)
+
+MAX_LINES = 1000
+MAX_DESCRIPTION = 500
+DEFAULT_PREFIX = "INV"
+
+
+@dataclass(frozen=True)
+class LineIn:
+    description: str
+    amount_cents: int  # quantity * unit_amount_cents; negative for a credit or a proration refund line
+    quantity: int = 1
+    unit_amount_cents: int | None = None  # default amount_cents // quantity
+    kind: str = "item"  # item | proration | credit | shipping
+    product_id: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Totals:
+    amount_cents: int
+    discount_cents: int
+    tax_cents: int
+    total_cents: int
+
+
+def totals(lines: Sequence[LineIn], *, tax_cents: int = 0, discount_cents: int = 0) -> Totals:
+    """The invoice's amounts from its lines; refuses what would make a negative invoice."""
+    for n, line in enumerate(lines):
+        _check_line(n, line)
+    if tax_cents < 0:
+        raise InvalidAmount("tax cannot be negative", errors=[{"field": "tax_cents", "message": "must be ≥ 0"}])
+    if discount_cents < 0:
+        raise InvalidAmount(
+            "a discount cannot be negative", errors=[{"field": "discount_cents", "message": "must be ≥ 0"}]
+        )
+    amount = sum(line.amount_cents for line in lines)
+    if amount - discount_cents < 0:
+        raise InvalidAmount(
+            f"the lines add up to {amount} and the discount is {discount_cents}: an invoice cannot be negative "
+            "(give the customer a credit instead)",
+            errors=[{"field": "lines", "message": "amount after discount is negative"}],
+        )
+    return Totals(amount, discount_cents, tax_cents, amount - discount_cents + tax_cents)
+
+
+def _check_line(n: int, line: LineIn) -> None:
+    field = f"lines.{n}"
+    if not isinstance(line.quantity, int) or line.quantity < 1:
+        raise InvalidInput(f"line {n}: quantity must be at least 1", errors=[{"field": f"{field}.quantity", "message": "≥ 1"}])
+    if line.kind not in INVOICE_LINE_KINDS:
+        raise InvalidInput(
+            f"line {n}: kind must be one of {', '.join(INVOICE_LINE_KINDS)}",
+            errors=[{"field": f"{field}.kind", "message": "unknown kind"}],
+        )
+    if not line.description or not line.description.strip() or len(line.description) > MAX_DESCRIPTION:
+        raise InvalidInput(
+            f"line {n}: a description of 1 to {MAX_DESCRIPTION} characters is needed",
+            errors=[{"field": f"{field}.description", "message": "required"}],
+        )
+    if line.unit_amount_cents is not None and line.unit_amount_cents * line.quantity != line.amount_cents:
+        raise InvalidAmount(
+            f"line {n}: {line.quantity} × {line.unit_amount_cents} is not {line.amount_cents}",
+            errors=[{"field": f"{field}.amount_cents", "message": "quantity × unit amount"}],
+        )
+    if line.period_start and line.period_end and line.period_end < line.period_start:
+        raise InvalidInput(
+            f"line {n}: the period ends before it starts", errors=[{"field": f"{field}.period_end", "message": "before start"}]
+        )
+
+
+def _prefix() -> str:
+    from billfold.config import get_settings
+
+    try:
+        return get_settings().invoice_number_prefix
+    except Exception:  # settings that cannot load (a test without environment) still number invoices
+        return DEFAULT_PREFIX
+
+
+def invoice_number(session: Session, year: int, prefix: str | None = None) -> str:
+    """The next invoice number of the year, e.g. ``INV-2026-000042``: gapless per year."""
+    return f"{prefix or _prefix()}-{year}-{numbering.take(session, f'invoice-{year}'):06d}"
+
+
+def issue_invoice(
+    session: Session,
+    *,
+    currency: str,
+    lines: list[LineIn],
+    user_id: str | None = None,
+    organization_id: str | None = None,
+    subscription_id: str | None = None,
+    order_id: str | None = None,
+    billing_address_id: str | None = None,
+    tax_cents: int = 0,
+    discount_cents: int = 0,
+    due_in: timedelta = timedelta(0),
+    provider_id: str | None = None,
+    by: str | None = None,
+) -> Invoice:
+    """A new invoice, numbered, ``open`` (draft → open recorded), issued now and due ``due_in`` later."""
+    currency = normalize_currency(currency)
+    if not 1 <= len(lines) <= MAX_LINES:
+        raise InvalidInput(
+            f"an invoice has 1 to {MAX_LINES} lines", errors=[{"field": "lines", "message": f"1 to {MAX_LINES} lines"}]
+        )
+    if due_in < timedelta(0):
+        raise InvalidInput("an invoice cannot be due before it is issued", errors=[{"field": "due_in", "message": "≥ 0"}])
+    sums = totals(lines, tax_cents=tax_cents, discount_cents=discount_cents)
+    now = clock.now()
+    invoice = Invoice(
+        id=new_id("inv"),
+        invoice_number="",  # taken last, see numbering
+        order_id=order_id,
+        subscription_id=subscription_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        status="draft",
+        amount_cents=sums.amount_cents,
+        tax_cents=sums.tax_cents,
+        discount_cents=sums.discount_cents,
+        total_cents=sums.total_cents,
+        currency=currency,
+        issue_date=now,
+        due_date=now + due_in,
+        billing_address_id=billing_address_id,
+        provider_id=provider_id,
+    )
+    invoice.invoice_number = invoice_number(session, now.year)
+    session.add(invoice)
+    INVOICE.start(session, invoice, "draft", by=by, order_id=order_id, subscription_id=subscription_id)
+    session.flush()  # the invoice before its lines (foreign key)
+    session.add_all(
+        InvoiceLine(
+            invoice_id=invoice.id,
+            position=position,
+            kind=line.kind,
+            description=line.description,
+            product_id=line.product_id,
+            quantity=line.quantity,
+            unit_amount_cents=(
+                line.unit_amount_cents if line.unit_amount_cents is not None else line.amount_cents // line.quantity
+            ),
+            amount_cents=line.amount_cents,
+            period_start=line.period_start,
+            period_end=line.period_end,
+        )
+        for position, line in enumerate(lines, start=1)
+    )
+    INVOICE.move(session, invoice, "open", by=by, invoice_number=invoice.invoice_number, total_cents=invoice.total_cents)
+    session.flush()
+    return invoice
+
+
+def mark_paid(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
+    """open | uncollectible → paid; False when it is paid already."""
+    if not INVOICE.move(session, invoice, "paid", by=by):
+        return False
+    invoice.paid_date = clock.now()
+    session.flush()
+    return True
+
+
+def mark_uncollectible(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
+    """open → uncollectible; False when it is uncollectible already."""
+    moved = INVOICE.move(session, invoice, "uncollectible", by=by)
+    session.flush()
+    return moved
+
+
+def void(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
+    """open | uncollectible → void; False when it is void already."""
+    moved = INVOICE.move(session, invoice, "void", by=by)
+    session.flush()
+    return moved
+
+
+def lines_of(session: Session, invoice_id: str) -> list[InvoiceLine]:
+    return list(
+        session.scalars(
+            sa.select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id).order_by(InvoiceLine.position)
+        ).all()
+    )
+
+
+def lines_of_many(session: Session, invoice_ids: list[str]) -> dict[str, list[InvoiceLine]]:
+    grouped: dict[str, list[InvoiceLine]] = {invoice_id: [] for invoice_id in invoice_ids}
+    if invoice_ids:
+        rows = session.scalars(
+            sa.select(InvoiceLine)
+            .where(InvoiceLine.invoice_id.in_(invoice_ids))
+            .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
+        ).all()
+        for row in rows:
+            grouped[row.invoice_id].append(row)
+    return grouped
+
+
+def _order_lines(session: Session, order: Order) -> list[LineIn]:
+    items = session.scalars(sa.select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id)).all()
+    names = dict(
+        session.execute(
+            sa.select(Product.id, Product.name).where(Product.id.in_([i.product_id for i in items]))
+        ).all()
+    ) if items else {}
+    return [
+        LineIn(
+            description=((item.metadata_ or {}).get("name") or names.get(item.product_id) or item.product_id)[:MAX_DESCRIPTION],
+            amount_cents=item.total_cents,
+            quantity=item.quantity,
+            unit_amount_cents=item.unit_price_cents if item.unit_price_cents * item.quantity == item.total_cents else None,
+            kind="item",
+            product_id=item.product_id,
+        )
+        for item in items
+    ]
+
+
+def invoice_for_order(session: Session, order: Order) -> Invoice:
+    """The order's invoice; made if missing (open, then paid when the order is paid or refunded).
+    Idempotent: an order has at most one invoice."""
+    existing = session.scalars(
+        sa.select(Invoice).where(Invoice.order_id == order.id).order_by(Invoice.created_at, Invoice.id).limit(1)
+    ).first()
+    if existing is not None:
+        return existing
+    provider_id = session.scalar(
+        sa.select(Payment.provider_id)
+        .where(Payment.order_id == order.id, Payment.status.in_(("completed", "refunded")))
+        .order_by(Payment.completed_at.desc(), Payment.id.desc())
+        .limit(1)
+    )
+    lines = _order_lines(session, order)
+    invoice = issue_invoice(
+        session,
+        currency=order.currency,
+        lines=lines,
+        user_id=order.user_id,
+        organization_id=order.organization_id,
+        order_id=order.id,
+        billing_address_id=order.billing_address_id,
+        tax_cents=order.tax_cents,
+        discount_cents=order.discount_cents,
+        provider_id=provider_id,
+        by="system",
+    )
+    if order.status in ("paid", "refunded"):
+        mark_paid(session, invoice, by="system")
+    return invoice
+
+
+# Who sees which invoices (docs/permissions.md, "See its invoices")
+
+
+def visible_invoices(session: Session, principal: Principal, *, change: bool = False) -> sa.Select[tuple[Invoice]]:
+    """Every invoice for the shop's admins and API keys (``read``; ``write`` to change one); a
+    user's own and those of every organization they belong to, whatever their role, for a user."""
+    if principal.is_admin:
+        principal.require_scope("write" if change else "read")
+        return sa.select(Invoice)
+    assert principal.user is not None
+    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
+    return sa.select(Invoice).where(sa.or_(Invoice.user_id == principal.user.id, Invoice.organization_id.in_(theirs)))
+
+
+def get_invoice(session: Session, principal: Principal, invoice_id: str, *, lock: bool = False, change: bool = False) -> Invoice:
+    """An invoice the principal may see; NotFound otherwise, the same answer as for no such invoice."""
+    if not has_prefix(invoice_id, "inv"):
+        raise NotFound(f"no invoice {invoice_id}")
+    statement = visible_invoices(session, principal, change=change).where(Invoice.id == invoice_id)
+    invoice = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
+    if invoice is None:
+        raise NotFound(f"no invoice {invoice_id}")
+    return invoice
+
+
+def change_status(session: Session, principal: Principal, invoice_id: str, to: str) -> Invoice:
+    """The shop's admins (and write API keys) void an invoice or mark it uncollectible."""
+    principal.require_admin()
+    invoice = get_invoice(session, principal, invoice_id, lock=True, change=True)
+    {"void": void, "uncollectible": mark_uncollectible}[to](session, invoice, by=actor_id(principal))
+    return invoice
+
+
+@on_paid
+def issue_for_paid_order(session: Session, order: Order) -> None:
+    """Every paid order gets its invoice, paid, in the transaction that marks the order paid."""
+    invoice = invoice_for_order(session, order)
+    if invoice.status in ("open", "uncollectible"):
+        mark_paid(session, invoice, by="system")

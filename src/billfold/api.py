@@ -7,7 +7,7 @@ validation, naming the field that was wrong.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
 from typing import Any
@@ -50,7 +50,9 @@ class Health(BaseModel):
     version: str
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
+    """The app. ``run_worker``: run the sweeps in a background thread while serving (the embedded
+    worker of ``billfold serve``); it stops, finishing its round, when the server shuts down."""
     settings = settings or get_settings()
     engine = engine or create_engine(settings.database_url)
 
@@ -62,7 +64,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         if settings.sandbox and not (isinstance(current, clock.DatabaseClock) and current.engine is engine):
             previous = clock.set_clock(clock.DatabaseClock(engine))
         try:
-            yield
+            with ExitStack() as stack:
+                if run_worker:
+                    from billfold import worker
+
+                    worker.load_sweeps()
+                    context = worker.make_context(settings, engine)
+                    stack.enter_context(worker.embedded(context, tick=settings.worker_tick))
+                yield
         finally:
             if previous is not None:
                 clock.set_clock(previous)

@@ -162,14 +162,11 @@ def serve(
     _require_migrated(engine)
     background.install_clock(settings, engine)
     host, port = host or settings.host, port or settings.port
-    embedded: Any = nullcontext()
-    if settings.worker_mode == "embedded":
+    embedded = settings.worker_mode == "embedded"
+    if embedded:
         _log_to_stderr()
-        background.load_sweeps()
-        embedded = background.embedded(background.make_context(settings, engine), tick=settings.worker_tick)
     out.print(f"Billfold {__version__} serving on http://{host}:{port}  (API reference: http://{host}:{port}/docs)")
-    with embedded:
-        uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, engine, run_worker=embedded), host=host, port=port, log_level="info")
 
 
 @app.command()

@@ -332,6 +332,7 @@ def embedded(context: Context, *, tick: float, sweeps: Sequence[Sweep] | None = 
     finally:
         runner.stop()
         thread.join(timeout=60)
+        log.info("embedded worker stopped")
 
 
 # --- Dramatiq ----------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_every_database_clock_on_one_database_agrees_and_only_moves_forward(rese
 
 def test_a_database_whose_clock_moved_refuses_to_run_outside_sandbox_mode(reset_clock: Engine) -> None:
     settings = Settings(database_url=_url(reset_clock), sandbox=False)
-    assert isinstance(worker.install_clock(settings, reset_clock), clock.Clock)
+    assert not isinstance(worker.install_clock(settings, reset_clock), clock.DatabaseClock)
     clock.DatabaseClock(reset_clock).advance("1h")
     with pytest.raises(ConfigurationError, match="runs only with BILLFOLD_SANDBOX=true"):
         worker.install_clock(settings, reset_clock)

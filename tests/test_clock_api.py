@@ -193,6 +193,8 @@ def test_the_clock_api_refuses_strangers_customers_and_bad_durations(
         assert bad.headers["content-type"].startswith("application/problem+json")
         assert [e["field"] for e in bad.json()["errors"]] == ["by"]
         assert "is not a duration" in bad.json()["detail"]
+        too_far = httpx.post(advance, json={"by": "100000d"}, headers=_bearer(admin_token))
+        assert too_far.status_code == 422 and too_far.json()["errors"][0]["field"] == "by"
     assert clock.read_offset_seconds(reset_clock) == 0
 
 

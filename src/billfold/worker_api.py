@@ -3,6 +3,7 @@ mode, ``POST /v1/admin/clock/advance`` (docs/operations.md#billing-clock)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -38,8 +39,17 @@ class ClockState(BaseModel):
     sandbox: bool = Field(description="Whether the clock may be moved (BILLFOLD_SANDBOX).")
 
 
+BY_PATTERN = r"^\s*([0-9]{1,6}\s*s|[0-9]{1,5}\s*[mh]|[0-9]{1,4}\s*d|[0-9]{1,3}\s*w)\s*$"
+"""A duration up to 999999s, 99999m or h, 9999d or 999w: at most about 27 years per move."""
+_BY = re.compile(BY_PATTERN)
+
+
 class Advance(BaseModel):
-    by: str = Field(description="How far forward: 30d, 12h, 90m, 45s or 2w (365d for a year).", examples=["30d"])
+    by: str = Field(
+        description="How far forward: 30d, 12h, 90m, 45s or 2w (365d for a year).",
+        examples=["30d"],
+        json_schema_extra={"pattern": BY_PATTERN},
+    )
 
     @field_validator("by")
     @classmethod
@@ -48,6 +58,8 @@ class Advance(BaseModel):
             clock.parse_duration(value)
         except InvalidInput as error:
             raise ValueError(error.detail) from None
+        if not _BY.match(value):
+            raise ValueError(f"{value!r} is too far to move at once; move up to 9999d (or 999w) at a time")
         return value
 
 

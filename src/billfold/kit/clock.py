@@ -103,7 +103,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise InvalidInput(f"{text!r} is not a duration; use a number and a unit, such as 30d, 12h, 90m, 45s or 2w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise InvalidInput(f"{text!r} is longer than any clock can count") from None
 
 
 class DatabaseClock:

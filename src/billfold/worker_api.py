@@ -84,7 +84,7 @@ def get_clock(request: Request, _: Admin) -> ClockState:
     return _state(request)
 
 
-@router.post("/clock/advance", response_model=Advanced, responses=problems(401, 403, 409, 422))
+@router.post("/clock/advance", response_model=Advanced, responses=problems(400, 401, 403, 409, 422))
 def advance_clock(request: Request, body: Advance, _: Admin) -> Advanced:
     """Move the whole system's time forward (sandbox mode only; 409 otherwise) and do everything
     that became due (renewals, retries, expiry) before answering, with what each sweep did."""

@@ -6,6 +6,8 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
 from typing import Any
@@ -32,7 +34,8 @@ from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
-from billfold.kit import mailer
+from billfold import worker_api
+from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, session_factory
 from billfold.kit.http import Problem, RefuseNulCharacters
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
@@ -47,10 +50,34 @@ class Health(BaseModel):
     version: str
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
+    """The app. ``run_worker``: run the sweeps in a background thread while serving (the embedded
+    worker of ``billfold serve``); it stops, finishing its round, when the server shuts down."""
     settings = settings or get_settings()
     engine = engine or create_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sandbox mode: the whole process runs on the database's billing clock while serving.
+        current = clock.get_clock()
+        previous = None
+        if settings.sandbox and not (isinstance(current, clock.DatabaseClock) and current.engine is engine):
+            previous = clock.set_clock(clock.DatabaseClock(engine))
+        try:
+            with ExitStack() as stack:
+                if run_worker:
+                    from billfold import worker
+
+                    worker.load_sweeps()
+                    context = worker.make_context(settings, engine)
+                    stack.enter_context(worker.embedded(context, tick=settings.worker_tick))
+                yield
+        finally:
+            if previous is not None:
+                clock.set_clock(previous)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Billfold",
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
@@ -58,6 +85,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)
     app.state.engine = engine
+    app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.security = Security.from_settings(settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
@@ -70,6 +98,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(subscriptions_api.router)
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
+    app.include_router(worker_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:

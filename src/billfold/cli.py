@@ -6,8 +6,12 @@ revision, a refused erasure) ends in one line on stderr and a non-zero exit, nev
 
 from __future__ import annotations
 
+import logging
+import signal
 import sys
-from typing import Annotated
+import threading
+from contextlib import nullcontext
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 import typer
@@ -15,6 +19,8 @@ from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from datetime import datetime, timedelta
+
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
@@ -36,6 +42,11 @@ app.add_typer(db_app, name="db")
 apikey_app = typer.Typer(help="API keys for the merchant's backend.", no_args_is_help=True)
 app.add_typer(customer_app, name="customer")
 app.add_typer(apikey_app, name="apikey")
+clock_app = typer.Typer(
+    help="The billing clock: show it, or move it forward for the whole system (sandbox mode only).",
+    no_args_is_help=True,
+)
+app.add_typer(clock_app, name="clock")
 
 # soft_wrap: a line longer than the terminal stays one line (scripts and pipes read these).
 out = Console(soft_wrap=True)
@@ -146,18 +157,26 @@ def serve(
 
     from billfold.api import create_app
 
+    from billfold import worker as background
+
     settings = get_settings()
     engine = _engine()
     _require_migrated(engine)
+    background.install_clock(settings, engine)
     host, port = host or settings.host, port or settings.port
+    embedded = settings.worker_mode == "embedded"
+    if embedded:
+        _log_to_stderr()
     out.print(f"Billfold {__version__} serving on http://{host}:{port}  (API reference: http://{host}:{port}/docs)")
     if workers > 1:
-        # Each worker process builds its own app (and engine) from the same settings.
+        # Each worker process builds its own app (and engine) from the same settings. The embedded
+        # background worker runs only in a one-process server: run `billfold worker` beside this.
         engine.dispose()
         uvicorn.run("billfold.api:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level="info", access_log=access_log)
     else:
-        uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info", access_log=access_log)
+        uvicorn.run(create_app(settings, engine, run_worker=embedded), host=host, port=port, log_level="info",
+                    access_log=access_log)
 
 
 @app.command()
@@ -225,6 +244,138 @@ def apikey_create(
         key, secret = create_api_key(session, name=name, scopes=scope or ["read", "write"], created_by=None)
     err.print(f"API key {key.id} ({', '.join(key.scopes)}) created; it is shown only now:", highlight=False)
     out.print(secret, highlight=False)
+
+
+def _log_to_stderr() -> None:
+    """Billfold's log lines (what each sweep did, what failed) through Rich on stderr."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("billfold")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False))
+    logger.setLevel(logging.INFO)
+
+
+def _print_done(done: dict[str, int]) -> None:
+    width = max((len(name) for name in done), default=0)
+    for name, n in done.items():
+        out.print(f"  {name.ljust(width)}  {n}", highlight=False)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Run each sweep that is due once, then exit.")] = False,
+    catch_up: Annotated[bool, typer.Option("--catch-up", help="Run every sweep until none has work, then exit.")] = False,
+    scheduler: Annotated[
+        bool, typer.Option("--scheduler", help="Only send due sweeps to the broker; run none here.")
+    ] = False,
+    consume: Annotated[
+        bool, typer.Option("--dramatiq", help="Only run the sweeps the broker delivers; schedule none.")
+    ] = False,
+    threads: Annotated[int, typer.Option(min=1, help="Dramatiq consumer threads.")] = 4,
+    tick: Annotated[float | None, typer.Option(min=0.01, help="Seconds between rounds (BILLFOLD_WORKER_TICK).")] = None,
+) -> None:
+    """Run the background work: renewals, retries, expiry, purges. Loops until SIGTERM or Ctrl-C.
+
+    Without BILLFOLD_BROKER_URL the sweeps run here. With it, this process schedules (one Dramatiq
+    message per due sweep) and consumes; --scheduler or --dramatiq does only one of the two."""
+    from billfold import worker as background
+
+    settings = get_settings()
+    engine = _engine()
+    _require_migrated(engine)
+    background.install_clock(settings, engine)
+    _log_to_stderr()
+    sweeps = background.load_sweeps()
+    context = background.make_context(settings, engine)
+    if once or catch_up:
+        if once and catch_up:
+            raise CommandFailed("--once and --catch-up do not go together")
+        done = background.catch_up(context) if catch_up else background.run_sweeps(context, schedule=background.Schedule())
+        out.print(f"{'Caught up' if catch_up else 'Ran'} {len(done)} of {len(sweeps)} sweeps:", highlight=False)
+        _print_done(done)
+        return
+    if (scheduler or consume) and not settings.broker_url:
+        raise CommandFailed("--scheduler and --dramatiq need a broker: set BILLFOLD_BROKER_URL (redis://… or amqp://…)")
+    if scheduler and consume:
+        raise CommandFailed("--scheduler and --dramatiq do not go together; give neither to do both")
+    dramatiq = background.dispatcher(context)
+    runner = background.Runner(
+        context, tick=tick or settings.worker_tick, dispatch=dramatiq.send if dramatiq else None
+    )
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: Any) -> None:
+        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
+        stopping.set()
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    where = "through the broker" if dramatiq else "in this process"
+    err.print(f"Billfold worker: {len(sweeps)} sweeps, {where}; stop with Ctrl-C or SIGTERM.", highlight=False)
+    consuming = dramatiq.consuming(threads=threads) if dramatiq and not scheduler else nullcontext()
+    try:
+        with consuming:
+            if consume:
+                while not stopping.wait(0.5):
+                    pass
+            else:
+                runner.run()
+    finally:
+        if dramatiq:
+            dramatiq.close()
+    err.print("Billfold worker stopped.", highlight=False)
+
+
+@clock_app.command("show")
+def clock_show() -> None:
+    """Print the billing clock: now, how far it runs ahead of real time, and whether it may move."""
+    from billfold.kit import clock
+
+    settings = get_settings()
+    engine = _engine()
+    _require_migrated(engine)
+    offset = clock.read_offset_seconds(engine)
+    now = clock.SystemClock().now() + (timedelta(seconds=offset) if settings.sandbox else timedelta(0))
+    out.print(f"now: {now.isoformat(timespec='seconds')}", highlight=False)
+    out.print(f"offset: {offset}s ({timedelta(seconds=offset)} ahead of real time)", highlight=False)
+    out.print(f"sandbox: {'on' if settings.sandbox else 'off'}", highlight=False)
+
+
+@clock_app.command("advance")
+def clock_advance(
+    by: Annotated[str, typer.Argument(help="How far: 30d, 12h, 90m, 45s, 2w (365d for a year).")],
+    step: Annotated[str, typer.Option(help="The largest step time takes before every sweep catches up.")] = "1d",
+) -> None:
+    """Move the whole system's time forward (sandbox mode only), doing everything that became due."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from billfold import worker as background
+    from billfold.kit.clock import parse_duration
+
+    settings = get_settings()
+    background.require_sandbox(settings)
+    delta, largest_step = parse_duration(by), parse_duration(step)
+    engine = _engine()
+    _require_migrated(engine)
+    background.install_clock(settings, engine)
+    background.load_sweeps()
+    context = background.make_context(settings, engine)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("catching up", total=None)
+
+        def on_step(number: int, steps: int, now: datetime) -> None:
+            progress.update(task, total=steps, completed=number, description=f"catching up to {now:%Y-%m-%d %H:%M}")
+
+        moved = background.advance_clock(context, delta, step=largest_step, on_step=on_step)
+    out.print(
+        f"Clock moved {by} ahead in {moved.steps} step{'s' if moved.steps != 1 else ''}: now "
+        f"{moved.after.isoformat(timespec='seconds')} (was {moved.before.isoformat(timespec='seconds')}).",
+        highlight=False,
+    )
+    _print_done(moved.done)
 
 
 def _one_line_reason(error: BaseException) -> str:

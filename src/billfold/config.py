@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -70,6 +72,37 @@ class Settings(BaseSettings):
         description="The seller's address on invoices, one line per line (newlines, or \\n in the environment).",
     )
     seller_tax_id: str | None = Field("GB000000000", description="The seller's VAT/tax number on invoices; empty: none shown.")
+
+    sandbox: bool = Field(
+        False,
+        description="Sandbox mode: the billing clock may be moved forward (`billfold clock advance 30d`, "
+        "POST /v1/admin/clock/advance) for the whole system, to simulate renewals, retries and expiry. "
+        "Off by default; never turn it on for a shop that takes real money.",
+    )
+    worker: Literal["embedded", "off", "external"] | None = Field(
+        None,
+        description="Where the background sweeps run. embedded: in a thread of `billfold serve`; external: "
+        "in `billfold worker` processes; off: nowhere (for tests). Unset: embedded on SQLite without a broker, "
+        "external otherwise.",
+    )
+    worker_tick: float = Field(5.0, gt=0, description="Seconds between the worker's rounds of due sweeps.")
+    broker_url: str | None = Field(
+        None,
+        description="Dramatiq broker for background work: redis://host:6379/0 or amqp://user:pass@host:5672/. "
+        "Unset: sweeps run in the worker process itself, with no broker.",
+    )
+    broker_queue: str = Field(
+        "billfold", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="The Dramatiq queue Billfold's messages go to."
+    )
+
+    @property
+    def worker_mode(self) -> str:
+        """The ``worker`` setting, or its default for this installation."""
+        if self.worker is not None:
+            return self.worker
+        if self.broker_url is None and self.database_url.startswith("sqlite"):
+            return "embedded"
+        return "external"
 
     @property
     def cookies_secure(self) -> bool:

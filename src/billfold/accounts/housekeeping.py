@@ -4,7 +4,7 @@ were revoked, sign-in throttle windows that closed, and invitations a month afte
 
 Nothing here deletes what a rule still needs: a challenge or session that can still be used, a
 throttle window still counting, an account's consecutive failures (``user:`` keys, which lock it),
-or an audit row. ``billfold purge`` runs it; the worker runs it periodically.
+or an audit row. ``billfold purge`` runs it; the worker runs it hourly (the sweep ``accounts.purge``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 from billfold.accounts import invitations
 from billfold.accounts.sessions import THROTTLE_WINDOW
 from billfold.kit import clock
+from billfold.kit.db import transaction
+from billfold.kit.jobs import Context, sweep
 from billfold.models import AuthChallenge, AuthSession, SignInThrottle
 
 SESSION_KEPT = timedelta(days=30)  # ended sessions stay listed in the account's history this long
@@ -44,3 +46,10 @@ def purge(session: Session) -> dict[str, int]:
         "sign_in_throttles": throttles.rowcount or 0,
         "organization_invitations": invitations.purge(session),
     }
+
+
+@sweep("accounts.purge", every=timedelta(hours=1))
+def purge_sweep(context: Context) -> int:
+    """``purge`` in a transaction of its own; how many rows went in all."""
+    with transaction(context.sessions) as session:
+        return sum(purge(session).values())

@@ -6,16 +6,19 @@ Times are timezone-aware and in UTC.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
 from billfold.kit.errors import InvalidInput
 
 UTC = timezone.utc
+_log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -100,4 +103,92 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise InvalidInput(f"{text!r} is not a duration; use a number and a unit, such as 30d, 12h, 90m, 45s or 2w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:
+        raise InvalidInput(f"{text!r} is longer than any clock can count") from None
+
+
+class DatabaseClock:
+    """Sandbox mode's clock: real time plus an offset kept in the database (``billing_clock``),
+    so that every process of one installation (API, workers, the CLI) agrees on ``now`` within
+    ``cache_seconds``. ``advance`` moves it forward for all of them; nothing moves it back.
+
+    The offset is read on a connection of its own, outside any transaction the caller has open,
+    so asking for the time inside a transaction never waits for that transaction's locks (SQLite
+    in WAL mode lets a reader through while another connection writes)."""
+
+    def __init__(self, engine: Any, *, cache_seconds: float = 1.0, real: Clock | None = None) -> None:
+        self.engine = engine
+        self.cache_seconds = cache_seconds
+        self._real = real or SystemClock()
+        self._lock = threading.Lock()
+        self._offset = timedelta(0)
+        self._read_at: float | None = None
+
+    def now(self) -> datetime:
+        return self._real.now() + self.offset()
+
+    def offset(self) -> timedelta:
+        """How far ahead of real time the system runs (cached for ``cache_seconds``)."""
+        with self._lock:
+            fresh = self._read_at is not None and time.monotonic() - self._read_at < self.cache_seconds
+            if not fresh:
+                try:
+                    self._offset = timedelta(seconds=read_offset_seconds(self.engine))
+                    self._read_at = time.monotonic()
+                except Exception:  # unreachable for a moment: keep the last offset we knew
+                    _log.warning("cannot read the billing clock; keeping offset %s", self._offset, exc_info=True)
+            return self._offset
+
+    def refresh(self) -> timedelta:
+        with self._lock:
+            self._read_at = None
+        return self.offset()
+
+    def advance(self, by: timedelta | str) -> datetime:
+        """Move the whole system's time forward by ``by`` (a timedelta or ``"30d"``); the new now."""
+        delta = parse_duration(by) if isinstance(by, str) else by
+        if delta <= timedelta(0):
+            raise InvalidInput("the clock only moves forward")
+        import sqlalchemy as sa
+
+        from billfold.kit.db.types import UTCDateTime
+
+        stamp = sa.bindparam("at", type_=UTCDateTime())
+        seconds = int(delta.total_seconds())
+        if seconds < 1:
+            raise InvalidInput("the billing clock moves in whole seconds")
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                sa.text(
+                    "UPDATE billing_clock SET offset_seconds = offset_seconds + :s, updated_at = :at WHERE id = 1"
+                ).bindparams(stamp),
+                {"s": seconds, "at": self._real.now()},
+            ).rowcount
+            if updated != 1:
+                connection.execute(
+                    sa.text("INSERT INTO billing_clock (id, offset_seconds, updated_at) VALUES (1, :s, :at)").bindparams(
+                        stamp
+                    ),
+                    {"s": seconds, "at": self._real.now()},
+                )
+        self.refresh()
+        return self.now()
+
+
+def read_offset_seconds(engine: Any) -> int:
+    """The stored offset of the billing clock, in seconds (0 when there is no row). Read on a
+    raw connection in autocommit fashion: no transaction of the caller's is joined or waited on."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            cursor.execute("SELECT offset_seconds FROM billing_clock WHERE id = 1")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        raw.rollback()
+        return int(row[0]) if row else 0
+    finally:
+        raw.close()

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError, Conflict, InvalidInput
+from billfold.kit.jobs import Context, sweep
 from billfold.models.idempotency import FINISHED, STARTED, IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -249,6 +250,13 @@ def purge(session: Session, older_than: timedelta = DEFAULT_RETENTION) -> int:
     ).rowcount
 
 
+@sweep("idempotency.purge", every=timedelta(hours=1))
+def purge_sweep(context: Context) -> int:
+    """``purge`` with the default retention, in a transaction of its own; how many keys went."""
+    with transaction(context.sessions) as session:
+        return purge(session)
+
+
 def is_final(error: BaseException) -> bool:
     """Whether an error the handler raised is the request's final answer, to store and replay."""
     if not isinstance(error, BillfoldError) or isinstance(error, LostLock):
@@ -328,5 +336,5 @@ __all__ = [
     "DEFAULT_RETENTION", "HEADER", "KEY_PATTERN", "LOCK_TIMEOUT", "MIN_RETENTION", "Claim",
     "IdempotencyKeyInUse",
     "IdempotencyKeyMismatch", "LostLock", "Outcome", "Replay", "advance", "check_key", "claim",
-    "finish", "is_final", "purge", "release", "request_hash", "run_once",
+    "finish", "is_final", "purge", "purge_sweep", "release", "request_hash", "run_once",
 ]

@@ -15,10 +15,16 @@ The runner (``billfold worker``, the in-process embedded worker, Dramatiq) lives
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.sql import Select
+
+from billfold.kit.db.dialects import for_update
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -60,3 +66,33 @@ def sweep(name: str, *, every: timedelta) -> Callable[[Callable[[Context], int]]
 def sweeps() -> list[Sweep]:
     """Every registered sweep, by name."""
     return [_SWEEPS[name] for name in sorted(_SWEEPS)]
+
+
+def get(name: str) -> Sweep:
+    """The sweep registered as ``name``; KeyError names the ones there are."""
+    try:
+        return _SWEEPS[name]
+    except KeyError:
+        raise KeyError(f"no sweep named {name!r}; registered: {', '.join(sorted(_SWEEPS)) or 'none'}") from None
+
+
+def unregister(name: str) -> None:
+    """Forget the sweep ``name`` (tests register sweeps of their own for a while)."""
+    _SWEEPS.pop(name, None)
+
+
+def claim_batch(session: Session, statement: Select[Any], limit: int) -> Sequence[Any]:
+    """Claim up to ``limit`` due rows for this transaction: the rows ``statement`` selects (order it,
+    oldest due first), locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, so another
+    worker running the same sweep passes over them and takes the next ones. On SQLite the engine
+    begins every transaction ``IMMEDIATE`` (one writer at a time), so the plain select is a claim.
+
+    Returns the first column of each row (the ORM entity for ``select(Model)``). Do the work and
+    change each row so it is no longer due before the transaction commits; the locks go then.
+
+        with transaction(context.sessions) as session:
+            due = claim_batch(session, select(Subscription).where(...).order_by(...), 100)
+    """
+    if limit < 1:
+        raise ValueError("claim at least one row")
+    return session.scalars(for_update(statement.limit(limit), session, skip_locked=True)).all()

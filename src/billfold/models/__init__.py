@@ -7,6 +7,7 @@ from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCoh
 from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
 from billfold.models.billing import InvoiceLine, NumberSeries, Refund
 from billfold.models.catalog import Product, ProductCategory
+from billfold.models.clock import BillingClock
 from billfold.models.idempotency import IdempotencyKey
 from billfold.models.invoices import Invoice
 from billfold.models.memberships import MembershipType, UserMembership
@@ -25,6 +26,7 @@ __all__ = [
     "AnalyticsEvent",
     "AnalyticsSnapshot",
     "Base",
+    "BillingClock",
     "IdempotencyKey",
     "Invoice",
     "InvoiceLine",

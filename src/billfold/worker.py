@@ -1,0 +1,416 @@
+"""Running the sweeps (``billfold.kit.jobs``): once, until idle, in a loop, in a thread of the API
+process, or through Dramatiq on Redis or RabbitMQ; and moving the sandbox billing clock.
+
+The database is the truth (DESIGN.md rule 7): a sweep claims its due rows with
+``FOR UPDATE SKIP LOCKED`` (``kit.jobs.claim_batch``), so running it twice at once, on one machine
+or on ten, does each row once. That is why the schedule (when each sweep last ran) can live in
+each process's memory: a sweep that runs twice finds nothing the second time.
+
+Modes (``BILLFOLD_WORKER``, docs/operations.md#worker):
+
+- ``embedded``: ``billfold serve`` runs the loop in a background thread. The default on SQLite
+  with no broker: one command, one process.
+- ``external``: ``billfold worker`` processes run it, on as many machines as needed. With
+  ``BILLFOLD_BROKER_URL`` the loop sends one Dramatiq message per due sweep and Dramatiq
+  consumers (``billfold worker --dramatiq``) run them; without one, the loop runs them itself.
+- ``off``: nothing runs them (tests; or an installation that runs ``billfold worker --once`` from cron).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+
+from billfold.config import Settings
+from billfold.kit import clock, jobs
+from billfold.kit.db import create_engine, one_line, session_factory
+from billfold.kit.errors import ConfigurationError, Conflict
+from billfold.kit.jobs import Context, Sweep
+
+if TYPE_CHECKING:
+    import dramatiq
+
+log = logging.getLogger("billfold.worker")
+
+SWEEP_MODULES = (
+    "billfold.accounts.housekeeping",
+    "billfold.kit.idempotency",
+    "billfold.subscriptions.sweeps",
+    "billfold.memberships.sweeps",
+    "billfold.invoices.sweeps",
+    "billfold.payments.sweeps",
+    "billfold.orders.sweeps",
+    "billfold.webhooks.sweeps",
+    "billfold.analytics.sweeps",
+)
+"""Modules that register sweeps when imported. A package not built yet is passed over."""
+
+CLOCK_STEP = timedelta(days=1)
+"""The largest step ``advance_clock`` moves time by before running every sweep until idle."""
+
+DEFAULT_MAX_ROUNDS = 100
+
+
+class SandboxOnly(Conflict):
+    code = "sandbox_only"
+    title = "Not in sandbox mode"
+
+
+def load_sweeps() -> list[Sweep]:
+    """Import every module that registers sweeps; the sweeps registered, by name. A module that
+    does not exist (its package is not built yet) is skipped; any other import error is raised."""
+    for name in SWEEP_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (name == error.name or name.startswith(error.name + ".")):
+                raise
+    return jobs.sweeps()
+
+
+def make_context(settings: Settings, engine: Engine | None = None) -> Context:
+    from billfold.accounts.security import Security
+
+    engine = engine or create_engine(settings.database_url)
+    return Context(sessions=session_factory(engine), settings=settings, security=Security.from_settings(settings))
+
+
+def engine_of(context: Context) -> Engine:
+    return context.sessions.kw["bind"]
+
+
+class Schedule:
+    """When each sweep last started, in this process; a sweep is due ``every`` after that
+    (by the billing clock, so a moved sandbox clock makes sweeps due at once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, datetime] = {}
+
+    def due(self, sweep: Sweep, now: datetime) -> bool:
+        with self._lock:
+            last = self._last.get(sweep.name)
+        return last is None or now - last >= sweep.every
+
+    def mark(self, name: str, at: datetime) -> None:
+        with self._lock:
+            self._last[name] = at
+
+    def forget(self) -> None:
+        with self._lock:
+            self._last.clear()
+
+
+SCHEDULE = Schedule()
+"""This process's schedule, used when a caller passes none."""
+
+
+def run_sweep(context: Context, sweep: Sweep | str) -> int | None:
+    """Run one sweep once; how much it did, or None when it failed (the failure is logged, and
+    nothing else is stopped by it)."""
+    if isinstance(sweep, str):
+        sweep = jobs.get(sweep)
+    try:
+        done = sweep.run(context)
+    except Exception as error:
+        log.error("sweep %s failed: %s: %s", sweep.name, type(error).__name__, one_line(error))
+        log.debug("sweep %s failed", sweep.name, exc_info=True)
+        return None
+    if done:
+        log.info("sweep %s: %d done", sweep.name, done)
+    return int(done or 0)
+
+
+def _selected(names: Iterable[str] | None, sweeps: Sequence[Sweep] | None) -> list[Sweep]:
+    chosen = list(sweeps) if sweeps is not None else jobs.sweeps()
+    if names is not None:
+        wanted = set(names)
+        unknown = wanted - {s.name for s in chosen}
+        if unknown:
+            raise ConfigurationError(f"no sweep named {', '.join(sorted(unknown))}")
+        chosen = [s for s in chosen if s.name in wanted]
+    return chosen
+
+
+def run_sweeps(
+    context: Context,
+    *,
+    names: Iterable[str] | None = None,
+    sweeps: Sequence[Sweep] | None = None,
+    schedule: Schedule | None = None,
+) -> dict[str, int]:
+    """Run each due sweep once (all registered ones, or those ``names``/``sweeps`` choose); how much
+    each did, by name. A sweep that failed is logged and left out of the result."""
+    schedule = schedule or SCHEDULE
+    results: dict[str, int] = {}
+    for sweep in _selected(names, sweeps):
+        now = clock.now()
+        if not schedule.due(sweep, now):
+            continue
+        schedule.mark(sweep.name, now)
+        done = run_sweep(context, sweep)
+        if done is not None:
+            results[sweep.name] = done
+    return results
+
+
+def catch_up(
+    context: Context, *, max_rounds: int = DEFAULT_MAX_ROUNDS, sweeps: Sequence[Sweep] | None = None
+) -> dict[str, int]:
+    """Run every sweep, round after round, until a round where none reports work; the total each
+    did, by name (every sweep named, 0 included). Used after the clock moves, by tests and the
+    demo. Stops after ``max_rounds`` (logged) in case a sweep always says it did something."""
+    chosen = _selected(None, sweeps)
+    totals = {s.name: 0 for s in chosen}
+    for _ in range(max_rounds):
+        busy = False
+        for sweep in chosen:
+            done = run_sweep(context, sweep)
+            if done:
+                totals[sweep.name] += done
+                busy = True
+        if not busy:
+            return totals
+    log.warning("catch-up stopped after %d rounds with work still reported", max_rounds)
+    return totals
+
+
+# --- the billing clock ---------------------------------------------------------------------------
+
+
+@dataclass
+class ClockAdvance:
+    """What ``advance_clock`` did: from when to when, in how many steps, and each sweep's total."""
+
+    before: datetime
+    after: datetime
+    steps: int
+    done: dict[str, int] = field(default_factory=dict)
+
+
+def require_sandbox(settings: Settings) -> None:
+    if not settings.sandbox:
+        raise SandboxOnly(
+            "the billing clock moves only in sandbox mode (BILLFOLD_SANDBOX=true); this installation runs on real time"
+        )
+
+
+def install_clock(settings: Settings, engine: Engine) -> clock.Clock:
+    """The clock this process must use, put in place: in sandbox mode the database's billing
+    clock; otherwise the system clock, after checking the database was never run ahead of it
+    (a sandbox database's dates lie in the future: running it on real time would be wrong)."""
+    if settings.sandbox:
+        current = clock.get_clock()
+        if isinstance(current, clock.DatabaseClock) and current.engine is engine:
+            return current
+        database_clock = clock.DatabaseClock(engine)
+        clock.set_clock(database_clock)
+        return database_clock
+    offset = clock.read_offset_seconds(engine)
+    if offset:
+        raise ConfigurationError(
+            f"this database's billing clock was moved {timedelta(seconds=offset)} ahead in sandbox mode; "
+            "it runs only with BILLFOLD_SANDBOX=true"
+        )
+    return clock.get_clock()
+
+
+def advance_clock(
+    context: Context,
+    by: timedelta | str,
+    *,
+    step: timedelta = CLOCK_STEP,
+    sweeps: Sequence[Sweep] | None = None,
+    on_step: Callable[[int, int, datetime], None] | None = None,
+) -> ClockAdvance:
+    """Move the whole system's time forward by ``by`` (sandbox mode only) and do everything that
+    became due. Time moves in steps of at most ``step`` (a day), and every sweep runs until idle
+    after each step, so sweeps see the due moments in order: a renewal due on day 3 happens on
+    day 3 (give or take a step), and its next one on day 33, not both at the end."""
+    require_sandbox(context.settings)
+    delta = clock.parse_duration(by) if isinstance(by, str) else by
+    if delta < timedelta(seconds=1):
+        raise clock.InvalidInput("the clock only moves forward, by at least one second")
+    if step < timedelta(seconds=1):
+        raise ValueError("a step is at least a second")
+    engine = engine_of(context)
+    current = clock.get_clock()
+    installed = isinstance(current, clock.DatabaseClock) and current.engine is engine
+    database_clock = current if installed else clock.DatabaseClock(engine)
+    assert isinstance(database_clock, clock.DatabaseClock)
+    steps = math.ceil(delta / step)
+    totals: Counter[str] = Counter({s.name: 0 for s in _selected(None, sweeps)})
+    with nullcontext() if installed else clock.using(database_clock):
+        database_clock.refresh()
+        before = database_clock.now()
+        remaining = delta
+        for number in range(1, steps + 1):
+            move = min(step, remaining)
+            now = database_clock.advance(move)
+            remaining -= move
+            totals.update(catch_up(context, sweeps=sweeps))
+            if on_step:
+                on_step(number, steps, now)
+        after = database_clock.now()
+    log.info("billing clock moved %s ahead in %d steps, to %s", delta, steps, after.isoformat())
+    return ClockAdvance(before=before, after=after, steps=steps, done=dict(totals))
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+class Runner:
+    """The long-running loop: every ``tick`` seconds, run (or, with ``dispatch``, send to the
+    broker) each sweep that is due by its ``every``."""
+
+    def __init__(
+        self,
+        context: Context,
+        *,
+        tick: float,
+        dispatch: Callable[[Sweep], None] | None = None,
+        schedule: Schedule | None = None,
+        sweeps: Sequence[Sweep] | None = None,
+    ) -> None:
+        self.context = context
+        self.tick = tick
+        self.dispatch = dispatch
+        self.schedule = schedule or Schedule()
+        self.sweeps = sweeps
+        self.stop_event = threading.Event()
+
+    def round(self) -> dict[str, int]:
+        if self.dispatch is None:
+            return run_sweeps(self.context, sweeps=self.sweeps, schedule=self.schedule)
+        sent: dict[str, int] = {}
+        for sweep in _selected(None, self.sweeps):
+            now = clock.now()
+            if not self.schedule.due(sweep, now):
+                continue
+            try:
+                self.dispatch(sweep)
+            except Exception as error:  # the broker is down: try again next tick
+                log.error("cannot send sweep %s to the broker: %s", sweep.name, one_line(error))
+                continue
+            self.schedule.mark(sweep.name, now)
+            sent[sweep.name] = 1
+        return sent
+
+    def run(self) -> None:
+        """Loop until ``stop()``; a round in progress finishes first."""
+        while not self.stop_event.is_set():
+            try:
+                self.round()
+            except Exception as error:  # never let the loop die: the next tick tries again
+                log.error("worker round failed: %s", one_line(error))
+            self.stop_event.wait(self.tick)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+@contextmanager
+def embedded(context: Context, *, tick: float, sweeps: Sequence[Sweep] | None = None) -> Iterator[Runner]:
+    """The loop in a background thread of this process, for the block's duration (``billfold serve``
+    in embedded mode). Stopping waits for the round in progress."""
+    runner = Runner(context, tick=tick, sweeps=sweeps)
+    thread = threading.Thread(target=runner.run, name="billfold-worker", daemon=True)
+    thread.start()
+    log.info("embedded worker started (every %ss)", tick)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        thread.join(timeout=60)
+        log.info("embedded worker stopped")
+
+
+# --- Dramatiq ----------------------------------------------------------------------------------------
+
+ACTOR_NAME = "billfold.run_sweep"
+
+
+def make_broker(url: str) -> dramatiq.Broker:
+    """A Dramatiq broker for ``redis://``/``rediss://`` or ``amqp://``/``amqps://`` URLs."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url)
+    if scheme in ("amqp", "amqps"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url)
+    raise ConfigurationError(
+        f"unsupported broker URL scheme {scheme!r}: BILLFOLD_BROKER_URL takes redis://… or amqp://…"
+    )
+
+
+class Dramatiq:
+    """Billfold's one actor (``billfold.run_sweep``, taking a sweep's name) on a broker: the
+    scheduler ``send``s, consumers (``consume``) run the sweep with this process's context."""
+
+    def __init__(self, context: Context, url: str, queue: str) -> None:
+        import dramatiq
+
+        self.context = context
+        self.queue = queue
+        self.broker = make_broker(url)
+        self.actor = dramatiq.Actor(
+            self._run,
+            broker=self.broker,
+            actor_name=ACTOR_NAME,
+            queue_name=queue,
+            priority=0,
+            # A sweep that fails is not retried: the next tick sends it again, and a message
+            # older than a few minutes is dropped (the schedule has sent a newer one by then).
+            options={"max_retries": 0, "max_age": 15 * 60 * 1000, "time_limit": 60 * 60 * 1000},
+        )
+
+    def _run(self, name: str) -> None:
+        try:
+            sweep = jobs.get(name)
+        except KeyError as error:
+            log.error("%s", error.args[0])
+            return
+        run_sweep(self.context, sweep)
+
+    def send(self, sweep: Sweep | str) -> None:
+        self.actor.send(sweep if isinstance(sweep, str) else sweep.name)
+
+    @contextmanager
+    def consuming(self, *, threads: int = 4) -> Iterator[dramatiq.Worker]:
+        """Dramatiq worker threads consuming the queue for the block's duration."""
+        import dramatiq
+
+        consumer = dramatiq.Worker(self.broker, queues={self.queue}, worker_threads=threads)
+        consumer.start()
+        try:
+            yield consumer
+        finally:
+            consumer.stop()
+
+    def close(self) -> None:
+        self.broker.close()
+
+
+def dispatcher(context: Context) -> Dramatiq | None:
+    """The Dramatiq dispatch for ``BILLFOLD_BROKER_URL``, or None without one."""
+    settings = context.settings
+    if not settings.broker_url:
+        return None
+    return Dramatiq(context, settings.broker_url, settings.broker_queue)
+
+
+def describe(results: dict[str, Any]) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in results.items()) or "no sweeps"

@@ -23,7 +23,7 @@ from billfold.memberships import entitlements, service
 from billfold.memberships.schemas import AddonIn, CancelIn, EntitlementOut, GrantIn, MembershipOut
 from billfold.models import UserMembership
 
-router = APIRouter(prefix="/v1", tags=["memberships"], responses=problems(401, 403, 404, 422))
+router = APIRouter(prefix="/v1", tags=["memberships"], responses=problems(400, 401, 403, 404, 422))
 
 FeaturePath = Annotated[str, Path(min_length=1, max_length=100, description="A feature name, as membership types list them.")]
 OrganizationQuery = Annotated[

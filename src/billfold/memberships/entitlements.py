@@ -33,9 +33,6 @@ from billfold.kit.errors import BillfoldError
 from billfold.models import MembershipType, Order, OrganizationUser, Subscription, UserMembership
 
 LIVE_SUBSCRIPTION = ("trialing", "active", "past_due")
-# Stored statuses that may grant: ``expired`` too, because a subscription that renewed makes its
-# membership active again before the sweep writes it.
-MAY_GRANT = ("active", "expired")
 
 
 @dataclass(frozen=True)
@@ -148,9 +145,9 @@ def candidates(user_id: str, organization_id: str | None) -> sa.Select[Any] | sa
     """The memberships that may grant something to the user: by ``idx_user_memberships_user_id``,
     and for an organization through its members (the unique index on organization_users) to their
     rows, then the orders and subscriptions by primary key."""
-    own = sa.select(*_COLUMNS).select_from(_joined(_um)).where(
-        _um.c.user_id == user_id, _um.c.status.in_(MAY_GRANT)
-    )
+    # No condition on status here: it would tempt a planner onto idx_user_memberships_status,
+    # which nearly every row matches; a user has few rows, and standing() drops the rest.
+    own = sa.select(*_COLUMNS).select_from(_joined(_um)).where(_um.c.user_id == user_id)
     if organization_id is None:
         return own
     me = _ou.alias("me")
@@ -161,7 +158,6 @@ def candidates(user_id: str, organization_id: str | None) -> sa.Select[Any] | sa
         .where(
             me.c.organization_id == organization_id,
             me.c.user_id == user_id,
-            _um.c.status.in_(MAY_GRANT),
             sa.or_(_ord.c.organization_id == organization_id, _sub.c.organization_id == organization_id),
         )
     )

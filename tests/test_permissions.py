@@ -29,6 +29,7 @@ from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.models import (
     Address,
+    MembershipType,
     Order,
     OrderItem,
     Organization,
@@ -39,6 +40,7 @@ from billfold.models import (
     PaymentProvider,
     Product,
     User,
+    UserMembership,
 )
 from tests import databases
 from tests.server import serving
@@ -104,9 +106,17 @@ class Scene:
     product: str  # a one-time product on sale
     order: str  # a pending order of the organization's
     invoice: str  # an open invoice of the organization's
+    # Memberships granting FEATURE: the organization's (from a paid order of its), another user's
+    # (with an add-on ADDON), and the acting user's own.
+    organization_membership: str
+    extra_membership: str
+    my_membership: str | None
+    membership_type: str
 
 
 PROVIDER = "matrix_sandbox"
+FEATURE = "matrix-reports"
+ADDON = "matrix-addon"
 SAVE = {"provider_id": PROVIDER, "token": "tok_sandbox_visa"}
 
 ADDRESS = {
@@ -367,6 +377,47 @@ ACTIONS: dict[str, Action] = {
         "DELETE /v1/users/{user_id}/payment-methods/{payment_method_id}",
         lambda c, s: c.delete(f"/v1/users/{s.extra}/payment-methods/{s.extra_methods[0]}"),
     ),
+    "See its memberships": Action(
+        "GET /v1/organizations/{id}/memberships",
+        lambda c, s: c.get(_org(s, "/memberships")),
+        lambda s: s.organization_membership,
+    ),
+    "Use its memberships": Action(
+        "GET /v1/me/entitlements/{feature}?organization_id={id}",
+        lambda c, s: c.get(f"/v1/me/entitlements/{FEATURE}", params={"organization_id": s.organization}),
+        lambda s: s.organization_membership,
+    ),
+    "See one's own memberships": Action(
+        "GET /v1/me/memberships",
+        lambda c, s: c.get("/v1/me/memberships", params=_from(s, s.my_membership or s.extra_membership)),
+        lambda s: s.my_membership,
+    ),
+    "See a user's memberships": Action(
+        "GET /v1/users/{user_id}/memberships",
+        lambda c, s: c.get(f"/v1/users/{s.extra}/memberships"),
+        lambda s: s.extra_membership,
+    ),
+    "Ask whether a user may use a feature": Action(
+        "GET /v1/users/{user_id}/entitlements/{feature}",
+        lambda c, s: c.get(f"/v1/users/{s.extra}/entitlements/{FEATURE}"),
+        lambda s: s.extra_membership,
+    ),
+    "Grant a user a membership": Action(
+        "POST /v1/users/{user_id}/memberships",
+        lambda c, s: c.post(f"/v1/users/{s.extra}/memberships", json={"membership_type_id": s.membership_type}),
+    ),
+    "Cancel a membership": Action(
+        "POST /v1/memberships/{membership_id}/cancel",
+        lambda c, s: c.post(f"/v1/memberships/{s.extra_membership}/cancel", json={}),
+    ),
+    "Add an add-on to a membership": Action(
+        "POST /v1/memberships/{membership_id}/addons",
+        lambda c, s: c.post(f"/v1/memberships/{s.extra_membership}/addons", json={"feature": "matrix-more"}),
+    ),
+    "Remove an add-on from a membership": Action(
+        "DELETE /v1/memberships/{membership_id}/addons/{feature}",
+        lambda c, s: c.delete(f"/v1/memberships/{s.extra_membership}/addons/{ADDON}"),
+    ),
 }
 
 
@@ -444,10 +495,25 @@ class World:
             session.add(order)
             session.flush()
             session.add(OrderItem(order_id=order.id, product_id=product.id, quantity=1, unit_price_cents=1500, total_cents=1500))
+            kind = MembershipType(name="Matrix pass", duration_type="lifetime", price_cents=1500, features=[FEATURE])
+            paid = Order(
+                order_number=new_id("mx"), organization_id=organization.id, subtotal_cents=1500, total_cents=1500,
+                currency="USD", status="paid",
+            )
+            session.add_all([kind, paid])
             session.flush()
             invoice = issue_invoice(
                 session, currency="USD", organization_id=organization.id, lines=[LineIn("Matrix manual", 1500, product_id=product.id)]
             )
+
+            def membership(holder: str, **values: Any) -> str:
+                row = UserMembership(
+                    user_id=holder, membership_type_id=kind.id, status="active", start_date=clock.now(), **values
+                )
+                session.add(row)
+                session.flush()
+                return row.id
+
             return Scene(
                 organization=organization.id,
                 owner=self.people["owner"].id,
@@ -465,6 +531,11 @@ class World:
                 product=product.id,
                 order=order.id,
                 invoice=invoice.id,
+                organization_membership=membership(self.people["owner"].id, order_id=paid.id),
+                extra_membership=membership(extra, addons=[{"feature": ADDON, "expires_at": None, "source": "manual"}]),
+                # Ending, so that the organization's lifetime membership is the one named for FEATURE.
+                my_membership=membership(me, end_date=clock.now() + timedelta(days=30)) if me else None,
+                membership_type=kind.id,
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:
@@ -519,7 +590,13 @@ class World:
                 .group_by(Order.id, Order.status)
                 .order_by(Order.id)
             ).all()
+            memberships = session.execute(
+                sa.select(UserMembership.id, UserMembership.status, UserMembership.end_date, UserMembership.addons)
+                .where(UserMembership.user_id.in_([*owners, scene.owner]))
+                .order_by(UserMembership.id)
+            ).all()
             return {
+                "memberships": [(m[0], m[1], m[2], repr(m[3])) for m in memberships],
                 "orders": [tuple(o) for o in orders],
                 "payment methods": [tuple(m) for m in payment_methods],
                 "organization": organization and (organization.name, organization.owner_user_id),

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         description="Tax rates by country (ISO 3166-1 alpha-2) in basis points, as JSON: "
         '{"GB": 2000, "DE": 1900}. Unset: the standard VAT/GST rates in billfold.orders.totals.',
     )
+    membership_grace_days: int = Field(
+        7, ge=0, le=365,
+        description="How long a membership that follows a subscription keeps granting after the paid period "
+        "ends while the subscription is past due (dunning): days after current_period_end.",
+    )
     order_number_prefix: str = Field("ORD", pattern=r"^[A-Z0-9]{1,10}$", description="Order numbers read PREFIX-YEAR-000001.")
     invoice_number_prefix: str = Field(
         "INV", pattern=r"^[A-Z0-9]{1,10}$", description="Invoice numbers read PREFIX-YEAR-000001 (gapless per year)."

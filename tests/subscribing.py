@@ -64,8 +64,18 @@ class Shop:
             done += moved
         raise AssertionError(f"sweep {name} never ran out of work")
 
+    def admin(self) -> str:
+        """A bearer token of the shop's admin that outlasts the test's clock travel."""
+        with transaction(session_factory(self.engine)) as session:
+            user = User(name="Ada", last_name="Admin", email=f"admin.{new_id('p').lower()}@shop.example", user_type="admin", is_verified=True)
+            session.add(user)
+            session.flush()
+            return open_session(session, user, transport="bearer", address=None, user_agent="tests", days=3650)[1]
+
     def customer(self, label: str = "subscriber", token: str = "tok_sandbox_visa", address: dict[str, str] = US_HOME) -> Customer:
         with transaction(session_factory(self.engine)) as session:
+            provider = make.provider(session)
+            provider.supports_saved_methods = provider.supports_subscriptions = True
             user = User(name=label.title(), last_name="Tester", email=f"{label}.{new_id('p').lower()}@example.com",
                         user_type="individual", is_verified=True)
             session.add(user)

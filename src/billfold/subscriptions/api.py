@@ -185,19 +185,20 @@ def cancel_subscription(
 
     answer = _Answer(build)
 
-    def work(claimed: Claim | None) -> None:
+    def work(claimed: Claim | None) -> tuple[str, str | None, int]:
         with transaction(sessions) as session:
             done = service.cancel(session, principal, subscription_id, at_period_end=body.at_period_end, refund=body.refund)
             if done.refund_payment_id is None:
                 status_code, payload = answer(session, (done.subscription_id, None, 0))
                 if claimed is not None:
                     finish(session, claimed, status_code, payload)
-                return
-        refunds.refund(
+                return done.subscription_id, None, 0
+        refund_id = refunds.refund(
             sessions, security, principal, done.refund_payment_id, amount_cents=done.refund_cents,
             reason="subscription cancelled: unused time", claim=claimed,
-            respond=lambda session, refund_id: answer(session, (done.subscription_id, refund_id, done.refund_cents)),
+            respond=lambda session, made: answer(session, (done.subscription_id, made, done.refund_cents)),
         )
+        return done.subscription_id, refund_id, done.refund_cents
 
     return _idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 

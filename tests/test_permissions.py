@@ -37,6 +37,8 @@ from billfold.models import (
     PaymentMethod,
     PaymentProvider,
     Product,
+    Subscription,
+    SubscriptionBilling,
     User,
 )
 from tests import databases
@@ -102,6 +104,9 @@ class Scene:
     my_methods: tuple[str, str] | None
     product: str  # a one-time product on sale
     order: str  # a pending order of the organization's
+    plan: str  # a recurring product with a trial, on sale
+    subscription: str  # an active subscription of the organization's, quantity 2
+    ending: str  # an active one of the organization's, paused and cancelled at period end
 
 
 PROVIDER = "matrix_sandbox"
@@ -320,6 +325,48 @@ ACTIONS: dict[str, Action] = {
     "Cancel one of its orders": Action(
         "POST /v1/orders/{order_id}/cancel", lambda c, s: c.post(f"/v1/orders/{s.order}/cancel", json={})
     ),
+    "Subscribe it to a plan": Action(
+        "POST /v1/subscriptions",
+        lambda c, s: c.post("/v1/subscriptions", json={"product_id": s.plan, "organization_id": s.organization}),
+    ),
+    "Find its subscriptions in the list": Action(
+        "GET /v1/subscriptions",
+        lambda c, s: c.get("/v1/subscriptions", params=_from(s, s.subscription)),
+        lambda s: s.subscription,
+    ),
+    "See one of its subscriptions": Action(
+        "GET /v1/subscriptions/{subscription_id}",
+        lambda c, s: c.get(f"/v1/subscriptions/{s.subscription}"),
+        lambda s: s.subscription,
+    ),
+    "Change the plan or quantity of one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/change",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/change", json={"quantity": 1}),
+    ),
+    "Cancel one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/cancel",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/cancel", json={"at_period_end": True}),
+    ),
+    "Cancel one of its subscriptions now with a refund": Action(
+        "POST /v1/subscriptions/{subscription_id}/cancel",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/cancel", json={"at_period_end": False, "refund": True}),
+    ),
+    "Resume one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/resume",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.ending}/resume"),
+    ),
+    "Pause one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/pause",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/pause"),
+    ),
+    "Unpause one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/unpause",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.ending}/unpause"),
+    ),
+    "Move one of its subscriptions to the catalog's price": Action(
+        "POST /v1/subscriptions/{subscription_id}/migrate-price",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/migrate-price", json={}),
+    ),
     "See one's own payment methods": Action(
         "GET /v1/me/payment-methods",
         lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
@@ -439,7 +486,29 @@ class World:
             session.add(order)
             session.flush()
             session.add(OrderItem(order_id=order.id, product_id=product.id, quantity=1, unit_price_cents=1500, total_cents=1500))
+            plan = Product(
+                name="Matrix plan", product_type="subscription", is_recurring=True, billing_interval="monthly",
+                trial_days=7, price_cents=1800, currency="USD",
+            )
+            session.add(plan)
             session.flush()
+
+            def subscription(**extra: object) -> str:
+                now = clock.now()
+                row = Subscription(
+                    organization_id=organization.id, product_id=plan.id, provider_id=PROVIDER, status="active",
+                    current_period_start=now - timedelta(days=10), current_period_end=now + timedelta(days=20),
+                    price_cents=1500, currency="USD", metadata_={"billing_interval": "monthly"},
+                    cancel_at_period_end=bool(extra.get("ending")),
+                )
+                session.add(row)
+                session.flush()
+                session.add(SubscriptionBilling(
+                    subscription_id=row.id, quantity=2, billing_anchor=now - timedelta(days=10),
+                    paused_at=now if extra.get("ending") else None,
+                ))
+                session.flush()
+                return row.id
             return Scene(
                 organization=organization.id,
                 owner=self.people["owner"].id,
@@ -456,6 +525,9 @@ class World:
                 my_methods=methods(user_id=me) if me else None,
                 product=product.id,
                 order=order.id,
+                plan=plan.id,
+                subscription=subscription(),
+                ending=subscription(ending=True),
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:
@@ -510,7 +582,17 @@ class World:
                 .group_by(Order.id, Order.status)
                 .order_by(Order.id)
             ).all()
+            subscriptions = session.execute(
+                sa.select(
+                    Subscription.id, Subscription.status, Subscription.cancel_at_period_end, Subscription.price_cents,
+                    SubscriptionBilling.quantity, SubscriptionBilling.credit_cents, SubscriptionBilling.paused_at,
+                )
+                .join(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+                .where(Subscription.organization_id == scene.organization)
+                .order_by(Subscription.id)
+            ).all()
             return {
+                "subscriptions": [tuple(x) for x in subscriptions],
                 "orders": [tuple(o) for o in orders],
                 "payment methods": [tuple(m) for m in payment_methods],
                 "organization": organization and (organization.name, organization.owner_user_id),

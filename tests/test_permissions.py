@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key
+from billfold.invoices.service import LineIn, issue_invoice
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
@@ -107,6 +108,7 @@ class Scene:
     plan: str  # a recurring product with a trial, on sale
     subscription: str  # an active subscription of the organization's, quantity 2
     ending: str  # an active one of the organization's, paused and cancelled at period end
+    invoice: str  # an open invoice of the organization's
 
 
 PROVIDER = "matrix_sandbox"
@@ -367,6 +369,9 @@ ACTIONS: dict[str, Action] = {
         "POST /v1/subscriptions/{subscription_id}/migrate-price",
         lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/migrate-price", json={}),
     ),
+    "See its invoices": Action(
+        "GET /v1/invoices/{invoice_id}", lambda c, s: c.get(f"/v1/invoices/{s.invoice}"), lambda s: s.invoice
+    ),
     "See one's own payment methods": Action(
         "GET /v1/me/payment-methods",
         lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
@@ -510,6 +515,9 @@ class World:
                 ))
                 session.flush()
                 return row.id
+            invoice = issue_invoice(
+                session, currency="USD", organization_id=organization.id, lines=[LineIn("Matrix manual", 1500, product_id=product.id)]
+            )
             return Scene(
                 organization=organization.id,
                 owner=self.people["owner"].id,
@@ -529,6 +537,7 @@ class World:
                 plan=plan.id,
                 subscription=subscription() if subscriptions else "sub_none",
                 ending=subscription(ending=True) if subscriptions else "sub_none",
+                invoice=invoice.id,
             )
 
     def snapshot(self, scene: Scene) -> dict[str, Any]:

@@ -27,12 +27,16 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold.accounts.organizations import actor_id
+from billfold.accounts.security import Principal
 from billfold.kit import clock
-from billfold.kit.errors import InvalidAmount, InvalidInput
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
+from billfold.kit.ids import has_prefix
 from billfold.kit.ids import new_id
 from billfold.kit.money import normalize_currency
 from billfold.kit.states import machine
-from billfold.models import Invoice, InvoiceLine, Order, OrderItem, Payment, Product
+from billfold.models import Invoice, InvoiceLine, Order, OrderItem, OrganizationUser, Payment, Product
 from billfold.models.billing import INVOICE_LINE_KINDS
 from billfold.orders import numbering
 from billfold.orders.events import on_paid
@@ -297,6 +301,39 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
     )
     if order.status in ("paid", "refunded"):
         mark_paid(session, invoice, by="system")
+    return invoice
+
+
+# Who sees which invoices (docs/permissions.md, "See its invoices")
+
+
+def visible_invoices(session: Session, principal: Principal, *, change: bool = False) -> sa.Select[tuple[Invoice]]:
+    """Every invoice for the shop's admins and API keys (``read``; ``write`` to change one); a
+    user's own and those of every organization they belong to, whatever their role, for a user."""
+    if principal.is_admin:
+        principal.require_scope("write" if change else "read")
+        return sa.select(Invoice)
+    assert principal.user is not None
+    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
+    return sa.select(Invoice).where(sa.or_(Invoice.user_id == principal.user.id, Invoice.organization_id.in_(theirs)))
+
+
+def get_invoice(session: Session, principal: Principal, invoice_id: str, *, lock: bool = False, change: bool = False) -> Invoice:
+    """An invoice the principal may see; NotFound otherwise, the same answer as for no such invoice."""
+    if not has_prefix(invoice_id, "inv"):
+        raise NotFound(f"no invoice {invoice_id}")
+    statement = visible_invoices(session, principal, change=change).where(Invoice.id == invoice_id)
+    invoice = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
+    if invoice is None:
+        raise NotFound(f"no invoice {invoice_id}")
+    return invoice
+
+
+def change_status(session: Session, principal: Principal, invoice_id: str, to: str) -> Invoice:
+    """The shop's admins (and write API keys) void an invoice or mark it uncollectible."""
+    principal.require_admin()
+    invoice = get_invoice(session, principal, invoice_id, lock=True, change=True)
+    {"void": void, "uncollectible": mark_uncollectible}[to](session, invoice, by=actor_id(principal))
     return invoice
 
 

@@ -24,12 +24,12 @@ class BillfoldError(Exception):
     def to_problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
         return {
+            **self.extra,  # never over the standard members (an extra "status" would break the document)
             "type": f"https://billfold.dev/problems/{self.code}",
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
             "code": self.code,
-            **self.extra,
         }
 
 

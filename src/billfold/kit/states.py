@@ -47,7 +47,7 @@ class StateMachine:
             raise IllegalTransition(
                 f"{self.entity} {row.id} is {current} and cannot become {to}",
                 entity=self.entity,
-                status=current,
+                current=current,  # not "status": that member of a problem document is the HTTP status
                 wanted=to,
             )
         row.status = to

@@ -1,0 +1,277 @@
+"""Invoices over real HTTP on each database: a paid order gets exactly one paid invoice with its
+lines and a gapless number; who sees which invoices; the state machine through the admin
+endpoints; the PDF document; numbering under concurrent transactions."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from pypdf import PdfReader
+from sqlalchemy.engine import Engine
+
+from billfold.invoices import service
+from billfold.invoices.service import LineIn, issue_invoice
+from billfold.kit import clock
+from billfold.kit.db import session_factory, transaction
+from billfold.kit.states import IllegalTransition
+from billfold.models import Invoice, Order, PaymentEvent
+from tests import factories as make
+from tests.accounts import Api
+from tests.test_checkout import HOME, checkout, customer, order, product
+from tests.test_organizations import add_member, assert_problem, create_organization, person
+
+NUMBER = re.compile(r"^INV-\d{4}-\d{6}$")
+
+
+def pdf_text(content: bytes) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(content)).pages)
+
+
+def invoice_events(engine: Engine, invoice_id: str) -> list[str]:
+    with session_factory(engine)() as session:
+        return list(
+            session.scalars(
+                sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_id == invoice_id).order_by(PaymentEvent.id)
+            )
+        )
+
+
+def open_invoice(engine: Engine, user_id: str | None = None, organization_id: str | None = None, **extra: object) -> str:
+    with transaction(session_factory(engine)) as session:
+        made = issue_invoice(
+            session, currency="USD", user_id=user_id, organization_id=organization_id, due_in=timedelta(days=14),
+            lines=[LineIn("Consulting, November", 12000, quantity=3), LineIn("Goodwill credit", -2000, kind="credit")],
+            **extra,  # type: ignore[arg-type]
+        )
+        return made.id
+
+
+def test_paying_an_order_issues_one_paid_invoice_with_its_lines(api: Api, engine: Engine, admin_token: str) -> None:
+    ada = customer(api, engine)
+    book, pen = product(engine, 1999, name="Difference Engine manual"), product(engine, 350, name="Fountain pen")
+    made = order(api, ada.token, (book, 2), (pen, 3))
+    with api.client(ada.token) as client:
+        assert client.get("/v1/invoices", params={"order_id": made["id"]}).json()["data"] == [], "unpaid: no invoice"
+        paid = checkout(client, made["id"])
+        assert paid.status_code == 200, paid.text
+        assert_problem(checkout(client, made["id"]), 409, "order_not_payable")
+        found = client.get("/v1/invoices", params={"order_id": made["id"]}).json()
+    [invoice] = found["data"]
+    assert NUMBER.match(invoice["invoice_number"]), invoice["invoice_number"]
+    assert invoice["status"] == "paid" and invoice["paid_date"] and invoice["user_id"] == ada.id
+    assert (invoice["amount_cents"], invoice["discount_cents"], invoice["tax_cents"], invoice["total_cents"]) == (5048, 0, 1010, 6058)
+    assert invoice["currency"] == "USD" and invoice["provider_id"] == "sandbox"
+    assert invoice["billing_address_id"] == made["billing_address"]["id"]
+    assert [(l["position"], l["kind"], l["description"], l["quantity"], l["unit_amount_cents"], l["amount_cents"], l["product_id"]) for l in invoice["lines"]] == [
+        (1, "item", "Difference Engine manual", 2, 1999, 3998, book),
+        (2, "item", "Fountain pen", 3, 350, 1050, pen),
+    ]
+    assert invoice_events(engine, invoice["id"]) == ["invoice.draft", "invoice.open", "invoice.paid"]
+
+    with api.client(ada.token) as client:
+        one = client.get(f"/v1/invoices/{invoice['id']}")
+        assert one.status_code == 200 and one.json() == invoice
+        document = client.get(invoice["pdf_url"])
+    assert document.status_code == 200
+    assert document.headers["content-type"] == "application/pdf"
+    assert document.headers["content-disposition"] == f'attachment; filename="{invoice["invoice_number"]}.pdf"'
+    text = pdf_text(document.content)
+    for expected in (invoice["invoice_number"], "Ada Lovelace", "SW1Y 4JH", "Difference Engine manual", "Fountain pen",
+                     "$19.99", "$39.98", "$10.50", "$50.48", "$10.10", "$60.58", "PAID", "Billfold Demo Shop Ltd"):
+        assert expected in text, expected
+
+    with api.client(admin_token) as admin:  # a refund keeps the invoice (corrections are credit notes)
+        payment = paid.json()["payment"]["id"]
+        assert admin.post(f"/v1/payments/{payment}/refunds", json={}).status_code == 201
+        assert [i["id"] for i in admin.get("/v1/invoices", params={"order_id": made["id"]}).json()["data"]] == [invoice["id"]]
+        assert_problem(admin.post(f"/v1/invoices/{invoice['id']}/void"), 409, "illegal_transition")
+    with session_factory(engine)() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(Invoice).where(Invoice.order_id == made["id"])) == 1
+
+
+def test_invoice_for_order_is_idempotent(engine: Engine) -> None:
+    with transaction(session_factory(engine)) as session:
+        buyer = make.user(session)
+        item = make.product(session, product_type="digital", is_recurring=False, billing_interval=None, price_cents=700)
+        row = make.order(session, user=buyer, subtotal_cents=700, total_cents=700, status="pending")
+        from billfold.models import OrderItem
+
+        session.add(OrderItem(order_id=row.id, product_id=item.id, quantity=1, unit_price_cents=700, total_cents=700))
+        session.flush()
+        first = service.invoice_for_order(session, row)
+        assert first.status == "open", "an unpaid order's invoice is open"
+        assert service.invoice_for_order(session, row) is first
+        row.status = "paid"
+        service.issue_for_paid_order(session, row)
+        service.issue_for_paid_order(session, row)
+        assert first.status == "paid" and first.paid_date is not None
+        assert session.scalar(sa.select(sa.func.count()).select_from(Invoice).where(Invoice.order_id == row.id)) == 1
+
+
+def test_organization_members_see_its_invoices_and_nobody_else_does(api: Api, engine: Engine, admin_token: str) -> None:
+    owner, member, outsider = (person(engine, n) for n in ("owner", "member", "outsider"))
+    organization = create_organization(api, owner)
+    add_member(api, owner, organization, member, "member")
+    with api.client(owner.token) as client:
+        assert client.post(f"/v1/organizations/{organization}/addresses", json=HOME).status_code == 201
+    made = order(api, owner.token, (product(engine), 1), organization_id=organization)
+    with api.client(owner.token) as client:
+        assert checkout(client, made["id"]).status_code == 200
+        [invoice] = client.get("/v1/invoices", params={"order_id": made["id"]}).json()["data"]
+    assert invoice["organization_id"] == organization and invoice["user_id"] is None
+    mine = open_invoice(engine, user_id=outsider.id)
+    with api.client(member.token) as client:
+        assert client.get(f"/v1/invoices/{invoice['id']}").status_code == 200
+        assert client.get(f"/v1/invoices/{invoice['id']}/pdf").status_code == 200
+        assert invoice["id"] in client.get("/v1/invoices", params={"limit": 100}).text
+        assert_problem(client.get(f"/v1/invoices/{mine}"), 404, "not_found")
+        assert_problem(client.post(f"/v1/invoices/{invoice['id']}/void"), 403, "forbidden")
+    with api.client(outsider.token) as client:
+        assert_problem(client.get(f"/v1/invoices/{invoice['id']}"), 404, "not_found")
+        assert_problem(client.get(f"/v1/invoices/{invoice['id']}/pdf"), 404, "not_found")
+        listed = client.get("/v1/invoices", params={"limit": 100}).json()["data"]
+        assert [i["id"] for i in listed] == [mine], "only their own"
+        assert_problem(client.get("/v1/invoices/inv_nothing"), 404, "not_found")
+    with api.client(admin_token) as admin:
+        assert admin.get(f"/v1/invoices/{invoice['id']}").status_code == 200
+        assert admin.get(f"/v1/invoices/{mine}").status_code == 200
+
+
+def test_admins_void_and_mark_uncollectible_by_the_state_machine(api: Api, engine: Engine, admin_token: str) -> None:
+    ada = person(engine, "ada")
+    first, second = open_invoice(engine, user_id=ada.id), open_invoice(engine, user_id=ada.id)
+    with api.client(ada.token) as client:
+        assert_problem(client.post(f"/v1/invoices/{first}/mark-uncollectible"), 403, "forbidden")
+        listed = client.get("/v1/invoices", params={"status": "open"}).json()["data"]
+        assert [i["id"] for i in listed] == [first, second]
+        assert listed[0]["status"] == "open" and (listed[0]["amount_cents"], listed[0]["total_cents"]) == (10000, 10000)
+        assert [l["kind"] for l in listed[0]["lines"]] == ["item", "credit"]
+        assert listed[0]["lines"][0]["unit_amount_cents"] == 4000
+    with api.client(admin_token) as admin:
+        moved = admin.post(f"/v1/invoices/{first}/mark-uncollectible")
+        assert moved.status_code == 200 and moved.json()["status"] == "uncollectible"
+        assert admin.post(f"/v1/invoices/{first}/mark-uncollectible").json()["status"] == "uncollectible", "already there"
+        assert admin.post(f"/v1/invoices/{first}/void").json()["status"] == "void"
+        assert admin.post(f"/v1/invoices/{first}/void").json()["status"] == "void", "already there"
+        problem = assert_problem(admin.post(f"/v1/invoices/{first}/mark-uncollectible"), 409, "illegal_transition")
+        assert (problem["status"], problem["current"], problem["wanted"]) == (409, "void", "uncollectible")
+        assert_problem(admin.post("/v1/invoices/inv_nothing/void"), 404, "not_found")
+        text = pdf_text(admin.get(f"/v1/invoices/{first}/pdf").content)
+        assert "VOID" in text and "voided" in text
+    assert invoice_events(engine, first) == ["invoice.draft", "invoice.open", "invoice.uncollectible", "invoice.void"]
+    with transaction(session_factory(engine)) as session:
+        row = session.get(Invoice, second)
+        assert service.mark_uncollectible(session, row) and service.mark_paid(session, row), "uncollectible → paid"
+        assert not service.mark_paid(session, row)
+        with pytest.raises(IllegalTransition):
+            service.void(session, row)
+    with api.client(admin_token) as admin:
+        assert_problem(admin.post(f"/v1/invoices/{second}/void"), 409, "illegal_transition")
+        assert admin.get(f"/v1/invoices/{second}").json()["status"] == "paid"
+
+
+def test_an_invoice_in_another_currency_prints_in_it(session) -> None:  # type: ignore[no-untyped-def]
+    from billfold.config import Settings
+    from billfold.invoices import pdf
+
+    buyer = make.user(session, name="Zoë", last_name="Łukasiewicz")
+    yen = issue_invoice(session, currency="JPY", user_id=buyer.id, lines=[LineIn("Matcha, 1 kg", 1200)])
+    dinar = issue_invoice(session, currency="KWD", user_id=buyer.id, lines=[LineIn("Ünïcödé widget", 1234)], tax_cents=0)
+    settings = Settings(seller_name="Société Générale d'Exemple", seller_address="Rue de l'Église 1\\n75001 Paris")
+    text = pdf_text(pdf.document(session, settings, yen))
+    for expected in ("¥1,200", "Zoë Łukasiewicz", "Matcha, 1 kg", yen.invoice_number, "Société Générale d'Exemple", "75001 Paris", "OPEN"):
+        assert expected in text, expected
+    assert "KWD1.234" in pdf_text(pdf.document(session, settings, dinar))
+    assert pdf.document(session, settings, yen) == pdf.document(session, settings, yen), "deterministic"
+
+
+def test_without_its_font_the_pdf_falls_back_and_never_fails(session, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from billfold.config import Settings
+    from billfold.invoices import pdf
+
+    monkeypatch.setattr(pdf, "FONT_DIRS", ("/nonexistent",))
+    buyer = make.user(session, name="Łukasz", last_name="Zoë")
+    made = issue_invoice(session, currency="EUR", user_id=buyer.id, lines=[LineIn("Część zamienna 日本", 2500)])
+    text = pdf_text(pdf.document(session, Settings(), made))
+    assert made.invoice_number in text and "?ukasz Zoë" in text and "Cz??" in text
+
+
+@pytest.mark.parametrize("bad", [
+    {"lines": [LineIn("credit", -100, kind="credit")]},
+    {"lines": [LineIn("x", 100)], "discount_cents": 101},
+    {"lines": [LineIn("x", 100)], "tax_cents": -1},
+    {"lines": [LineIn("x", 100, quantity=3, unit_amount_cents=30)]},
+    {"lines": [LineIn("x", 100, kind="gift")]},
+    {"lines": [LineIn("x", 100, quantity=0)]},
+    {"lines": [LineIn(" ", 100)]},
+    {"lines": []},
+    {"lines": [LineIn("x", 100)], "currency": "XYZ"},
+])
+def test_a_bad_invoice_is_refused_and_takes_no_number(session, bad: dict) -> None:  # type: ignore[no-untyped-def]
+    from billfold.kit.errors import InvalidInput
+    from billfold.models import NumberSeries
+
+    def last() -> int | None:
+        return session.scalar(sa.select(NumberSeries.last_value).where(NumberSeries.series == f"invoice-{clock.now().year}"))
+
+    before = last()
+    with pytest.raises(InvalidInput):
+        issue_invoice(session, **{"currency": "USD", **bad})
+    assert last() == before
+
+
+def test_numbers_are_gapless_and_unique_under_concurrent_issuing(backend: str, engine: Engine) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one writer at a time: there is no concurrency to test")
+    sessions = session_factory(engine)
+    year = 2037  # a series no other test uses (MariaDB TIMESTAMP ends in 2038)
+    errors: list[BaseException] = []
+    start = threading.Barrier(20)
+
+    def issue() -> None:
+        try:
+            start.wait()
+            with transaction(sessions) as session:
+                issue_invoice(session, currency="USD", lines=[LineIn("Seat", 1000)])
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    with clock.using(clock.FrozenClock(datetime(year, 3, 1, tzinfo=clock.UTC))):
+        threads = [threading.Thread(target=issue) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        with pytest.raises(RuntimeError), transaction(sessions) as session:  # a rollback gives its number back
+            issue_invoice(session, currency="USD", lines=[LineIn("Seat", 1000)])
+            raise RuntimeError("the transaction fails after numbering")
+        with transaction(sessions) as session:
+            last = issue_invoice(session, currency="USD", lines=[LineIn("Seat", 1000)]).invoice_number
+    with sessions() as session:
+        numbers = sorted(session.scalars(sa.select(Invoice.invoice_number).where(Invoice.invoice_number.like(f"INV-{year}-%"))))
+    assert numbers == [f"INV-{year}-{n:06d}" for n in range(1, 22)]
+    assert last == f"INV-{year}-000021"
+
+
+def test_an_order_paid_elsewhere_gets_its_invoice_through_the_on_paid_hook(engine: Engine) -> None:
+    from billfold.orders import events
+
+    assert service.issue_for_paid_order in events._PAID, "importing billfold.invoices registers the reaction"
+    with transaction(session_factory(engine)) as session:
+        buyer = make.user(session)
+        row = make.order(session, user=buyer, subtotal_cents=0, total_cents=0, status="paid")
+        item = make.product(session, product_type="digital", is_recurring=False, billing_interval=None, price_cents=0)
+        from billfold.models import OrderItem
+
+        session.add(OrderItem(order_id=row.id, product_id=item.id, quantity=1, unit_price_cents=0, total_cents=0))
+        session.flush()
+        events.order_paid(session, row)
+        invoice = session.scalars(sa.select(Invoice).where(Invoice.order_id == row.id)).one()
+        assert invoice.status == "paid" and invoice.total_cents == 0
+        assert session.get(Order, row.id) is row

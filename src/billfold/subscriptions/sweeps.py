@@ -6,24 +6,30 @@ payment and records its outcome in a transaction of its own. Each returns how ma
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from billfold.kit import clock
 from billfold.kit.db import transaction
+from billfold.kit.errors import BillfoldError
 from billfold.kit.jobs import Context, sweep
 from billfold.models import Invoice, Payment, Subscription, SubscriptionBilling
 from billfold.subscriptions import billing, dunning
 from billfold.subscriptions.states import SUBSCRIPTION, record
 
 BATCH = 50
+log = logging.getLogger("billfold.subscriptions")
 SYSTEM = "system"
 
 
 def _settle_all(context: Context, payment_ids: list[str]) -> None:
     for payment_id in payment_ids:
-        billing.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
+        try:
+            billing.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
+        except BillfoldError as error:  # e.g. the provider was switched off: the payment stays pending
+            log.warning("subscription payment %s left pending: %s", payment_id, error.detail)
 
 
 @sweep("subscriptions.renew", every=timedelta(minutes=1))

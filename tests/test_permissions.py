@@ -39,6 +39,8 @@ from billfold.models import (
     PaymentMethod,
     PaymentProvider,
     Product,
+    Subscription,
+    SubscriptionBilling,
     User,
     UserMembership,
 )
@@ -105,6 +107,9 @@ class Scene:
     my_methods: tuple[str, str] | None
     product: str  # a one-time product on sale
     order: str  # a pending order of the organization's
+    plan: str  # a recurring product with a trial, on sale
+    subscription: str  # an active subscription of the organization's, quantity 2
+    ending: str  # an active one of the organization's, paused and cancelled at period end
     invoice: str  # an open invoice of the organization's
     # Memberships granting FEATURE: the organization's (from a paid order of its), another user's
     # (with an add-on ADDON), and the acting user's own.
@@ -332,6 +337,48 @@ ACTIONS: dict[str, Action] = {
     "Cancel one of its orders": Action(
         "POST /v1/orders/{order_id}/cancel", lambda c, s: c.post(f"/v1/orders/{s.order}/cancel", json={})
     ),
+    "Subscribe it to a plan": Action(
+        "POST /v1/subscriptions",
+        lambda c, s: c.post("/v1/subscriptions", json={"product_id": s.plan, "organization_id": s.organization}),
+    ),
+    "Find its subscriptions in the list": Action(
+        "GET /v1/subscriptions",
+        lambda c, s: c.get("/v1/subscriptions", params=_from(s, s.subscription)),
+        lambda s: s.subscription,
+    ),
+    "See one of its subscriptions": Action(
+        "GET /v1/subscriptions/{subscription_id}",
+        lambda c, s: c.get(f"/v1/subscriptions/{s.subscription}"),
+        lambda s: s.subscription,
+    ),
+    "Change the plan or quantity of one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/change",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/change", json={"quantity": 1}),
+    ),
+    "Cancel one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/cancel",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/cancel", json={"at_period_end": True}),
+    ),
+    "Cancel one of its subscriptions now with a refund": Action(
+        "POST /v1/subscriptions/{subscription_id}/cancel",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/cancel", json={"at_period_end": False, "refund": True}),
+    ),
+    "Resume one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/resume",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.ending}/resume"),
+    ),
+    "Pause one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/pause",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/pause"),
+    ),
+    "Unpause one of its subscriptions": Action(
+        "POST /v1/subscriptions/{subscription_id}/unpause",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.ending}/unpause"),
+    ),
+    "Move one of its subscriptions to the catalog's price": Action(
+        "POST /v1/subscriptions/{subscription_id}/migrate-price",
+        lambda c, s: c.post(f"/v1/subscriptions/{s.subscription}/migrate-price", json={}),
+    ),
     "See its invoices": Action(
         "GET /v1/invoices/{invoice_id}", lambda c, s: c.get(f"/v1/invoices/{s.invoice}"), lambda s: s.invoice
     ),
@@ -432,7 +479,8 @@ class World:
         str, httpx.Client
     ]  # by column, each signed in as its principal (made once: each costs ~60 ms)
 
-    def scene(self, column: str) -> Scene:
+    def scene(self, column: str, subscriptions: bool = False) -> Scene:
+        """``subscriptions``: give the organization live subscriptions (which would keep it from being deleted)."""
         me = self.people[column].id if column in self.people else None
         with transaction(session_factory(self.engine)) as session:
 
@@ -501,7 +549,29 @@ class World:
                 currency="USD", status="paid",
             )
             session.add_all([kind, paid])
+            plan = Product(
+                name="Matrix plan", product_type="subscription", is_recurring=True, billing_interval="monthly",
+                trial_days=7, price_cents=1800, currency="USD",
+            )
+            session.add(plan)
             session.flush()
+
+            def subscription(**extra: object) -> str:
+                now = clock.now()
+                row = Subscription(
+                    organization_id=organization.id, product_id=plan.id, provider_id=PROVIDER, status="active",
+                    current_period_start=now - timedelta(days=10), current_period_end=now + timedelta(days=20),
+                    price_cents=1500, currency="USD", metadata_={"billing_interval": "monthly"},
+                    cancel_at_period_end=bool(extra.get("ending")),
+                )
+                session.add(row)
+                session.flush()
+                session.add(SubscriptionBilling(
+                    subscription_id=row.id, quantity=2, billing_anchor=now - timedelta(days=10),
+                    paused_at=now if extra.get("ending") else None,
+                ))
+                session.flush()
+                return row.id
             invoice = issue_invoice(
                 session, currency="USD", organization_id=organization.id, lines=[LineIn("Matrix manual", 1500, product_id=product.id)]
             )
@@ -530,6 +600,9 @@ class World:
                 my_methods=methods(user_id=me) if me else None,
                 product=product.id,
                 order=order.id,
+                plan=plan.id,
+                subscription=subscription() if subscriptions else "sub_none",
+                ending=subscription(ending=True) if subscriptions else "sub_none",
                 invoice=invoice.id,
                 organization_membership=membership(self.people["owner"].id, order_id=paid.id),
                 extra_membership=membership(extra, addons=[{"feature": ADDON, "expires_at": None, "source": "manual"}]),
@@ -597,6 +670,17 @@ class World:
             ).all()
             return {
                 "memberships": [(m[0], m[1], m[2], repr(m[3])) for m in memberships],
+            subscriptions = session.execute(
+                sa.select(
+                    Subscription.id, Subscription.status, Subscription.cancel_at_period_end, Subscription.price_cents,
+                    SubscriptionBilling.quantity, SubscriptionBilling.credit_cents, SubscriptionBilling.paused_at,
+                )
+                .join(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+                .where(Subscription.organization_id == scene.organization)
+                .order_by(Subscription.id)
+            ).all()
+            return {
+                "subscriptions": [tuple(x) for x in subscriptions],
                 "orders": [tuple(o) for o in orders],
                 "payment methods": [tuple(m) for m in payment_methods],
                 "organization": organization and (organization.name, organization.owner_user_id),
@@ -665,7 +749,7 @@ def test_the_matrix_names_a_request_for_every_row_and_a_known_outcome_in_every_c
 
 @pytest.mark.parametrize(("action", "column", "outcome"), CELLS)
 def test_each_cell_of_the_matrix(world: World, action: str, column: str, outcome: str) -> None:
-    scene = world.scene(column)
+    scene = world.scene(column, subscriptions="/v1/subscriptions" in ACTIONS[action].request)
     before = world.snapshot(scene)
     answer = ACTIONS[action].send(world.clients[column], scene)
     method = answer.request.method

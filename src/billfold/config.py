@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from typing import Literal
 
@@ -65,6 +66,19 @@ class Settings(BaseSettings):
         7, ge=0, le=365,
         description="How long a membership that follows a subscription keeps granting after the paid period "
         "ends while the subscription is past due (dunning): days after current_period_end.",
+    )
+    dunning_retry_days: list[int] = Field(
+        [3, 5, 7],
+        description="When a failed renewal is tried again, in days after the first failure (offsets, not gaps), "
+        "as JSON: [3, 5, 7]. Empty: no retries; the final action follows the first failure.",
+    )
+    dunning_final_action: Literal["cancel", "leave_past_due"] = Field(
+        "cancel",
+        description="What happens when the last retry fails (or at once on a hard decline): cancel the "
+        "subscription, or leave it past_due without further retries. Its invoice becomes uncollectible either way.",
+    )
+    trial_end_without_method: Literal["cancel"] = Field(
+        "cancel", description="What happens to a trial that ends while the customer has no payment method."
     )
     order_number_prefix: str = Field("ORD", pattern=r"^[A-Z0-9]{1,10}$", description="Order numbers read PREFIX-YEAR-000001.")
     invoice_number_prefix: str = Field(

@@ -14,7 +14,7 @@ from billfold.models.memberships import MembershipType, UserMembership
 from billfold.models.orders import Order, OrderItem
 from billfold.models.payments import Payment
 from billfold.models.providers import PaymentMethod, PaymentProvider, ProviderCustomer
-from billfold.models.subscriptions import Subscription
+from billfold.models.subscriptions import Subscription, SubscriptionBilling
 from billfold.models.webhooks import PaymentEvent, PaymentWebhook
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ProviderCustomer",
     "Refund",
     "Subscription",
+    "SubscriptionBilling",
     "User",
     "UserCohort",
     "UserMembership",

@@ -50,3 +50,34 @@ class Subscription(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
+
+
+class SubscriptionBilling(Base):
+    """Billfold's own billing state of a subscription, beside the spec's row (docs/subscriptions.md):
+    quantity, credit carried to the next invoice, the calendar anchor, pause and dunning. Columns,
+    not JSON, because the sweeps query them (``paused_at``, ``next_retry_at``)."""
+
+    __tablename__ = "subscription_billing"
+    __table_args__ = table_args(
+        sa.CheckConstraint("quantity > 0", name="quantity_positive"),
+        sa.CheckConstraint("credit_cents >= 0", name="credit_not_negative"),
+        sa.Index("idx_subscription_billing_next_retry_at", "next_retry_at"),
+    )
+
+    subscription_id: Mapped[str] = mapped_column(
+        sa.String(255), sa.ForeignKey("subscriptions.id", ondelete="CASCADE"), primary_key=True
+    )
+    quantity: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=1, server_default=sa.text("1"))
+    credit_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0, server_default=sa.text("0"))
+    billing_anchor: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    period_index: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default=sa.text("0"))
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outstanding_invoice_id: Mapped[str | None] = mapped_column(
+        sa.String(255), sa.ForeignKey("invoices.id", ondelete="SET NULL")
+    )
+    first_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retries_done: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default=sa.text("0"))
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = updated_at_column()

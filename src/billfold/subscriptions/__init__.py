@@ -1,1 +1,4 @@
-"""Subscriptions."""
+"""Subscriptions: lifecycle (service), charging (billing), proration, dunning, and the sweeps
+the worker runs. Importing the package registers the sweeps (``billfold.kit.jobs``)."""
+
+from billfold.subscriptions import sweeps as sweeps  # noqa: F401  (registers the sweeps)

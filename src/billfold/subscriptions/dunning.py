@@ -1,0 +1,117 @@
+"""Dunning: what happens after a recurring charge is declined (reference/providers.md §4).
+
+The first failure makes the subscription ``past_due`` and keeps its invoice open. Retries follow
+at ``BILLFOLD_DUNNING_RETRY_DAYS`` (default 3, 5 and 7) days **after the first failure** (offsets,
+not gaps), each a new payment of the same invoice (the ``subscriptions.dunning`` sweep). When the
+customer changes the subscription's payment method while it is past due, the next retry is due at
+once. A success marks the invoice paid and the subscription active again. After the last retry
+fails, or at once on a hard decline (an expired, lost or stolen card: retrying cannot help), the
+final action applies (``BILLFOLD_DUNNING_FINAL_ACTION``): ``cancel`` (default) cancels the
+subscription, ``leave_past_due`` leaves it past due with no more retries; the invoice becomes
+``uncollectible`` either way (a later payment can still pay it). The customer gets an email at
+every step, sent after the transaction commits.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from billfold.config import Settings
+from billfold.invoices import service as invoices
+from billfold.kit import clock, mailer
+from billfold.kit.money import Money
+from billfold.models import Invoice, Organization, Subscription, SubscriptionBilling, User
+from billfold.providers.errors import Declined
+from billfold.subscriptions.states import SUBSCRIPTION, record
+
+
+def clear(billing: SubscriptionBilling, invoice_id: str) -> None:
+    """A paid invoice ends its dunning."""
+    if billing.outstanding_invoice_id in (None, invoice_id):
+        billing.outstanding_invoice_id = None
+        billing.first_failed_at = None
+        billing.next_retry_at = None
+        billing.retries_done = 0
+
+
+def failed(
+    session: Session,
+    settings: Settings,
+    subscription: Subscription,
+    billing: SubscriptionBilling,
+    invoice: Invoice,
+    error: Exception | None,
+    *,
+    by: str | None,
+) -> None:
+    """A declined renewal, trial-end charge or retry."""
+    now = clock.now()
+    hard = isinstance(error, Declined) and error.hard
+    reason = str(error.decline_code) if isinstance(error, Declined) else "declined"
+    if billing.outstanding_invoice_id != invoice.id or billing.first_failed_at is None:
+        billing.outstanding_invoice_id = invoice.id
+        billing.first_failed_at = now
+        billing.retries_done = 0
+        SUBSCRIPTION.move(session, subscription, "past_due", by=by, invoice_id=invoice.id, reason=reason)
+    else:
+        billing.retries_done += 1
+        record(session, subscription, "retry_failed", by=by, invoice_id=invoice.id, reason=reason, attempt=billing.retries_done)
+    days = list(settings.dunning_retry_days)
+    amount = Money(invoice.total_cents, invoice.currency).format()
+    if hard or billing.retries_done >= len(days):
+        final(session, settings, subscription, billing, invoice, by=by, reason="hard_decline" if hard else "retries_exhausted")
+        return
+    assert billing.first_failed_at is not None
+    billing.next_retry_at = billing.first_failed_at + timedelta(days=days[billing.retries_done])
+    last = billing.retries_done == len(days) - 1
+    notify(
+        session, subscription,
+        f"Your payment of {amount} did not go through",
+        f"We could not charge {amount} for invoice {invoice.invoice_number} ({reason}). "
+        f"We will try again on {billing.next_retry_at:%d %B %Y}"
+        + (", for the last time" if last else "")
+        + ". To avoid an interruption, update the payment method of your subscription.",
+    )
+
+
+def final(
+    session: Session, settings: Settings, subscription: Subscription, billing: SubscriptionBilling, invoice: Invoice,
+    *, by: str | None, reason: str,
+) -> None:
+    billing.next_retry_at = None
+    invoices.mark_uncollectible(session, invoice, by=by)
+    amount = Money(invoice.total_cents, invoice.currency).format()
+    if settings.dunning_final_action == "cancel":
+        SUBSCRIPTION.move(session, subscription, "cancelled", by=by, reason=reason, invoice_id=invoice.id)
+        billing.cancelled_at = clock.now()
+        notify(
+            session, subscription, "Your subscription has been cancelled",
+            f"We could not collect {amount} for invoice {invoice.invoice_number}, so your subscription "
+            f"{subscription.id} has been cancelled.",
+        )
+    else:
+        record(session, subscription, "dunning_exhausted", by=by, reason=reason, invoice_id=invoice.id)
+        notify(
+            session, subscription, "Your subscription is unpaid",
+            f"We could not collect {amount} for invoice {invoice.invoice_number}. Update your payment method "
+            "to settle it; your subscription stays past due until then.",
+        )
+
+
+def notify(session: Session, subscription: Subscription, subject: str, body: str) -> None:
+    """An email to the customer: the user, or the organization's business address (else its owner)."""
+    address = None
+    if subscription.organization_id:
+        organization = session.get(Organization, subscription.organization_id)
+        if organization is not None:
+            address = organization.business_email
+            if not address:
+                owner = session.get(User, organization.owner_user_id)
+                address = owner.email if owner else None
+    elif subscription.user_id:
+        user = session.get(User, subscription.user_id)
+        address = user.email if user else None
+    if address:
+        mailer.queue(session, mailer.Email(to=address, subject=subject, body=body))

@@ -668,8 +668,6 @@ class World:
                 .where(UserMembership.user_id.in_([*owners, scene.owner]))
                 .order_by(UserMembership.id)
             ).all()
-            return {
-                "memberships": [(m[0], m[1], m[2], repr(m[3])) for m in memberships],
             subscriptions = session.execute(
                 sa.select(
                     Subscription.id, Subscription.status, Subscription.cancel_at_period_end, Subscription.price_cents,
@@ -680,6 +678,7 @@ class World:
                 .order_by(Subscription.id)
             ).all()
             return {
+                "memberships": [(m[0], m[1], m[2], repr(m[3])) for m in memberships],
                 "subscriptions": [tuple(x) for x in subscriptions],
                 "orders": [tuple(o) for o in orders],
                 "payment methods": [tuple(m) for m in payment_methods],

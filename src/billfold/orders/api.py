@@ -50,7 +50,7 @@ def _settings(request: Request) -> Settings:
     return request.app.state.security.settings
 
 
-class _Answer:
+class Answer:
     """Builds the response inside the transaction that records the outcome (so the stored answer
     under an Idempotency-Key is exactly what was sent), and keeps it for the route to return."""
 
@@ -69,8 +69,8 @@ class _Answer:
         return JSONResponse(self.body, status_code=self.status, headers=headers, media_type=media_type)
 
 
-def _idempotently(
-    request: Request, idempotent: Any, scope: str, body: Any, answer: _Answer, work: Callable[[Claim | None], Any]
+def idempotently(
+    request: Request, idempotent: Any, scope: str, body: Any, answer: Answer, work: Callable[[Claim | None], Any]
 ) -> JSONResponse:
     """Run a multi-phase money move once per Idempotency-Key (when one is given)."""
     idempotent.session.commit()  # the request's own transaction ends before the phases begin
@@ -170,9 +170,9 @@ def checkout(
     be paid again. 503: the provider did not answer; retry (with the same Idempotency-Key): it
     never charges twice."""
     pay = checkout_service.PayWith(body.payment_method_id, body.token, body.provider_id)
-    answer = _Answer(_checkout_answer)
+    answer = Answer(_checkout_answer)
     sessions = request.app.state.sessions
-    return _idempotently(
+    return idempotently(
         request, idempotent, principal.idempotency_scope, body, answer,
         lambda claimed: checkout_service.checkout(sessions, security, principal, order_id, pay, claim=claimed, respond=answer),
     )
@@ -191,9 +191,9 @@ def confirm_payment(
     payment_id: str, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
 ) -> JSONResponse:
     """Finish a payment after the customer's action (3-D Secure)."""
-    answer = _Answer(_checkout_answer)
+    answer = Answer(_checkout_answer)
     sessions = request.app.state.sessions
-    return _idempotently(
+    return idempotently(
         request, idempotent, principal.idempotency_scope, None, answer,
         lambda claimed: checkout_service.confirm(sessions, security, principal, payment_id, claim=claimed, respond=answer),
     )
@@ -204,9 +204,9 @@ def cancel_payment(
     payment_id: str, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
 ) -> JSONResponse:
     """End a payment that waits for the customer's action; the order can be paid again."""
-    answer = _Answer(_checkout_answer)
+    answer = Answer(_checkout_answer)
     sessions = request.app.state.sessions
-    return _idempotently(
+    return idempotently(
         request, idempotent, principal.idempotency_scope, None, answer,
         lambda claimed: checkout_service.cancel_payment(sessions, security, principal, payment_id, claim=claimed, respond=answer),
     )
@@ -226,9 +226,9 @@ def refund_payment(
         assert refund is not None
         return 201, jsonable_encoder(RefundOut.of(refund))
 
-    answer = _Answer(build)
+    answer = Answer(build)
     sessions = request.app.state.sessions
-    return _idempotently(
+    return idempotently(
         request, idempotent, principal.idempotency_scope, body, answer,
         lambda claimed: refund_service.refund(
             sessions, security, principal, payment_id, amount_cents=body.amount_cents, reason=body.reason,

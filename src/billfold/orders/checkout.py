@@ -86,7 +86,7 @@ def _lock_order(session: Session, order_id: str) -> Order:
     return session.scalars(for_update(statement, session)).one()
 
 
-def _lock_payment(session: Session, payment_id: str) -> Payment:
+def lock_payment(session: Session, payment_id: str) -> Payment:
     statement = sa.select(Payment).where(Payment.id == payment_id).execution_options(populate_existing=True)
     return session.scalars(for_update(statement, session)).one()
 
@@ -173,7 +173,7 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
     return payment.id
 
 
-def _apply(session: Session, payment: Payment, result: ChargeResult | None, *, by: str | None, error: Exception | None) -> int:
+def apply_outcome(session: Session, payment: Payment, result: ChargeResult | None, *, by: str | None, error: Exception | None) -> int:
     """Record what the provider said about ``payment``; the HTTP status to answer with."""
     order = _lock_order(session, payment.order_id) if payment.order_id else None
     meta = _meta(payment)
@@ -276,9 +276,9 @@ def _drive(
     except ProviderUnavailable:
         raise  # the payment stays pending; a retry takes it up with the same provider key
     with transaction(sessions) as session:
-        payment = _lock_payment(session, payment_id)
+        payment = lock_payment(session, payment_id)
         if payment.status == "pending" or (payment.status == "failed" and result and result.status == ChargeStatus.SUCCEEDED):
-            status = _apply(session, payment, result, by=actor(principal), error=error)
+            status = apply_outcome(session, payment, result, by=actor(principal), error=error)
         else:
             status = {"completed": 200, "refunded": 200, "failed": 402}[payment.status]
         outcome = Outcome(status, payment.order_id or "", payment.id, error if status == 402 else None)

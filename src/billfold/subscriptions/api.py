@@ -20,7 +20,7 @@ from billfold.kit.idempotency import Claim, finish
 from billfold.kit.idempotency_http import Idempotent
 from billfold.models import Subscription
 from billfold.orders import refunds
-from billfold.orders.api import _Answer, _idempotently
+from billfold.orders.api import Answer, idempotently
 from billfold.providers.errors import Declined
 from billfold.subscriptions import billing, service
 from billfold.subscriptions.schemas import (
@@ -62,7 +62,7 @@ def _declined(charged: billing.Charged) -> tuple[int, Any]:
 
 
 def _charge(
-    request: Request, security: Any, claimed: Claim | None, answer: _Answer, payment_id: str | None,
+    request: Request, security: Any, claimed: Claim | None, answer: Answer, payment_id: str | None,
     outcome: Any, charged_outcome: Callable[[billing.Charged], Any], *, by: str | None,
 ) -> None:
     """Phases 2 and 3 when phase 1 left a payment. The answer is stored under the key in the
@@ -109,7 +109,7 @@ def create_subscription(
             return _declined(charged)
         return (202 if charged.outcome == "pending" else 201), jsonable_encoder(subscription_out(session, charged.subscription_id))
 
-    answer = _Answer(build)
+    answer = Answer(build)
 
     def work(claimed: Claim | None) -> None:
         with transaction(sessions) as session:
@@ -121,7 +121,7 @@ def create_subscription(
                 billing.Charged("trialing", started.subscription_id, None, None), lambda charged: charged,
                 by=service.actor(principal))
 
-    return _idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
+    return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 
 
 @subscriptions.get("", response_model=Page[SubscriptionOut])
@@ -157,7 +157,7 @@ def change_subscription(
         )
         return (202 if charged is not None and charged.outcome == "pending" else 200), jsonable_encoder(body_out)
 
-    answer = _Answer(build)
+    answer = Answer(build)
 
     def work(claimed: Claim | None) -> None:
         with transaction(sessions) as session:
@@ -168,7 +168,7 @@ def change_subscription(
         _charge(request, security, claimed, answer, changed.payment_id, (changed, None), lambda charged: (changed, charged),
                 by=service.actor(principal))
 
-    return _idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
+    return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 
 
 @subscriptions.post("/{subscription_id}/cancel", response_model=CancelOut, responses=problems(409, 503))
@@ -183,7 +183,7 @@ def cancel_subscription(
         sub_id, refund_id, cents = result
         return 200, jsonable_encoder(CancelOut(subscription=subscription_out(session, sub_id), refund_id=refund_id, refund_cents=cents))
 
-    answer = _Answer(build)
+    answer = Answer(build)
 
     def work(claimed: Claim | None) -> tuple[str, str | None, int]:
         with transaction(sessions) as session:
@@ -200,7 +200,7 @@ def cancel_subscription(
         )
         return done.subscription_id, refund_id, done.refund_cents
 
-    return _idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
+    return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 
 
 def _simple(

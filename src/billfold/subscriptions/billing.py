@@ -243,11 +243,11 @@ def settle(
         return Charged("pending", payment.subscription_id, payment.id, meta(payment).get("invoice_id"), unavailable)
     with transaction(sessions) as session:
         subscription, billing = lock_subscription(session, payment.subscription_id)
-        payment = checkout._lock_payment(session, payment_id)
+        payment = checkout.lock_payment(session, payment_id)
         if payment.status == "pending" or (
             payment.status == "failed" and result is not None and result.status == ChargeStatus.SUCCEEDED
         ):
-            checkout._apply(session, payment, result, by=by, error=error)
+            checkout.apply_outcome(session, payment, result, by=by, error=error)
             if payment.status in ("completed", "failed"):
                 record_outcome(session, settings, subscription, billing, payment, error, by=by)
         outcome = {"completed": "paid", "refunded": "paid", "failed": "declined"}.get(payment.status, "pending")

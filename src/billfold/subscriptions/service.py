@@ -25,6 +25,7 @@ from billfold.invoices import service as invoices
 from billfold.kit import clock
 from billfold.kit.errors import Conflict, Forbidden, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
+from billfold.memberships import service as memberships
 from billfold.models import Address, Invoice, OrganizationUser, Payment, Product, Subscription, SubscriptionBilling
 from billfold.orders.service import actor, buyer
 from billfold.payments import gateways, methods
@@ -194,6 +195,9 @@ def subscribe(
     session.flush()
     by = actor(principal)
     SUBSCRIPTION.start(session, subscription, "trialing", by=by, product_id=product.id, trial_end=trial_end and trial_end.isoformat())
+    # A product that sells a membership type: the membership follows this subscription from now on
+    # (it grants nothing once the subscription is cancelled, e.g. after a declined first charge).
+    memberships.grant_for_subscription(session, subscription)
     if trial_end is not None:
         return Started(subscription.id, None)
     return Started(subscription.id, charging.charge_period(session, security, settings, subscription, row, 0, "first", by=by))

@@ -9,21 +9,15 @@ thing an order's transaction does before it commits.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.kit.db.dialects import insert_ignore
+from billfold.kit.db.dialects import increment
 from billfold.models import NumberSeries
 
 
 def take(session: Session, series: str) -> int:
     """The next number of ``series`` (1, 2, 3, ...), held by this transaction."""
-    table = NumberSeries.__table__
-    bump = sa.update(table).where(table.c.series == series).values(last_value=table.c.last_value + 1)
-    if session.execute(bump).rowcount == 0:
-        insert_ignore(session, table, [{"series": series, "last_value": 0}], key=["series"])
-        session.execute(bump)
-    return int(session.scalar(sa.select(table.c.last_value).where(table.c.series == series)))
+    return increment(session, NumberSeries.__table__, {"series": series}, "last_value")
 
 
 def order_number(session: Session, year: int, prefix: str = "ORD") -> str:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.kit.db import session_factory, transaction
-from billfold.models import Order, Payment, PaymentEvent, Refund
+from billfold.models import Order, Payment, PaymentEvent
 from billfold.providers.sandbox import SandboxProvider
 from tests import factories as make
 from tests.accounts import Api

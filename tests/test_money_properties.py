@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Principal, Security
 from billfold.config import Settings
 from billfold.kit.db import session_factory, transaction

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Engine
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.models import Address, PaymentEvent, PaymentMethod, PaymentProvider, ProviderCustomer
+from billfold.models import PaymentEvent, PaymentMethod, PaymentProvider, ProviderCustomer
 from tests.accounts import PASSWORD, Api
 from tests.cli import run
 from tests.server import free_port, serving

@@ -14,7 +14,6 @@ from billfold.accounts.auth import Admin, Anyone
 from billfold.accounts.security import Principal
 from billfold.catalog import categories, membership_types, service
 from billfold.catalog.schemas import (
-    BillingInterval,
     CategoryDeleted,
     CategoryIn,
     CategoryNode,

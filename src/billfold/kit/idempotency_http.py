@@ -33,7 +33,20 @@ from sqlalchemy.orm import Session
 
 from billfold.kit.db import transaction
 from billfold.kit.http import DbSession
-from billfold.kit.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH, check_key, run_once
+from billfold.kit.errors import BillfoldError
+from billfold.kit.idempotency import (
+    HEADER,
+    KEY_PATTERN,
+    MAX_KEY_LENGTH,
+    Claim,
+    Replay,
+    check_key,
+    claim,
+    finish,
+    is_final,
+    release,
+    run_once,
+)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 PROBLEM_JSON = "application/problem+json"
@@ -108,3 +121,61 @@ def idempotent_request(request: Request, session: DbSession, key: KeyHeader = No
 
 
 Idempotent = Annotated[IdempotentRequest, Depends(idempotent_request)]
+
+
+class Answer:
+    """Builds the response inside the transaction that records the outcome (so the stored answer
+    under an Idempotency-Key is exactly what was sent), and keeps it for the route to return."""
+
+    def __init__(self, build: Callable[[Session, Any], tuple[int, Any]]) -> None:
+        self.build = build
+        self.status: int = 500
+        self.body: Any = None
+
+    def __call__(self, session: Session, outcome: Any) -> tuple[int, Any]:
+        self.status, self.body = self.build(session, outcome)
+        return self.status, self.body
+
+    def response(self, replayed: bool = False) -> JSONResponse:
+        headers = {REPLAYED_HEADER: "true"} if replayed else None
+        media_type = PROBLEM_JSON if self.status >= 400 else None
+        return JSONResponse(self.body, status_code=self.status, headers=headers, media_type=media_type)
+
+
+def idempotently(
+    request: Request, idempotent: IdempotentRequest, scope: str, body: Any, answer: Answer,
+    work: Callable[[Claim | None], Any],
+) -> JSONResponse:
+    """Run a money move of several phases (checkout, refunds, subscription charges) once per
+    Idempotency-Key, when one is given: ``work(claim)`` runs the phases, records its outcome with
+    ``finish(session, claim, *answer(session, outcome))`` in its last transaction, and returns the
+    outcome. A final refusal is stored; anything else releases the key for a retry."""
+    idempotent.session.commit()  # the request's own transaction ends before the phases begin
+    sessions = request.app.state.sessions
+    if idempotent.key is None:
+        outcome = work(None)
+        if answer.body is None:
+            with sessions() as session:
+                answer(session, outcome)
+        return answer.response()
+    claimed = claim(
+        sessions, scope=scope, key=idempotent.key, method=request.method, path=request.url.path,
+        params=idempotent.params(body),
+    )
+    if isinstance(claimed, Replay):
+        answer.status, answer.body = claimed.status, claimed.body
+        return answer.response(replayed=True)
+    try:
+        outcome = work(claimed)
+    except BaseException as error:
+        if is_final(error):
+            assert isinstance(error, BillfoldError)
+            with transaction(sessions) as session:
+                finish(session, claimed, error.status, error.to_problem())
+        else:
+            release(sessions, claimed)
+        raise
+    if answer.body is None:  # nothing was stored (cannot happen with a claim): answer anyway
+        with sessions() as session:
+            answer(session, outcome)
+    return answer.response()

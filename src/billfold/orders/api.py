@@ -3,7 +3,6 @@ optional ``Idempotency-Key`` (see docs/api.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, status
@@ -13,11 +12,9 @@ from sqlalchemy.orm import Session
 
 from billfold.accounts.auth import Authenticated, SecurityDep
 from billfold.config import Settings
-from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
-from billfold.kit.idempotency import Claim, Replay, claim, finish, is_final, release
-from billfold.kit.idempotency_http import PROBLEM_JSON, REPLAYED_HEADER, Idempotent
+from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
 from billfold.models import Order, Payment
 from billfold.orders import checkout as checkout_service
 from billfold.orders import refunds as refund_service
@@ -48,60 +45,6 @@ def payment_out(session: Session, payment: Payment) -> PaymentOut:
 
 def _settings(request: Request) -> Settings:
     return request.app.state.security.settings
-
-
-class Answer:
-    """Builds the response inside the transaction that records the outcome (so the stored answer
-    under an Idempotency-Key is exactly what was sent), and keeps it for the route to return."""
-
-    def __init__(self, build: Callable[[Session, Any], tuple[int, Any]]) -> None:
-        self.build = build
-        self.status: int = 500
-        self.body: Any = None
-
-    def __call__(self, session: Session, outcome: Any) -> tuple[int, Any]:
-        self.status, self.body = self.build(session, outcome)
-        return self.status, self.body
-
-    def response(self, replayed: bool = False) -> JSONResponse:
-        headers = {REPLAYED_HEADER: "true"} if replayed else None
-        media_type = PROBLEM_JSON if self.status >= 400 else None
-        return JSONResponse(self.body, status_code=self.status, headers=headers, media_type=media_type)
-
-
-def idempotently(
-    request: Request, idempotent: Any, scope: str, body: Any, answer: Answer, work: Callable[[Claim | None], Any]
-) -> JSONResponse:
-    """Run a multi-phase money move once per Idempotency-Key (when one is given)."""
-    idempotent.session.commit()  # the request's own transaction ends before the phases begin
-    sessions = request.app.state.sessions
-    if idempotent.key is None:
-        outcome = work(None)
-        if answer.body is None:
-            with sessions() as session:
-                answer(session, outcome)
-        return answer.response()
-    claimed = claim(
-        sessions, scope=scope, key=idempotent.key, method=request.method, path=request.url.path,
-        params=idempotent.params(body),
-    )
-    if isinstance(claimed, Replay):
-        answer.status, answer.body = claimed.status, claimed.body
-        return answer.response(replayed=True)
-    try:
-        outcome = work(claimed)
-    except BaseException as error:
-        if is_final(error):
-            assert isinstance(error, BillfoldError)
-            with transaction(sessions) as session:
-                finish(session, claimed, error.status, error.to_problem())
-        else:
-            release(sessions, claimed)
-        raise
-    if answer.body is None:  # nothing was stored (cannot happen with a claim): answer anyway
-        with sessions() as session:
-            answer(session, outcome)
-    return answer.response()
 
 
 # Orders

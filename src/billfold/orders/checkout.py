@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Principal, Security
 from billfold.kit import clock
-from billfold.kit.db import transaction
+from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.idempotency import Claim, advance, finish
@@ -265,12 +265,11 @@ def _drive(
     respond: Any,
     call: Any,
 ) -> Outcome:
-    with sessions() as session:
+    with reading(sessions) as session:
         payment = session.get(Payment, payment_id)
         assert payment is not None
         order = session.get(Order, payment.order_id) if payment.order_id else None
         adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-        session.commit()  # ends the read; expire_on_commit is off, so the rows stay readable
     try:
         result, error = call(adapter, payment, order)
     except ProviderUnavailable:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.accounts.security import Principal, Security
 from billfold.kit import clock
-from billfold.kit.db import transaction
+from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidAmount, NotFound
 from billfold.kit.idempotency import Claim, finish
@@ -126,12 +126,11 @@ def refund(
     """Refund ``amount_cents`` (all that is left when None) of a completed payment; the refund's id."""
     with transaction(sessions) as session:
         refund_id = _prepare(session, principal, payment_id, amount_cents, reason)
-    with sessions() as session:
+    with reading(sessions) as session:
         row = session.get(Refund, refund_id)
         payment = session.get(Payment, payment_id)
         assert row is not None and payment is not None
         adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-        session.commit()  # ends the read; expire_on_commit is off, so the rows stay readable
     failure: str | None = None
     try:
         result = adapter.refund(

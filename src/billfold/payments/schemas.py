@@ -4,7 +4,7 @@ fields (so no card number or CVC can ride along); responses never carry a provid
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, HttpUrl, StrictBool, TypeAdapter
 

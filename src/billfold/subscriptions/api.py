@@ -17,10 +17,9 @@ from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.kit.idempotency import Claim, finish
-from billfold.kit.idempotency_http import Idempotent
 from billfold.models import Subscription
 from billfold.orders import refunds
-from billfold.orders.api import Answer, idempotently
+from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
 from billfold.providers.errors import Declined
 from billfold.subscriptions import billing, service
 from billfold.subscriptions.schemas import (

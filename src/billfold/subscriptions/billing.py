@@ -32,7 +32,7 @@ from billfold.accounts.security import Security
 from billfold.config import Settings
 from billfold.invoices import service as invoices
 from billfold.kit import clock
-from billfold.kit.db import transaction
+from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.money import Money
 from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling
@@ -229,13 +229,12 @@ def settle(
     """Phases 2 and 3 for a pending payment of a subscription. ``after`` runs in the recording
     transaction (the API stores its answer under the Idempotency-Key there); not when the
     provider did not answer."""
-    with sessions() as session:
+    with reading(sessions) as session:
         payment = session.get(Payment, payment_id)
         assert payment is not None and payment.subscription_id is not None
         adapter = None
         if meta(payment).get("provider_payment_method_id"):
             adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-        session.commit()  # ends the read; expire_on_commit is off, so the rows stay readable
     off_session = meta(payment).get("purpose") not in ("first", "change")
     try:
         result, error = _call(adapter, payment, off_session)

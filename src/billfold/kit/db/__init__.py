@@ -151,6 +151,19 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A read between two phases of a job or request: nothing is written and nothing committed.
+    At the end the rows read are detached (they stay readable, with what was loaded) and the
+    transaction is rolled back, so no lock or snapshot is held across a slow call that follows."""
+    with factory() as session:
+        try:
+            yield session
+        finally:
+            session.expunge_all()
+            session.rollback()
+
+
 def check_connection(engine: Engine) -> None:
     """Connect once, or raise DatabaseUnavailable with the reason in one line."""
     try:

@@ -204,9 +204,9 @@ def test_the_clock_api_refuses_to_move_outside_sandbox_mode(
     reset_clock: Engine, admin_token: str, tmp_path: Path
 ) -> None:
     with serving(reset_clock, tmp_path) as url:
-        state = httpx.get(f"{url}/v1/admin/clock", headers=_bearer(admin_token)).json()
+        state = httpx.get(f"{url}/v1/admin/clock", headers=_bearer(admin_token), timeout=30).json()
         assert state["sandbox"] is False
-        refused = httpx.post(f"{url}/v1/admin/clock/advance", json={"by": "30d"}, headers=_bearer(admin_token))
+        refused = httpx.post(f"{url}/v1/admin/clock/advance", json={"by": "30d"}, headers=_bearer(admin_token), timeout=30)
         assert refused.status_code == 409
         assert refused.json()["code"] == "sandbox_only"
         assert "only in sandbox mode" in refused.json()["detail"]

@@ -231,7 +231,8 @@ def _snapshot(session: Session) -> dict[str, list[str]]:
     """Every demo table's rows, ids replaced by what the row names (an email, a name)."""
     labels: dict[str, str] = {}
     for model, column in ((User, User.email), (Organization, Organization.name), (Product, Product.name),
-                          (ProductCategory, ProductCategory.name), (PaymentProvider, PaymentProvider.id)):
+                          (ProductCategory, ProductCategory.name), (PaymentProvider, PaymentProvider.id),
+                          (MembershipType, MembershipType.name)):
         pairs = session.execute(sa.select(model.id, column))
         labels.update({row_id: f"<{label}>" for row_id, label in pairs})
     snapshot = {}
@@ -240,10 +241,17 @@ def _snapshot(session: Session) -> dict[str, list[str]]:
         table = model.__table__
         columns = [c for c in table.columns if c.name not in ("id", "created_at", "updated_at")]
         rows = session.execute(sa.select(*columns)).all()
-        snapshot[table.name] = sorted(
-            repr([labels.get(v, v) if isinstance(v, str) else v for v in row]) for row in rows
-        )
+        snapshot[table.name] = sorted(repr([_labelled(v, labels) for v in row]) for row in rows)
     return snapshot
+
+
+def _labelled(value: Any, labels: dict[str, str]) -> Any:
+    """An id replaced by its label, also inside JSON (a product's metadata names its membership type)."""
+    if isinstance(value, str):
+        return labels.get(value, value)
+    if isinstance(value, dict):
+        return {k: _labelled(v, labels) for k, v in value.items()}
+    return value
 
 
 # The command, as an operator runs it (SQLite only: the command's behaviour is the same everywhere).

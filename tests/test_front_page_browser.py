@@ -50,7 +50,7 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1200, "height": 800}
 REPOSITORY = Path(__file__).resolve().parents[1]
 BILLFOLD = str(Path(sys.executable).with_name("billfold"))
-STARTUP_SECONDS = 30
+STARTUP_SECONDS = 60
 
 
 @dataclass
@@ -85,7 +85,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = folder / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [BILLFOLD, "up", "--host", "127.0.0.1", "--port", str(port)],
+            [BILLFOLD, "up", "--host", "127.0.0.1", "--port", str(port), "--demo-months", "1"],
             cwd=folder, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:

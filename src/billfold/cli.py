@@ -126,23 +126,66 @@ def db_current() -> None:
 @app.command()
 def demo(
     if_empty: Annotated[bool, typer.Option("--if-empty", help="Do nothing, successfully, when the database has data.")] = False,
+    months: Annotated[
+        int, typer.Option(min=0, max=36, help="Also live through this many months of business up to now (0: the shop only).")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="The history's random seed: the same seed, the same history.")] = 2026,
 ) -> None:
-    """Load a small, realistic shop (catalog, customers, organizations, addresses) into an empty database."""
+    """Load a small, realistic shop (catalog, customers, organizations, addresses) into an empty
+    database; with --months, also a history of signups, renewals, upgrades, churn, failed payments
+    and refunds up to now."""
     from billfold.demo import is_empty, load_demo
 
+    settings = get_settings()
     engine = _engine()
     _require_migrated(engine)
     with transaction(session_factory(engine)) as session:
-        if not is_empty(session):
-            if if_empty:
-                out.print("The database already has data; demo data not loaded.")
-                return
-            raise CommandFailed(
-                "the database already has data; demo data is only loaded into an empty database "
-                "(use a fresh BILLFOLD_DATABASE_URL, or `billfold db downgrade base` then `billfold db upgrade`)"
-            )
-        summary = load_demo(session)
-    out.print("Demo data loaded: " + ", ".join(f"{what}: {n}" for what, n in summary.items()) + ".")
+        empty = is_empty(session)
+        if empty and not months:
+            summary = load_demo(session)
+    if not empty:
+        if if_empty:
+            out.print("The database already has data; demo data not loaded.")
+            return
+        raise CommandFailed(
+            "the database already has data; demo data is only loaded into an empty database "
+            "(use a fresh BILLFOLD_DATABASE_URL, or `billfold db downgrade base` then `billfold db upgrade`)"
+        )
+    if not months:
+        out.print("Demo data loaded: " + ", ".join(f"{what}: {n}" for what, n in summary.items()) + ".")
+        return
+    _demo_history(settings, engine, months, seed)
+
+
+def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from billfold import worker as background
+    from billfold.demo_history import build_history
+
+    background.install_clock(settings, engine)
+    context = background.make_context(settings, engine)
+    started = time.monotonic()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("living through the history", total=None)
+
+        def on_day(number: int, days: int, now: datetime) -> None:
+            progress.update(task, total=days, completed=number, description=f"living through {now:%Y-%m-%d}")
+
+        report = build_history(context, months=months, seed=seed, on_day=on_day)
+    out.print(
+        f"Demo shop loaded with {months} month{'s' if months != 1 else ''} of history "
+        f"({report.start:%Y-%m-%d} to {report.end:%Y-%m-%d}, {report.days} days) in {time.monotonic() - started:.1f} s:",
+        highlight=False,
+    )
+    _print_done(report.totals)
+    out.print("What customers did:", highlight=False)
+    _print_done(dict(sorted(report.actions.items())))
+    out.print("What the worker did:", highlight=False)
+    _print_done({name: n for name, n in sorted(report.worker.items()) if n})
 
 
 @app.command()
@@ -183,10 +226,14 @@ def serve(
 def up(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    demo_months: Annotated[
+        int, typer.Option(min=0, max=36, help="Months of demo history to make when the database is empty (0: the shop only).")
+    ] = 12,
 ) -> None:
-    """Migrate the database, load the demo data if it is empty, and serve: everything at once."""
+    """Migrate the database, load the demo shop with a year of history if it is empty, and serve:
+    everything at once."""
     db_upgrade("head")
-    demo(if_empty=True)
+    demo(if_empty=True, months=demo_months)
     serve(host=host, port=port)
 
 

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.kit.errors import Conflict
+from billfold.memberships.service import PRODUCT_KEY
 from billfold.models import (
     Address,
     MembershipType,
@@ -38,7 +39,8 @@ CATEGORIES = [
     ("Merchandise", "Things to wear and use.", 2,
      [("Apparel", "T-shirts and hoodies."), ("Accessories", "Mugs, stickers and the like.")]),
     ("Learning", "Learn to run billing well.", 3,
-     [("Courses", "Workshops and video courses."), ("Books", "E-books and guides.")]),
+     [("Courses", "Workshops and video courses."), ("Books", "E-books and guides."),
+      ("Memberships", "Passes and communities that open features for a while, or for good.")]),
 ]
 
 # (category, name, description, product_type, price in minor units, currency, billing_interval,
@@ -68,7 +70,18 @@ PRODUCTS = [
      "service", 19900, "USD", None, None, True, "billing-workshop"),
     ("Books", "The Subscription Field Guide (e-book)", "PDF and EPUB, 180 pages, free updates.",
      "digital", 2400, "EUR", None, None, True, "field-guide"),
+    ("Memberships", "Learning pass (one year)", "A year of every course and workshop.",
+     "digital", 14900, "USD", None, None, True, "learning-pass"),
+    ("Memberships", "Community pro (monthly)", "The private community and monthly office hours.",
+     "subscription", 1200, "EUR", "monthly", 0, True, "community-pro"),
+    ("Memberships", "Founding membership", "Everything, for good: for those who back us early.",
+     "digital", 49900, "USD", None, None, True, "founding-member"),
 ]
+
+# Products that sell a membership type (their metadata names it; memberships/service.py).
+MEMBERSHIP_PRODUCTS = {
+    "learning-pass": "Learning pass", "community-pro": "Community pro", "founding-member": "Founding member",
+}
 
 TSHIRT = {
     "category": "Apparel",
@@ -180,13 +193,21 @@ def load_demo(session: Session) -> dict[str, int]:
         session.add_all(categories[name] for name, _ in children)
     session.flush()  # the categories get their ids, which the products name
 
+    membership_types = {
+        name: MembershipType(name=name, description=description, duration_type=duration, duration_days=days,
+                             price_cents=price, currency=currency, features=features)
+        for name, description, duration, days, price, currency, features in MEMBERSHIP_TYPES
+    }
+    session.add_all(membership_types.values())
+    session.flush()  # the membership types get their ids, which the products selling them name
+
     products = [
         Product(
             name=name, description=description, product_type=kind, is_recurring=kind == "subscription",
             price_cents=price, currency=currency, billing_interval=interval, trial_days=trial or 0,
             is_active=active, category_id=categories[category].id, image=f"{IMAGES}/products/{slug}.jpg",
             gallery=[f"{IMAGES}/products/{slug}-{n}.jpg" for n in (1, 2)],
-            metadata_={"sku": _sku(slug)} if kind == "physical" else None,
+            metadata_=_product_metadata(slug, kind, membership_types),
         )
         for category, name, description, kind, price, currency, interval, trial, active, slug in PRODUCTS
     ]
@@ -216,11 +237,6 @@ def load_demo(session: Session) -> dict[str, int]:
     ]
     session.add_all(variants)
 
-    session.add_all(
-        MembershipType(name=name, description=description, duration_type=duration, duration_days=days,
-                       price_cents=price, currency=currency, features=features)
-        for name, description, duration, days, price, currency, features in MEMBERSHIP_TYPES
-    )
 
     users = {
         key: User(name=name, last_name=last, email=email, user_type=kind, phone=phone, is_verified=verified,
@@ -272,6 +288,14 @@ def load_demo(session: Session) -> dict[str, int]:
         "addresses": len(addresses),
         "payment providers": 1,
     }
+
+
+def _product_metadata(slug: str, kind: str, membership_types: dict[str, MembershipType]) -> dict[str, Any] | None:
+    if kind == "physical":
+        return {"sku": _sku(slug)}
+    if slug in MEMBERSHIP_PRODUCTS:
+        return {PRODUCT_KEY: membership_types[MEMBERSHIP_PRODUCTS[slug]].id}
+    return None
 
 
 def _slug(text: str) -> str:

@@ -207,3 +207,38 @@ def test_deleting_ones_account_erases_it(api: Api, engine: Engine, address: str)
         assert client.delete("/v1/me").json()["detail"] == "Account deleted."
         assert client.get("/v1/me").status_code == 401
     assert _user(engine, address) is None
+
+
+def test_simultaneous_failures_on_a_new_key_are_all_counted_without_deadlock(backend: str, engine: Engine, address: str) -> None:
+    """Twenty wrong passwords for one new address at the same moment: each is counted once, and
+    none fails (an UPDATE after an INSERT IGNORE deadlocked on MariaDB when the row was new)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one writer at a time: there is no concurrency to test")
+    import threading
+
+    from billfold.accounts import sessions as sign_ins
+    from billfold.accounts.security import Security
+    from billfold.config import Settings
+    from billfold.kit.db import transaction
+
+    security = Security.from_settings(Settings(database_url=engine.url.render_as_string(hide_password=False)))
+    factory = session_factory(engine)
+    start, errors = threading.Barrier(20), []
+
+    def fail(n: int) -> None:
+        try:
+            start.wait()
+            with transaction(factory) as session:
+                sign_ins.record_failed_sign_in(session, security, email=address, address=f"203.0.113.{n}", user=None)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=fail, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with factory() as session:
+        failures = session.scalar(sa.select(SignInThrottle.failures).where(SignInThrottle.key == sign_ins._email_key(address)))
+    assert failures == 20, "every failure counted"

@@ -21,7 +21,7 @@ from billfold.accounts.security import Principal, Security, password_matches
 from billfold.accounts.service import audit, normalize_email, user_by_email
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, keyed_digest, random_token
-from billfold.kit.db.dialects import for_update, insert_ignore
+from billfold.kit.db.dialects import for_update, upsert_row
 from billfold.kit.errors import TooManyRequests, Unauthorized
 from billfold.models import ApiKey, AuthChallenge, AuthSession, SignInThrottle, User
 
@@ -75,18 +75,18 @@ def _retry_after(session: Session, key: str, limit: int) -> int | None:
 def _record_failure(session: Session, key: str, *, windowed: bool = True) -> int:
     """Count one failure under ``key`` (atomically, whatever else runs) and return the count."""
     now = clock.now()
-    insert_ignore(session, SignInThrottle.__table__, [{"key": key, "failures": 0, "window_started_at": now}], key=["key"])
     table = SignInThrottle.__table__
     if windowed:
         expired = table.c.window_started_at <= now - THROTTLE_WINDOW
-        values = {
-            "failures": sa.case((expired, 1), else_=table.c.failures + 1),
-            "window_started_at": sa.case((expired, now), else_=table.c.window_started_at),
-        }
+        # failures first: MariaDB sets left to right, and this reads the window's old start
+        update = [
+            ("failures", sa.case((expired, 1), else_=table.c.failures + 1)),
+            ("window_started_at", sa.case((expired, now), else_=table.c.window_started_at)),
+        ]
     else:
-        values = {"failures": table.c.failures + 1}
-    session.execute(sa.update(table).where(table.c.key == key).values(**values))
-    return session.scalar(sa.select(table.c.failures).where(table.c.key == key)) or 0
+        update = [("failures", table.c.failures + 1)]
+    fresh = {"failures": 1, "window_started_at": now}
+    return int(upsert_row(session, table, {"key": key}, fresh, update, "failures"))
 
 
 def check_throttles(session: Session, security: Security, *, email: str | None, address: str | None) -> None:

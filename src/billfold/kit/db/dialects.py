@@ -52,21 +52,35 @@ def upsert(
 
 def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str) -> int:
     """Add one to ``column`` of the row ``key`` (creating it at 1) and return the new value, in
-    one atomic statement: ON CONFLICT DO UPDATE on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE
-    on MariaDB, whose duplicate-key path takes the row's exclusive lock at once. (An UPDATE, then an
-    INSERT when nothing matched, deadlocks on MariaDB when several transactions create the row
-    together: each holds a shared lock from its duplicate-key error and waits to upgrade it.)
+    one atomic statement (see ``upsert_row``). The row stays locked until the transaction ends."""
+    return int(upsert_row(session, table, key, {column: 1}, [(column, table.c[column] + 1)], column))
+
+
+def upsert_row(
+    session: Session,
+    table: sa.Table,
+    key: Mapping[str, Any],
+    insert: Mapping[str, Any],
+    update: Sequence[tuple[str, Any]],
+    column: str,
+) -> Any:
+    """Insert the row ``key`` with ``insert``, or, when it exists, set ``update`` (expressions of
+    the row as it was); return ``column`` as it is afterwards. One atomic statement: ON CONFLICT
+    DO UPDATE on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE on MariaDB, whose duplicate-key
+    path takes the row's exclusive lock at once. (An UPDATE, then an INSERT when nothing matched
+    — or an INSERT IGNORE, then an UPDATE — deadlocks on MariaDB when several transactions create
+    the row together: each holds a shared lock from its duplicate-key error and waits to upgrade
+    it.) MariaDB evaluates ``update`` left to right, each seeing the columns set before it, so an
+    expression that reads another updated column must come before that column's assignment.
     The row stays locked until the transaction ends."""
     dialect = session.get_bind().dialect.name
-    statement = _insert_for(dialect, table).values({**key, column: 1})
+    statement = _insert_for(dialect, table).values({**key, **insert})
     if dialect in ("mysql", "mariadb"):
-        session.execute(statement.on_duplicate_key_update({column: table.c[column] + 1}))
+        session.execute(statement.on_duplicate_key_update(list(update)))
         where = [table.c[name] == value for name, value in key.items()]
-        return int(session.scalar(sa.select(table.c[column]).where(*where)))
-    statement = statement.on_conflict_do_update(
-        index_elements=list(key), set_={column: table.c[column] + 1}
-    ).returning(table.c[column])
-    return int(session.execute(statement).scalar_one())
+        return session.scalar(sa.select(table.c[column]).where(*where))
+    statement = statement.on_conflict_do_update(index_elements=list(key), set_=dict(update)).returning(table.c[column])
+    return session.execute(statement).scalar_one()
 
 
 def insert_ignore(

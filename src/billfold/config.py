@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     membership_grace_days: int = Field(
         7, ge=0, le=365,
         description="How long a membership that follows a subscription keeps granting after the paid period "
-        "ends while the subscription is past due (dunning): days after current_period_end.",
+        "ends while the subscription is past due (dunning): days after the end of the period paid for.",
     )
     dunning_retry_days: list[int] = Field(
         [3, 5, 7],

@@ -8,9 +8,12 @@ right before the ``memberships.expire`` sweep has caught up (see ``standing``):
 - a membership grants from ``start_date`` (inclusive) to its end (exclusive): a fixed membership
   ending at T grants at T - 1 s and not at T; a lifetime membership (``end_date`` NULL) never ends;
 - a membership that follows a subscription grants while the subscription is ``trialing``,
-  ``active`` or ``past_due`` and ``at < current_period_end + grace`` (the dunning grace,
+  ``active`` or ``past_due`` and ``at < paid period's end + grace`` (the dunning grace,
   ``BILLFOLD_MEMBERSHIP_GRACE_DAYS``); once the subscription is ``cancelled`` it grants until
-  ``current_period_end`` (the period paid for), with no grace;
+  the paid period's end, with no grace. The paid period's end is ``current_period_end``, except
+  while an invoice of the subscription is outstanding (dunning, or cancelled by it): a renewal
+  moves the period on before it is paid, so the period paid for ended at ``current_period_start``
+  (``paid_until``);
 - an add-on grants its feature while its membership grants and, if it has ``expires_at``, while
   ``at < expires_at``.
 
@@ -30,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from billfold.kit import clock
 from billfold.kit.errors import BillfoldError
-from billfold.models import MembershipType, Order, OrganizationUser, Subscription, UserMembership
+from billfold.models import MembershipType, Order, OrganizationUser, Subscription, SubscriptionBilling, UserMembership
 
 LIVE_SUBSCRIPTION = ("trialing", "active", "past_due")
 
@@ -71,6 +74,20 @@ def standing(
     if end_date is not None and at >= end_date:
         return Standing("expired", False, end_date, end_date)
     return Standing("active", begun, end_date, end_date)
+
+
+def paid_until(period_start: datetime, period_end: datetime, outstanding_invoice_id: str | None) -> datetime:
+    """The end of the period a subscription has paid for: its current period's end, or, while the
+    invoice of that period is outstanding, its start (where the period paid for ended)."""
+    return period_start if outstanding_invoice_id is not None else period_end
+
+
+def paid_until_column(subscriptions: Any, billing: Any) -> Any:
+    """``paid_until`` in SQL, over ``subscriptions`` outer-joined to ``subscription_billing``."""
+    return sa.case(
+        (billing.c.outstanding_invoice_id.is_not(None), subscriptions.c.current_period_start),
+        else_=subscriptions.c.current_period_end,
+    )
 
 
 def _plus(moment: datetime, delta: timedelta) -> datetime:
@@ -123,12 +140,13 @@ class Entitlement:
 _um = UserMembership.__table__
 _mt = MembershipType.__table__
 _sub = Subscription.__table__
+_sb = SubscriptionBilling.__table__
 _ord = Order.__table__
 _ou = OrganizationUser.__table__
 
 _COLUMNS = (
     _um.c.id, _um.c.status, _um.c.start_date, _um.c.end_date, _um.c.addons, _mt.c.features,
-    _sub.c.status.label("subscription_status"), _sub.c.current_period_end,
+    _sub.c.status.label("subscription_status"), paid_until_column(_sub, _sb).label("paid_until"),
     sa.func.coalesce(_ord.c.organization_id, _sub.c.organization_id).label("organization_id"),
 )
 
@@ -137,6 +155,7 @@ def _joined(start: Any) -> Any:
     return (
         start.join(_mt, _mt.c.id == _um.c.membership_type_id)
         .outerjoin(_sub, _sub.c.id == _um.c.subscription_id)
+        .outerjoin(_sb, _sb.c.subscription_id == _um.c.subscription_id)
         .outerjoin(_ord, _ord.c.id == _um.c.order_id)
     )
 
@@ -186,7 +205,7 @@ def entitlement(
             continue  # an organization's membership held by this user counts only for it
         place = standing(
             status=row.status, start_date=row.start_date, end_date=row.end_date,
-            subscription_status=row.subscription_status, period_end=row.current_period_end, at=at, grace=grace,
+            subscription_status=row.subscription_status, period_end=row.paid_until, at=at, grace=grace,
         )
         if not place.grants:
             continue

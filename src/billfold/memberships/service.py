@@ -29,8 +29,10 @@ from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
 from billfold.kit.states import machine
-from billfold.memberships.entitlements import Standing, standing
-from billfold.models import MembershipType, Order, OrderItem, Organization, Product, Subscription, User, UserMembership
+from billfold.memberships.entitlements import Standing, paid_until, paid_until_column, standing
+from billfold.models import (
+    MembershipType, Order, OrderItem, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
+)
 from billfold.orders.events import on_paid
 
 PRODUCT_KEY = "membership_type_id"
@@ -340,25 +342,39 @@ def describe(session: Session, rows: list[UserMembership], *, grace: timedelta, 
     orders = dict(session.execute(
         sa.select(Order.id, Order.organization_id).where(Order.id.in_({r.order_id for r in rows if r.order_id}))
     ).all()) if any(r.order_id for r in rows) else {}
-    subscriptions = {s.id: s for s in session.scalars(
-        sa.select(Subscription).where(Subscription.id.in_({r.subscription_id for r in rows if r.subscription_id}))
-    )} if any(r.subscription_id for r in rows) else {}
+    subscriptions = followed(session, rows)
     described = []
     for row in rows:
         subscription = subscriptions.get(row.subscription_id) if row.subscription_id else None
         organization_id = orders.get(row.order_id) if row.order_id else None
         if subscription is not None and organization_id is None:
-            organization_id = subscription.organization_id
+            organization_id = subscription[0].organization_id
         place = standing_of(row, subscription, at=at, grace=grace)
         described.append(Described(row, types[row.membership_type_id], organization_id, place))
     return described
 
 
-def standing_of(membership: UserMembership, subscription: Subscription | None, *, at: datetime, grace: timedelta) -> Standing:
+def followed(session: Session, rows: list[UserMembership]) -> dict[str, tuple[Subscription, datetime]]:
+    """The subscriptions these memberships follow, each with the end of the period it has paid for
+    (``entitlements.paid_until``), by id."""
+    ids = {r.subscription_id for r in rows if r.subscription_id}
+    if not ids:
+        return {}
+    found = session.execute(
+        sa.select(Subscription, SubscriptionBilling.outstanding_invoice_id)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+        .where(Subscription.id.in_(ids))
+    ).all()
+    return {s.id: (s, paid_until(s.current_period_start, s.current_period_end, outstanding)) for s, outstanding in found}
+
+
+def standing_of(
+    membership: UserMembership, subscription: tuple[Subscription, datetime] | None, *, at: datetime, grace: timedelta
+) -> Standing:
     return standing(
         status=membership.status, start_date=membership.start_date, end_date=membership.end_date,
-        subscription_status=subscription.status if subscription else None,
-        period_end=subscription.current_period_end if subscription else None, at=at, grace=grace,
+        subscription_status=subscription[0].status if subscription else None,
+        period_end=subscription[1] if subscription else None, at=at, grace=grace,
     )
 
 
@@ -368,27 +384,29 @@ def standing_of(membership: UserMembership, subscription: Subscription | None, *
 def due_for_update(at: datetime, grace: timedelta) -> sa.Select[tuple[UserMembership]]:
     """Memberships whose stored status or end_date no longer says where they stand at ``at``:
     a fixed one past its end still ``active``; one following a subscription whose status or
-    period moved on."""
+    paid period moved on."""
     s = Subscription
     grace_line = at - grace
+    paid = paid_until_column(Subscription.__table__, SubscriptionBilling.__table__)
     following = (
         sa.select(UserMembership.id)
         .join(s, s.id == UserMembership.subscription_id)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == s.id)
         .where(
             UserMembership.status.in_(("active", "expired")),
             sa.or_(
                 UserMembership.end_date.is_(None),
-                UserMembership.end_date != s.current_period_end,
+                UserMembership.end_date != paid,
                 sa.and_(
                     UserMembership.status == "active",
                     sa.or_(
-                        sa.and_(s.status == "cancelled", s.current_period_end <= at),
-                        sa.and_(s.status != "cancelled", s.current_period_end <= grace_line),
+                        sa.and_(s.status == "cancelled", paid <= at),
+                        sa.and_(s.status != "cancelled", paid <= grace_line),
                     ),
                 ),
                 sa.and_(
                     UserMembership.status == "expired",
-                    sa.or_(s.status == "cancelled", s.current_period_end > grace_line),
+                    sa.or_(s.status == "cancelled", paid > grace_line),
                 ),
             ),
         )
@@ -411,9 +429,7 @@ def bring_up_to_date(session: Session, *, at: datetime, grace: timedelta, limit:
     rows = list(session.scalars(statement.execution_options(populate_existing=True)))
     if not rows:
         return 0
-    subscriptions = {s.id: s for s in session.scalars(
-        sa.select(Subscription).where(Subscription.id.in_({r.subscription_id for r in rows if r.subscription_id}))
-    )}
+    subscriptions = followed(session, rows)
     changed = 0
     for row in rows:
         subscription = subscriptions.get(row.subscription_id) if row.subscription_id else None
@@ -422,7 +438,7 @@ def bring_up_to_date(session: Session, *, at: datetime, grace: timedelta, limit:
         if moved:
             MEMBERSHIP.move(
                 session, row, place.status, by="memberships.expire", subscription_id=row.subscription_id,
-                subscription_status=subscription.status if subscription else None,
+                subscription_status=subscription[0].status if subscription else None,
             )
         end = _ceiling(session, place.end_date)
         if subscription is not None and row.end_date != end:

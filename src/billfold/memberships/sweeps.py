@@ -4,7 +4,8 @@ Entitlement checks never wait for it (they compute from dates and the subscripti
 keeps ``user_memberships.status`` and ``end_date`` honest for lists, reports and webhooks: a fixed
 membership past its end becomes ``expired``; one that follows a subscription becomes ``expired``
 beyond the dunning grace, ``active`` again when the subscription pays, ``cancelled`` once a
-cancelled subscription's paid period is over, and its ``end_date`` follows ``current_period_end``.
+cancelled subscription's paid period is over, and its ``end_date`` follows the paid period's end
+(``entitlements.paid_until``).
 Rows are claimed with ``FOR UPDATE SKIP LOCKED`` in batches, one transaction per batch; running it
 again changes nothing.
 """

@@ -282,6 +282,8 @@ def record_outcome(
     if purpose == "first":  # the customer is there: refused (402), the subscription never was active
         SUBSCRIPTION.move(session, subscription, "cancelled", by=by, reason="first_payment_declined", payment_id=payment.id)
         billing.cancelled_at = clock.now()
+        # No period was paid for: none runs on (a membership following it grants until this end).
+        subscription.current_period_end = subscription.current_period_start
         invoices.void(session, invoice, by=by)
     elif purpose == "change":  # the upgrade did not go through: the plan stays as it was
         revert = data["revert"]

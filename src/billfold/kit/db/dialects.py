@@ -50,21 +50,23 @@ def upsert(
     return session.execute(statement).rowcount
 
 
-def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str) -> int:
-    """Add one to ``column`` of the row ``key`` (creating it at 1) and return the new value, in
+def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str, by: int = 1) -> int:
+    """Add ``by`` to ``column`` of the row ``key`` (creating it at ``by``) and return the new value, in
     one atomic statement: ON CONFLICT DO UPDATE on PostgreSQL and SQLite, ON DUPLICATE KEY UPDATE
     on MariaDB, whose duplicate-key path takes the row's exclusive lock at once. (An UPDATE, then an
     INSERT when nothing matched, deadlocks on MariaDB when several transactions create the row
     together: each holds a shared lock from its duplicate-key error and waits to upgrade it.)
     The row stays locked until the transaction ends."""
     dialect = session.get_bind().dialect.name
-    statement = _insert_for(dialect, table).values({**key, column: 1})
+    if by < 1:
+        raise ValueError("increment by at least one")
+    statement = _insert_for(dialect, table).values({**key, column: by})
     if dialect in ("mysql", "mariadb"):
-        session.execute(statement.on_duplicate_key_update({column: table.c[column] + 1}))
+        session.execute(statement.on_duplicate_key_update({column: table.c[column] + by}))
         where = [table.c[name] == value for name, value in key.items()]
         return int(session.scalar(sa.select(table.c[column]).where(*where)))
     statement = statement.on_conflict_do_update(
-        index_elements=list(key), set_={column: table.c[column] + 1}
+        index_elements=list(key), set_={column: table.c[column] + by}
     ).returning(table.c[column])
     return int(session.execute(statement).scalar_one())
 

@@ -353,9 +353,11 @@ def worker(
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
-        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
+        # Stop first: the handler runs between two bytecodes of the main thread, and logging can
+        # fail there (a signal during a lazy import of rich's modules raises ImportError here).
         stopping.set()
         runner.stop()
+        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

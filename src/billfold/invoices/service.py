@@ -137,6 +137,23 @@ def invoice_number(session: Session, year: int, prefix: str | None = None) -> st
     return f"{prefix or _prefix()}-{year}-{numbering.take(session, f'invoice-{year}'):06d}"
 
 
+@dataclass(frozen=True)
+class InvoiceIn:
+    """One invoice to issue: its lines and whom it is for (see :func:`issue_invoice`)."""
+
+    currency: str
+    lines: list[LineIn]
+    user_id: str | None = None
+    organization_id: str | None = None
+    subscription_id: str | None = None
+    order_id: str | None = None
+    billing_address_id: str | None = None
+    tax_cents: int = 0
+    discount_cents: int = 0
+    due_in: timedelta = timedelta(0)
+    provider_id: str | None = None
+
+
 def issue_invoice(
     session: Session,
     *,
@@ -154,39 +171,59 @@ def issue_invoice(
     by: str | None = None,
 ) -> Invoice:
     """A new invoice, numbered, ``open`` (draft → open recorded), issued now and due ``due_in`` later."""
-    currency = normalize_currency(currency)
-    if not 1 <= len(lines) <= MAX_LINES:
-        raise InvalidInput(
-            f"an invoice has 1 to {MAX_LINES} lines", errors=[{"field": "lines", "message": f"1 to {MAX_LINES} lines"}]
-        )
-    if due_in < timedelta(0):
-        raise InvalidInput("an invoice cannot be due before it is issued", errors=[{"field": "due_in", "message": "≥ 0"}])
-    sums = totals(lines, tax_cents=tax_cents, discount_cents=discount_cents)
-    now = clock.now()
-    invoice = Invoice(
-        id=new_id("inv"),
-        invoice_number="",  # taken last, see numbering
-        order_id=order_id,
-        subscription_id=subscription_id,
-        user_id=user_id,
-        organization_id=organization_id,
-        status="draft",
-        amount_cents=sums.amount_cents,
-        tax_cents=sums.tax_cents,
-        discount_cents=sums.discount_cents,
-        total_cents=sums.total_cents,
-        currency=currency,
-        issue_date=now,
-        due_date=now + due_in,
-        billing_address_id=billing_address_id,
-        provider_id=provider_id,
+    wanted = InvoiceIn(
+        currency=currency, lines=lines, user_id=user_id, organization_id=organization_id,
+        subscription_id=subscription_id, order_id=order_id, billing_address_id=billing_address_id,
+        tax_cents=tax_cents, discount_cents=discount_cents, due_in=due_in, provider_id=provider_id,
     )
-    invoice.invoice_number = invoice_number(session, now.year)
-    session.add(invoice)
-    INVOICE.start(session, invoice, "draft", by=by, order_id=order_id, subscription_id=subscription_id)
-    session.flush()  # the invoice before its lines (foreign key)
+    [invoice] = draft_invoices(session, [wanted], by=by)
+    open_invoices(session, [invoice], by=by)
+    session.flush()
+    return invoice
+
+
+def draft_invoices(session: Session, wanted: Sequence[InvoiceIn], *, by: str | None = None) -> list[Invoice]:
+    """New ``draft`` invoices with their lines, issued now, written in a few statements for all of
+    them. Each carries its id as a provisional number until :func:`open_invoices` numbers it,
+    which the caller does as the last thing before its commit (the series' lock is held from then)."""
+    now = clock.now()
+    invoices: list[Invoice] = []
+    for one in wanted:
+        currency = normalize_currency(one.currency)
+        if not 1 <= len(one.lines) <= MAX_LINES:
+            raise InvalidInput(
+                f"an invoice has 1 to {MAX_LINES} lines", errors=[{"field": "lines", "message": f"1 to {MAX_LINES} lines"}]
+            )
+        if one.due_in < timedelta(0):
+            raise InvalidInput("an invoice cannot be due before it is issued", errors=[{"field": "due_in", "message": "≥ 0"}])
+        sums = totals(one.lines, tax_cents=one.tax_cents, discount_cents=one.discount_cents)
+        invoice_id = new_id("inv")
+        invoice = Invoice(
+            id=invoice_id,
+            invoice_number=invoice_id,  # provisional: unique, and replaced before the commit
+            order_id=one.order_id,
+            subscription_id=one.subscription_id,
+            user_id=one.user_id,
+            organization_id=one.organization_id,
+            status="draft",
+            amount_cents=sums.amount_cents,
+            tax_cents=sums.tax_cents,
+            discount_cents=sums.discount_cents,
+            total_cents=sums.total_cents,
+            currency=currency,
+            issue_date=now,
+            due_date=now + one.due_in,
+            billing_address_id=one.billing_address_id,
+            provider_id=one.provider_id,
+        )
+        invoices.append(invoice)
+    session.add_all(invoices)
+    for invoice, one in zip(invoices, wanted, strict=True):
+        INVOICE.start(session, invoice, "draft", by=by, order_id=one.order_id, subscription_id=one.subscription_id)
+    session.flush()  # the invoices before their lines (foreign key)
     session.add_all(
         InvoiceLine(
+            id=new_id("inl"),
             invoice_id=invoice.id,
             position=position,
             kind=line.kind,
@@ -200,11 +237,23 @@ def issue_invoice(
             period_start=line.period_start,
             period_end=line.period_end,
         )
-        for position, line in enumerate(lines, start=1)
+        for invoice, one in zip(invoices, wanted, strict=True)
+        for position, line in enumerate(one.lines, start=1)
     )
-    INVOICE.move(session, invoice, "open", by=by, invoice_number=invoice.invoice_number, total_cents=invoice.total_cents)
-    session.flush()
-    return invoice
+    return invoices
+
+
+def open_invoices(session: Session, invoices: Sequence[Invoice], *, by: str | None = None) -> None:
+    """Number draft invoices, gapless and in the order given (one statement per year of issue for
+    all of them), and open them (draft → open recorded). The numbers stay locked by this
+    transaction until it ends, so call this last."""
+    prefix = _prefix()
+    for year in sorted({invoice.issue_date.year for invoice in invoices}):
+        of_year = [invoice for invoice in invoices if invoice.issue_date.year == year]
+        numbers = numbering.take_many(session, f"invoice-{year}", len(of_year))
+        for invoice, number in zip(of_year, numbers, strict=True):
+            invoice.invoice_number = f"{prefix}-{year}-{number:06d}"
+            INVOICE.move(session, invoice, "open", by=by, invoice_number=invoice.invoice_number, total_cents=invoice.total_cents)
 
 
 def mark_paid(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
@@ -212,22 +261,17 @@ def mark_paid(session: Session, invoice: Invoice, *, by: str | None = None) -> b
     if not INVOICE.move(session, invoice, "paid", by=by):
         return False
     invoice.paid_date = clock.now()
-    session.flush()
     return True
 
 
 def mark_uncollectible(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
     """open → uncollectible; False when it is uncollectible already."""
-    moved = INVOICE.move(session, invoice, "uncollectible", by=by)
-    session.flush()
-    return moved
+    return INVOICE.move(session, invoice, "uncollectible", by=by)
 
 
 def void(session: Session, invoice: Invoice, *, by: str | None = None) -> bool:
     """open | uncollectible → void; False when it is void already."""
-    moved = INVOICE.move(session, invoice, "void", by=by)
-    session.flush()
-    return moved
+    return INVOICE.move(session, invoice, "void", by=by)
 
 
 def lines_of(session: Session, invoice_id: str) -> list[InvoiceLine]:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from billfold.kit.errors import Conflict
+from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent
 
 
@@ -57,6 +58,7 @@ class StateMachine:
     def _record(self, session: Session, row: Any, before: str | None, after: str, by: str | None, data: dict[str, Any]) -> None:
         session.add(
             PaymentEvent(
+                id=new_id("evt"),  # given, so a flush of many events is one executemany
                 entity_type=self.entity,
                 entity_id=row.id,
                 event_type=f"{self.entity}.{after}",

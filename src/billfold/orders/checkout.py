@@ -174,7 +174,9 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
 
 
 def apply_outcome(session: Session, payment: Payment, result: ChargeResult | None, *, by: str | None, error: Exception | None) -> int:
-    """Record what the provider said about ``payment``; the HTTP status to answer with."""
+    """Record what the provider said about ``payment``; the HTTP status to answer with. The
+    changes are flushed with the caller's next query or commit (a batch of renewals records many
+    outcomes in one flush)."""
     order = _lock_order(session, payment.order_id) if payment.order_id else None
     meta = _meta(payment)
     if result is not None:
@@ -196,16 +198,13 @@ def apply_outcome(session: Session, payment: Payment, result: ChargeResult | Non
             order.completed_at = clock.now()
             session.flush()
             events.order_paid(session, order)
-        session.flush()
         return 200
     if status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
         PAYMENT.move(session, payment, "failed", by=by, reason=meta.get("decline_code") or status.value)
-        session.flush()
         return 402 if status == ChargeStatus.FAILED else 200  # a cancellation asked for is a success
     if status == ChargeStatus.REQUIRES_ACTION:
         meta["provider_status"] = WAITING_FOR_CUSTOMER
         payment.metadata_ = meta
-    session.flush()
     return 202  # waiting for the customer, or the provider is still processing
 
 

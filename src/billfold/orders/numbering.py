@@ -20,6 +20,12 @@ def take(session: Session, series: str) -> int:
     return increment(session, NumberSeries.__table__, {"series": series}, "last_value")
 
 
+def take_many(session: Session, series: str, count: int) -> range:
+    """The next ``count`` numbers of ``series``, in one statement, held by this transaction."""
+    last = increment(session, NumberSeries.__table__, {"series": series}, "last_value", by=count)
+    return range(last - count + 1, last + 1)
+
+
 def order_number(session: Session, year: int, prefix: str = "ORD") -> str:
     """The next order number of the year, e.g. ``ORD-2026-000042``."""
     return f"{prefix}-{year}-{take(session, f'order-{year}'):06d}"

@@ -64,6 +64,31 @@ def find_provider_customer(session: Session, provider_id: str, owner: Owner) -> 
     return session.scalars(statement).first()
 
 
+def provider_customers_of(session: Session, provider_id: str, owners: list[Owner]) -> dict[Owner, ProviderCustomer]:
+    """The customers the owners have at the provider already, in one read without locks (for
+    charging many owners at once; :func:`ensure_provider_customer` makes a missing one)."""
+    users = {o.user_id for o in owners if o.organization_id is None and o.user_id}
+    organizations = {o.organization_id for o in owners if o.organization_id is not None}
+    if not users and not organizations:
+        return {}
+    rows = session.scalars(
+        sa.select(ProviderCustomer)
+        .where(
+            ProviderCustomer.provider_id == provider_id,
+            sa.or_(
+                sa.and_(ProviderCustomer.user_id.in_(users), ProviderCustomer.organization_id.is_(None)),
+                ProviderCustomer.organization_id.in_(organizations),
+            ),
+        )
+        .order_by(ProviderCustomer.id.desc())  # the first made wins, as in find_provider_customer
+    )
+    found: dict[Owner, ProviderCustomer] = {}
+    for row in rows:
+        owner = Owner.organization(row.organization_id) if row.organization_id else Owner.user(row.user_id or "")
+        found[owner] = row
+    return found
+
+
 def ensure_provider_customer(session: Session, adapter: ProviderAdapter, owner: Owner) -> ProviderCustomer:
     """The owner's customer at the adapter's provider, created there and here on first use."""
     holder = lock_owner(session, owner)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billfold.kit.ids import new_id
 from billfold.kit.states import machine
 from billfold.models import PaymentEvent, Subscription
 
@@ -27,6 +28,7 @@ def record(session: Session, subscription: Subscription, event: str, *, by: str 
     """An event that does not change the status: ``subscription.<event>``."""
     session.add(
         PaymentEvent(
+            id=new_id("evt"),
             entity_type="subscription",
             entity_id=subscription.id,
             event_type=f"subscription.{event}",

@@ -1,7 +1,7 @@
 """The worker's side of subscriptions: renewals, trial ends and dunning retries, found in the
 database and claimed with ``FOR UPDATE SKIP LOCKED`` (DESIGN.md rule 7). Each sweep claims a
 batch in one transaction (phase 1 of billing.py for every row), commits, then charges each
-payment and records its outcome in a transaction of its own. Each returns how many subscriptions
+payment with its own key and records the batch's outcomes in one transaction. Each returns how many subscriptions
 (or payments) it moved; run again while it returns more than nothing."""
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ SYSTEM = "system"
 
 
 def _settle_all(context: Context, payment_ids: list[str]) -> None:
-    for payment_id in payment_ids:
-        try:
-            billing.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
-        except BillfoldError as error:  # e.g. the provider was switched off: the payment stays pending
-            log.warning("subscription payment %s left pending: %s", payment_id, error.detail)
+    try:
+        billing.settle_many(context.sessions, context.security, context.settings, payment_ids, by=SYSTEM)
+    except BillfoldError:  # e.g. a provider was switched off: settle those one by one, the rest go on
+        for payment_id in payment_ids:
+            try:
+                billing.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
+            except BillfoldError as error:  # the payment stays pending
+                log.warning("subscription payment %s left pending: %s", payment_id, error.detail)
 
 
 @sweep("subscriptions.renew", every=timedelta(minutes=1))
@@ -45,16 +48,15 @@ def renew_due_subscriptions(context: Context) -> int:
             billing.due(now).where(Subscription.status == "active", SubscriptionBilling.paused_at.is_(None)),
             BATCH,
         )
+        renewing = []
         for subscription, row in claimed:
             if subscription.cancel_at_period_end:
                 SUBSCRIPTION.move(session, subscription, "cancelled", by=SYSTEM, reason="period_end")
                 row.cancelled_at = subscription.current_period_end
                 continue
-            payment_id = billing.charge_period(
-                session, context.security, context.settings, subscription, row, row.period_index + 1, "renewal", by=SYSTEM
-            )
-            if payment_id:
-                payment_ids.append(payment_id)
+            renewing.append(billing.PeriodToCharge(subscription, row, row.period_index + 1, "renewal"))
+        started = billing.charge_periods(session, context.security, context.settings, renewing, by=SYSTEM)
+        payment_ids += [payment_id for payment_id in started if payment_id]
         stale = billing.stale_payments(session, BATCH)
     _settle_all(context, payment_ids + stale)
     return len(claimed) + len(stale)

@@ -50,10 +50,12 @@ def upsert(
     return session.execute(statement).rowcount
 
 
-def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str) -> int:
-    """Add one to ``column`` of the row ``key`` (creating it at 1) and return the new value, in
-    one atomic statement (see ``upsert_row``). The row stays locked until the transaction ends."""
-    return int(upsert_row(session, table, key, {column: 1}, [(column, table.c[column] + 1)], column))
+def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str, by: int = 1) -> int:
+    """Add ``by`` to ``column`` of the row ``key`` (creating it at ``by``) and return the new value,
+    in one atomic statement (see ``upsert_row``). The row stays locked until the transaction ends."""
+    if by < 1:
+        raise ValueError("increment by at least one")
+    return int(upsert_row(session, table, key, {column: by}, [(column, table.c[column] + by)], column))
 
 
 def upsert_row(

@@ -3,7 +3,10 @@
 This is the pretend provider's database, not Billfold's. Several processes on one machine share
 the file: WAL lets readers go on while one writer works, ``BEGIN IMMEDIATE`` takes the write lock
 before reading anything a write depends on (so two same-key charges cannot both see "no such
-key"), and ``busy_timeout`` makes the others wait instead of failing.
+key"), and ``busy_timeout`` makes the others wait instead of failing. Each thread of a process
+keeps its own connection to the file (opening one per call cost more than the charge), and
+commits with ``synchronous = NORMAL``: in WAL mode that survives a crash of the process, not of
+the machine, which is all a pretend provider needs.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class SandboxStore:
         self.path = path
         self._lock = threading.RLock()  # serialises use of the one in-memory connection
         self._memory: sqlite3.Connection | None = None
-        self._local = threading.local()  # each thread's own connection to the file, and its process
+        self._local = threading.local()  # this thread's connection to the file, and the process it was opened in
         if path is None:
             self._memory = self._open(":memory:")
         self._create_schema()
@@ -95,9 +98,8 @@ class SandboxStore:
         db.row_factory = sqlite3.Row
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA foreign_keys = ON")
-        # In WAL mode a commit then survives a crash of the process, not of the machine: enough for
-        # a pretend provider, and it spares an fsync per charge.
-        db.execute("PRAGMA synchronous = NORMAL")
+        if target != ":memory:":
+            db.execute("PRAGMA synchronous = NORMAL")
         return db
 
     def _create_schema(self) -> None:
@@ -119,14 +121,12 @@ class SandboxStore:
             with self._lock:
                 yield self._memory
             return
-        # A connection per thread, kept open (opening one and closing the last one of a WAL file
-        # cost more than the charge itself); a forked child opens its own instead of using its
-        # parent's.
+        # A connection per thread, never shared with another thread or inherited across a fork.
         assert self.path is not None
-        db, pid = getattr(self._local, "db", None), getattr(self._local, "pid", None)
-        if db is None or pid != os.getpid():
-            db = self._local.db = self._open(self.path)
-            self._local.pid = os.getpid()
+        db = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = self._open(self.path)
+            self._local.db, self._local.pid = db, os.getpid()
         yield db
 
     @contextmanager
@@ -152,10 +152,10 @@ class SandboxStore:
                 db.execute("ROLLBACK")
 
     def close(self) -> None:
-        """Close this thread's connection (other threads' close when their thread ends)."""
+        """Close the in-memory database, or this thread's connection to the file."""
         if self._memory is not None:
             self._memory.close()
         db = getattr(self._local, "db", None)
-        if db is not None and getattr(self._local, "pid", None) == os.getpid():
+        if db is not None and self._local.pid == os.getpid():
             db.close()
         self._local.db = None

@@ -306,9 +306,11 @@ def worker(
     stopping = threading.Event()
 
     def stop(signum: int, _frame: Any) -> None:
-        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
+        # Stop first: the handler runs inside whatever the loop was doing (even an import of Rich's
+        # log rendering), and a log line that fails there is caught as a failed round, not a stop.
         stopping.set()
         runner.stop()
+        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

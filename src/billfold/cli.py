@@ -357,7 +357,10 @@ def worker(
         # fail there (a signal during a lazy import of rich's modules raises ImportError here).
         stopping.set()
         runner.stop()
-        logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
+        try:
+            logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
+        except Exception:  # noqa: BLE001 - the stop above is what matters; a failed log line must not escape into the loop
+            pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -43,3 +43,26 @@ def test_subscribing_to_a_plan_grants_its_membership_until_the_cancelled_period_
     assert shop.get(pat, sub["id"])["status"] == "cancelled"
     with shop.client(pat.token) as client:
         assert client.get(f"/v1/me/entitlements/{feature}").json()["allowed"] is False
+
+
+def test_cancelling_now_ends_the_membership_now_with_or_without_a_refund(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
+    admin_token = shop.admin()
+    for name, refund in (("rui", False), ("noa", True)):
+        person = shop.customer(name)
+        feature = f"exports-{person.id[-6:].lower()}"
+        sub = shop.subscribe(person, _plan_selling_membership(shop, feature))
+        frozen_clock.advance(timedelta(days=15))
+        shop.sweep("trials")
+        frozen_clock.advance(timedelta(days=3))
+        assert shop.get(person, sub["id"])["status"] == "active"
+        with shop.client(admin_token if refund else person.token) as client:
+            done = client.post(f"/v1/subscriptions/{sub['id']}/cancel", json={"at_period_end": False, "refund": refund})
+        assert done.status_code == 200, done.text
+        cancelled = done.json()["subscription"]
+        assert cancelled["status"] == "cancelled"
+        assert clock.ensure_utc(datetime.fromisoformat(cancelled["current_period_end"])) == clock.now(), "the period ends now"
+        assert (done.json()["refund_cents"] > 0) == refund
+        with shop.client(person.token) as client:
+            assert client.get(f"/v1/me/entitlements/{feature}").json()["allowed"] is False, name
+            [membership] = client.get("/v1/me/memberships").json()["data"]
+        assert (membership["current_status"], membership["grants"]) == ("cancelled", False)

@@ -352,7 +352,14 @@ def cancel(
     refund_payment_id, refund_cents = None, 0
     if refund and subscription.status == "active":
         refund_payment_id, refund_cents = _unused_time(session, subscription, row, now)
-    SUBSCRIPTION.move(session, subscription, "cancelled", by=by, reason="cancelled_now", refund_cents=refund_cents or None)
+    # Now means now: the period ends here, so what it granted (a membership) ends with it, whether
+    # or not the unused time is refunded. Cancel at period end to keep the time paid for.
+    was = subscription.current_period_end
+    subscription.current_period_end = max(min(now, was), subscription.current_period_start)
+    SUBSCRIPTION.move(
+        session, subscription, "cancelled", by=by, reason="cancelled_now", refund_cents=refund_cents or None,
+        period_end_was=was.isoformat(),
+    )
     row.cancelled_at = now
     row.next_retry_at = None
     if row.outstanding_invoice_id:

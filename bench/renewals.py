@@ -289,11 +289,11 @@ def main() -> None:
         print(f"{workers} worker{'s' if workers > 1 else ''}: {r['done']:,} renewals in {r['elapsed']:.1f} s = {r['rate']:,.0f} renewals/s; "
               f"a sweep of 50: p50 {r['p50'] * 1000:.0f} ms, p95 {r['p95'] * 1000:.0f} ms; worker CPU {r['cpu_ms']:.2f} ms/renewal; "
               f"peak RSS per worker {r['peak_mib']:.0f} MiB; load average {os.getloadavg()[0]:.2f}")
-    for connections in counts:
-        batched = batched_ceiling(url, args.ceiling, connections, f"b{connections}")
-        single = ceiling(url, args.ceiling, connections)
-        print(f"raw ceiling, {connections} connection{'s' if connections > 1 else ''}: batched like the sweep {batched:,.0f} renewals/s "
-              f"(ours / ceiling: {results[connections]['rate'] / batched:.0%}); one transaction per renewal {single:,.0f}/s")
+        batched = batched_ceiling(url, args.ceiling, workers, f"b{workers}")
+        single = ceiling(url, args.ceiling, workers)
+        print(f"raw ceiling, {workers} connection{'s' if workers > 1 else ''}: batched like the sweep {batched:,.0f} renewals/s "
+              f"(ours / ceiling: {r['rate'] / batched:.0%}); one transaction per renewal {single:,.0f}/s; "
+              f"load average {os.getloadavg()[0]:.2f}")
     fastest = results[max(counts)]["rate"]
     print(f"100,000 renewals take {100_000 / fastest:.0f} s with {max(counts)} worker(s) at this rate (goal: under 60 s with 2)")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -21,6 +21,8 @@ class Subscription(Base):
         owner_check(),
         sa.Index("idx_subscriptions_status", "status"),
         sa.Index("idx_subscriptions_user_id", "user_id"),
+        # Not in the spec: the renewal and trial sweeps claim the oldest due first (migration 0009).
+        sa.Index("idx_subscriptions_current_period_end", "current_period_end", "id"),
     )
 
     id: Mapped[str] = id_column("sub")

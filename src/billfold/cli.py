@@ -351,17 +351,23 @@ def worker(
         context, tick=tick or settings.worker_tick, dispatch=dramatiq.send if dramatiq else None
     )
     stopping = threading.Event()
+    received: list[str] = []
 
     def stop(signum: int, _frame: Any) -> None:
-        # Stop first: the handler runs between two bytecodes of the main thread, and logging can
-        # fail there (a signal during a lazy import of rich's modules raises ImportError here).
+        # Only flags here: the handler runs between two bytecodes of whatever the main thread was
+        # doing (even a lazy import inside a log call), where logging itself can fail. A thread
+        # says that the worker is stopping.
+        received.append(signal.Signals(signum).name)
         stopping.set()
         runner.stop()
-        try:
-            logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", signal.Signals(signum).name)
-        except Exception:  # noqa: BLE001 - the stop above is what matters; a failed log line must not escape into the loop
-            pass
 
+    def announce() -> None:
+        stopping.wait()
+        if received:
+            logging.getLogger("billfold.worker").info("%s: stopping after the work in progress", received[0])
+
+    announcer = threading.Thread(target=announce, name="billfold-worker-stop", daemon=True)
+    announcer.start()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     where = "through the broker" if dramatiq else "in this process"
@@ -375,6 +381,8 @@ def worker(
             else:
                 runner.run()
     finally:
+        stopping.set()  # lets the announcing thread end
+        announcer.join(timeout=5)
         if dramatiq:
             dramatiq.close()
     err.print("Billfold worker stopped.", highlight=False)

@@ -339,6 +339,21 @@ def test_a_refund_refused_for_its_amount_keeps_its_key_free(sandbox: SandboxProv
     assert sandbox.refund(charge_id=charge.id, amount=USD(1000), idempotency_key="r").amount == USD(1000)
 
 
+def test_a_refund_of_a_timeout_after_success_charge_is_made_then_times_out(sandbox: SandboxProvider) -> None:
+    with pytest.raises(ProviderUnavailable):
+        sandbox.charge(amount=USD(1000), token="tok_sandbox_timeout_after_success", idempotency_key="c")
+    charge = sandbox.charge(amount=USD(1000), token="tok_sandbox_timeout_after_success", idempotency_key="c")
+    with pytest.raises(ProviderUnavailable):
+        sandbox.refund(charge_id=charge.id, amount=USD(400), reason="damaged", idempotency_key="r")
+    [made] = sandbox.list_refunds_of(charge.id)
+    assert made.amount == USD(400) and made.status is RefundStatus.SUCCEEDED, "it did happen"
+    assert sandbox.get_refund(made.id) == made
+    with pytest.raises(IdempotencyMismatch):  # the same key for another refund is refused, as real providers do
+        sandbox.refund(charge_id=charge.id, amount=USD(400), reason="late", idempotency_key="r")
+    assert sandbox.refund(charge_id=charge.id, amount=USD(400), reason="damaged", idempotency_key="r") == made
+    assert sandbox.get_charge(charge.id).amount_refunded == USD(400)
+
+
 def test_declined_and_unknown_charges_cannot_be_refunded(sandbox: SandboxProvider) -> None:
     with pytest.raises(Declined) as declined:
         sandbox.charge(amount=USD(1000), token="tok_sandbox_decline", idempotency_key="c")

@@ -50,6 +50,7 @@ SWEEP_MODULES = (
     "billfold.invoices.sweeps",
     "billfold.payments.sweeps",
     "billfold.orders.sweeps",
+    "billfold.orders.refunds",
     "billfold.webhooks.sweeps",
     "billfold.analytics.sweeps",
 )

@@ -15,7 +15,7 @@ from billfold.config import Settings
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
-from billfold.models import Order, Payment
+from billfold.models import Order, Payment, Refund
 from billfold.orders import checkout as checkout_service
 from billfold.orders import refunds as refund_service
 from billfold.orders import service
@@ -155,19 +155,34 @@ def cancel_payment(
     )
 
 
-@payments.post("/{payment_id}/refunds", status_code=status.HTTP_201_CREATED, response_model=RefundOut, responses=problems(409, 503))
+@payments.post(
+    "/{payment_id}/refunds",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RefundOut,
+    responses={
+        **problems(409, 503),
+        202: {"model": RefundOut, "description": "The provider accepted the refund and will settle it later."},
+        502: {**problems(409)[409], "description": "The provider refused the refund (`refund_failed`, with `refund_id`); nothing was given back."},
+    },
+)
 def refund_payment(
     payment_id: str, body: RefundIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
 ) -> JSONResponse:
     """Refund all or part of a completed payment (the shop's admins). Any number of partial refunds,
-    never more than was paid; the payment and order become refunded when nothing is left."""
+    never more than was paid; the payment and order become refunded when nothing is left. Each
+    request makes a refund of its own (a retry with its Idempotency-Key drives the same one).
+    201: refunded. 202: the provider will settle it later. 409 `refund_in_progress`: only pending
+    refunds stand in the way. 422 `not_supported`: the provider cannot make this refund (nothing is
+    written). 502 `refund_failed`: the provider refused; nothing was given back. 503: the provider
+    did not answer; the refund (`refund_id`) stays pending until the retry with the same key or the
+    worker asks the provider again."""
 
     def build(session: Session, refund_id: str) -> tuple[int, Any]:
-        from billfold.models import Refund
-
         refund = session.get(Refund, refund_id)
         assert refund is not None
-        return 201, jsonable_encoder(RefundOut.of(refund))
+        if refund.status == "failed":
+            return 502, refund_service.failure_problem(refund)
+        return (201 if refund.status == "succeeded" else 202), jsonable_encoder(RefundOut.of(refund))
 
     answer = Answer(build)
     sessions = request.app.state.sessions

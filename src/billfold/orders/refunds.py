@@ -1,16 +1,29 @@
 """Refunds: giving back all or part of a completed payment, any number of times until it is used up.
 
-Like checkout, a refund runs in three phases around the one provider call: a ``pending`` refund row
-is created with the payment locked (so two refunds at once cannot together exceed what was paid:
-pending refunds count against what is left), the provider is asked with the refund's own
-idempotency key, and the outcome is recorded. A refund whose outcome is unknown (the provider
-timed out) stays ``pending`` and is taken up again by the next refund request for the same amount,
-with the same provider key. The payment, and its order, become ``refunded`` only when fully
+Like checkout, a refund runs in three phases around the one provider call:
+
+1. **prepare** (payment locked): refuse what cannot be refunded, and what the provider cannot do
+   (its capabilities: refunds, partial refunds, the currency), before anything is written; then
+   create this request's own ``pending`` refund. Pending refunds count against what is left, so
+   refunds at once can never together exceed what was paid. Under an ``Idempotency-Key`` the
+   key's recovery point names the refund, so a retry with that key drives the same refund.
+2. **ask** the provider, with no transaction open, with the refund's own idempotency key
+   (``billfold-<refund id>-refund``) and parameters read from the refund row, so asking again
+   (after a timeout or a crash) gets the provider's first answer, never a second refund.
+3. **record** (payment and refund locked) the answer by the refund state machine; an outcome
+   recorded already is left alone.
+
+A request never takes up another request's refund. A refund whose outcome is unknown (the
+provider timed out, or we crashed before recording) stays ``pending`` until the retry with its
+own key, or the ``refunds.settle`` sweep, asks the provider again (``get_refund`` once the
+provider's id is known). The payment, and its order, become ``refunded`` only when fully
 refunded; a partial refund leaves them ``completed``/``paid`` with the refunds listed.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,16 +33,25 @@ from billfold.accounts.security import Principal, Security
 from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, InvalidAmount, NotFound
-from billfold.kit.idempotency import Claim, finish
+from billfold.kit.errors import BillfoldError, Conflict, InvalidAmount, NotFound
+from billfold.kit.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
+from billfold.kit.jobs import Context, claim_batch, sweep
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, Refund
 from billfold.orders.service import actor
 from billfold.orders.states import ORDER, PAYMENT, REFUND
 from billfold.payments import gateways
-from billfold.providers.base import RefundStatus
-from billfold.providers.errors import InvalidProviderRequest
+from billfold.providers.base import Capabilities, ProviderAdapter, RefundResult, RefundStatus
+from billfold.providers.errors import IdempotencyMismatch, ProviderError, ProviderUnavailable
+
+log = logging.getLogger("billfold.refunds")
+
+STALE_AFTER = timedelta(minutes=10)
+"""A refund pending this long lost its request: the sweep asks the provider (and again after as long)."""
+BATCH = 50
+RECOVERY_PREFIX = "refund:"
+SYSTEM = "system"
 
 
 class NotRefundable(Conflict):
@@ -40,6 +62,19 @@ class NotRefundable(Conflict):
 class RefundInProgress(Conflict):
     code = "refund_in_progress"
     title = "A refund is under way"
+
+
+class RefundFailed(BillfoldError):
+    """The provider refused the refund or said it failed: nothing was given back."""
+
+    status = 502
+    code = "refund_failed"
+    title = "The payment provider did not make the refund"
+
+
+def refund_key(refund_id: str) -> str:
+    """The provider's idempotency key for a refund: from our row, the same on every ask."""
+    return f"billfold-{refund_id}-refund"
 
 
 def refunded_cents(session: Session, payment_id: str, statuses: tuple[str, ...] = ("succeeded",)) -> int:
@@ -71,32 +106,50 @@ def _lock_payment(session: Session, payment_id: str) -> Payment:
     return payment
 
 
-def _prepare(session: Session, principal: Principal, payment_id: str, amount_cents: int | None, reason: str | None) -> str:
+def _lock_refund(session: Session, refund_id: str) -> Refund:
+    statement = sa.select(Refund).where(Refund.id == refund_id).execution_options(populate_existing=True)
+    return session.scalars(for_update(statement, session)).one()
+
+
+def _require_capabilities(capabilities: Capabilities, payment: Payment, amount: int) -> None:
+    """NotSupported (422) unless the provider can refund ``amount`` of this payment."""
+    capabilities.require("refunds", payment.provider_id)
+    if amount != payment.amount_cents:
+        capabilities.require("partial_refunds", payment.provider_id)
+    capabilities.require_currency(payment.currency, payment.provider_id)
+
+
+def _prepare(
+    session: Session, security: Security, principal: Principal, payment_id: str, amount_cents: int | None, reason: str | None
+) -> str:
     principal.require_admin()
     principal.require_scope("write")
     payment = _lock_payment(session, payment_id)
     if payment.status not in ("completed", "refunded") or not payment.provider_payment_id:
         raise NotRefundable(f"payment {payment.id} is {payment.status}; only a completed payment can be refunded")
+    # Inactive or misconfigured: refused here, before any row is written.
+    adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
     pending = session.scalars(
         sa.select(Refund).where(Refund.payment_id == payment.id, Refund.status == "pending").order_by(Refund.id)
-    ).first()
-    if pending is not None:
-        if amount_cents in (None, pending.amount_cents):
-            return pending.id  # its outcome is unknown: ask the provider again with its key
-        raise RefundInProgress(
-            f"refund {pending.id} of {pending.amount_cents} on payment {payment.id} is under way; retry it first",
-            refund_id=pending.id,
-        )
-    left = payment.amount_cents - refunded_cents(session, payment.id)
+    ).all()
+    unrefunded = payment.amount_cents - refunded_cents(session, payment.id)
+    left = unrefunded - sum(p.amount_cents for p in pending)
     amount = left if amount_cents is None else amount_cents
     if amount <= 0 or amount > left:
-        shown = Money(left, payment.currency)
+        shown = Money(max(left, 0), payment.currency).format()
+        if pending and amount <= unrefunded:  # it would fit once the pending refunds are settled
+            raise RefundInProgress(
+                f"refund{'s' if len(pending) > 1 else ''} {', '.join(p.id for p in pending)} of payment {payment.id} "
+                f"{'are' if len(pending) > 1 else 'is'} under way; {shown} is left besides",
+                pending_refund_ids=[p.id for p in pending], left_cents=max(left, 0),
+            )
         raise InvalidAmount(
-            f"payment {payment.id} has {shown.format()} left to refund; cannot refund {Money(max(amount, 0), payment.currency).format()}"
-            if left > 0
+            f"payment {payment.id} has {shown} left to refund; cannot refund {Money(max(amount, 0), payment.currency).format()}"
+            if unrefunded > 0
             else f"payment {payment.id} is refunded in full already",
-            errors=[{"field": "amount_cents", "message": f"at most {left}"}],
+            errors=[{"field": "amount_cents", "message": f"at most {max(left, 0)}"}],
         )
+    _require_capabilities(adapter.capabilities, payment, amount)
     refund = Refund(
         payment_id=payment.id,
         order_id=payment.order_id,
@@ -112,6 +165,19 @@ def _prepare(session: Session, principal: Principal, payment_id: str, amount_cen
     return refund.id
 
 
+def _resumed(session: Session, principal: Principal, payment_id: str, claim: Claim | None) -> str | None:
+    """The refund this request's Idempotency-Key started before (its recovery point), if any."""
+    if claim is None or not claim.recovery_point.startswith(RECOVERY_PREFIX):
+        return None
+    principal.require_admin()
+    principal.require_scope("write")
+    refund_id = claim.recovery_point.removeprefix(RECOVERY_PREFIX)
+    row = session.get(Refund, refund_id)
+    if row is None or row.payment_id != payment_id:  # the key's hash covers the path: cannot happen
+        raise NotFound(f"no refund {refund_id} of payment {payment_id}")
+    return refund_id
+
+
 def refund(
     sessions: sessionmaker[Session],
     security: Security,
@@ -123,47 +189,99 @@ def refund(
     claim: Claim | None = None,
     respond: Any = None,
 ) -> str:
-    """Refund ``amount_cents`` (all that is left when None) of a completed payment; the refund's id."""
+    """Refund ``amount_cents`` (all that is left when None) of a completed payment; the refund's id.
+
+    Raises ProviderUnavailable (with ``refund_id``) when the provider's answer is unknown: the
+    refund stays pending for the retry with the same Idempotency-Key, or the sweep. A refusal is
+    recorded (the refund ``failed``) and returned like any outcome; the caller answers it."""
     with transaction(sessions) as session:
-        refund_id = _prepare(session, principal, payment_id, amount_cents, reason)
-    with reading(sessions) as session:
-        row = session.get(Refund, refund_id)
-        payment = session.get(Payment, payment_id)
-        assert row is not None and payment is not None
-        adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-    failure: str | None = None
-    try:
-        result = adapter.refund(
-            charge_id=payment.provider_payment_id,
-            idempotency_key=f"billfold-{row.id}-refund",
-            amount=Money(row.amount_cents, row.currency),
-            reason=reason,
-            metadata={"refund_id": row.id, "payment_id": payment.id},
-        )
-        succeeded, provider_refund_id = result.status == RefundStatus.SUCCEEDED, result.id
-        failed = result.status == RefundStatus.FAILED
-    except InvalidProviderRequest as error:  # e.g. the provider says it is refunded already
-        succeeded, failed, provider_refund_id, failure = False, True, None, error.detail
-    with transaction(sessions) as session:
-        payment = _lock_payment(session, payment_id)
-        row = session.scalars(for_update(sa.select(Refund).where(Refund.id == refund_id), session)).one()
-        by = actor(principal)
-        if row.status == "pending":
-            row.provider_refund_id = provider_refund_id
-            if succeeded:
-                REFUND.move(session, row, "succeeded", by=by, provider_refund_id=provider_refund_id)
-                row.completed_at = clock.now()
-                _settle(session, payment, by)
-            elif failed:
-                row.error_message = failure
-                REFUND.move(session, row, "failed", by=by, reason=failure)
-        session.flush()
-        if claim is not None and respond is not None:
-            finish(session, claim, *respond(session, row.id))
+        refund_id = _resumed(session, principal, payment_id, claim)
+        if refund_id is None:
+            refund_id = _prepare(session, security, principal, payment_id, amount_cents, reason)
+            if claim is not None:  # the key's recovery point: the refund this request drives
+                claim = advance(session, claim, f"{RECOVERY_PREFIX}{refund_id}")
+    settle(sessions, security, refund_id, by=actor(principal), claim=claim, respond=respond)
     return refund_id
 
 
-def _settle(session: Session, payment: Payment, by: str | None) -> None:
+def _ask(adapter: ProviderAdapter, row: Refund, charge_id: str) -> RefundResult:
+    """The provider's answer about this refund: its current state once we know its id, else the
+    first answer to its own key (a refund it never received is made now, as it was asked)."""
+    if row.provider_refund_id:
+        return adapter.get_refund(row.provider_refund_id)
+    return adapter.refund(
+        charge_id=charge_id,
+        idempotency_key=refund_key(row.id),
+        amount=Money(row.amount_cents, row.currency),
+        reason=row.reason,
+        metadata={"refund_id": row.id, "payment_id": row.payment_id},
+    )
+
+
+def settle(
+    sessions: sessionmaker[Session],
+    security: Security,
+    refund_id: str,
+    *,
+    by: str | None,
+    claim: Claim | None = None,
+    respond: Any = None,
+) -> str:
+    """Ask the provider about a pending refund and record its answer; the refund's status after.
+    A refund settled already is only answered. ProviderUnavailable leaves it pending."""
+    result: RefundResult | None = None
+    refusal: ProviderError | None = None
+    with reading(sessions) as session:
+        row = session.get(Refund, refund_id)
+        payment = session.get(Payment, row.payment_id) if row is not None else None
+        assert row is not None and payment is not None
+        asking = row.status == "pending"
+        # Switched off or broken since the refund was prepared: it stays pending (an earlier ask
+        # may have reached the provider), and is asked about once the provider works again.
+        adapter = gateways.adapter_for_provider(session, security, payment.provider_id) if asking else None
+    if adapter is not None:
+        try:
+            result = _ask(adapter, row, str(payment.provider_payment_id))
+        except (ProviderUnavailable, IdempotencyMismatch) as error:
+            # Unknown outcome. A mismatch means this key was once sent with other parameters (a
+            # refund taken up by another request before this was fixed): only a person can tell.
+            raise ProviderUnavailable(error.detail, refund_id=refund_id, payment_id=payment.id) from error
+        except ProviderError as error:  # refused: bad state, more than is left, not supported
+            refusal = error
+    with transaction(sessions) as session:
+        payment = _lock_payment(session, payment.id)
+        row = _lock_refund(session, refund_id)
+        if row.status == "pending":
+            if result is not None:
+                row.provider_refund_id = result.id
+                if result.status == RefundStatus.SUCCEEDED:
+                    REFUND.move(session, row, "succeeded", by=by, provider_refund_id=result.id)
+                    row.completed_at = clock.now()
+                    _settle_payment(session, payment, by)
+                elif result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+                    row.error_message = f"the provider says the refund {result.provider_status}"
+                    REFUND.move(session, row, "failed", by=by, reason=row.error_message, provider_refund_id=result.id)
+            elif refusal is not None:
+                row.error_message = refusal.detail
+                row.metadata_ = {**(row.metadata_ or {}), "provider_code": refusal.code}
+                REFUND.move(session, row, "failed", by=by, reason=refusal.detail, code=refusal.code)
+        session.flush()
+        if claim is not None and respond is not None:
+            finish(session, claim, *respond(session, row.id))
+        return row.status
+
+
+def failure_problem(row: Refund) -> dict[str, Any]:
+    """The problem document a failed refund is answered with (502 ``refund_failed``): the refund's
+    id, its payment, and the provider's code for the refusal when it gave one."""
+    detail = row.error_message or "the provider did not make the refund"
+    return RefundFailed(
+        f"refund {row.id} of payment {row.payment_id} failed: {detail}", refund_id=row.id, payment_id=row.payment_id,
+        provider_code=(row.metadata_ or {}).get("provider_code"),
+    ).to_problem()
+
+
+def _settle_payment(session: Session, payment: Payment, by: str | None) -> None:
     """A payment refunded in full becomes refunded; its order too once every payment is."""
     if refunded_cents(session, payment.id) < payment.amount_cents:
         return
@@ -176,3 +294,30 @@ def _settle(session: Session, payment: Payment, by: str | None) -> None:
     )
     if order.status == "paid" and not still_paid:
         ORDER.move(session, order, "refunded", by=by, payment_id=payment.id)
+
+
+@sweep("refunds.settle", every=timedelta(minutes=1))
+def settle_pending_refunds(context: Context, *, older_than: timedelta = STALE_AFTER, limit: int = BATCH) -> int:
+    """Refunds pending longer than ``older_than`` (their request timed out or died): each is
+    asked about at the provider with its own key (``get_refund`` once its id is known) and its
+    answer recorded. Claimed rows are stamped, so one still unanswered is asked again only after
+    ``older_than``. How many were asked about."""
+    now = clock.now()
+    with transaction(context.sessions) as session:
+        statement = (
+            sa.select(Refund)
+            .where(Refund.status == "pending", Refund.updated_at <= now - older_than)
+            .order_by(Refund.updated_at, Refund.id)
+        )
+        claimed = claim_batch(session, statement, limit)
+        for row in claimed:
+            row.updated_at = now
+        refund_ids = [row.id for row in claimed]
+    for refund_id in refund_ids:
+        try:
+            settle(context.sessions, context.security, refund_id, by=SYSTEM)
+        except BillfoldError as error:  # still unknown (or the provider is switched off): asked again later
+            log.warning("refund %s left pending: %s", refund_id, error.detail)
+        except Exception:  # one refund's trouble does not hold back the others
+            log.exception("refund %s left pending", refund_id)
+    return len(refund_ids)

@@ -7,10 +7,15 @@ ours agree."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,9 +34,11 @@ from billfold.kit.money import Money
 from billfold.models import Payment, PaymentProvider, Refund
 from billfold.orders import refunds
 from billfold.providers.sandbox import SandboxProvider
+from tests import cli
 from tests.accounts import Api
 from tests.test_checkout import checkout, customer, order, product
 from tests.test_organizations import assert_problem
+from tests.server import free_port
 
 SLOW = "tok_sandbox_timeout_after_success"  # the provider acts, then its answer is lost
 
@@ -219,3 +226,75 @@ def test_concurrent_refunds_with_other_keys_and_reasons_agree_with_the_provider(
     assert sorted(succeeded) == sorted(theirs(api, payment)), "the provider's books and ours agree"
     assert sum(amount for _, amount, _ in succeeded) == 1200 == sandbox(api).get_charge(payment["provider_payment_id"]).amount_refunded.amount
     assert status == "refunded" and all(state == "succeeded" for _, state, _, _ in rows)
+
+
+@contextmanager
+def billfold_serve(engine: Engine, data_dir: Path) -> Iterator[str]:
+    """``billfold serve`` in a process of its own (and its own process group, to kill it whole)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env.update(
+        BILLFOLD_DATABASE_URL=engine.url.render_as_string(hide_password=False), BILLFOLD_DATA_DIR=str(data_dir),
+        BILLFOLD_WORKER="off",
+    )
+    with (data_dir / "serve.log").open("ab") as log:
+        server = subprocess.Popen(
+            [cli.BILLFOLD, "serve", "--port", str(port), "--no-access-log"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (data_dir / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (data_dir / "serve.log").read_text()
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # no shutdown: requests die wherever they are
+        server.wait()
+
+
+def test_refunds_killed_mid_burst_end_with_the_provider_and_our_books_agreeing(
+    api: Api, engine: Engine, admin_token: str, backend: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has no row locks: one writer at a time, nothing to race")
+    payments = [paid(api, engine, 1000) for _ in range(3)]  # 1200 each, through the same sandbox state file
+    answered, told = threading.Event(), []
+    with billfold_serve(engine, Path(api.data_dir)) as url:
+        def ask(payment_id: str, n: int) -> None:
+            headers = {"Authorization": f"Bearer {admin_token}", "Idempotency-Key": new_id("kill")}
+            try:
+                answer = httpx.post(
+                    f"{url}/v1/payments/{payment_id}/refunds", json={"amount_cents": 300, "reason": f"asker {n}"},
+                    headers=headers, timeout=30,
+                )
+            except httpx.HTTPError:
+                return  # killed mid-request
+            told.append(answer)
+            answered.set()
+
+        threads = [threading.Thread(target=ask, args=(p["id"], n)) for p in payments for n in range(8)]
+        for thread in threads:
+            thread.start()
+        assert answered.wait(30), "no answer before the kill"
+    # The server was killed (SIGKILL) at the first answer, with the other requests anywhere.
+    for thread in threads:
+        thread.join()
+    assert len(told) < len(threads), "some requests were cut off by the kill"
+    settle(api, engine)
+    for payment in payments:
+        status, rows = ours(engine, payment["id"])
+        assert all(state != "pending" for _, state, _, _ in rows), rows
+        succeeded = sorted((refund_id, amount, reason) for refund_id, state, amount, reason in rows if state == "succeeded")
+        assert succeeded == sorted(theirs(api, payment)), "the provider's books and ours agree"
+        given_back = sum(amount for _, amount, _ in succeeded)
+        assert given_back == sandbox(api).get_charge(payment["provider_payment_id"]).amount_refunded.amount <= 1200
+        assert status == ("refunded" if given_back == 1200 else "completed")
+    refunded = {answer.json()["id"] for answer in told if answer.status_code == 201}
+    assert refunded <= {row[0] for p in payments for row in ours(engine, p["id"])[1] if row[1] == "succeeded"}

@@ -43,7 +43,7 @@ from billfold.orders.service import actor
 from billfold.orders.states import ORDER, PAYMENT, REFUND
 from billfold.payments import gateways
 from billfold.providers.base import Capabilities, ProviderAdapter, RefundResult, RefundStatus
-from billfold.providers.errors import IdempotencyMismatch, ProviderError, ProviderUnavailable
+from billfold.providers.errors import IdempotencyMismatch, NotSupported, ProviderError, ProviderUnavailable
 
 log = logging.getLogger("billfold.refunds")
 
@@ -246,7 +246,12 @@ def settle(
             # Unknown outcome. A mismatch means this key was once sent with other parameters (a
             # refund taken up by another request before this was fixed): only a person can tell.
             raise ProviderUnavailable(error.detail, refund_id=refund_id, payment_id=payment.id) from error
-        except ProviderError as error:  # refused: bad state, more than is left, not supported
+        except NotSupported as error:
+            # Checked before the refund was written, so the provider's config changed since: an
+            # earlier ask may have been made, so it stays pending until the provider can answer.
+            error.extra.update(refund_id=refund_id, payment_id=payment.id)
+            raise
+        except ProviderError as error:  # refused: bad state, more than is left, no such charge
             refusal = error
     with transaction(sessions) as session:
         payment = _lock_payment(session, payment.id)

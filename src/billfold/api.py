@@ -6,12 +6,14 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
 from typing import Any
 
+import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,12 +38,20 @@ from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
 from billfold import worker_api
 from billfold.kit import clock, mailer
-from billfold.kit.db import create_engine, one_line, session_factory
-from billfold.kit.http import Problem, RefuseNulCharacters
-from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
+from billfold.kit.db import create_engine, one_line, pool_options, session_factory
+from billfold.kit.http import AdmitRequests, Problem, RefuseNulCharacters
+from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
 
 PROBLEM_JSON = "application/problem+json"
+_log = logging.getLogger("billfold.api")
+
+
+def problem_response(error: BillfoldError) -> JSONResponse:
+    """The problem document of ``error``, with Retry-After when a retry may succeed later."""
+    retry_after = error.retry_after or (1 if error.status == 503 else None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 class Health(BaseModel):
@@ -54,11 +64,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     """The app. ``run_worker``: run the sweeps in a background thread while serving (the embedded
     worker of ``billfold serve``); it stops, finishing its round, when the server shuts down."""
     settings = settings or get_settings()
-    engine = engine or create_engine(settings.database_url)
+    engine = engine or create_engine(settings.database_url, **pool_options(settings.api_threads))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Sandbox mode: the whole process runs on the database's billing clock while serving.
+        # The endpoints' thread pool, sized with the connection pool (kit.db.pool_options).
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         current = clock.get_clock()
         previous = None
         if settings.sandbox and not (isinstance(current, clock.DatabaseClock) and current.engine is engine):
@@ -74,7 +86,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                 yield
         finally:
             if previous is not None:
-                clock.set_clock(previous)
+                ours = clock.set_clock(previous)
+                if isinstance(ours, clock.DatabaseClock):
+                    ours.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -82,6 +96,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
+    app.add_middleware(AdmitRequests, limit=settings.api_threads)  # innermost: admitted with their bodies read
     app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)
     app.state.engine = engine
@@ -102,8 +117,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:
-        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, TooManyRequests) else None
-        return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
+        return problem_response(error)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    @app.exception_handler(sa.exc.InterfaceError)
+    @app.exception_handler(sa.exc.TimeoutError)
+    async def _database_busy(request: Request, error: Exception) -> JSONResponse:
+        # A lost connection, a full pool, a lock or deadlock timeout: the transaction was rolled
+        # back, nothing happened, and the same request can be sent again.
+        _log.warning("database error on %s %s: %s", request.method, request.url.path, one_line(error))
+        return problem_response(DatabaseUnavailable("the database is busy or unreachable; retry shortly"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     )
     seller_tax_id: str | None = Field("GB000000000", description="The seller's VAT/tax number on invoices; empty: none shown.")
 
+    api_threads: int = Field(
+        16, ge=1, le=256,
+        description="Requests one API process works on at once (the thread pool of its endpoints). Each "
+        "may use two database connections at a time, so the connection pool holds up to twice this many.",
+    )
     sandbox: bool = Field(
         False,
         description="Sandbox mode: the billing clock may be moved forward (`billfold clock advance 30d`, "

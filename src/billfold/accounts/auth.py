@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from billfold.accounts.security import Principal, Security
 from billfold.accounts.sessions import csrf_token, principal_for_token
 from billfold.kit.errors import BillfoldError, Forbidden, Unauthorized
-from billfold.kit.http import DbSession
+from billfold.kit.http import DbSession, end_step
 
 SESSION_COOKIE = "billfold_session"
 CSRF_COOKIE = "billfold_csrf"
@@ -36,6 +36,12 @@ SecurityDep = Annotated[Security, Depends(security_of)]
 
 
 def optional_principal(request: Request, session: DbSession, security: SecurityDep) -> Principal | None:
+    principal = _authenticate(request, session, security)
+    end_step(session)  # no connection is held while the request waits for its next thread
+    return principal
+
+
+def _authenticate(request: Request, session: DbSession, security: Security) -> Principal | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if header:

@@ -122,29 +122,68 @@ class DatabaseClock:
         self.engine = engine
         self.cache_seconds = cache_seconds
         self._real = real or SystemClock()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below; never held while the database answers
         self._offset = timedelta(0)
         self._read_at: float | None = None
+        self._reading = False
+        self._first_read = threading.Event()
+        self._reader: Any = None
 
     def now(self) -> datetime:
         return self._real.now() + self.offset()
 
     def offset(self) -> timedelta:
-        """How far ahead of real time the system runs (cached for ``cache_seconds``)."""
+        """How far ahead of real time the system runs (cached for ``cache_seconds``).
+
+        One thread at a time re-reads it, on a connection of the clock's own; the others go on
+        with the offset last read instead of queueing behind that read (before, a burst wedged
+        every thread behind one that waited for a pooled connection). Only before the first read
+        has finished do they wait for it, a few seconds at most."""
         with self._lock:
-            fresh = self._read_at is not None and time.monotonic() - self._read_at < self.cache_seconds
-            if not fresh:
-                try:
-                    self._offset = timedelta(seconds=read_offset_seconds(self.engine))
-                    self._read_at = time.monotonic()
-                except Exception:  # unreachable for a moment: keep the last offset we knew
-                    _log.warning("cannot read the billing clock; keeping offset %s", self._offset, exc_info=True)
+            known = self._read_at is not None
+            if known and (self._reading or time.monotonic() - self._read_at < self.cache_seconds):
+                return self._offset
+            first_read_elsewhere = self._reading
+            self._reading = True
+        if first_read_elsewhere:
+            self._first_read.wait(5)
             return self._offset
+        try:
+            offset = timedelta(seconds=read_offset_seconds(self._reading_engine()))
+        except Exception:  # unreachable for a moment: keep the last offset we knew
+            _log.warning("cannot read the billing clock; keeping offset %s", self._offset, exc_info=True)
+            with self._lock:
+                self._reading = False
+            return self._offset
+        with self._lock:
+            self._offset, self._read_at, self._reading = offset, time.monotonic(), False
+        self._first_read.set()
+        return offset
 
     def refresh(self) -> timedelta:
         with self._lock:
             self._read_at = None
+            self._reading = False
         return self.offset()
+
+    def close(self) -> None:
+        """Close the clock's own connection (the engine it was given stays open)."""
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not self.engine:
+            reader.dispose()
+
+    def _reading_engine(self) -> Any:
+        """The clock's own one-connection pool, so reading the time never waits for, nor takes,
+        a connection the requests share (an in-memory SQLite database has only its one engine)."""
+        if self._reader is None:
+            url = self.engine.url
+            if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+                self._reader = self.engine
+            else:
+                from billfold.kit.db import create_engine
+
+                self._reader = create_engine(url, pool_size=1, max_overflow=0)
+        return self._reader
 
     def advance(self, by: timedelta | str) -> datetime:
         """Move the whole system's time forward by ``by`` (a timedelta or ``"30d"``); the new now."""

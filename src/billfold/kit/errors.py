@@ -15,6 +15,8 @@ class BillfoldError(Exception):
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+    # Seconds after which a retry may succeed: sent as the Retry-After header (every 503 and 429).
+    retry_after: int | None = None
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -75,9 +77,13 @@ class ConfigurationError(BillfoldError):
 
 
 class DatabaseUnavailable(BillfoldError):
+    """The database cannot be reached, or is too busy to answer now (a full connection pool, a
+    lock or deadlock timeout): nothing was done, and the same request may be retried."""
+
     status = 503
     code = "database_unavailable"
     title = "Database unavailable"
+    retry_after = 1
 
 
 class Unauthorized(BillfoldError):

@@ -111,9 +111,7 @@ class IdempotentRequest:
             sessions, handle, scope=scope, key=self.key, method=self.request.method,
             path=self.request.url.path, params=self.params(body),
         )
-        headers = {REPLAYED_HEADER: "true"} if outcome.replayed else None
-        media_type = PROBLEM_JSON if outcome.status >= 400 else None
-        return JSONResponse(outcome.body, status_code=outcome.status, headers=headers, media_type=media_type)
+        return answer_with(outcome.status, outcome.body, replayed=outcome.replayed)
 
 
 def idempotent_request(request: Request, session: DbSession, key: KeyHeader = None) -> IdempotentRequest:
@@ -137,9 +135,18 @@ class Answer:
         return self.status, self.body
 
     def response(self, replayed: bool = False) -> JSONResponse:
-        headers = {REPLAYED_HEADER: "true"} if replayed else None
-        media_type = PROBLEM_JSON if self.status >= 400 else None
-        return JSONResponse(self.body, status_code=self.status, headers=headers, media_type=media_type)
+        return answer_with(self.status, self.body, replayed=replayed)
+
+
+def answer_with(status: int, body: Any, *, replayed: bool = False) -> JSONResponse:
+    """The response for an outcome: problem JSON for errors, Retry-After on a 503 (the provider
+    or the database did not answer: the same request, with the same key, may be sent again)."""
+    headers = {REPLAYED_HEADER: "true"} if replayed else {}
+    if status == 503:
+        retry_after = body.get("retry_after") if isinstance(body, dict) else None
+        headers["Retry-After"] = str(retry_after if isinstance(retry_after, int) and retry_after > 0 else 2)
+    media_type = PROBLEM_JSON if status >= 400 else None
+    return JSONResponse(body, status_code=status, headers=headers or None, media_type=media_type)
 
 
 def idempotently(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
 from billfold.models import PaymentProvider
 from billfold.providers import registry
 from billfold.providers.base import Capabilities, ProviderAdapter
+from billfold.providers.errors import ProviderUnavailable
 
 SECRET_KEYS = frozenset(
     {"secret_key", "api_key", "webhook_secret", "password", "client_secret", "transaction_key", "private_key"}
@@ -181,6 +183,14 @@ def build_adapter(provider_id: str, config: Mapping[str, Any]) -> ProviderAdapte
     """A new adapter, or ProviderMisconfigured (never a bare exception) if the config does not work."""
     try:
         return registry.adapter_for(provider_id, config)
+    except (TimeoutError, ConnectionError, sqlite3.OperationalError) as error:
+        if isinstance(error, sqlite3.OperationalError) and not _is_busy(error):
+            raise ProviderMisconfigured(
+                f"provider {provider_id}: the adapter refused its configuration ({error})", provider_id=provider_id
+            ) from error
+        # Busy for a moment (the sandbox's store locked by a burst): not a configuration fault,
+        # and nothing was asked of the provider, so the same request can be retried.
+        raise ProviderUnavailable(f"provider {provider_id} is busy; retry shortly", provider_id=provider_id) from error
     except BillfoldError as error:
         raise ProviderMisconfigured(f"provider {provider_id}: {error.detail}", provider_id=provider_id) from error
     except Exception as error:  # an adapter refusing its config: a bad secret, an unknown option
@@ -188,6 +198,11 @@ def build_adapter(provider_id: str, config: Mapping[str, Any]) -> ProviderAdapte
             f"provider {provider_id}: the adapter refused its configuration ({type(error).__name__}: {error})",
             provider_id=provider_id,
         ) from error
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
 
 
 def adapter_for_provider(

@@ -100,6 +100,7 @@ class ProviderUnavailable(ProviderError):
     status = 503
     code = "provider_unavailable"
     title = "Payment provider unavailable"
+    retry_after = 2
 
 
 class InvalidProviderRequest(ProviderError):

@@ -75,11 +75,24 @@ def _redact(url: str | URL) -> str:
         return str(url)
 
 
+DEFAULT_THREADS = 16
+"""Requests an API process works on at once (``Settings.api_threads``)."""
+
+
+def pool_options(threads: int = DEFAULT_THREADS) -> dict[str, Any]:
+    """A connection pool sized for ``threads`` request threads. A request may hold two connections
+    at once (its own session and a short transaction of a service's), so the pool can grow to two
+    per thread: no thread then waits for a connection that only another waiting thread could free.
+    Five are kept open; the rest are opened when a burst needs them and closed after."""
+    kept = min(5, 2 * threads)
+    return {"pool_size": kept, "max_overflow": 2 * threads - kept, "pool_timeout": 30}
+
+
 def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for ``url`` with Billfold's per-database settings. Connects lazily."""
     parsed = parse_database_url(url)
     backend = parsed.get_backend_name()
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    options: dict[str, Any] = {"pool_pre_ping": True, **pool_options()}
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -87,6 +100,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
             if not folder.is_dir():
                 raise ConfigurationError(f"the folder {folder} for the SQLite database {database} does not exist")
         options["connect_args"] = {"timeout": 30}
+        if not database or database == ":memory:" or database.startswith("file:"):
+            for option in pool_options():  # one shared in-memory connection: no pool to size
+                options.pop(option)
     elif backend == "postgresql":
         options["connect_args"] = {"options": "-c timezone=UTC", "connect_timeout": 5}
     else:
@@ -95,6 +111,9 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         # after waiting for a row lock sees the row as the other transaction left it.
         options["isolation_level"] = "READ COMMITTED"
     options.update(kwargs)
+    if options.get("poolclass") is not None and options["poolclass"] is not sa.pool.QueuePool:
+        for option in pool_options():
+            options.pop(option, None)
     try:
         engine = sa.create_engine(parsed, **options)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:

@@ -242,3 +242,35 @@ def test_an_idempotency_key_makes_one_subscription(shop: Shop) -> None:
         mine = client.get("/v1/subscriptions", params={"limit": 100}).json()["data"]
     assert [s["id"] for s in mine if s["product_id"] == plan] == [first.json()["id"]]
     assert len(shop.charges(first.json()["id"])) == 1
+
+
+def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
+    """The cancellation is kept; the retry with the same key finishes the refund instead of
+    answering 409 for a subscription cancelled already, and the answer says how the refund went."""
+    from billfold.subscriptions import billing
+
+    admin_token = shop.admin()
+    kim = shop.customer("kim")
+    sub = shop.subscribe(kim, shop.product(2800))  # 28 days
+    slow = shop.save_method(kim.token, "tok_sandbox_timeout_after_success")  # its refunds' answers are lost too
+    shop.post(kim, sub["id"], "change", payment_method_id=slow)
+    frozen_clock.set(when(sub["current_period_end"]))
+    shop.sweep("renew")
+    frozen_clock.advance(billing.STALE_AFTER + timedelta(minutes=1))
+    shop.sweep("renew")  # the renewal's lost answer, asked again
+    assert [p.status for p in shop.payments(sub["id"])] == ["completed", "completed"]
+    frozen_clock.advance(7 * DAY - billing.STALE_AFTER - timedelta(minutes=1))
+    body, key = {"at_period_end": False, "refund": True}, {"Idempotency-Key": "cancel-lost-refund"}
+    with shop.client(admin_token) as admin:
+        lost = admin.post(f"/v1/subscriptions/{sub['id']}/cancel", json=body, headers=key)
+        assert lost.status_code == 503 and lost.headers["Retry-After"], lost.text
+        assert admin.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "cancelled"
+        done = admin.post(f"/v1/subscriptions/{sub['id']}/cancel", json=body, headers=key)
+    assert done.status_code == 200, done.text
+    assert done.json()["refund_status"] == "succeeded" and 2000 < done.json()["refund_cents"] < 2200, "21 of 28 days"
+    assert done.json()["subscription"]["status"] == "cancelled"
+    from billfold.kit.db import session_factory
+    from billfold.orders.refunds import refunded_cents
+
+    with session_factory(shop.engine)() as session:
+        assert refunded_cents(session, shop.payments(sub["id"])[-1].id) == done.json()["refund_cents"], "refunded once"

@@ -111,7 +111,7 @@ def _lock_refund(session: Session, refund_id: str) -> Refund:
     return session.scalars(for_update(statement, session)).one()
 
 
-def _require_capabilities(capabilities: Capabilities, payment: Payment, amount: int) -> None:
+def require_capabilities(capabilities: Capabilities, payment: Payment, amount: int) -> None:
     """NotSupported (422) unless the provider can refund ``amount`` of this payment."""
     capabilities.require("refunds", payment.provider_id)
     if amount != payment.amount_cents:
@@ -149,7 +149,7 @@ def _prepare(
             else f"payment {payment.id} is refunded in full already",
             errors=[{"field": "amount_cents", "message": f"at most {max(left, 0)}"}],
         )
-    _require_capabilities(adapter.capabilities, payment, amount)
+    require_capabilities(adapter.capabilities, payment, amount)
     refund = Refund(
         payment_id=payment.id,
         order_id=payment.order_id,

@@ -16,8 +16,9 @@ from billfold.config import Settings
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
-from billfold.kit.idempotency import Claim, finish
-from billfold.models import Subscription
+from billfold.kit.idempotency import Claim, advance, finish
+from billfold.models import Payment, Refund, Subscription
+from billfold.payments import gateways
 from billfold.orders import refunds
 from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
 from billfold.providers.errors import Declined
@@ -180,26 +181,62 @@ def cancel_subscription(
 
     def build(session: Session, result: tuple[str, str | None, int]) -> tuple[int, Any]:
         sub_id, refund_id, cents = result
-        return 200, jsonable_encoder(CancelOut(subscription=subscription_out(session, sub_id), refund_id=refund_id, refund_cents=cents))
+        refund = session.get(Refund, refund_id) if refund_id else None
+        return 200, jsonable_encoder(CancelOut(
+            subscription=subscription_out(session, sub_id), refund_id=refund_id, refund_cents=cents,
+            refund_status=refund.status if refund is not None else None,
+        ))
 
     answer = Answer(build)
 
     def work(claimed: Claim | None) -> tuple[str, str | None, int]:
-        with transaction(sessions) as session:
-            done = service.cancel(session, principal, subscription_id, at_period_end=body.at_period_end, refund=body.refund)
-            if done.refund_payment_id is None:
-                status_code, payload = answer(session, (done.subscription_id, None, 0))
-                if claimed is not None:
-                    finish(session, claimed, status_code, payload)
-                return done.subscription_id, None, 0
+        resumed = _cancelled_before(sessions, claimed)
+        if resumed is None:
+            with transaction(sessions) as session:
+                done = service.cancel(session, principal, subscription_id, at_period_end=body.at_period_end, refund=body.refund)
+                if done.refund_payment_id is None:
+                    status_code, payload = answer(session, (done.subscription_id, None, 0))
+                    if claimed is not None:
+                        finish(session, claimed, status_code, payload)
+                    return done.subscription_id, None, 0
+                # What the provider cannot refund is refused before the cancellation is written.
+                paid = session.get(Payment, done.refund_payment_id)
+                assert paid is not None
+                adapter = gateways.adapter_for_provider(session, security, paid.provider_id)
+                refunds.require_capabilities(adapter.capabilities, paid, done.refund_cents)
+                if claimed is not None:  # a retry refunds without cancelling twice
+                    claimed = advance(session, claimed, f"{CANCELLED}{done.refund_payment_id}:{done.refund_cents}")
+            payment_id, cents = done.refund_payment_id, done.refund_cents
+        else:
+            payment_id, cents = resumed
         refund_id = refunds.refund(
-            sessions, security, principal, done.refund_payment_id, amount_cents=done.refund_cents,
+            sessions, security, principal, payment_id, amount_cents=cents,
             reason="subscription cancelled: unused time", claim=claimed,
-            respond=lambda session, made: answer(session, (done.subscription_id, made, done.refund_cents)),
+            respond=lambda session, made: answer(session, (subscription_id, made, cents)),
         )
-        return done.subscription_id, refund_id, done.refund_cents
+        return subscription_id, refund_id, cents
 
     return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
+
+
+CANCELLED = "cancelled:"
+
+
+def _cancelled_before(sessions: Any, claimed: Claim | None) -> tuple[str, int] | None:
+    """The payment and amount to refund when this key cancelled the subscription already (its
+    recovery point), so its retry only finishes the refund."""
+    if claimed is None:
+        return None
+    point = claimed.recovery_point
+    if point.startswith(CANCELLED):
+        payment_id, _, cents = point.removeprefix(CANCELLED).rpartition(":")
+        return payment_id, int(cents)
+    if point.startswith(refunds.RECOVERY_PREFIX):
+        with sessions() as session:
+            refund = session.get(Refund, point.removeprefix(refunds.RECOVERY_PREFIX))
+            if refund is not None:
+                return refund.payment_id, refund.amount_cents
+    return None
 
 
 def _simple(

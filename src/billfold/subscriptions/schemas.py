@@ -107,3 +107,7 @@ class CancelOut(BaseModel):
     subscription: SubscriptionOut
     refund_id: str | None
     refund_cents: int
+    refund_status: str | None = Field(
+        None, description="The refund's state: succeeded, pending (the provider will settle it, or did not "
+        "answer: the worker asks again) or failed (nothing was given back); null when nothing was refunded.",
+    )

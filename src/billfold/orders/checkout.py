@@ -319,9 +319,9 @@ def checkout(
     body)) store the answer under the caller's ``Idempotency-Key`` in the recording transaction."""
     if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
         # A retry of this key: its own payment, whatever became of it meanwhile.
-        with reading(sessions) as session:
-            payment_for(session, principal, claim.recovery_point.removeprefix(RECOVERY_POINT))
         payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
+        with reading(sessions) as session:
+            payment_for(session, principal, payment_id)
         return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=_ask)
 
     def prepare(claim: Claim | None) -> tuple[_Prepared, Claim | None]:

@@ -132,6 +132,23 @@ def test_a_new_checkout_asks_the_provider_about_the_payment_under_way_instead_of
     assert sum(1 for c in sandbox.list_charges() if c.description == charge.description) == 1, "one charge for the order"
 
 
+def test_cancelling_a_payment_the_provider_completed_meanwhile_records_it_instead_of_blocking(api: Api, engine: Engine) -> None:
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine), 1))
+    with api.client(ada.token) as client:
+        waiting = checkout(client, made["id"], token="tok_sandbox_3ds_success")
+        assert waiting.status_code == 202, waiting.text
+        payment = waiting.json()["payment"]
+        # The customer's authentication went through at the provider, but our books never heard.
+        sandbox = SandboxProvider("sandbox", {"state_path": str(Path(api.data_dir) / "sandbox.sqlite3")})
+        [charge] = sandbox_charges(api, payment["id"])
+        assert sandbox.confirm(charge_id=charge.id, idempotency_key="confirmed-elsewhere").status == ChargeStatus.SUCCEEDED
+        cancelled = client.post(f"/v1/payments/{payment['id']}/cancel")
+        assert cancelled.status_code == 200, "the provider cannot cancel a completed charge: " + cancelled.text
+        assert cancelled.json()["payment"]["status"] == "completed" and cancelled.json()["order"]["status"] == "paid"
+    assert len(sandbox_charges(api, payment["id"])) == 1
+
+
 @pytest.mark.parametrize("finisher", ["another checkout", "the sweep"])
 def test_a_keyed_retry_answers_what_its_payment_became_meanwhile(api: Api, engine: Engine, finisher: str) -> None:
     ada = customer(api, engine)

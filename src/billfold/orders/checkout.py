@@ -455,11 +455,20 @@ def confirm(
 def cancel_payment(
     sessions: sessionmaker[Session], security: Security, principal: Principal, payment_id: str, *, claim: Claim | None = None, respond: Any = None
 ) -> Outcome:
-    """End a payment that waits for the customer's action; the order can be paid again."""
+    """End a payment that waits for the customer's action; the order can be paid again. If the
+    provider cannot cancel the charge because it was completed or ended meanwhile, the payment
+    records what the charge became (paid: the order is paid)."""
     with transaction(sessions) as session:
         _waiting(session, principal, payment_id)
 
     def call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
-        return adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-cancel"), None
+        try:
+            return adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-cancel"), None
+        except (ProviderUnavailable, IdempotencyMismatch):
+            raise
+        except ProviderError:
+            # The charge is no longer where our books say (confirmed, or ended, meanwhile): record
+            # where it is, so the payment does not wait for an action that cannot come.
+            return _ask(adapter, payment, order)
 
     return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=call)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from billfold.kit.db import transaction
+from billfold.kit.db import reading
 from billfold.kit.errors import BillfoldError
 from billfold.kit.jobs import Context, sweep
 from billfold.orders import checkout
@@ -23,7 +23,9 @@ def settle_unknown_order_payments(context: Context) -> int:
     """Order payments pending ``checkout.STALE_AFTER`` with no charge recorded: each settled by the
     provider's answer (paid, declined, waiting for the customer, or failed when no charge was made).
     How many were settled; one the provider does not answer about stays for the next run."""
-    with transaction(context.sessions) as session:
+    # A plain read, no claim: settling is idempotent (each payment is locked while its answer is
+    # recorded, and one recorded already is left alone), so two workers at once do no harm.
+    with reading(context.sessions) as session:
         payment_ids = checkout.unknown_outcomes(session, BATCH)
     settled = 0
     for payment_id in payment_ids:

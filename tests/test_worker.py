@@ -82,6 +82,24 @@ def test_the_existing_purges_are_hourly_sweeps_the_worker_loads() -> None:
     assert loaded["idempotency.purge"].every == timedelta(hours=1)
 
 
+def test_the_worker_lists_its_sweeps_and_leaves_none_out() -> None:
+    """The list names functions it imports (a missing one fails at import, not silently), and
+    every ``@sweep`` anywhere in the package is in it."""
+    import importlib
+    import pkgutil
+
+    import billfold
+
+    listed = [s.name for s in worker.load_sweeps()]
+    assert len(set(listed)) == len(listed) == len(worker.SWEEPS)
+    assert "orders.settle_payments" in listed, "order payments left pending are settled"
+    for module in pkgutil.walk_packages(billfold.__path__, "billfold."):
+        if ".migrations." not in module.name:
+            importlib.import_module(module.name)
+    registered = {s.name for s in jobs.sweeps() if not s.name.startswith("test.")}
+    assert registered == set(listed), "a @sweep the worker does not list never runs"
+
+
 def test_a_sweep_runs_when_due_by_its_interval_and_catch_up_runs_until_idle(sqlite_file: Engine) -> None:
     backlog = [7]
     runs: list[int] = []
@@ -192,6 +210,15 @@ def test_billfold_worker_once_runs_the_due_sweeps(sqlite_file: Engine) -> None:
     assert result.code == 0, result
     assert re.search(r"^  accounts\.purge +1$", result.stdout, re.M)
     assert not _exists(sqlite_file, challenge)
+
+
+def test_billfold_worker_once_runs_every_sweep_in_the_list(sqlite_file: Engine) -> None:
+    result = run("worker", "--once", database_url=sqlite_file.url.render_as_string(hide_password=False))
+    assert result.code == 0, result
+    listed = [s.name for s in worker.load_sweeps()]
+    assert f"Ran {len(listed)} of {len(listed)} sweeps:" in result.stdout, result.stdout + result.stderr
+    for name in listed:  # a sweep that failed is logged and left out of this table
+        assert re.search(rf"^  {re.escape(name)} +\d+$", result.stdout, re.M), (name, result.stdout, result.stderr)
 
 
 def _billfold(*args: str, engine: Engine, tmp_path: Path, **env: str) -> subprocess.Popen[str]:

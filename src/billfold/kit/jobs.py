@@ -68,6 +68,14 @@ def sweeps() -> list[Sweep]:
     return [_SWEEPS[name] for name in sorted(_SWEEPS)]
 
 
+def of(run: Callable[[Context], int]) -> Sweep:
+    """The sweep ``run`` was registered as (with ``@sweep``); ValueError for a plain function."""
+    for registered in _SWEEPS.values():
+        if registered.run is run:
+            return registered
+    raise ValueError(f"{getattr(run, '__qualname__', run)!r} is not a sweep: decorate it with @sweep(name, every=...)")
+
+
 def get(name: str) -> Sweep:
     """The sweep registered as ``name``; KeyError names the ones there are."""
     try:

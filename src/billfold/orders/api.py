@@ -90,9 +90,9 @@ def cancel_order(order_id: str, body: CancelIn, principal: Authenticated, idempo
 
 
 def _checkout_answer(session: Session, outcome: checkout_service.Outcome) -> tuple[int, Any]:
-    if outcome.status == 402:
+    if outcome.status >= 400:  # declined, refused by the provider, or never made: the order can be paid again
         error = outcome.error if isinstance(outcome.error, BillfoldError) else Declined("the payment was declined", "generic_decline")
-        return 402, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id}
+        return error.status, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id}
     order = session.get(Order, outcome.order_id)
     payment = session.get(Payment, outcome.payment_id)
     assert order is not None and payment is not None
@@ -110,8 +110,10 @@ def checkout(
 ) -> JSONResponse:
     """Pay an order with a saved method or a provider token. 200: paid. 202: the customer must act
     (3-D Secure: see `payment.next_action`, then confirm the payment). 402: declined; the order can
-    be paid again. 503: the provider did not answer; retry (with the same Idempotency-Key): it
-    never charges twice."""
+    be paid again. 400: the provider refused the request (an unknown token, say); the payment failed
+    and the order can be paid again. 503: the provider did not answer; retry (with the same
+    Idempotency-Key): it never charges twice, and a payment left unknown is settled by asking the
+    provider."""
     pay = checkout_service.PayWith(body.payment_method_id, body.token, body.provider_id)
     answer = Answer(_checkout_answer)
     sessions = request.app.state.sessions

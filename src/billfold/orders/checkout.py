@@ -10,17 +10,29 @@ A checkout runs in three phases, each its own transaction, bounded by the one ca
 3. **record** (order and payment locked): move the payment, and the order once paid in full, by
    their state machines; an outcome recorded already is left alone.
 
-A crash or a provider timeout between 2 and 3 leaves the payment ``pending``. The next checkout of
-the order, with or without the same ``Idempotency-Key``, takes that payment up again and sends
-the same provider key, so the provider answers with the charge it made instead of charging twice.
-Many checkouts of one order at once therefore share one payment and one provider charge. A
-payment waiting for the customer's action (3-D Secure) is finished with ``confirm`` or ended
-with ``cancel``; a new checkout meanwhile is refused.
+A refusal that is not "outcome unknown" (a decline, a token or request the provider refuses, a
+capability it lacks) settles the payment as ``failed`` at once: the order can be paid again, with
+another token, or cancelled.
+
+A crash or a provider timeout (``ProviderUnavailable``) between 2 and 3 leaves the payment
+``pending`` with its outcome unknown. Whoever takes it up asks the provider first what the
+payment's key made (``find_charge``) and records that, without charging again: the next checkout
+of the order (with or without the same ``Idempotency-Key``), or the sweep (orders/sweeps.py),
+which settles every such payment ``STALE_AFTER`` after it began. When the provider made no charge,
+a payment that young is charged now with the same key (its first request may still be under way,
+so this stays safe however many requests race), and an older one is settled ``failed``: its
+request is gone, and the order is free again. Many checkouts of one order at once therefore share
+one payment and one provider charge. A payment waiting for the customer's action (3-D Secure) is
+finished with ``confirm`` or ended with ``cancel``; a new checkout meanwhile is refused.
+
+A keyed retry resumes from its recovery point (``payment:<id>``): it answers what its own payment
+became, even when another request or the sweep finished it meanwhile.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +43,7 @@ from billfold.accounts.security import Principal, Security
 from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, InvalidInput, NotFound
+from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
 from billfold.kit.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
@@ -41,9 +53,13 @@ from billfold.orders.service import OrderNotPayable, actor
 from billfold.orders.states import ORDER, PAYMENT
 from billfold.payments import customers, gateways, methods
 from billfold.providers.base import ChargeResult, ChargeStatus
-from billfold.providers.errors import Declined, ProviderUnavailable
+from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
 
 WAITING_FOR_CUSTOMER = "requires_action"
+STALE_AFTER = timedelta(minutes=10)
+"""A payment whose outcome is still unknown this long after it began has lost its request (a crash,
+a timeout): the provider's answer is recorded, and if it made no charge the payment fails."""
+RECOVERY_POINT = "payment:"
 
 
 class PaymentNotWaiting(Conflict):
@@ -54,6 +70,22 @@ class PaymentNotWaiting(Conflict):
 class PaymentRequiresAction(Conflict):
     code = "payment_requires_action"
     title = "A payment waits for the customer"
+
+
+class ChargeNotMade(BillfoldError):
+    """The provider made no charge for a payment whose request never heard its answer."""
+
+    status = 402
+    code = "payment_not_made"
+    title = "The payment was never made"
+
+
+def _failure_of(payment: Payment) -> BillfoldError:
+    """The error a failed payment answers with to a request that did not hear the provider itself."""
+    meta = _meta(payment)
+    if meta.get("failure") == ChargeNotMade.code:
+        return ChargeNotMade(payment.error_message or "the provider made no charge for this payment")
+    return Declined(payment.error_message or "The payment was declined.", meta.get("decline_code") or "generic_decline")
 
 
 @dataclass(frozen=True)
@@ -99,7 +131,17 @@ def charge_key(payment_id: str) -> str:
     return f"billfold-{payment_id}-charge"
 
 
-def _prepare(session: Session, security: Security, principal: Principal, order_id: str, pay: PayWith) -> str:
+@dataclass(frozen=True)
+class _Prepared:
+    payment_id: str
+    taken_up: bool  # an earlier request's payment, whose outcome this request did not hear
+
+
+def _stale(payment: Payment) -> bool:
+    return payment.created_at <= clock.now() - STALE_AFTER
+
+
+def _prepare(session: Session, security: Security, principal: Principal, order_id: str, pay: PayWith) -> _Prepared:
     order = service.get_order(session, principal, order_id, change=True)
     service.require_buyer(session, principal, order)
     order = _lock_order(session, order.id)
@@ -118,7 +160,7 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
                 f"confirm it (POST /v1/payments/{under_way.id}/confirm) or cancel it first",
                 payment_id=under_way.id,
             )
-        return under_way.id  # taken up again with the same provider key
+        return _Prepared(under_way.id, taken_up=True)
     if pay.payment_method_id and pay.token:
         raise InvalidInput(
             "pay with a saved payment method or a token, not both",
@@ -170,7 +212,7 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
     session.add(payment)
     session.flush()
     PAYMENT.start(session, payment, "pending", by=actor(principal), order_id=order.id, amount_cents=order.total_cents)
-    return payment.id
+    return _Prepared(payment.id, taken_up=False)
 
 
 def apply_outcome(session: Session, payment: Payment, result: ChargeResult | None, *, by: str | None, error: Exception | None) -> int:
@@ -188,6 +230,9 @@ def apply_outcome(session: Session, payment: Payment, result: ChargeResult | Non
     if isinstance(error, Declined):
         meta["decline_code"] = error.decline_code
         payment.error_message = error.detail
+    elif isinstance(error, BillfoldError):  # a refusal, or no charge made: the payment failed all the same
+        meta["failure"] = error.code
+        payment.error_message = error.detail
     payment.metadata_ = meta
     status = result.status if result is not None else ChargeStatus.FAILED
     if status == ChargeStatus.SUCCEEDED:
@@ -200,7 +245,7 @@ def apply_outcome(session: Session, payment: Payment, result: ChargeResult | Non
             events.order_paid(session, order)
         return 200
     if status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
-        PAYMENT.move(session, payment, "failed", by=by, reason=meta.get("decline_code") or status.value)
+        PAYMENT.move(session, payment, "failed", by=by, reason=meta.get("decline_code") or meta.get("failure") or status.value)
         return 402 if status == ChargeStatus.FAILED else 200  # a cancellation asked for is a success
     if status == ChargeStatus.REQUIRES_ACTION:
         meta["provider_status"] = WAITING_FOR_CUSTOMER
@@ -233,6 +278,31 @@ def _call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeRe
         return result, None
     except Declined as declined:
         return declined.charge, declined
+    except (ProviderUnavailable, IdempotencyMismatch):
+        raise  # outcome unknown (a mismatch: something was charged under this key): asked about later
+    except ProviderError as refused:  # a definite refusal: nothing was charged, the payment failed
+        return None, refused
+
+
+def _ask(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
+    """For a payment whose outcome this request did not hear: what the provider made under its key,
+    without charging again. No charge there: a young payment is charged now with the same key (its
+    first request may still be under way; the provider makes one charge for both), a stale one
+    failed (``ChargeNotMade``)."""
+    if payment.provider_payment_id:
+        found: ChargeResult | None = adapter.get_charge(payment.provider_payment_id)
+    else:
+        found = adapter.find_charge(idempotency_key=charge_key(payment.id))
+    if found is None:
+        if _stale(payment):
+            return None, ChargeNotMade(
+                f"the provider made no charge for payment {payment.id}, and its request never heard an answer; "
+                "pay the order again"
+            )
+        return _call(adapter, payment, order)
+    if found.status == ChargeStatus.FAILED:
+        return found, Declined(found.failure_message or "The payment was declined.", found.failure_code or "generic_decline", charge=found)
+    return found, None
 
 
 def checkout(
@@ -247,11 +317,39 @@ def checkout(
 ) -> Outcome:
     """Pay an order (see the module's docstring). ``claim`` and ``respond`` (outcome → (status,
     body)) store the answer under the caller's ``Idempotency-Key`` in the recording transaction."""
-    with transaction(sessions) as session:
-        payment_id = _prepare(session, security, principal, order_id, pay)
-        if claim is not None:  # the key's recovery point: the payment this request is driving
-            claim = advance(session, claim, f"payment:{payment_id}")
-    return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=_call)
+    if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
+        # A retry of this key: its own payment, whatever became of it meanwhile.
+        payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
+        with reading(sessions) as session:
+            payment_for(session, principal, payment_id)
+        return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=_ask)
+
+    def prepare(claim: Claim | None) -> tuple[_Prepared, Claim | None]:
+        with transaction(sessions) as session:
+            prepared = _prepare(session, security, principal, order_id, pay)
+            if claim is not None:  # the key's recovery point: the payment this request is driving
+                claim = advance(session, claim, f"{RECOVERY_POINT}{prepared.payment_id}")
+        return prepared, claim
+
+    prepared, claim = prepare(claim)
+    if prepared.taken_up and _stale_payment(sessions, prepared.payment_id):
+        # An attempt whose request is gone: settle it by asking the provider. Unless the provider
+        # made no charge, what it made is this request's answer; if it made none, pay anew.
+        settled = _drive(sessions, security, principal, prepared.payment_id, claim=None, respond=None, call=_ask)
+        if not isinstance(settled.error, ChargeNotMade):
+            if claim is not None and respond is not None:
+                with transaction(sessions) as session:
+                    finish(session, claim, *respond(session, settled))
+            return settled
+        prepared, claim = prepare(claim)
+    call = _ask if prepared.taken_up else _call
+    return _drive(sessions, security, principal, prepared.payment_id, claim=claim, respond=respond, call=call)
+
+
+def _stale_payment(sessions: sessionmaker[Session], payment_id: str) -> bool:
+    with reading(sessions) as session:
+        payment = session.get(Payment, payment_id)
+        return payment is not None and payment.status == "pending" and _stale(payment)
 
 
 def _drive(
@@ -263,26 +361,60 @@ def _drive(
     claim: Claim | None,
     respond: Any,
     call: Any,
+    by: str | None = None,
 ) -> Outcome:
+    """Phases 2 and 3 for ``payment_id``: ``call`` the provider (unless the payment is settled
+    already: then it answers what it became) and record its answer."""
     with reading(sessions) as session:
         payment = session.get(Payment, payment_id)
         assert payment is not None
         order = session.get(Order, payment.order_id) if payment.order_id else None
-        adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
-    try:
-        result, error = call(adapter, payment, order)
-    except ProviderUnavailable:
-        raise  # the payment stays pending; a retry takes it up with the same provider key
+        called = payment.status == "pending"
+        adapter = gateways.adapter_for_provider(session, security, payment.provider_id) if called else None
+    result, error = call(adapter, payment, order) if called else (None, None)
+    # ProviderUnavailable propagates: the payment stays pending, asked about by the next taker or the sweep
+    by = by if by is not None else actor(principal)
     with transaction(sessions) as session:
         payment = lock_payment(session, payment_id)
-        if payment.status == "pending" or (payment.status == "failed" and result and result.status == ChargeStatus.SUCCEEDED):
-            status = apply_outcome(session, payment, result, by=actor(principal), error=error)
+        if called and (
+            payment.status == "pending" or (payment.status == "failed" and result and result.status == ChargeStatus.SUCCEEDED)
+        ):
+            status = apply_outcome(session, payment, result, by=by, error=error)
+            if status == 402 and isinstance(error, BillfoldError) and not isinstance(error, (Declined, ChargeNotMade)):
+                status = error.status  # a refusal answers as itself (400 invalid_provider_request, ...)
+        elif payment.status == "pending":  # still waiting (for the customer, or the provider)
+            status = 202
         else:
             status = {"completed": 200, "refunded": 200, "failed": 402}[payment.status]
-        outcome = Outcome(status, payment.order_id or "", payment.id, error if status == 402 else None)
+        if status >= 400 and error is None:
+            error = _failure_of(payment)
+        outcome = Outcome(status, payment.order_id or "", payment.id, error if status >= 400 else None)
         if claim is not None and respond is not None:
             finish(session, claim, *respond(session, outcome))
     return outcome
+
+
+def unknown_outcomes(session: Session, limit: int) -> list[str]:
+    """Order payments still pending ``STALE_AFTER`` after they began with no charge recorded (their
+    request crashed or timed out before the provider's answer was written), oldest first."""
+    statement = (
+        sa.select(Payment.id)
+        .where(
+            Payment.order_id.is_not(None),
+            Payment.status == "pending",
+            Payment.provider_payment_id.is_(None),
+            Payment.created_at <= clock.now() - STALE_AFTER,
+        )
+        .order_by(Payment.id)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def settle(sessions: sessionmaker[Session], security: Security, payment_id: str, *, by: str) -> Outcome:
+    """Record what the provider made for a payment whose answer was never heard (the sweep's work):
+    its charge as it is now, or ``failed`` when it made none (``STALE_AFTER`` has passed)."""
+    return _drive(sessions, security, None, payment_id, claim=None, respond=None, call=_ask, by=by)
 
 
 def payment_for(session: Session, principal: Principal, payment_id: str, *, change: bool = False) -> Payment:
@@ -323,11 +455,20 @@ def confirm(
 def cancel_payment(
     sessions: sessionmaker[Session], security: Security, principal: Principal, payment_id: str, *, claim: Claim | None = None, respond: Any = None
 ) -> Outcome:
-    """End a payment that waits for the customer's action; the order can be paid again."""
+    """End a payment that waits for the customer's action; the order can be paid again. If the
+    provider cannot cancel the charge because it was completed or ended meanwhile, the payment
+    records what the charge became (paid: the order is paid)."""
     with transaction(sessions) as session:
         _waiting(session, principal, payment_id)
 
     def call(adapter: Any, payment: Payment, order: Order | None) -> tuple[ChargeResult | None, Exception | None]:
-        return adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-cancel"), None
+        try:
+            return adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=f"billfold-{payment.id}-cancel"), None
+        except (ProviderUnavailable, IdempotencyMismatch):
+            raise
+        except ProviderError:
+            # The charge is no longer where our books say (confirmed, or ended, meanwhile): record
+            # where it is, so the payment does not wait for an action that cannot come.
+            return _ask(adapter, payment, order)
 
     return _drive(sessions, security, principal, payment_id, claim=claim, respond=respond, call=call)

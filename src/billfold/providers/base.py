@@ -291,6 +291,14 @@ class ProviderAdapter(Protocol):
 
     def get_charge(self, charge_id: str) -> ChargeResult: ...
 
+    def find_charge(self, *, idempotency_key: str) -> ChargeResult | None:
+        """The charge a ``charge`` call with this key made, as it is now; None when the provider
+        made none (the call never reached it, or it refused before charging). How Billfold asks
+        about a charge whose answer it never heard (a timeout, a crash) without charging again.
+        An adapter whose provider cannot look keys up finds the charge by its metadata
+        (``payment_id``), e.g. Stripe's PaymentIntent search."""
+        ...
+
     def get_refund(self, refund_id: str) -> RefundResult: ...
 
     def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:

@@ -326,6 +326,14 @@ class SandboxProvider:
         with self.store.read() as db:
             return _charge(_get(db, "charges", charge_id))
 
+    def find_charge(self, *, idempotency_key: str) -> ChargeResult | None:
+        with self.store.read() as db:
+            stored = db.execute("SELECT outcome FROM idempotency_keys WHERE operation = 'charge' AND key = ?",
+                                (idempotency_key,)).fetchone()
+            if stored is None:
+                return None
+            return _charge(_get(db, "charges", _Outcome.from_json(stored["outcome"]).object["id"]))
+
     def get_refund(self, refund_id: str) -> RefundResult:
         with self.store.read() as db:
             return _refund(_get(db, "refunds", refund_id))

@@ -1,0 +1,41 @@
+"""The worker's side of orders: checkout payments whose outcome nobody heard (the request crashed,
+or the provider timed out) are settled by asking the provider what their key made (see
+checkout.py), so an order charged at the provider is paid in our books without waiting for the
+customer to come back."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from billfold.kit.db import reading
+from billfold.kit.errors import BillfoldError
+from billfold.kit.jobs import Context, sweep
+from billfold.orders import checkout
+
+BATCH = 50
+SYSTEM = "system"
+log = logging.getLogger("billfold.orders")
+
+
+@sweep("orders.settle_payments", every=timedelta(minutes=1))
+def settle_unknown_order_payments(context: Context) -> int:
+    """Order payments pending ``checkout.STALE_AFTER`` with no charge recorded: each settled by the
+    provider's answer (paid, declined, waiting for the customer, or failed when no charge was made).
+    How many were settled; one the provider does not answer about stays for the next run."""
+    # A plain read, no claim: settling is idempotent (each payment is locked while its answer is
+    # recorded, and one recorded already is left alone), so two workers at once do no harm.
+    with reading(context.sessions) as session:
+        payment_ids = checkout.unknown_outcomes(session, BATCH)
+    settled = 0
+    for payment_id in payment_ids:
+        try:
+            checkout.settle(context.sessions, context.security, payment_id, by=SYSTEM)
+        except BillfoldError as error:  # the provider did not answer, or is switched off: try again later
+            log.warning("order payment %s left pending: %s", payment_id, error.detail)
+            continue
+        except Exception as error:  # noqa: BLE001  (one payment must not hold back the others)
+            log.warning("order payment %s left pending: %s: %s", payment_id, type(error).__name__, error)
+            continue
+        settled += 1
+    return settled

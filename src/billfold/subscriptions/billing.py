@@ -43,7 +43,7 @@ from billfold.orders import checkout, totals
 from billfold.orders.states import PAYMENT
 from billfold.payments import customers, gateways, methods
 from billfold.providers.base import ChargeResult, ChargeStatus
-from billfold.providers.errors import Declined, ProviderError, ProviderUnavailable
+from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
 from billfold.subscriptions import dunning, periods
 from billfold.subscriptions.states import SUBSCRIPTION, record
 
@@ -284,6 +284,8 @@ def _call(adapter: Any, payment: Payment, off_session: bool) -> tuple[ChargeResu
         return declined.charge, declined
     except ProviderUnavailable:
         raise
+    except IdempotencyMismatch as mismatch:  # something was made under this key: not a refusal
+        raise ProviderUnavailable(f"the provider holds another request under this payment's key: {mismatch.detail}") from mismatch
     except ProviderError as refused:  # e.g. the provider no longer knows the saved method
         return None, refused
     if result.status == ChargeStatus.REQUIRES_ACTION:

@@ -6,6 +6,7 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
@@ -37,7 +38,8 @@ from billfold.config import Settings, get_settings
 from billfold import worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, session_factory
-from billfold.kit.http import Problem, RefuseNulCharacters
+from billfold.kit.http import LimitRequestBody, Problem, RefuseNulCharacters
+from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
 from billfold.models import Organization, Product, User
 
@@ -82,8 +84,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
-    app.add_middleware(payments_api.RefuseCardData)
+    # The last added runs first: the size limit, then the card-data guard, then the NUL guard.
     app.add_middleware(RefuseNulCharacters)
+    app.add_middleware(RefuseCardData)
+    app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
+    redact_access_log()
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
@@ -150,6 +155,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
 
     return app
+
+
+def redact_access_log() -> None:
+    """The access log names a refused request's path and query: with card numbers masked. Here,
+    not in the CLI, so every worker process of ``billfold serve --workers N`` does it too."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCardNumbers) for f in access.filters):
+        access.addFilter(RedactCardNumbers())
 
 
 def _allowed_methods(request: Request) -> list[str]:

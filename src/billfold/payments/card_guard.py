@@ -127,7 +127,7 @@ def card_fields(document: Any) -> list[str]:
         inner: list[tuple[str, Any]] = []
         if isinstance(value, (_Pairs, dict)):
             for key, item in value.items() if isinstance(value, dict) else value:
-                here = f"{path}.{key}" if path else str(key)
+                here = f"{path}.{redact(str(key))}" if path else redact(str(key))  # a key is named, never echoed
                 if _key_is_card_data(str(key), item):
                     found.append(here)
                 inner.append((here, item))
@@ -162,8 +162,8 @@ def body_card_fields(body: bytes) -> list[str]:
         text = body.decode(json.detect_encoding(body), "replace")
     except LookupError:
         text = body.decode("utf-8", "replace")
-    found = [key or "body" for key, value in parse_qsl(text, keep_blank_values=True)
-             if holds_card_number(key) or holds_card_number(value) or _normal(key) in CARD_FIELDS]
+    found = [key if key and not holds_card_number(key) else "body" for key, value in parse_qsl(text, keep_blank_values=True)
+             if holds_card_number(value) or _key_is_card_data(key, value)]
     if not found and (holds_card_number(text) or holds_card_number(unquote_plus(text))):
         found = ["body"]
     return list(dict.fromkeys(found))
@@ -175,8 +175,8 @@ def request_card_fields(scope: dict[str, Any]) -> list[str]:
     if holds_card_number(scope.get("path", "")):
         found.append("path")
     for key, value in QueryParams(scope.get("query_string", b"")).multi_items():
-        if holds_card_number(key) or holds_card_number(value) or _key_is_card_data(key, value):
-            found.append(key)
+        if holds_card_number(value) or _key_is_card_data(key, value):
+            found.append(redact(key))
     headers = Headers(scope=scope)
     for name in STORED_HEADERS:
         if any(holds_card_number(value) for value in headers.getlist(name)):

@@ -5,6 +5,7 @@ stored, echoed or logged; the provider customer is made once even when first use
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -256,6 +257,9 @@ def test_card_data_never_reaches_the_server_log(tmp_path: Path) -> None:
         with api.client(api.sign_in("carded@example.com")) as me:
             for body in CARD_BODIES:
                 assert me.post("/v1/me/payment-methods", json=body).status_code == 422
+            # A refused request's line is still logged, with the number masked.
+            assert me.get("/v1/orders", params={"status": "4242 4242 4242 4242"}).status_code == 422
+            assert me.get(f"/v1/orders/{PAN}").status_code == 422
             saved = me.post("/v1/me/payment-methods", json={"token": "tok_sandbox_visa"})
             assert saved.status_code == 201, saved.text
     finally:
@@ -264,6 +268,7 @@ def test_card_data_never_reaches_the_server_log(tmp_path: Path) -> None:
     logged = log.read_text()
     assert "POST /v1/me/payment-methods" in logged, "the access log is on, so the test looks at something"
     assert PAN not in logged and "4241" not in logged and PASSWORD not in logged
+    assert "GET /v1/orders?status=" in logged and PAN not in re.sub(r"%20|\+| ", "", logged)
     database = (tmp_path / "shop.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "data").glob("sandbox.sqlite3*"))
     assert PAN.encode() not in database
 

@@ -39,7 +39,8 @@ from billfold.config import Settings, get_settings
 from billfold import worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
-from billfold.kit.http import AdmitRequests, Problem, RefuseNulCharacters
+from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters
+from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
 
@@ -96,9 +97,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
-    app.add_middleware(AdmitRequests, limit=settings.api_threads)  # innermost: admitted with their bodies read
-    app.add_middleware(payments_api.RefuseCardData)
+    # The last added runs first: the size limit, then the card-data guard, then the NUL guard,
+    # then admission (innermost: a request is admitted with its body read).
+    app.add_middleware(AdmitRequests, limit=settings.api_threads)
     app.add_middleware(RefuseNulCharacters)
+    app.add_middleware(RefuseCardData)
+    app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
+    redact_access_log()
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
@@ -173,6 +178,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
 
     return app
+
+
+def redact_access_log() -> None:
+    """The access log names a refused request's path and query: with card numbers masked. Here,
+    not in the CLI, so every worker process of ``billfold serve --workers N`` does it too."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCardNumbers) for f in access.filters):
+        access.addFilter(RedactCardNumbers())
 
 
 def _allowed_methods(request: Request) -> list[str]:

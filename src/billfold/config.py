@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `billfold serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `billfold serve` listens on.")
 
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024,
+        description="The largest request body accepted, in bytes; a larger one is answered 413 before it is read whole.",
+    )
+
     default_provider: str = Field(
         "sandbox",
         description="The payment provider (a payment_providers id) used when a request names none. "

@@ -86,6 +86,14 @@ class DatabaseUnavailable(BillfoldError):
     retry_after = 1
 
 
+class RequestTooLarge(BillfoldError):
+    """A request body over the ``max_request_bytes`` setting."""
+
+    status = 413
+    code = "request_too_large"
+    title = "Request too large"
+
+
 class Unauthorized(BillfoldError):
     """Not signed in, or the credentials are wrong."""
 

@@ -14,7 +14,62 @@ from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from billfold.kit.errors import BillfoldError, InvalidInput
+from billfold.kit.errors import BillfoldError, InvalidInput, RequestTooLarge
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class LimitRequestBody:
+    """Answers 413 ``request_too_large`` to a request whose body is over ``max_bytes``: at once
+    from its Content-Length, before anything is read, and otherwise (a chunked body) as soon as
+    the bytes received pass the limit, so no middleware or endpoint ever holds more than
+    ``max_bytes`` of a body. It stands outermost, in front of the guards that read whole bodies."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [value for name, value in scope.get("headers", ()) if name.lower() == b"content-length"]
+        if any(not value.strip().isdigit() or int(value) > self.max_bytes for value in declared):
+            await self._refuse(send)
+            return
+        received = 0
+        started = False
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        detail = f"the request body is over {self.max_bytes} bytes (the max_request_bytes setting)"
+        payload = json.dumps(RequestTooLarge(detail, max_bytes=self.max_bytes).to_problem()).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
@@ -39,7 +94,7 @@ class RefuseNulCharacters:
         messages = []
         if not refused:
             body = b""
-            while True:  # request bodies here are small JSON documents
+            while True:  # LimitRequestBody, outside, bounds what this reads
                 message = await receive()
                 messages.append(message)
                 body += message.get("body", b"")

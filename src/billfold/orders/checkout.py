@@ -192,6 +192,8 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
     )
     adapter = gateways.adapter_for_provider(session, security, provider.id)
     adapter.capabilities.require_currency(order.currency, provider.id)
+    if pay.token is not None:
+        adapter.capabilities.require_token(pay.token, provider.id)
     provider_customer = customers.ensure_provider_customer(session, adapter, owner) if method else None
     payment = Payment(
         order_id=order.id,

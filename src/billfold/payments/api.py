@@ -1,10 +1,9 @@
 """Payment providers (admins) and payment methods (of the signed-in user, of an organization, and
-for admins of any user), under /v1; and the guard that refuses card data in every request."""
+for admins of any user), under /v1. The guard that refuses card data in every request is
+``billfold.payments.card_guard``."""
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from fastapi import APIRouter, Response, status
@@ -37,93 +36,6 @@ theirs = APIRouter(
 )
 users = APIRouter(prefix="/users/{user_id}/payment-methods", tags=["payment methods"], responses=problems(401, 403, 404))
 NO_CONTENT: dict[str, Any] = {"status_code": status.HTTP_204_NO_CONTENT, "response_class": Response}
-
-
-# Refusing card data, whatever the endpoint
-
-# Field names that carry a card number, a security code, track data, a PIN or a card's expiry
-# (the expiry comes from the provider, never from a request). Compared without case, underscores,
-# dashes or spaces.
-CARD_FIELDS = frozenset(
-    {
-        "number", "cardnumber", "ccnumber", "pan", "primaryaccountnumber", "accountnumber",
-        "cvc", "cvc2", "cvv", "cvv2", "cid", "csc", "cvn", "securitycode", "cardcode", "cardverificationcode",
-        "track", "track1", "track2", "trackdata", "pin", "pinblock",
-        "exp", "expmonth", "expyear", "expiry", "expirydate", "expirymonth", "expiryyear",
-        "expiration", "expirationdate", "expirationmonth", "expirationyear",
-    }
-)
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[\s_\-\[\]]", "", name.lower())
-
-
-def card_fields(value: Any, path: str = "") -> list[str]:
-    """Where in a JSON document a card field is (``card.number``), by name only."""
-    found: list[str] = []
-    if isinstance(value, dict):
-        for key, inner in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if _normal(str(key)) in CARD_FIELDS or (
-                _normal(str(key)) == "token" and isinstance(inner, str) and methods.token_is_card_data(inner)
-            ):
-                found.append(here)
-            found += card_fields(inner, here)
-    elif isinstance(value, list):
-        for index, inner in enumerate(value):
-            found += card_fields(inner, f"{path}.{index}" if path else str(index))
-    return found
-
-
-def card_data_problem(fields: list[str]) -> dict[str, Any]:
-    detail = (
-        "Billfold never takes card numbers, security codes or card expiry dates: collect the card with the "
-        "provider's own fields (Stripe Elements, PayPal Card Fields, Accept.js; the sandbox's test tokens) "
-        "and send the token they give. Refused fields: " + ", ".join(fields)
-    )
-    return methods.CardDataRefused(
-        detail, errors=[{"field": f, "message": "card data is refused; send a provider token"} for f in fields]
-    ).to_problem()
-
-
-class RefuseCardData:
-    """Answers 422 ``card_data_refused`` to any JSON request body with a card field anywhere in it,
-    before the request reaches an endpoint; the value is neither echoed nor logged."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        messages = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if not message.get("more_body") or message.get("type") != "http.request":
-                break
-        fields: list[str] = []
-        if body[:1] in (b"{", b"[") or body.lstrip()[:1] in (b"{", b"["):
-            try:
-                fields = card_fields(json.loads(body))
-            except (ValueError, RecursionError):
-                fields = []  # not JSON: the endpoint refuses it as it would anyway
-        if fields:
-            payload = json.dumps(card_data_problem(fields)).encode()
-            await send({"type": "http.response.start", "status": 422, "headers": [
-                (b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
-        replay = iter(messages)
-
-        async def replayed() -> Any:
-            return next(replay, None) or await receive()
-
-        await self.app(scope, replayed, send)
 
 
 # Payment providers (admins; a read-only key may look)

@@ -24,19 +24,12 @@ from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
 from billfold.models import PaymentMethod, PaymentProvider, Subscription
 from billfold.payments import gateways
+from billfold.payments.card_guard import CardDataRefused, token_is_card_data
 from billfold.payments.customers import ensure_provider_customer, lock_owner, owner_data
 from billfold.providers.base import PaymentMethodResult
 from billfold.providers.errors import NotSupported, ProviderObjectNotFound
 
 LIVE_SUBSCRIPTION_STATUSES = ("active", "trialing", "past_due")
-_DIGITS = re.compile(r"^[0-9][0-9 \-]{10,22}[0-9]$")
-
-
-class CardDataRefused(InvalidInput):
-    """A request carried what looks like card data: Billfold takes provider tokens only."""
-
-    code = "card_data_refused"
-    title = "Card data refused"
 
 
 class DefaultRequired(Conflict):
@@ -47,30 +40,6 @@ class DefaultRequired(Conflict):
 class PaymentMethodInUse(Conflict):
     code = "payment_method_in_use"
     title = "A live subscription pays with this payment method"
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
-def looks_like_card_number(text: str) -> bool:
-    """13 to 19 digits (spaces and dashes allowed between them) that pass the Luhn check."""
-    if not _DIGITS.match(text):
-        return False
-    digits = re.sub(r"[ \-]", "", text)
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
-
-
-def token_is_card_data(token: str) -> bool:
-    """A token is never a bare number: 12 or more digits (with spaces or dashes) look like a card
-    number, Luhn-valid or mistyped, and are refused without being echoed."""
-    return bool(_DIGITS.match(token)) or looks_like_card_number(token)
 
 
 def refuse_card_number_token(token: str) -> None:
@@ -189,6 +158,7 @@ def save_method(
         )
     address_id = _billing_address(session, owner, billing_address_id) if billing_address_id else None
     adapter = gateways.adapter_for_provider(session, security, provider.id)
+    adapter.capabilities.require_token(token, provider.id)
     customer = ensure_provider_customer(session, adapter, owner)
     method_id = new_id("pm")
     remote = adapter.attach_payment_method(

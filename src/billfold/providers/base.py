@@ -8,6 +8,7 @@ docs/providers.md), so a crash and a retry never charge twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from billfold.kit.money import Money
-from billfold.providers.errors import NotSupported
+from billfold.providers.errors import InvalidToken, NotSupported
 
 
 class ChargeStatus(StrEnum):
@@ -202,6 +203,10 @@ FEATURES = (
 )
 
 
+DEFAULT_TOKEN_PATTERN = r"[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_\-.:]{1,250}"
+"""A prefixed provider token (``pm_…``, ``tok_…``): never a bare number, never free text."""
+
+
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What an adapter can do, as data: a request it cannot serve is refused before any call."""
@@ -216,6 +221,20 @@ class Capabilities:
     provider_subscriptions: bool = False  # the provider runs the billing schedule itself
     currencies: frozenset[str] | None = None  # None: every currency Billfold knows
     webhook_events: frozenset[str] = frozenset()
+    # What the provider's one-time tokens look like (Stripe pm_…/tok_…, the sandbox's test tokens):
+    # anything else is refused before the provider is called, so text or a card number never reaches it.
+    token_pattern: str = DEFAULT_TOKEN_PATTERN
+
+    def accepts_token(self, token: str) -> bool:
+        return re.fullmatch(self.token_pattern, token) is not None
+
+    def require_token(self, token: str, provider: str = "this provider") -> None:
+        """Raise InvalidToken, without echoing it, unless ``token`` has this provider's token shape."""
+        if not self.accepts_token(token):
+            raise InvalidToken(
+                f"this is not a {provider} token; send the token the provider's own card fields gave",
+                errors=[{"field": "token", "message": f"not a {provider} token"}],
+            )
 
     def supports_currency(self, currency: str) -> bool:
         return self.currencies is None or currency.upper() in self.currencies

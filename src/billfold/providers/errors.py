@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from billfold.kit.errors import BillfoldError
+from billfold.kit.errors import BillfoldError, InvalidInput
 
 if TYPE_CHECKING:
     from billfold.providers.base import ChargeResult
@@ -109,6 +109,13 @@ class InvalidProviderRequest(ProviderError):
     status = 400
     code = "invalid_provider_request"
     title = "Invalid request to the payment provider"
+
+
+class InvalidToken(InvalidInput):
+    """A payment token that does not have the provider's token shape; refused before any call."""
+
+    code = "invalid_token"
+    title = "Not a payment token of this provider"
 
 
 class IdempotencyMismatch(InvalidProviderRequest):

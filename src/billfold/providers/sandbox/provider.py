@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
         **features,
         currencies=frozenset(c.upper() for c in currencies) if currencies else frozenset(CURRENCIES),
         webhook_events=EVENT_TYPES,
+        token_pattern="|".join(re.escape(token) for token in TEST_CARDS),  # its tokens are its test cards
     )
 
 

@@ -33,7 +33,7 @@ from billfold.memberships.entitlements import Standing, paid_until, paid_until_c
 from billfold.models import (
     MembershipType, Order, OrderItem, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
 )
-from billfold.orders.events import on_paid
+from billfold.orders.events import on_paid, on_refunded
 
 PRODUCT_KEY = "membership_type_id"
 
@@ -161,6 +161,24 @@ def grant_for_order(session: Session, order: Order) -> list[UserMembership]:
             source="order", order_id=order.id,
         ))
     return granted
+
+
+@on_refunded
+def end_for_refunded_order(session: Session, order: Order) -> list[UserMembership]:
+    """A refund ends what it paid for: an order refunded in full (``orders.events.on_refunded``, in
+    the transaction that marks it refunded) cancels the memberships it granted, from now. A partial
+    refund leaves the order paid and its memberships as they are."""
+    ended = []
+    now = _now()
+    statement = sa.select(UserMembership).where(UserMembership.order_id == order.id, UserMembership.status != "cancelled")
+    for membership in session.scalars(for_update(statement.order_by(UserMembership.id), session)):
+        if MEMBERSHIP.move(session, membership, "cancelled", by="order.refunded", reason="order_refunded", order_id=order.id):
+            if membership.end_date is None or membership.end_date > now:
+                membership.end_date = max(now, membership.start_date)
+            membership.auto_renew = False
+            ended.append(membership)
+    session.flush()
+    return ended
 
 
 def grant_for_subscription(

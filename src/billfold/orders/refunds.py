@@ -25,6 +25,7 @@ from billfold.kit.idempotency import Claim, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, Refund
+from billfold.orders import events
 from billfold.orders.service import actor
 from billfold.orders.states import ORDER, PAYMENT, REFUND
 from billfold.payments import gateways
@@ -164,7 +165,11 @@ def refund(
 
 
 def _settle(session: Session, payment: Payment, by: str | None) -> None:
-    """A payment refunded in full becomes refunded; its order too once every payment is."""
+    """A payment refunded in full becomes refunded; its order too once every payment is. Called
+    after each refund that succeeded: what hangs on refunds (credit notes, the end of what a
+    refunded order granted) runs here, through ``orders.events``."""
+    session.flush()
+    events.refund_succeeded(session, payment)
     if refunded_cents(session, payment.id) < payment.amount_cents:
         return
     PAYMENT.move(session, payment, "refunded", by=by)
@@ -176,3 +181,5 @@ def _settle(session: Session, payment: Payment, by: str | None) -> None:
     )
     if order.status == "paid" and not still_paid:
         ORDER.move(session, order, "refunded", by=by, payment_id=payment.id)
+        session.flush()
+        events.order_refunded(session, order)

@@ -95,10 +95,10 @@ def mark_uncollectible(invoice_id: str, principal: Authenticated, session: DbSes
 
 
 def notes_out(session: Session, rows: list[CreditNote]) -> list[CreditNoteOut]:
-    numbers = dict(session.execute(
-        sa.select(Invoice.id, Invoice.invoice_number).where(Invoice.id.in_({row.invoice_id for row in rows}))
-    ).all()) if rows else {}
-    return [CreditNoteOut.of(row, numbers[row.invoice_id]) for row in rows]
+    credited = {i.id: i for i in session.scalars(
+        sa.select(Invoice).where(Invoice.id.in_({row.invoice_id for row in rows}))
+    )} if rows else {}
+    return [CreditNoteOut.of(row, credited[row.invoice_id]) for row in rows]
 
 
 @notes.get("", response_model=Page[CreditNoteOut])

@@ -20,6 +20,8 @@ class CreditNoteOut(BaseModel):
     credit_note_number: str = Field(description="CN-YEAR-000001: its own gapless series.")
     invoice_id: str = Field(description="The invoice it credits.")
     invoice_number: str
+    user_id: str | None = Field(description="Whom it is for: the invoice's customer.")
+    organization_id: str | None
     refund_id: str = Field(description="The refund it records.")
     amount_cents: int = Field(description="What was given back, positive.")
     currency: str
@@ -29,9 +31,10 @@ class CreditNoteOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, note: CreditNote, invoice_number: str) -> CreditNoteOut:
+    def of(cls, note: CreditNote, invoice: Invoice) -> CreditNoteOut:
         return cls(
-            id=note.id, credit_note_number=note.credit_note_number, invoice_id=note.invoice_id, invoice_number=invoice_number,
+            id=note.id, credit_note_number=note.credit_note_number, invoice_id=note.invoice_id,
+            invoice_number=invoice.invoice_number, user_id=invoice.user_id, organization_id=invoice.organization_id,
             refund_id=note.refund_id, amount_cents=note.amount_cents, currency=note.currency, reason=note.reason,
             issue_date=note.issue_date, pdf_url=f"/v1/credit-notes/{note.id}/pdf", created_at=note.created_at,
         )
@@ -100,6 +103,6 @@ class InvoiceOut(BaseModel):
             billing_address_id=invoice.billing_address_id, provider_id=invoice.provider_id,
             provider_invoice_id=invoice.provider_invoice_id, lines=[InvoiceLineOut.of(line) for line in lines],
             credited_cents=credits.credited_cents, credit_status=credits.status(invoice),  # type: ignore[arg-type]
-            credit_notes=[CreditNoteOut.of(note, invoice.invoice_number) for note in credits.notes],
+            credit_notes=[CreditNoteOut.of(note, invoice) for note in credits.notes],
             pdf_url=f"/v1/invoices/{invoice.id}/pdf", created_at=invoice.created_at, updated_at=invoice.updated_at,
         )

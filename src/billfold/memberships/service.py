@@ -433,9 +433,11 @@ def follow_renewal(session: Session, subscription: Subscription) -> None:
 
 
 def due_for_update(at: datetime, grace: timedelta) -> sa.Select[tuple[UserMembership]]:
-    """Memberships whose stored status or end_date no longer says where they stand at ``at``:
-    a fixed one past its end still ``active``; one following a subscription whose status or
-    paid period moved on."""
+    """Memberships whose stored status, end_date or auto_renew no longer says where they stand at
+    ``at``: a fixed one past its end still ``active``; one following a subscription whose status,
+    paid period or renewal moved on. One following a subscription that will not renew stops
+    granting at its period's end (the check computes it); its stored status waits for the
+    subscription's own sweep to cancel it (or, paused, for the grace line), so it moves once."""
     s = Subscription
     grace_line = at - grace
     paid = paid_until_column(Subscription.__table__, SubscriptionBilling.__table__)
@@ -454,7 +456,6 @@ def due_for_update(at: datetime, grace: timedelta) -> sa.Select[tuple[UserMember
                     sa.or_(
                         sa.and_(s.status == "cancelled", paid <= at),
                         sa.and_(s.status != "cancelled", paid <= grace_line),
-                        sa.and_(s.status != "cancelled", paid <= at, sa.not_(will_renew)),
                     ),
                 ),
                 UserMembership.auto_renew != sa.and_(s.status != "cancelled", will_renew),

@@ -123,3 +123,22 @@ def test_a_trial_without_a_payment_method_grants_until_the_trial_ends(shop: Shop
     membership, answer = _membership_and_answer(shop, lee, feature)
     assert membership["auto_renew"] is True
     assert clock.ensure_utc(datetime.fromisoformat(answer["until"])) == trial_end + timedelta(days=7)
+
+
+def test_a_refund_on_cancelling_now_issues_a_credit_note_against_the_period_invoice(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
+    admin_token = shop.admin()
+    mo = shop.customer("mo")
+    sub = shop.subscribe(mo, _plan_selling_membership(shop, f"maps-{mo.id[-6:].lower()}"))
+    frozen_clock.advance(timedelta(days=15))
+    shop.sweep("trials")
+    frozen_clock.advance(timedelta(days=3))
+    with shop.client(admin_token) as client:
+        done = client.post(f"/v1/subscriptions/{sub['id']}/cancel", json={"at_period_end": False, "refund": True})
+    assert done.status_code == 200, done.text
+    refunded = done.json()["refund_cents"]
+    assert refunded > 0
+    with shop.client(mo.token) as client:
+        [invoice] = client.get("/v1/invoices", params={"subscription_id": sub["id"]}).json()["data"]
+        [note] = client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"]
+    assert (invoice["status"], invoice["credited_cents"], invoice["credit_status"]) == ("paid", refunded, "partially_credited")
+    assert (note["amount_cents"], note["refund_id"], note["invoice_number"]) == (refunded, done.json()["refund_id"], invoice["invoice_number"])

@@ -18,6 +18,7 @@ from billfold.invoices import service
 from billfold.invoices.service import LineIn, issue_invoice
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
+from billfold.kit.money import Money
 from billfold.kit.states import IllegalTransition
 from billfold.models import Invoice, Order, PaymentEvent
 from tests import factories as make
@@ -275,3 +276,65 @@ def test_an_order_paid_elsewhere_gets_its_invoice_through_the_on_paid_hook(engin
         invoice = session.scalars(sa.select(Invoice).where(Invoice.order_id == row.id)).one()
         assert invoice.status == "paid" and invoice.total_cents == 0
         assert session.get(Order, row.id) is row
+
+
+def _last_credit_note_number(engine: Engine, year: int) -> int:
+    from billfold.models import NumberSeries
+
+    with session_factory(engine)() as session:
+        return session.scalar(sa.select(NumberSeries.last_value).where(NumberSeries.series == f"credit-note-{year}")) or 0
+
+
+def test_a_refund_issues_a_numbered_credit_note_and_the_invoice_shows_what_was_credited(
+    api: Api, engine: Engine, admin_token: str
+) -> None:
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 1999, name="Analytical Engine manual"), 2))
+    with api.client(ada.token) as client:
+        paid = checkout(client, made["id"])
+        assert paid.status_code == 200, paid.text
+        [invoice] = client.get("/v1/invoices", params={"order_id": made["id"]}).json()["data"]
+    payment = paid.json()["payment"]["id"]
+    total = invoice["total_cents"]
+    assert (invoice["credited_cents"], invoice["credit_status"], invoice["credit_notes"]) == (0, "none", [])
+    year = clock.now().year
+    before = _last_credit_note_number(engine, year)
+    with api.client(admin_token) as admin:
+        part = admin.post(f"/v1/payments/{payment}/refunds", json={"amount_cents": 1000, "reason": "scuffed cover"})
+        assert part.status_code == 201, part.text
+    with api.client(ada.token) as client:
+        shown = client.get(f"/v1/invoices/{invoice['id']}").json()
+        [note] = client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"]
+        assert client.get(f"/v1/credit-notes/{note['id']}").json() == note
+        document = client.get(note["pdf_url"])
+    assert note["credit_note_number"] == f"CN-{year}-{before + 1:06d}", "the next number of its own series"
+    assert (note["invoice_id"], note["invoice_number"], note["amount_cents"], note["currency"], note["reason"]) == (
+        invoice["id"], invoice["invoice_number"], 1000, "USD", "scuffed cover"
+    )
+    assert note["refund_id"] == part.json()["id"]
+    assert (shown["status"], shown["credited_cents"], shown["credit_status"]) == ("paid", 1000, "partially_credited")
+    assert [n["credit_note_number"] for n in shown["credit_notes"]] == [note["credit_note_number"]]
+    assert document.status_code == 200 and document.headers["content-type"] == "application/pdf"
+    assert document.headers["content-disposition"] == f'attachment; filename="{note["credit_note_number"]}.pdf"'
+    text = pdf_text(document.content)
+    for expected in ("CREDIT NOTE", note["credit_note_number"], invoice["invoice_number"], "$10.00", "Ada Lovelace", "scuffed cover"):
+        assert expected in text, expected
+
+    with api.client(admin_token) as admin:
+        rest = admin.post(f"/v1/payments/{payment}/refunds", json={})
+        assert rest.status_code == 201, rest.text
+        shown = admin.get(f"/v1/invoices/{invoice['id']}").json()
+        invoice_pdf = pdf_text(admin.get(invoice["pdf_url"]).content)
+    numbers = [n["credit_note_number"] for n in shown["credit_notes"]]
+    assert numbers == [f"CN-{year}-{before + 1:06d}", f"CN-{year}-{before + 2:06d}"]
+    assert [n["amount_cents"] for n in shown["credit_notes"]] == [1000, total - 1000]
+    assert (shown["status"], shown["credited_cents"], shown["credit_status"]) == ("paid", total, "credited"), "credited in full"
+    for expected in ("PAID, CREDITED IN FULL", *numbers, "$10.00", Money(total - 1000, "USD").format()):
+        assert expected in invoice_pdf, expected
+    assert invoice_events(engine, invoice["id"])[-2:] == ["invoice.credited", "invoice.credited"]
+
+    stranger = person(engine, "stranger")
+    with api.client(stranger.token) as client:
+        assert_problem(client.get(f"/v1/credit-notes/{note['id']}"), 404, "not_found")
+        assert_problem(client.get(f"/v1/credit-notes/{note['id']}/pdf"), 404, "not_found")
+        assert client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"] == []

@@ -159,3 +159,37 @@ def test_add_ons_have_their_own_expiry_and_admins_grant_and_cancel(
         "membership.active", "membership.addon_added", "membership.addon_added", "membership.addon_removed",
         "membership.cancelled",
     ]
+
+
+def test_a_refund_ends_what_it_paid_for_a_partial_refund_keeps_access(
+    frozen_clock: clock.FrozenClock, api: Api, engine: Engine, admin_token: str
+) -> None:
+    """The rule (docs/memberships.md): a partial refund of an order leaves the order paid and its
+    memberships granting; the refund that makes the order refunded in full cancels them from now."""
+    ada = customer(api, engine)
+    kind = membership_type(engine, "lifetime", None, ["vault"])
+    made = order(api, ada.token, (selling(engine, kind), 1))
+    with api.client(ada.token) as client:
+        paid = checkout(client, made["id"])
+        assert paid.status_code == 200, paid.text
+    payment_id = paid.json()["payment"]["id"]
+    total = paid.json()["payment"]["amount_cents"]
+    with api.client(admin_token) as admin:
+        part = admin.post(f"/v1/payments/{payment_id}/refunds", json={"amount_cents": 1000, "reason": "goodwill"})
+        assert part.status_code == 201, part.text
+    with api.client(ada.token) as client:
+        answer = client.get("/v1/me/entitlements/vault").json()
+        assert answer["allowed"] is True and answer["until"] is None, "a partial refund keeps access"
+    frozen_clock.advance(timedelta(hours=1))
+    with api.client(admin_token) as admin:
+        rest = admin.post(f"/v1/payments/{payment_id}/refunds", json={"reason": "changed their mind"})
+        assert rest.status_code == 201, rest.text
+        assert admin.get(f"/v1/orders/{made['id']}").json()["status"] == "refunded"
+    with api.client(ada.token) as client:
+        assert client.get("/v1/me/entitlements/vault").json() == {
+            "feature": "vault", "allowed": False, "membership_id": None, "until": None, "via": None, "organization_id": None,
+        }, f"refunded {total} in full: the lifetime membership ends"
+        [mine] = client.get("/v1/me/memberships").json()["data"]
+    assert (mine["status"], mine["grants"], mine["end_date"], mine["auto_renew"]) == ("cancelled", False, z(frozen_clock.now()), False)
+    assert events(engine, mine["id"]) == ["membership.active", "membership.cancelled"]
+    assert not allowed(engine, ada.id, "vault")

@@ -29,6 +29,7 @@ from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.models import (
     Address,
+    CreditNote,
     MembershipType,
     Order,
     OrderItem,
@@ -39,6 +40,7 @@ from billfold.models import (
     PaymentMethod,
     PaymentProvider,
     Product,
+    Refund,
     Subscription,
     SubscriptionBilling,
     User,
@@ -111,6 +113,7 @@ class Scene:
     subscription: str  # an active subscription of the organization's, quantity 2
     ending: str  # an active one of the organization's, paused and cancelled at period end
     invoice: str  # an open invoice of the organization's
+    credit_note: str  # a credit note on that invoice (a refund of a payment of the organization's)
     # Memberships granting FEATURE: the organization's (from a paid order of its), another user's
     # (with an add-on ADDON), and the acting user's own.
     organization_membership: str
@@ -382,6 +385,14 @@ ACTIONS: dict[str, Action] = {
     "See its invoices": Action(
         "GET /v1/invoices/{invoice_id}", lambda c, s: c.get(f"/v1/invoices/{s.invoice}"), lambda s: s.invoice
     ),
+    "See its credit notes": Action(
+        "GET /v1/credit-notes/{credit_note_id}", lambda c, s: c.get(f"/v1/credit-notes/{s.credit_note}"), lambda s: s.credit_note
+    ),
+    "Find its credit notes in the list": Action(
+        "GET /v1/credit-notes",
+        lambda c, s: c.get("/v1/credit-notes", params=_from(s, s.credit_note)),
+        lambda s: s.credit_note,
+    ),
     "See one's own payment methods": Action(
         "GET /v1/me/payment-methods",
         lambda c, s: c.get("/v1/me/payment-methods", params=_from(s, (s.my_methods or s.extra_methods)[0])),
@@ -575,6 +586,21 @@ class World:
             invoice = issue_invoice(
                 session, currency="USD", organization_id=organization.id, lines=[LineIn("Matrix manual", 1500, product_id=product.id)]
             )
+            charged = Payment(
+                order_id=paid.id, organization_id=organization.id, provider_id=PROVIDER, provider_payment_id=new_id("ch"),
+                amount_cents=1500, currency="USD", status="completed",
+            )
+            session.add(charged)
+            session.flush()
+            refund = Refund(payment_id=charged.id, order_id=paid.id, provider_id=PROVIDER, amount_cents=500, currency="USD", status="succeeded")
+            session.add(refund)
+            session.flush()
+            note = CreditNote(
+                credit_note_number=new_id("cnx"), invoice_id=invoice.id, refund_id=refund.id, amount_cents=500, currency="USD",
+                issue_date=clock.now(),
+            )
+            session.add(note)
+            session.flush()
 
             def membership(holder: str, **values: Any) -> str:
                 row = UserMembership(
@@ -604,6 +630,7 @@ class World:
                 subscription=subscription() if subscriptions else "sub_none",
                 ending=subscription(ending=True) if subscriptions else "sub_none",
                 invoice=invoice.id,
+                credit_note=note.id,
                 organization_membership=membership(self.people["owner"].id, order_id=paid.id),
                 extra_membership=membership(extra, addons=[{"feature": ADDON, "expires_at": None, "source": "manual"}]),
                 # Ending, so that the organization's lifetime membership is the one named for FEATURE.

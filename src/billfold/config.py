@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     invoice_number_prefix: str = Field(
         "INV", pattern=r"^[A-Z0-9]{1,10}$", description="Invoice numbers read PREFIX-YEAR-000001 (gapless per year)."
     )
+    credit_note_number_prefix: str = Field(
+        "CN", pattern=r"^[A-Z0-9]{1,10}$", description="Credit note numbers read PREFIX-YEAR-000001 (their own gapless series)."
+    )
 
     seller_name: str = Field("Billfold Demo Shop Ltd", description="The seller named on invoices.")
     seller_address: str = Field(

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+import billfold.invoices  # noqa: F401  (its reactions to paid and refunded orders: invoices, credit notes)
+import billfold.memberships.service  # noqa: F401  (its reactions: memberships granted and ended)
 from billfold.accounts.housekeeping import purge_sweep as purge_accounts
 from billfold.config import Settings
 from billfold.kit import clock, jobs

@@ -23,8 +23,9 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from sqlalchemy.orm import Session
 
+from billfold.invoices.credit_notes import Credits, credits_of
 from billfold.kit.money import Money
-from billfold.models import Address, Invoice, InvoiceLine, Order, Organization, User
+from billfold.models import Address, CreditNote, Invoice, InvoiceLine, Order, Organization, User
 
 FONT_DIRS = (
     os.environ.get("BILLFOLD_FONT_DIR", ""),
@@ -147,8 +148,15 @@ class _Document(FPDF):
         return self.get_y()
 
 
-def render(invoice: Invoice, lines: Sequence[InvoiceLine], seller: Party, buyer: Party) -> bytes:
-    """The PDF bytes of ``invoice``."""
+CREDIT_STATUS = {"credited": "CREDITED IN FULL", "partially_credited": "PARTLY CREDITED"}
+
+
+def render(
+    invoice: Invoice, lines: Sequence[InvoiceLine], seller: Party, buyer: Party, credits: Credits | None = None
+) -> bytes:
+    """The PDF bytes of ``invoice``, with what its credit notes gave back."""
+    credits = credits or Credits()
+    credit_status = credits.status(invoice)
     pdf = _Document()
     pdf.set_title(pdf.text_of(f"Invoice {invoice.invoice_number}"))
     pdf.set_author(pdf.text_of(seller.name))
@@ -163,7 +171,8 @@ def render(invoice: Invoice, lines: Sequence[InvoiceLine], seller: Party, buyer:
     pdf.font(20, True)
     pdf.cell(0, 10, "INVOICE", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.line_of(f"Invoice number: {invoice.invoice_number}", 10, True)
-    pdf.line_of(f"Status: {invoice.status.upper()}", 9)
+    status = invoice.status.upper() + (f", {CREDIT_STATUS[credit_status]}" if credit_status in CREDIT_STATUS else "")
+    pdf.line_of(f"Status: {status}", 9)
     pdf.line_of(f"Issue date: {_date(invoice.issue_date)}", 9)
     pdf.line_of(f"Due date: {_date(invoice.due_date)}", 9)
     if invoice.paid_date is not None:
@@ -202,9 +211,13 @@ def render(invoice: Invoice, lines: Sequence[InvoiceLine], seller: Party, buyer:
     rows.append((f"Total ({invoice.currency})", invoice.total_cents, True))
     if invoice.status == "paid":
         rows.append(("Amount due", 0, False))
+        for note in credits.notes:
+            rows.append((f"Credited: {note.credit_note_number} ({_date(note.issue_date)})", -note.amount_cents, False))
+        if credits.notes:
+            rows.append(("Paid less credited", invoice.total_cents - credits.credited_cents, True))
     elif invoice.status == "open":
         rows.append(("Amount due", invoice.total_cents, True))
-    label_width, value_width = 45.0, 35.0
+    label_width, value_width = 70.0, 35.0
     for label, cents, bold in rows:
         pdf.set_x(pdf.w - pdf.r_margin - label_width - value_width)
         pdf.font(10 if bold else 9, bold)
@@ -223,4 +236,51 @@ def document(session: Session, settings: Any, invoice: Invoice, lines: Iterable[
     from billfold.invoices.service import lines_of
 
     rows = list(lines) if lines is not None else lines_of(session, invoice.id)
-    return render(invoice, rows, seller_of(settings), buyer_of(session, invoice))
+    credits = credits_of(session, [invoice.id])[invoice.id]
+    return render(invoice, rows, seller_of(settings), buyer_of(session, invoice), credits)
+
+
+def render_credit_note(note: CreditNote, invoice: Invoice, seller: Party, buyer: Party) -> bytes:
+    """The PDF bytes of a credit note: its number and date, the invoice it credits, and the amount."""
+    pdf = _Document()
+    pdf.set_title(pdf.text_of(f"Credit note {note.credit_note_number}"))
+    pdf.set_author(pdf.text_of(seller.name))
+    pdf.set_creator("Billfold")
+    pdf.set_producer("Billfold")
+    pdf.set_creation_date(note.issue_date)
+    pdf.add_page()
+
+    def money(cents: int) -> str:
+        return Money(int(cents), note.currency).format()
+
+    pdf.font(20, True)
+    pdf.cell(0, 10, "CREDIT NOTE", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.line_of(f"Credit note number: {note.credit_note_number}", 10, True)
+    pdf.line_of(f"Issue date: {_date(note.issue_date)}", 9)
+    pdf.line_of(f"Credits invoice: {invoice.invoice_number} of {_date(invoice.issue_date)}", 9, True)
+    top = pdf.get_y() + 6
+    half = (pdf.w - pdf.l_margin - pdf.r_margin) / 2
+    bottom = max(
+        pdf.block("FROM", seller, pdf.l_margin, top, half - 4),
+        pdf.block("TO", buyer, pdf.l_margin + half + 4, top, half - 4),
+    )
+    pdf.set_xy(pdf.l_margin, bottom + 8)
+    pdf.font(9)
+    with pdf.table(col_widths=(72, 28), text_align=("LEFT", "RIGHT"), line_height=5, first_row_as_headings=True) as table:
+        table.row(["Description", "Amount"])
+        description = f"Refund on invoice {invoice.invoice_number}" + (f": {note.reason}" if note.reason else "")
+        table.row([pdf.text_of(description), pdf.text_of(money(-note.amount_cents))])
+    pdf.ln(4)
+    pdf.set_x(pdf.w - pdf.r_margin - 80)
+    pdf.font(10, True)
+    pdf.cell(45, 6, pdf.text_of(f"Total credited ({note.currency})"), align="R")
+    pdf.cell(35, 6, pdf.text_of(money(note.amount_cents)), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(4)
+    pdf.line_of("The amount has been refunded to the original payment method.", 9)
+    return bytes(pdf.output())
+
+
+def credit_note_document(session: Session, settings: Any, note: CreditNote) -> bytes:
+    invoice = session.get(Invoice, note.invoice_id)
+    assert invoice is not None  # the foreign key holds
+    return render_credit_note(note, invoice, seller_of(settings), buyer_of(session, invoice))

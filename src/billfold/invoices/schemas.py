@@ -7,10 +7,37 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from billfold.models import Invoice, InvoiceLine
+from billfold.invoices.credit_notes import Credits
+from billfold.models import CreditNote, Invoice, InvoiceLine
 
 InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
 LineKind = Literal["item", "proration", "credit", "shipping"]
+CreditStatus = Literal["none", "partially_credited", "credited"]
+
+
+class CreditNoteOut(BaseModel):
+    id: str
+    credit_note_number: str = Field(description="CN-YEAR-000001: its own gapless series.")
+    invoice_id: str = Field(description="The invoice it credits.")
+    invoice_number: str
+    user_id: str | None = Field(description="Whom it is for: the invoice's customer.")
+    organization_id: str | None
+    refund_id: str = Field(description="The refund it records.")
+    amount_cents: int = Field(description="What was given back, positive.")
+    currency: str
+    reason: str | None
+    issue_date: datetime
+    pdf_url: str = Field(description="Where the credit note's PDF document is.")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, note: CreditNote, invoice: Invoice) -> CreditNoteOut:
+        return cls(
+            id=note.id, credit_note_number=note.credit_note_number, invoice_id=note.invoice_id,
+            invoice_number=invoice.invoice_number, user_id=invoice.user_id, organization_id=invoice.organization_id,
+            refund_id=note.refund_id, amount_cents=note.amount_cents, currency=note.currency, reason=note.reason,
+            issue_date=note.issue_date, pdf_url=f"/v1/credit-notes/{note.id}/pdf", created_at=note.created_at,
+        )
 
 
 class InvoiceLineOut(BaseModel):
@@ -55,12 +82,18 @@ class InvoiceOut(BaseModel):
     provider_id: str | None
     provider_invoice_id: str | None
     lines: list[InvoiceLineOut]
+    credited_cents: int = Field(description="What its credit notes gave back (refunds), in all.")
+    credit_status: CreditStatus = Field(
+        description="none; partially_credited; credited (in full). The status stays paid: credit notes never change an invoice."
+    )
+    credit_notes: list[CreditNoteOut]
     pdf_url: str = Field(description="Where the invoice's PDF document is.")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
-    def of(cls, invoice: Invoice, lines: list[InvoiceLine]) -> InvoiceOut:
+    def of(cls, invoice: Invoice, lines: list[InvoiceLine], credits: Credits | None = None) -> InvoiceOut:
+        credits = credits or Credits()
         return cls(
             id=invoice.id, invoice_number=invoice.invoice_number, status=invoice.status,  # type: ignore[arg-type]
             order_id=invoice.order_id, subscription_id=invoice.subscription_id, user_id=invoice.user_id,
@@ -69,5 +102,7 @@ class InvoiceOut(BaseModel):
             issue_date=invoice.issue_date, due_date=invoice.due_date, paid_date=invoice.paid_date,
             billing_address_id=invoice.billing_address_id, provider_id=invoice.provider_id,
             provider_invoice_id=invoice.provider_invoice_id, lines=[InvoiceLineOut.of(line) for line in lines],
+            credited_cents=credits.credited_cents, credit_status=credits.status(invoice),  # type: ignore[arg-type]
+            credit_notes=[CreditNoteOut.of(note, invoice) for note in credits.notes],
             pdf_url=f"/v1/invoices/{invoice.id}/pdf", created_at=invoice.created_at, updated_at=invoice.updated_at,
         )

@@ -9,8 +9,9 @@ right before the ``memberships.expire`` sweep has caught up (see ``standing``):
   ending at T grants at T - 1 s and not at T; a lifetime membership (``end_date`` NULL) never ends;
 - a membership that follows a subscription grants while the subscription is ``trialing``,
   ``active`` or ``past_due`` and ``at < paid period's end + grace`` (the dunning grace,
-  ``BILLFOLD_MEMBERSHIP_GRACE_DAYS``); once the subscription is ``cancelled`` it grants until
-  the paid period's end, with no grace. The paid period's end is ``current_period_end``, except
+  ``BILLFOLD_MEMBERSHIP_GRACE_DAYS``); a subscription that will not renew (cancelled at period
+  end, paused, or a trial with no payment method to charge: ``renews``) gets no grace, as once
+  it is ``cancelled``: it grants until the paid period's end. The paid period's end is ``current_period_end``, except
   while an invoice of the subscription is outstanding (dunning, or cancelled by it): a renewal
   moves the period on before it is paid, so the period paid for ended at ``current_period_start``
   (``paid_until``);
@@ -33,7 +34,9 @@ from sqlalchemy.orm import Session
 
 from billfold.kit import clock
 from billfold.kit.errors import BillfoldError
-from billfold.models import MembershipType, Order, OrganizationUser, Subscription, SubscriptionBilling, UserMembership
+from billfold.models import (
+    MembershipType, Order, OrganizationUser, PaymentMethod, Subscription, SubscriptionBilling, UserMembership,
+)
 
 LIVE_SUBSCRIPTION = ("trialing", "active", "past_due")
 
@@ -58,7 +61,10 @@ def standing(
     period_end: datetime | None,
     at: datetime,
     grace: timedelta,
+    renews: bool = True,
 ) -> Standing:
+    """``renews``: whether the subscription followed will try to charge another period (dunning,
+    and so the grace, exists only then)."""
     if status in ("cancelled", "pending"):
         return Standing(status, False, end_date, end_date)
     begun = start_date <= at
@@ -67,7 +73,7 @@ def standing(
             if at < period_end:
                 return Standing("active", begun, period_end, period_end)
             return Standing("cancelled", False, period_end, period_end)
-        until = _plus(period_end, grace)
+        until = _plus(period_end, grace) if renews else period_end
         if at < until:
             return Standing("active", begun, until, period_end)
         return Standing("expired", False, until, period_end)
@@ -87,6 +93,24 @@ def paid_until_column(subscriptions: Any, billing: Any) -> Any:
     return sa.case(
         (billing.c.outstanding_invoice_id.is_not(None), subscriptions.c.current_period_start),
         else_=subscriptions.c.current_period_end,
+    )
+
+
+def renews_column(subscriptions: Any, billing: Any) -> Any:
+    """Whether a subscription will charge another period, in SQL (over ``subscriptions``
+    outer-joined to ``subscription_billing``): not cancelled at period end, not paused, and, in a
+    trial, with a method to charge at its end (its own, or its owner's default, as
+    ``subscriptions.billing.method_to_charge`` picks). A trial that has none is cancelled when it ends."""
+    pm = PaymentMethod.__table__
+    owned = sa.or_(
+        sa.and_(subscriptions.c.organization_id.is_not(None), pm.c.organization_id == subscriptions.c.organization_id),
+        sa.and_(subscriptions.c.organization_id.is_(None), pm.c.user_id == subscriptions.c.user_id, pm.c.organization_id.is_(None)),
+    )
+    chargeable = sa.exists().where(owned, sa.or_(pm.c.id == subscriptions.c.payment_method_id, pm.c.is_default == sa.true()))
+    return sa.and_(
+        subscriptions.c.cancel_at_period_end == sa.false(),
+        billing.c.paused_at.is_(None),
+        sa.or_(subscriptions.c.status != "trialing", chargeable),
     )
 
 
@@ -148,6 +172,7 @@ _COLUMNS = (
     _um.c.id, _um.c.status, _um.c.start_date, _um.c.end_date, _um.c.addons, _mt.c.features,
     _sub.c.status.label("subscription_status"), paid_until_column(_sub, _sb).label("paid_until"),
     sa.func.coalesce(_ord.c.organization_id, _sub.c.organization_id).label("organization_id"),
+    sa.case((_sub.c.id.is_(None), None), (renews_column(_sub, _sb), 1), else_=0).label("renews"),
 )
 
 
@@ -206,6 +231,7 @@ def entitlement(
         place = standing(
             status=row.status, start_date=row.start_date, end_date=row.end_date,
             subscription_status=row.subscription_status, period_end=row.paid_until, at=at, grace=grace,
+            renews=bool(row.renews),
         )
         if not place.grants:
             continue

@@ -50,8 +50,8 @@ class MembershipOut(BaseModel):
     grants: bool = Field(description="Whether it grants its features now.")
     start_date: datetime
     end_date: datetime | None = Field(description="Null: never ends (lifetime). For a subscription: the paid period's end.")
-    until: datetime | None = Field(description="When it stops granting, exclusive (grace included); null: never.")
-    auto_renew: bool
+    until: datetime | None = Field(description="When it stops granting, exclusive (the dunning grace included only while its subscription will renew); null: never.")
+    auto_renew: bool = Field(description="Whether its subscription will charge another period (false once cancelled at period end, paused, or in a trial with no payment method).")
     addons: list[AddonOut]
     created_at: datetime
 
@@ -71,7 +71,7 @@ class MembershipOut(BaseModel):
             membership_type_name=t.name, duration_type=t.duration_type, features=list(t.features or []),
             subscription_id=m.subscription_id, order_id=m.order_id, status=m.status,
             current_status=d.standing.status, grants=d.standing.grants, start_date=m.start_date, end_date=m.end_date,
-            until=d.standing.until, auto_renew=m.auto_renew, addons=addons, created_at=m.created_at,
+            until=d.standing.until, auto_renew=d.auto_renew, addons=addons, created_at=m.created_at,
         )
 
 

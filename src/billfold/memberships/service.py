@@ -29,11 +29,11 @@ from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
 from billfold.kit.states import machine
-from billfold.memberships.entitlements import Standing, paid_until, paid_until_column, standing
+from billfold.memberships.entitlements import Standing, paid_until, paid_until_column, renews_column, standing
 from billfold.models import (
     MembershipType, Order, OrderItem, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
 )
-from billfold.orders.events import on_paid
+from billfold.orders.events import on_paid, on_refunded
 
 PRODUCT_KEY = "membership_type_id"
 
@@ -163,6 +163,24 @@ def grant_for_order(session: Session, order: Order) -> list[UserMembership]:
     return granted
 
 
+@on_refunded
+def end_for_refunded_order(session: Session, order: Order) -> list[UserMembership]:
+    """A refund ends what it paid for: an order refunded in full (``orders.events.on_refunded``, in
+    the transaction that marks it refunded) cancels the memberships it granted, from now. A partial
+    refund leaves the order paid and its memberships as they are."""
+    ended = []
+    now = _now()
+    statement = sa.select(UserMembership).where(UserMembership.order_id == order.id, UserMembership.status != "cancelled")
+    for membership in session.scalars(for_update(statement.order_by(UserMembership.id), session)):
+        if MEMBERSHIP.move(session, membership, "cancelled", by="order.refunded", reason="order_refunded", order_id=order.id):
+            if membership.end_date is None or membership.end_date > now:
+                membership.end_date = max(now, membership.start_date)
+            membership.auto_renew = False
+            ended.append(membership)
+    session.flush()
+    return ended
+
+
 def grant_for_subscription(
     session: Session, subscription: Subscription, *, membership_type_id: str | None = None
 ) -> UserMembership | None:
@@ -192,7 +210,7 @@ def grant_for_subscription(
     return _grant(
         session, user_id=holder, membership_type=membership_type, start=_now(),
         end=_ceiling(session, subscription.current_period_end), by=None, source="subscription",
-        subscription_id=subscription.id, auto_renew=not subscription.cancel_at_period_end,
+        subscription_id=subscription.id, auto_renew=renews(session, subscription),
     )
 
 
@@ -332,6 +350,9 @@ class Described:
         self.membership_type = membership_type
         self.organization_id = organization_id
         self.standing = place
+        # Whether it will renew, now: for one following a subscription, computed from it as the
+        # standing is (the stored column catches up when the subscription changes, or by the sweep).
+        self.auto_renew = membership.auto_renew
 
 
 def describe(session: Session, rows: list[UserMembership], *, grace: timedelta, at: datetime | None = None) -> list[Described]:
@@ -350,44 +371,77 @@ def describe(session: Session, rows: list[UserMembership], *, grace: timedelta, 
         if subscription is not None and organization_id is None:
             organization_id = subscription[0].organization_id
         place = standing_of(row, subscription, at=at, grace=grace)
-        described.append(Described(row, types[row.membership_type_id], organization_id, place))
+        one = Described(row, types[row.membership_type_id], organization_id, place)
+        if subscription is not None:
+            one.auto_renew = subscription[2] and subscription[0].status != "cancelled" and row.status != "cancelled"
+        described.append(one)
     return described
 
 
-def followed(session: Session, rows: list[UserMembership]) -> dict[str, tuple[Subscription, datetime]]:
+def followed(session: Session, rows: list[UserMembership]) -> dict[str, tuple[Subscription, datetime, bool]]:
     """The subscriptions these memberships follow, each with the end of the period it has paid for
-    (``entitlements.paid_until``), by id."""
-    ids = {r.subscription_id for r in rows if r.subscription_id}
+    (``entitlements.paid_until``) and whether it will renew (``entitlements.renews_column``), by id."""
+    return _subscriptions(session, {r.subscription_id for r in rows if r.subscription_id})
+
+
+def _subscriptions(session: Session, ids: set[str]) -> dict[str, tuple[Subscription, datetime, bool]]:
     if not ids:
         return {}
+    sb = SubscriptionBilling.__table__
     found = session.execute(
-        sa.select(Subscription, SubscriptionBilling.outstanding_invoice_id)
+        sa.select(Subscription, SubscriptionBilling.outstanding_invoice_id,
+                  sa.case((renews_column(Subscription.__table__, sb), 1), else_=0))
         .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
         .where(Subscription.id.in_(ids))
     ).all()
-    return {s.id: (s, paid_until(s.current_period_start, s.current_period_end, outstanding)) for s, outstanding in found}
+    return {
+        s.id: (s, paid_until(s.current_period_start, s.current_period_end, outstanding), bool(renews))
+        for s, outstanding, renews in found
+    }
 
 
 def standing_of(
-    membership: UserMembership, subscription: tuple[Subscription, datetime] | None, *, at: datetime, grace: timedelta
+    membership: UserMembership, subscription: tuple[Subscription, datetime, bool] | None, *, at: datetime, grace: timedelta
 ) -> Standing:
     return standing(
         status=membership.status, start_date=membership.start_date, end_date=membership.end_date,
         subscription_status=subscription[0].status if subscription else None,
         period_end=subscription[1] if subscription else None, at=at, grace=grace,
+        renews=subscription[2] if subscription else True,
     )
+
+
+def renews(session: Session, subscription: Subscription) -> bool:
+    """Whether ``subscription`` will charge another period (see ``entitlements.renews_column``)."""
+    row = _subscriptions(session, {subscription.id}).get(subscription.id)
+    return bool(row and row[2])
+
+
+def follow_renewal(session: Session, subscription: Subscription) -> None:
+    """Store on the memberships that follow ``subscription`` whether it will renew
+    (``auto_renew``): the subscriptions code calls it when that changes (cancel at period end,
+    resume, pause, a trial's payment method)."""
+    will = renews(session, subscription) and subscription.status != "cancelled"
+    for membership in session.scalars(
+        sa.select(UserMembership).where(UserMembership.subscription_id == subscription.id, UserMembership.status != "cancelled")
+    ):
+        membership.auto_renew = will
+    session.flush()
 
 
 # Keeping stored statuses up to date (the memberships.expire sweep)
 
 
 def due_for_update(at: datetime, grace: timedelta) -> sa.Select[tuple[UserMembership]]:
-    """Memberships whose stored status or end_date no longer says where they stand at ``at``:
-    a fixed one past its end still ``active``; one following a subscription whose status or
-    paid period moved on."""
+    """Memberships whose stored status, end_date or auto_renew no longer says where they stand at
+    ``at``: a fixed one past its end still ``active``; one following a subscription whose status,
+    paid period or renewal moved on. One following a subscription that will not renew stops
+    granting at its period's end (the check computes it); its stored status waits for the
+    subscription's own sweep to cancel it (or, paused, for the grace line), so it moves once."""
     s = Subscription
     grace_line = at - grace
     paid = paid_until_column(Subscription.__table__, SubscriptionBilling.__table__)
+    will_renew = renews_column(Subscription.__table__, SubscriptionBilling.__table__)
     following = (
         sa.select(UserMembership.id)
         .join(s, s.id == UserMembership.subscription_id)
@@ -404,9 +458,10 @@ def due_for_update(at: datetime, grace: timedelta) -> sa.Select[tuple[UserMember
                         sa.and_(s.status != "cancelled", paid <= grace_line),
                     ),
                 ),
+                UserMembership.auto_renew != sa.and_(s.status != "cancelled", will_renew),
                 sa.and_(
                     UserMembership.status == "expired",
-                    sa.or_(s.status == "cancelled", paid > grace_line),
+                    sa.or_(s.status == "cancelled", sa.and_(paid > grace_line, will_renew), paid > at),
                 ),
             ),
         )
@@ -444,8 +499,11 @@ def bring_up_to_date(session: Session, *, at: datetime, grace: timedelta, limit:
         if subscription is not None and row.end_date != end:
             row.end_date = end
             moved = True
-        if subscription is not None and place.status == "cancelled":
-            row.auto_renew = False
+        if subscription is not None:
+            will = subscription[2] and place.status != "cancelled" and subscription[0].status != "cancelled"
+            if row.auto_renew != will:
+                row.auto_renew = will
+                moved = True
         changed += moved
     session.flush()
     return changed

@@ -5,7 +5,7 @@ from billfold.kit.db.base import Base
 from billfold.models.accounts import Address, Organization, OrganizationUser, User
 from billfold.models.analytics import AnalyticsEvent, AnalyticsSnapshot, UserCohort
 from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
-from billfold.models.billing import InvoiceLine, NumberSeries, Refund
+from billfold.models.billing import CreditNote, InvoiceLine, NumberSeries, Refund
 from billfold.models.catalog import Product, ProductCategory
 from billfold.models.clock import BillingClock
 from billfold.models.idempotency import IdempotencyKey
@@ -29,6 +29,7 @@ __all__ = [
     "BillingClock",
     "IdempotencyKey",
     "Invoice",
+    "CreditNote",
     "InvoiceLine",
     "MembershipType",
     "Order",

@@ -1,6 +1,7 @@
 """Billfold's own tables for the money path, beyond the spec (see docs/schema.md): gapless number
-series for orders and invoices, refunds, which the spec has no table for, and the lines of an
-invoice (the spec's invoices have only totals)."""
+series for orders and invoices, refunds, which the spec has no table for, the lines of an
+invoice (the spec's invoices have only totals), and credit notes (the spec's invoices cannot link
+one to the invoice it credits)."""
 
 from __future__ import annotations
 
@@ -91,4 +92,28 @@ class InvoiceLine(Base):
     amount_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     period_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class CreditNote(Base):
+    """What one refund gave back, as a document: numbered in its own gapless series
+    (``CN-2026-000001``), linked to the invoice it credits. Issued once, never changed."""
+
+    __tablename__ = "credit_notes"
+    __mapper_args__ = {"eager_defaults": False}
+    __table_args__ = table_args(
+        sa.CheckConstraint("amount_cents > 0", name="amount_positive"),
+        sa.Index("idx_credit_notes_invoice_id", "invoice_id"),
+    )
+
+    id: Mapped[str] = id_column("cn")
+    credit_note_number: Mapped[str] = mapped_column(sa.String(255), nullable=False, unique=True)
+    invoice_id: Mapped[str] = mapped_column(sa.String(255), sa.ForeignKey("invoices.id", ondelete="CASCADE"), nullable=False)
+    refund_id: Mapped[str] = mapped_column(
+        sa.String(255), sa.ForeignKey("refunds.id", ondelete="CASCADE"), nullable=False, unique=True
+    )
+    amount_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(sa.String(3), nullable=False)
+    reason: Mapped[str | None] = mapped_column(sa.String(255))
+    issue_date: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     created_at: Mapped[datetime] = created_at_column()

@@ -39,6 +39,7 @@ from billfold.kit.ids import has_prefix
 from billfold.kit.jobs import Context, claim_batch, sweep
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, Refund
+from billfold.orders import events
 from billfold.orders.service import actor
 from billfold.orders.states import ORDER, PAYMENT, REFUND
 from billfold.payments import gateways
@@ -287,7 +288,11 @@ def failure_problem(row: Refund) -> dict[str, Any]:
 
 
 def _settle_payment(session: Session, payment: Payment, by: str | None) -> None:
-    """A payment refunded in full becomes refunded; its order too once every payment is."""
+    """A payment refunded in full becomes refunded; its order too once every payment is. Called
+    after each refund that succeeded: what hangs on refunds (credit notes, the end of what a
+    refunded order granted) runs here, through ``orders.events``."""
+    session.flush()
+    events.refund_succeeded(session, payment)
     if refunded_cents(session, payment.id) < payment.amount_cents:
         return
     PAYMENT.move(session, payment, "refunded", by=by)
@@ -299,6 +304,8 @@ def _settle_payment(session: Session, payment: Payment, by: str | None) -> None:
     )
     if order.status == "paid" and not still_paid:
         ORDER.move(session, order, "refunded", by=by, payment_id=payment.id)
+        session.flush()
+        events.order_refunded(session, order)
 
 
 @sweep("refunds.settle", every=timedelta(minutes=1))

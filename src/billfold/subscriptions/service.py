@@ -346,6 +346,7 @@ def cancel(
             subscription.cancel_at_period_end = True
             record(session, subscription, "cancel_scheduled", by=by, at=subscription.current_period_end.isoformat())
         session.flush()
+        memberships.follow_renewal(session, subscription)
         return Cancelled(subscription.id)
     _no_payment_under_way(session, subscription)
     now = clock.now()
@@ -367,6 +368,7 @@ def cancel(
         if outstanding is not None and outstanding.status in ("open", "uncollectible"):
             invoices.void(session, outstanding, by=by)
     session.flush()
+    memberships.follow_renewal(session, subscription)
     return Cancelled(subscription.id, refund_payment_id, refund_cents)
 
 
@@ -397,6 +399,7 @@ def resume(session: Session, principal: Principal, subscription_id: str) -> Subs
         subscription.cancel_at_period_end = False
         record(session, subscription, "cancel_undone", by=actor(principal))
         session.flush()
+        memberships.follow_renewal(session, subscription)
     return subscription
 
 
@@ -410,6 +413,7 @@ def pause(session: Session, principal: Principal, subscription_id: str) -> Subsc
         row.paused_at = clock.now()
         record(session, subscription, "paused", by=actor(principal))
         session.flush()
+        memberships.follow_renewal(session, subscription)
     return subscription
 
 
@@ -428,6 +432,7 @@ def unpause(session: Session, principal: Principal, subscription_id: str) -> Sub
         subscription.current_period_start = subscription.current_period_end = now
     record(session, subscription, "unpaused", by=actor(principal), restarted=restarted or None)
     session.flush()
+    memberships.follow_renewal(session, subscription)
     return subscription
 
 

@@ -134,11 +134,21 @@ def demo(
     """Load a small, realistic shop (catalog, customers, organizations, addresses) into an empty
     database; with --months, also a history of signups, renewals, upgrades, churn, failed payments
     and refunds up to now."""
-    from billfold.demo import is_empty, load_demo
+    from billfold.demo import is_empty, load_demo, start_over, unfinished_load
 
     settings = get_settings()
     engine = _engine()
     _require_migrated(engine)
+    with transaction(session_factory(engine)) as session:
+        unfinished = unfinished_load(session)
+        if unfinished and unfinished.running:
+            raise CommandFailed(
+                f"the demo is being loaded into this database by {unfinished.by}; wait for it to finish, or stop it and run this again"
+            )
+        if unfinished:
+            start_over(session)
+    if unfinished:
+        err.print("An earlier demo load was interrupted before it finished; starting over.", highlight=False)
     with transaction(session_factory(engine)) as session:
         empty = is_empty(session)
         if empty and not months:
@@ -154,7 +164,12 @@ def demo(
     if not months:
         out.print("Demo data loaded: " + ", ".join(f"{what}: {n}" for what, n in summary.items()) + ".")
         return
-    _demo_history(settings, engine, months, seed)
+    try:
+        _demo_history(settings, engine, months, seed)
+    except KeyboardInterrupt:
+        raise CommandFailed(
+            "interrupted: the demo history is not complete; run the same command again to start it over"
+        ) from None
 
 
 def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None:

@@ -10,14 +10,15 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,7 +35,7 @@ from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
-from billfold import worker_api
+from billfold import instance, worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, session_factory
 from billfold.kit.http import Problem, RefuseNulCharacters
@@ -44,10 +45,23 @@ from billfold.models import Organization, Product, User
 PROBLEM_JSON = "application/problem+json"
 
 
+class WorkerHealth(BaseModel):
+    """The background worker, by its heartbeat: every round of `billfold worker` (or the embedded
+    worker) writes one. Renewals, dunning and expiry happen only while it runs."""
+
+    status: Literal["ok", "late", "never", "unknown"] = Field(
+        description="ok: a round within the last 2 minutes (or 3 ticks); late: none since; never: no worker has run "
+        "against this database; unknown: the heartbeat could not be read (not migrated yet)."
+    )
+    last_seen: datetime | None = Field(description="When a worker last finished a round (UTC).")
+    lag_seconds: int | None = Field(description="Seconds since then.")
+
+
 class Health(BaseModel):
     status: str
     database: str
     version: str
+    worker: WorkerHealth
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
@@ -137,19 +151,30 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         tags=["operations"],
     )
     def healthz(request: Request) -> Health:
-        """Is the service up and can it reach its database?"""
+        """Is the service up, can it reach its database, and is a worker running (renewals, dunning
+        and expiry happen only while one does)? A worker that is late or never ran does not make
+        this fail: the API still serves."""
         try:
             with request.app.state.engine.connect() as connection:
                 connection.execute(sa.text("SELECT 1"))
         except sa.exc.SQLAlchemyError as error:
             raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
-        return Health(status="ok", database="ok", version=__version__)
+        return Health(status="ok", database="ok", version=__version__, worker=_worker_health(request))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def front_page(request: Request) -> HTMLResponse:
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
 
     return app
+
+
+def _worker_health(request: Request) -> WorkerHealth:
+    try:
+        with request.app.state.sessions() as session:
+            health = instance.worker_health(session, request.app.state.settings.worker_tick)
+    except sa.exc.SQLAlchemyError:  # not migrated yet: the service itself is still up
+        return WorkerHealth(status="unknown", last_seen=None, lag_seconds=None)
+    return WorkerHealth(status=health.status, last_seen=health.last_seen, lag_seconds=health.lag_seconds)
 
 
 def _allowed_methods(request: Request) -> list[str]:

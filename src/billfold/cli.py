@@ -382,6 +382,7 @@ def worker(
         if once and catch_up:
             raise CommandFailed("--once and --catch-up do not go together")
         done = background.catch_up(context) if catch_up else background.run_sweeps(context, schedule=background.Schedule())
+        background.heartbeat(context)  # a worker run from cron counts as a worker
         out.print(f"{'Caught up' if catch_up else 'Ran'} {len(done)} of {len(sweeps)} sweeps:", highlight=False)
         _print_done(done)
         return

@@ -6,6 +6,7 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
@@ -38,6 +39,7 @@ from billfold.config import Settings, get_settings
 from billfold import instance, worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, session_factory
+from billfold.kit.headers import HeadAsGet, ResponseHeaders
 from billfold.kit.http import Problem, RefuseNulCharacters
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
 from billfold.models import Organization, Product, User
@@ -98,6 +100,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     )
     app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)
+    app.add_middleware(ResponseHeaders)
+    app.add_middleware(HeadAsGet)  # outermost: everything inside sees a GET, and hashes the whole page
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
@@ -178,12 +182,18 @@ def _worker_health(request: Request) -> WorkerHealth:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
+    """Every method some route serves at this path (Starlette names only the first route's). The
+    API's routes are read from the OpenAPI document: FastAPI keeps included routers nested."""
     methods: set[str] = set()
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match != Match.NONE and isinstance(route, APIRoute):
             methods |= route.methods or set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # kit.headers.HeadAsGet
     return sorted(methods)
 
 

@@ -3,9 +3,10 @@ optional ``Idempotency-Key`` (see docs/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
+from pydantic import AwareDatetime
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
@@ -122,6 +123,43 @@ def checkout(
 
 
 # Payments and refunds
+
+
+PaymentStatus = Literal["pending", "completed", "failed", "refunded"]
+IdQuery = Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+
+
+@payments.get("", response_model=Page[PaymentOut])
+def list_payments(
+    principal: Authenticated,
+    session: DbSession,
+    paging: Paging,
+    status: Annotated[PaymentStatus | None, Query(description="Only payments in this status.")] = None,
+    user_id: Annotated[str | None, IdQuery] = None,
+    organization_id: Annotated[str | None, IdQuery] = None,
+    order_id: Annotated[str | None, IdQuery] = None,
+    subscription_id: Annotated[str | None, IdQuery] = None,
+    provider_id: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
+    created_from: Annotated[AwareDatetime | None, Query(description="Made at or after this time (ISO 8601 with a zone).")] = None,
+    created_to: Annotated[AwareDatetime | None, Query(description="Made before this time (ISO 8601 with a zone).")] = None,
+) -> Page[PaymentOut]:
+    """Payments of orders and subscriptions, oldest first: everyone's for the shop's admins and read
+    API keys; your own and your organizations' for a customer. Filters combine."""
+    statement = checkout_service.visible_payments(session, principal)
+    for column, value in (
+        (Payment.status, status), (Payment.user_id, user_id), (Payment.organization_id, organization_id),
+        (Payment.order_id, order_id), (Payment.subscription_id, subscription_id), (Payment.provider_id, provider_id),
+    ):
+        if value is not None:
+            statement = statement.where(column == value)
+    if created_from is not None:
+        statement = statement.where(Payment.created_at >= created_from)
+    if created_to is not None:
+        statement = statement.where(Payment.created_at < created_to)
+    page = paginate(session, statement, Payment.id, paging, lambda row: row)
+    rows = list(page.data)
+    refunds = refund_service.refunds_of(session, [p.id for p in rows])
+    return Page[PaymentOut](data=[PaymentOut.of(p, refunds[p.id]) for p in rows], has_more=page.has_more)
 
 
 @payments.get("/{payment_id}", response_model=PaymentOut)

@@ -204,7 +204,9 @@ def list_users(
     session: DbSession,
     paging: Paging,
     email: Annotated[
-        str | None, Query(min_length=1, max_length=254, description="Only the user with this address (exact, any case).")
+        str | None,
+        Query(min_length=1, max_length=254, description="Only the user with this address (exact, any case).",
+              json_schema_extra={"format": "email"}),
     ] = None,
 ) -> Page[UserOut]:
     """Every user, oldest first; with `email`, the one with that address (or none)."""

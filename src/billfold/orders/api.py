@@ -3,10 +3,11 @@ optional ``Idempotency-Key`` (see docs/api.md)."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
@@ -125,6 +126,14 @@ def checkout(
 # Payments and refunds
 
 
+def _a_time(value: object) -> object:
+    # Pydantic reads a number as a Unix time; a query's time is written out (ISO 8601, with a zone).
+    if not isinstance(value, str) or re.fullmatch(r"[\d.eE+-]*", value.strip()):
+        raise ValueError("a time is written in ISO 8601 with a zone, such as 2026-12-01T00:00:00Z")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_a_time)]
 PaymentStatus = Literal["pending", "completed", "failed", "refunded"]
 IdQuery = Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
 
@@ -140,8 +149,8 @@ def list_payments(
     order_id: Annotated[str | None, IdQuery] = None,
     subscription_id: Annotated[str | None, IdQuery] = None,
     provider_id: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
-    created_from: Annotated[AwareDatetime | None, Query(description="Made at or after this time (ISO 8601 with a zone).")] = None,
-    created_to: Annotated[AwareDatetime | None, Query(description="Made before this time (ISO 8601 with a zone).")] = None,
+    created_from: Annotated[Time | None, Query(description="Made at or after this time (ISO 8601 with a zone).")] = None,
+    created_to: Annotated[Time | None, Query(description="Made before this time (ISO 8601 with a zone).")] = None,
 ) -> Page[PaymentOut]:
     """Payments of orders and subscriptions, oldest first: everyone's for the shop's admins and read
     API keys; your own and your organizations' for a customer. Filters combine."""

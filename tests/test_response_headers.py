@@ -34,7 +34,7 @@ def _sha256(text: str) -> str:
 
 @pytest.mark.parametrize("path", PAGES)
 def test_pages_cannot_be_framed_and_run_only_their_own_and_their_assets_scripts(api: Api, path: str) -> None:
-    page = httpx.get(api.url + path)
+    page = httpx.get(api.url + path, timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
@@ -62,7 +62,7 @@ def test_pages_cannot_be_framed_and_run_only_their_own_and_their_assets_scripts(
      ("GET", "/no/such/page", 404), ("GET", "/v1/me", 401), ("POST", "/v1/auth/sign-in", 422)],
 )
 def test_every_api_answer_says_nosniff(api: Api, method: str, path: str, status: int) -> None:
-    answer = httpx.request(method, api.url + path, json={} if method == "POST" else None)
+    answer = httpx.request(method, api.url + path, json={} if method == "POST" else None, timeout=30)
     assert answer.status_code == status
     assert answer.headers["x-content-type-options"] == "nosniff"
     if path.startswith("/v1/"):
@@ -94,7 +94,7 @@ def test_answers_that_carry_a_secret_are_never_stored(api: Api, admin_token: str
 
 def test_head_answers_wherever_get_does_with_the_same_headers_and_no_body(api: Api, admin_token: str) -> None:
     """Every GET path of the OpenAPI document without parameters, and the pages."""
-    document = httpx.get(api.url + "/openapi.json").json()
+    document = httpx.get(api.url + "/openapi.json", timeout=30).json()
     paths = [p for p, operations in document["paths"].items() if "get" in operations and "{" not in p]
     assert len(paths) > 10
     with api.client(admin_token) as client:
@@ -110,8 +110,10 @@ def test_head_answers_wherever_get_does_with_the_same_headers_and_no_body(api: A
 
 
 def test_a_method_a_path_does_not_serve_names_the_ones_it_does_including_head(api: Api) -> None:
-    answer = httpx.put(api.url + "/v1/products")
+    answer = httpx.put(api.url + "/v1/products", timeout=30)
     assert answer.status_code == 405
     assert answer.headers["allow"] == "GET, HEAD, POST"
-    only_post = httpx.head(api.url + "/v1/auth/sign-in")
+    only_post = httpx.head(api.url + "/v1/auth/sign-in", timeout=30)
     assert only_post.status_code == 405 and only_post.headers["allow"] == "POST"
+    one = httpx.put(api.url + "/v1/products/prd_none", timeout=30)
+    assert one.status_code == 405 and one.headers["allow"] == "DELETE, GET, HEAD, PATCH"

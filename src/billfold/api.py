@@ -157,11 +157,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         and expiry happen only while one does)? A worker that is late or never ran does not make
         this fail: the API still serves."""
         try:
-            with request.app.state.engine.connect() as connection:
+            with request.app.state.engine.connect() as connection:  # one short transaction for both reads
                 connection.execute(sa.text("SELECT 1"))
+                worker = _worker_health(connection, request.app.state.settings.worker_tick)
         except sa.exc.SQLAlchemyError as error:
             raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
-        return Health(status="ok", database="ok", version=__version__, worker=_worker_health(request))
+        return Health(status="ok", database="ok", version=__version__, worker=worker)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def front_page(request: Request) -> HTMLResponse:
@@ -170,10 +171,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     return app
 
 
-def _worker_health(request: Request) -> WorkerHealth:
+def _worker_health(connection: sa.Connection, tick_seconds: float) -> WorkerHealth:
     try:
-        with request.app.state.sessions() as session:
-            health = instance.worker_health(session, request.app.state.settings.worker_tick)
+        health = instance.worker_health(connection, tick_seconds)
     except sa.exc.SQLAlchemyError:  # not migrated yet: the service itself is still up
         return WorkerHealth(status="unknown", last_seen=None, lag_seconds=None)
     return WorkerHealth(status=health.status, last_seen=health.last_seen, lag_seconds=health.lag_seconds)

@@ -49,14 +49,14 @@ class WorkerHealth:
     status: Literal["ok", "late", "never"]
 
 
-def worker_health(session: Session, tick_seconds: float) -> WorkerHealth:
+def worker_health(connection: Session | sa.Connection, tick_seconds: float) -> WorkerHealth:
     """When a worker last ran a round, how long ago, and whether that is longer than it should be."""
-    row = read(session, WORKER_HEARTBEAT)
-    if row is None:
+    at = connection.execute(sa.select(InstanceMark.at).where(InstanceMark.name == WORKER_HEARTBEAT)).scalar_one_or_none()
+    if at is None:
         return WorkerHealth(None, None, "never")
-    lag = max(timedelta(0), real_now() - row.at)
+    lag = max(timedelta(0), real_now() - at)
     late = lag > max(LATE_AFTER, timedelta(seconds=3 * tick_seconds))
-    return WorkerHealth(row.at, int(lag.total_seconds()), "late" if late else "ok")
+    return WorkerHealth(at, int(lag.total_seconds()), "late" if late else "ok")
 
 
 # The demo's marker

@@ -18,9 +18,13 @@ class Result:
     stderr: str
 
 
-def run(*args: str, database_url: str, cwd: Path | None = None, stdin: str | None = None) -> Result:
+def run(
+    *args: str, database_url: str, cwd: Path | None = None, stdin: str | None = None, settings: dict[str, str] | None = None
+) -> Result:
+    """``settings``: BILLFOLD_ variables to set besides the database URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
     env["BILLFOLD_DATABASE_URL"] = database_url
+    env.update(settings or {})
     env["COLUMNS"] = "200"
     done = subprocess.run(
         [BILLFOLD, *args], capture_output=True, text=True, env=env, cwd=cwd, input=stdin, timeout=120

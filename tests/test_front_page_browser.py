@@ -137,6 +137,10 @@ def browser() -> Iterator[object]:
 class Visit:
     page: object  # playwright.sync_api.Page
     blocked: list[str]
+    console: list[str]  # what the browser said, such as a refusal by the page's Content-Security-Policy
+
+    def refused_by_policy(self) -> list[str]:
+        return [line for line in self.console if "Content Security Policy" in line]
 
 
 @pytest.fixture
@@ -155,8 +159,10 @@ def visit(browser, server: Server) -> Iterator[Visit]:
     context.route("**/*", only_the_server)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     try:
-        yield Visit(page, blocked)
+        yield Visit(page, blocked, console)
     finally:
         context.close()
 
@@ -174,6 +180,8 @@ def test_the_front_page_shows_what_the_database_holds(visit: Visit, server: Serv
     assert shown == held, f"the page says {status!r}; the database holds {held}"
     assert held["products"] > 0 and held["customers"] > 0 and held["organizations"] > 0, "the demo was loaded"
     assert visit.blocked == [], "the front page needs nothing from outside"
+    assert visit.refused_by_policy() == [], "its security policy lets the page show itself (its inline style)"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
 
     screenshot = os.environ.get("BILLFOLD_SCREENSHOT")
     if screenshot:
@@ -195,6 +203,9 @@ def test_the_api_reference_link_opens_swagger_ui(visit: Visit, server: Server) -
     # The only requests stopped were the Swagger UI assets on the CDN (and its favicon).
     assert visit.blocked and all(not url.startswith(server.url) for url in visit.blocked)
     assert any("swagger-ui" in url for url in visit.blocked), visit.blocked
+    # The page's security policy let the browser ask for them (the test, not the policy, stopped them).
+    assert visit.refused_by_policy() == [], visit.console
+    assert "frame-ancestors 'none'" in docs.value.headers["content-security-policy"]
 
 
 def test_the_openapi_document_is_json_titled_billfold(visit: Visit, server: Server) -> None:

@@ -97,6 +97,7 @@ class Scene:
     owner: str
     co_owner: str  # a second owner
     extra: str  # a plain member, also "another user" with an address of their own
+    extra_email: str
     outsider_email: str  # a confirmed account that belongs to no organization
     organization_address: str
     extra_address: str
@@ -114,6 +115,7 @@ class Scene:
     ending: str  # an active one of the organization's, paused and cancelled at period end
     invoice: str  # an open invoice of the organization's
     credit_note: str  # a credit note on that invoice (a refund of a payment of the organization's)
+    payment: str  # a completed payment of the organization's paid order
     # Memberships granting FEATURE: the organization's (from a paid order of its), another user's
     # (with an add-on ADDON), and the acting user's own.
     organization_membership: str
@@ -147,6 +149,11 @@ class Action:
 def _from(s: Scene, start: str) -> dict[str, Any]:
     # The shared people collect rows across tests; start the page just before the scene's own.
     return {"starting_after": start[:-1], "limit": 100}
+
+
+def _made(s: Scene) -> str:
+    """The address of the customer "Create a customer" makes in this scene."""
+    return f"made.{s.organization.lower()}@example.com"
 
 
 def _org(s: Scene, rest: str = "") -> str:
@@ -435,6 +442,20 @@ ACTIONS: dict[str, Action] = {
         "DELETE /v1/users/{user_id}/payment-methods/{payment_method_id}",
         lambda c, s: c.delete(f"/v1/users/{s.extra}/payment-methods/{s.extra_methods[0]}"),
     ),
+    "Create a customer": Action(
+        "POST /v1/users",
+        lambda c, s: c.post("/v1/users", json={"email": _made(s), "name": "Made", "last_name": "Here"}),
+    ),
+    "Find a customer by email": Action(
+        "GET /v1/users?email={email}",
+        lambda c, s: c.get("/v1/users", params={"email": s.extra_email.upper()}),
+        lambda s: s.extra,
+    ),
+    "Find its payments in the list": Action(
+        "GET /v1/payments",
+        lambda c, s: c.get("/v1/payments", params=_from(s, s.payment)),
+        lambda s: s.payment,
+    ),
     "See its memberships": Action(
         "GET /v1/organizations/{id}/memberships",
         lambda c, s: c.get(_org(s, "/memberships")),
@@ -560,6 +581,12 @@ class World:
                 currency="USD", status="paid",
             )
             session.add_all([kind, paid])
+            session.flush()
+            payment = Payment(
+                order_id=paid.id, organization_id=organization.id, provider_id=PROVIDER, amount_cents=1500,
+                currency="USD", status="completed", completed_at=clock.now(),
+            )
+            session.add(payment)
             plan = Product(
                 name="Matrix plan", product_type="subscription", is_recurring=True, billing_interval="monthly",
                 trial_days=7, price_cents=1800, currency="USD",
@@ -615,6 +642,7 @@ class World:
                 owner=self.people["owner"].id,
                 co_owner=co_owner,
                 extra=extra,
+                extra_email=session.get(User, extra).email,  # type: ignore[union-attr]
                 outsider_email=outsider_email,
                 organization_address=address(organization_id=organization.id),
                 extra_address=address(user_id=extra),
@@ -631,6 +659,7 @@ class World:
                 ending=subscription(ending=True) if subscriptions else "sub_none",
                 invoice=invoice.id,
                 credit_note=note.id,
+                payment=payment.id,
                 organization_membership=membership(self.people["owner"].id, order_id=paid.id),
                 extra_membership=membership(extra, addons=[{"feature": ADDON, "expires_at": None, "source": "manual"}]),
                 # Ending, so that the organization's lifetime membership is the one named for FEATURE.
@@ -704,7 +733,9 @@ class World:
                 .where(Subscription.organization_id == scene.organization)
                 .order_by(Subscription.id)
             ).all()
+            made = session.scalar(sa.select(sa.func.count()).select_from(User).where(User.email == _made(scene)))
             return {
+                "customers made": made,
                 "memberships": [(m[0], m[1], m[2], repr(m[3])) for m in memberships],
                 "subscriptions": [tuple(x) for x in subscriptions],
                 "orders": [tuple(o) for o in orders],

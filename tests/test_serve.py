@@ -57,3 +57,61 @@ def test_serve_runs_the_asked_number_of_workers_without_an_access_log(tmp_path: 
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
     assert '"GET /healthz' not in log.read_text(), "the access log is off"
+
+
+# A port that cannot be had: one line, a non-zero exit, and nothing started (no "serving", no
+# migration, no demo).
+
+
+def _unmigrated(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'billfold.db'}"
+
+
+def _tables(url: str) -> list[str]:
+    import sqlalchemy as sa
+
+    from billfold.kit.db import create_engine
+
+    engine = create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+@pytest.mark.parametrize("port", ["70000", "0", "-1"])
+def test_a_port_out_of_range_is_one_line_before_anything_starts(tmp_path: Path, command: str, port: str) -> None:
+    url = _unmigrated(tmp_path)
+    if command == "serve":
+        assert cli.run("db", "upgrade", database_url=url).code == 0
+    tables = _tables(url)
+    result = cli.run(command, f"--port={port}", database_url=url, cwd=tmp_path)
+    cli.assert_one_line_error(result, f"port {port} is not a TCP port", "1 to 65535")
+    assert result.stdout == "", "nothing claims to serve"
+    assert _tables(url) == tables, "nothing was migrated or loaded"
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_port_out_of_range_in_the_environment_is_one_line(tmp_path: Path, command: str) -> None:
+    result = cli.run(command, database_url=_unmigrated(tmp_path), cwd=tmp_path, settings={"BILLFOLD_PORT": "70000"})
+    cli.assert_one_line_error(result, "BILLFOLD_PORT", "65535")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path, command: str) -> None:
+    import socket
+
+    url = _unmigrated(tmp_path)
+    if command == "serve":
+        assert cli.run("db", "upgrade", database_url=url).code == 0
+    tables = _tables(url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli.run(command, "--port", str(port), database_url=url, cwd=tmp_path)
+    cli.assert_one_line_error(result, f"port {port}", "already in use", "--port")
+    assert result.stdout == "", "nothing claims to serve"
+    assert _tables(url) == tables, "nothing was migrated or loaded"

@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import anyio.to_thread
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,9 +36,10 @@ from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
-from billfold import worker_api
+from billfold import instance, worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
+from billfold.kit.headers import HeadAsGet, ResponseHeaders
 from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
@@ -55,10 +56,23 @@ def problem_response(error: BillfoldError) -> JSONResponse:
     return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 
 
+class WorkerHealth(BaseModel):
+    """The background worker, by its heartbeat: every round of `billfold worker` (or the embedded
+    worker) writes one. Renewals, dunning and expiry happen only while it runs."""
+
+    status: Literal["ok", "late", "never", "unknown"] = Field(
+        description="ok: a round within the last 2 minutes (or 3 ticks); late: none since; never: no worker has run "
+        "against this database; unknown: the heartbeat could not be read (not migrated yet)."
+    )
+    last_seen: datetime | None = Field(description="When a worker last finished a round (UTC).")
+    lag_seconds: int | None = Field(description="Seconds since then.")
+
+
 class Health(BaseModel):
     status: str
     database: str
     version: str
+    worker: WorkerHealth
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
@@ -104,6 +118,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.add_middleware(RefuseCardData)
     app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
     redact_access_log()
+    app.add_middleware(ResponseHeaders)
+    app.add_middleware(HeadAsGet)  # outermost: everything inside sees a GET, and hashes the whole page
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
@@ -165,13 +181,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         tags=["operations"],
     )
     def healthz(request: Request) -> Health:
-        """Is the service up and can it reach its database?"""
+        """Is the service up, can it reach its database, and is a worker running (renewals, dunning
+        and expiry happen only while one does)? A worker that is late or never ran does not make
+        this fail: the API still serves."""
         try:
-            with request.app.state.engine.connect() as connection:
+            with request.app.state.engine.connect() as connection:  # one short transaction for both reads
                 connection.execute(sa.text("SELECT 1"))
+                worker = _worker_health(connection, request.app.state.settings.worker_tick)
         except sa.exc.SQLAlchemyError as error:
             raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
-        return Health(status="ok", database="ok", version=__version__)
+        return Health(status="ok", database="ok", version=__version__, worker=worker)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def front_page(request: Request) -> HTMLResponse:
@@ -186,15 +205,24 @@ def redact_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactCardNumbers) for f in access.filters):
         access.addFilter(RedactCardNumbers())
+def _worker_health(connection: sa.Connection, tick_seconds: float) -> WorkerHealth:
+    try:
+        health = instance.worker_health(connection, tick_seconds)
+    except sa.exc.SQLAlchemyError:  # not migrated yet: the service itself is still up
+        return WorkerHealth(status="unknown", last_seen=None, lag_seconds=None)
+    return WorkerHealth(status=health.status, last_seen=health.last_seen, lag_seconds=health.lag_seconds)
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE and isinstance(route, APIRoute):
-            methods |= route.methods or set()
+    """Every method some route serves at this path (Starlette names only the first route's): each
+    method is tried against the routes, included routers too."""
+    methods = {
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")  # kit.headers.HeadAsGet
     return sorted(methods)
 
 

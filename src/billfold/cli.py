@@ -6,8 +6,10 @@ revision, a refused erasure) ends in one line on stderr and a non-zero exit, nev
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import sys
 import threading
 from contextlib import nullcontext
@@ -21,6 +23,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
@@ -134,11 +137,21 @@ def demo(
     """Load a small, realistic shop (catalog, customers, organizations, addresses) into an empty
     database; with --months, also a history of signups, renewals, upgrades, churn, failed payments
     and refunds up to now."""
-    from billfold.demo import is_empty, load_demo
+    from billfold.demo import is_empty, load_demo, start_over, unfinished_load
 
     settings = get_settings()
     engine = _engine()
     _require_migrated(engine)
+    with transaction(session_factory(engine)) as session:
+        unfinished = unfinished_load(session)
+        if unfinished and unfinished.running:
+            raise CommandFailed(
+                f"the demo is being loaded into this database by {unfinished.by}; wait for it to finish, or stop it and run this again"
+            )
+        if unfinished:
+            start_over(session)
+    if unfinished:
+        err.print("An earlier demo load was interrupted before it finished; starting over.", highlight=False)
     with transaction(session_factory(engine)) as session:
         empty = is_empty(session)
         if empty and not months:
@@ -154,7 +167,12 @@ def demo(
     if not months:
         out.print("Demo data loaded: " + ", ".join(f"{what}: {n}" for what, n in summary.items()) + ".")
         return
-    _demo_history(settings, engine, months, seed)
+    try:
+        _demo_history(settings, engine, months, seed)
+    except KeyboardInterrupt:
+        raise CommandFailed(
+            "interrupted: the demo history is not complete; run the same command again to start it over"
+        ) from None
 
 
 def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None:
@@ -203,10 +221,11 @@ def serve(
     from billfold import worker as background
 
     settings = get_settings()
+    host, port = host or settings.host, settings.port if port is None else port
+    listening = _listen(host, port)  # first: a port that cannot be had fails before anything starts
     engine = _engine()
     _require_migrated(engine)
     background.install_clock(settings, engine)
-    host, port = host or settings.host, port or settings.port
     embedded = settings.worker_mode == "embedded"
     if embedded:
         _log_to_stderr()
@@ -215,11 +234,33 @@ def serve(
         # Each worker process builds its own app (and engine) from the same settings. The embedded
         # background worker runs only in a one-process server: run `billfold worker` beside this.
         engine.dispose()
+        listening.close()  # uvicorn's supervisor binds it again for its workers
         uvicorn.run("billfold.api:create_app", factory=True, host=host, port=port, workers=workers,
                     log_level="info", access_log=access_log)
     else:
-        uvicorn.run(create_app(settings, engine, run_worker=embedded), host=host, port=port, log_level="info",
-                    access_log=access_log)
+        config = uvicorn.Config(create_app(settings, engine, run_worker=embedded), host=host, port=port,
+                                log_level="info", access_log=access_log)
+        uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound to ``host:port``; a port out of range, a port another program
+    holds, or an address this machine does not have is a one-line error."""
+    if not 1 <= port <= 65535:
+        raise CommandFailed(f"port {port} is not a TCP port; choose one from 1 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as error:
+        listening.close()
+        if error.errno == errno.EADDRINUSE:
+            raise CommandFailed(
+                f"port {port} on {host} is already in use by another program; stop it, or choose another port with --port"
+            ) from None
+        raise CommandFailed(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listening
 
 
 @app.command()
@@ -232,6 +273,8 @@ def up(
 ) -> None:
     """Migrate the database, load the demo shop with a year of history if it is empty, and serve:
     everything at once."""
+    settings = get_settings()
+    _listen(host or settings.host, settings.port if port is None else port).close()  # before the minutes of the demo
     db_upgrade("head")
     demo(if_empty=True, months=demo_months)
     serve(host=host, port=port)
@@ -339,6 +382,7 @@ def worker(
         if once and catch_up:
             raise CommandFailed("--once and --catch-up do not go together")
         done = background.catch_up(context) if catch_up else background.run_sweeps(context, schedule=background.Schedule())
+        background.heartbeat(context)  # a worker run from cron counts as a worker
         out.print(f"{'Caught up' if catch_up else 'Ran'} {len(done)} of {len(sweeps)} sweeps:", highlight=False)
         _print_done(done)
         return
@@ -447,13 +491,17 @@ def _one_line_reason(error: BaseException) -> str:
         return f"database error: {one_line(error.orig or error)}"
     if isinstance(error, sa.exc.SQLAlchemyError):
         return f"database error: {one_line(error)}"
+    if isinstance(error, ValidationError):  # a BILLFOLD_ setting
+        return "; ".join(
+            f"BILLFOLD_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
     return one_line(error)
 
 
 def main() -> None:
     try:
         app()
-    except (BillfoldError, CommandFailed, CommandError, sa.exc.SQLAlchemyError) as error:
+    except (BillfoldError, CommandFailed, CommandError, sa.exc.SQLAlchemyError, ValidationError) as error:
         err.print(f"billfold: error: {_one_line_reason(error)}", markup=False, highlight=False)
         sys.exit(1)
 

@@ -5,19 +5,33 @@ catalog (plans in USD, EUR and JPY, add-ons, a T-shirt with variants, an e-book,
 membership types, customers in several countries, three organizations with their members, and
 billing and shipping addresses. The data is the same every time apart from ids and timestamps.
 It flushes and never commits: the caller's transaction does.
+
+Loading is all or nothing. The shop alone is one transaction. A history commits day by day, so
+the transaction that loads the shop also writes the mark ``demo = loading`` (``instance_marks``),
+and the history's last transaction turns it into ``loaded``. A database left ``loading`` by a load
+that was interrupted holds half a history: ``unfinished_load`` finds it and ``start_over`` empties
+the database, so the next load equals a clean one.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold import instance
 from billfold.kit.errors import Conflict
 from billfold.memberships.service import PRODUCT_KEY
 from billfold.models import (
     Address,
+    Base,
+    BillingClock,
+    InstanceMark,
     MembershipType,
     Organization,
     OrganizationUser,
@@ -166,10 +180,12 @@ def is_empty(session: Session) -> bool:
     return all(session.execute(sa.select(model.id).limit(1)).first() is None for model in _SETUP_MODELS)
 
 
-def load_demo(session: Session) -> dict[str, int]:
-    """Load the demo shop into an empty database; returns how many of each thing were made."""
+def load_demo(session: Session, *, complete: bool = True) -> dict[str, int]:
+    """Load the demo shop into an empty database; returns how many of each thing were made.
+    ``complete=False``: a history follows, and marks the demo ``loaded`` when it is done."""
     if not is_empty(session):
         raise Conflict("the database already has data; demo data is only loaded into an empty database")
+    instance.mark_demo(session, instance.DEMO_LOADED if complete else loading_mark())
 
     session.add(PaymentProvider(
         id="sandbox", display_name="Sandbox", picture=f"{IMAGES}/providers/sandbox.svg", is_active=True,
@@ -288,6 +304,66 @@ def load_demo(session: Session) -> dict[str, int]:
         "addresses": len(addresses),
         "payment providers": 1,
     }
+
+
+# An interrupted load
+
+STALE_AFTER = timedelta(minutes=2)
+"""A load on another machine whose mark has not moved for this long is taken as interrupted."""
+
+
+def loading_mark() -> str:
+    """The demo mark while a history is being made here: which process makes it."""
+    return f"{instance.DEMO_LOADING} {socket.gethostname()} {os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A demo load that began and did not finish; ``running``: its process still runs."""
+
+    running: bool
+    by: str
+
+
+def unfinished_load(session: Session) -> Unfinished | None:
+    """The demo load this database holds half of, or None (none began, or it finished)."""
+    row = instance.read(session, "demo")
+    if row is None or not (row.value or "").startswith(instance.DEMO_LOADING):
+        return None
+    _, host, pid = ((row.value or "") + "  ").split(" ", 2)
+    pid = pid.strip()
+    if host == socket.gethostname() and pid.isdigit():
+        return Unfinished(running=_alive(int(pid)), by=f"process {pid}")
+    return Unfinished(running=instance.real_now() - row.at < STALE_AFTER, by=f"process {pid} on {host}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_over(session: Session) -> None:
+    """Empty every table of an unfinished demo load (children first), keeping the billing clock
+    and the worker's heartbeat, so the next load starts from an empty database."""
+    keep = {BillingClock.__tablename__, InstanceMark.__tablename__}
+    mariadb = session.get_bind().dialect.name in ("mysql", "mariadb")
+    if mariadb:  # InnoDB checks foreign keys row by row, even within one DELETE
+        session.execute(sa.text("SET FOREIGN_KEY_CHECKS = 0"))
+    try:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name not in keep:
+                session.execute(table.delete())
+        session.execute(sa.delete(InstanceMark).where(InstanceMark.name == "demo"))
+    finally:
+        if mariadb:
+            session.execute(sa.text("SET FOREIGN_KEY_CHECKS = 1"))
 
 
 def _product_metadata(slug: str, kind: str, membership_types: dict[str, MembershipType]) -> dict[str, Any] | None:

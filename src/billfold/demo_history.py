@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold import demo, worker
+from billfold import demo, instance, worker
 from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Principal
 from billfold.kit import clock
@@ -182,6 +182,8 @@ class History:
                 self.act(action)
             self.clock.set(until)
             self.worker.update(worker.catch_up(self.context))
+            with transaction(self.sessions) as session:  # still loading, and alive
+                instance.mark_demo(session, demo.loading_mark())
             if on_day:
                 on_day(number + 1, days, until)
         return days
@@ -454,7 +456,8 @@ def build_history(
 ) -> HistoryReport:
     """Load the demo shop ``months`` before now and live through every day to now (see the
     module's docstring). The database must be empty; the caller runs the command, not a
-    transaction: each action commits as it would through the API."""
+    transaction: each action commits as it would through the API. The demo is marked
+    ``loading`` with the shop and ``loaded`` in the last transaction (see demo.py)."""
     if months < 1:
         raise ValueError("a history is at least a month long")
     worker.load_sweeps()
@@ -463,12 +466,13 @@ def build_history(
     frozen = clock.FrozenClock(start)
     with clock.using(frozen):
         with transaction(context.sessions) as session:
-            demo.load_demo(session)
+            demo.load_demo(session, complete=False)
         history = History(context, frozen, seed)
         days = history.live(start, end, on_day)
     report = HistoryReport(start=start, end=end, days=days, actions=history.actions, worker=history.worker)
     with transaction(context.sessions) as session:
         report.totals = totals(session)
+        instance.mark_demo(session, instance.DEMO_LOADED)  # last: the history is complete
     return report
 
 

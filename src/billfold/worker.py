@@ -35,7 +35,7 @@ import billfold.memberships.service  # noqa: F401  (its reactions: memberships g
 from billfold.accounts.housekeeping import purge_sweep as purge_accounts
 from billfold.config import Settings
 from billfold.kit import clock, jobs
-from billfold.kit.db import create_engine, one_line, session_factory
+from billfold.kit.db import create_engine, one_line, session_factory, transaction
 from billfold.kit.errors import ConfigurationError, Conflict
 from billfold.kit.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.jobs import Context, Sweep
@@ -186,6 +186,18 @@ def catch_up(
     return totals
 
 
+def heartbeat(context: Context) -> None:
+    """Record that a worker ran a round (``instance_marks``; ``/healthz`` reports it). A failure
+    is logged and stops nothing."""
+    from billfold import instance
+
+    try:
+        with transaction(context.sessions) as session:
+            instance.heartbeat(session)
+    except Exception as error:
+        log.error("cannot record the worker's heartbeat: %s", one_line(error))
+
+
 # --- the billing clock ---------------------------------------------------------------------------
 
 
@@ -314,6 +326,7 @@ class Runner:
                 self.round()
             except Exception as error:  # never let the loop die: the next tick tries again
                 log.error("worker round failed: %s", one_line(error))
+            heartbeat(self.context)
             self.stop_event.wait(self.tick)
 
     def stop(self) -> None:

@@ -3,8 +3,11 @@ admin's users and API keys."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import sqlalchemy as sa
-from fastapi import APIRouter, Request, Response, status
+from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from billfold.accounts import api_keys, service, sessions, two_factor
@@ -14,6 +17,7 @@ from billfold.accounts.schemas import (
     ApiKeyCreated,
     ApiKeyIn,
     ApiKeyOut,
+    CustomerIn,
     Message,
     PasswordChangeIn,
     PasswordResetConfirmIn,
@@ -29,6 +33,7 @@ from billfold.accounts.schemas import (
 from billfold.accounts.security import Security
 from billfold.kit.errors import Conflict, NotFound
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
+from billfold.kit.idempotency_http import Idempotent
 from billfold.models import ApiKey, AuthSession
 from billfold.models import User as UserRow
 
@@ -176,9 +181,39 @@ def revoke_my_session(session_id: str, principal: User, session: DbSession) -> R
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@users.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut, responses=problems(409))
+def create_customer(body: CustomerIn, principal: Admin, idempotent: Idempotent) -> Any:
+    """Create a customer from the merchant's backend (admins, or an API key with `write`): no
+    password and no email round trip. The customer can claim the account later by resetting the
+    password of this address. 409 `email_taken` when the address has an account (find it with
+    `?email=`). Takes an `Idempotency-Key`."""
+
+    def handler(session: Session) -> UserOut:
+        user = service.create_customer(
+            session, email=body.email, name=body.name, last_name=body.last_name, user_type=body.user_type,
+            phone=body.phone, by=principal.user.id if principal.user else principal.api_key.id,  # type: ignore[union-attr]
+        )
+        return UserOut.of(user)
+
+    return idempotent.respond(principal.idempotency_scope, body, handler, status_code=201)
+
+
 @users.get("", response_model=Page[UserOut])
-def list_users(principal: Admin, session: DbSession, paging: Paging) -> Page[UserOut]:
-    return paginate(session, sa.select(UserRow), UserRow.id, paging, UserOut.of)
+def list_users(
+    principal: Admin,
+    session: DbSession,
+    paging: Paging,
+    email: Annotated[
+        str | None,
+        Query(min_length=1, max_length=254, description="Only the user with this address (exact, any case).",
+              json_schema_extra={"format": "email"}),
+    ] = None,
+) -> Page[UserOut]:
+    """Every user, oldest first; with `email`, the one with that address (or none)."""
+    statement = sa.select(UserRow)
+    if email is not None:
+        statement = statement.where(UserRow.email == service.normalize_email(email))
+    return paginate(session, statement, UserRow.id, paging, UserOut.of)
 
 
 @users.get("/{user_id}", response_model=UserOut)

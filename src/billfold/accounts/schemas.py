@@ -37,6 +37,17 @@ class RegisterIn(In):
     user_type: Literal["individual", "business"] = "individual"
 
 
+class CustomerIn(In):
+    """A customer made by the merchant's backend: no password and no email; they can claim the
+    account later with a password reset to this address."""
+
+    email: Email
+    name: Name
+    last_name: Name
+    user_type: Literal["individual", "business"] = "individual"
+    phone: Phone | None = None
+
+
 class TokenIn(In):
     token: str = Field(min_length=1, max_length=4096)
 

@@ -17,7 +17,7 @@ from billfold.accounts.security import Security, check_new_password, hash_passwo
 from billfold.kit import clock, mailer
 from billfold.kit.crypto import read_signed_token, signed_token
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import InvalidInput, NotFound, Unauthorized
+from billfold.kit.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from billfold.models import AuthSession, PaymentEvent, SignInThrottle, User
 
 VERIFY_LIFETIME = timedelta(days=2)
@@ -73,6 +73,34 @@ def register(
     session.flush()
     send_verification(session, security, user)
     audit(session, "user", user.id, "registered")
+    return user
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+    title = "Email address taken"
+
+
+def create_customer(
+    session: Session, *, email: str, name: str, last_name: str, user_type: str = "individual",
+    phone: str | None = None, by: str,
+) -> User:
+    """A customer made by the merchant (an admin or an API key): no password, not verified, no
+    email sent; audited as ``created_by_merchant``, naming ``by``. Signing in needs a password
+    reset to the address first, which proves it is theirs."""
+    email = normalize_email(email)
+    if user_type not in SELF_SERVICE_USER_TYPES:
+        detail = f"user_type must be one of {', '.join(SELF_SERVICE_USER_TYPES)}"
+        raise InvalidInput(detail, errors=[{"field": "user_type", "message": detail}])
+    if user_by_email(session, email) is not None:
+        raise EmailTaken(
+            f"a user with the address {email} exists; find it with GET /v1/users?email=",
+            errors=[{"field": "email", "message": "taken"}],
+        )
+    user = User(email=email, name=name.strip(), last_name=last_name.strip(), user_type=user_type, phone=phone)
+    session.add(user)
+    session.flush()
+    audit(session, "user", user.id, "created_by_merchant", by=by)
     return user
 
 

@@ -9,6 +9,7 @@ from billfold.models.billing import CreditNote, InvoiceLine, NumberSeries, Refun
 from billfold.models.catalog import Product, ProductCategory
 from billfold.models.clock import BillingClock
 from billfold.models.idempotency import IdempotencyKey
+from billfold.models.instance import InstanceMark
 from billfold.models.invoices import Invoice
 from billfold.models.memberships import MembershipType, UserMembership
 from billfold.models.orders import Order, OrderItem
@@ -28,6 +29,7 @@ __all__ = [
     "Base",
     "BillingClock",
     "IdempotencyKey",
+    "InstanceMark",
     "Invoice",
     "CreditNote",
     "InvoiceLine",

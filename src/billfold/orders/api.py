@@ -3,9 +3,11 @@ optional ``Idempotency-Key`` (see docs/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
+from pydantic import AwareDatetime, BeforeValidator
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
@@ -124,6 +126,51 @@ def checkout(
 
 
 # Payments and refunds
+
+
+def _a_time(value: object) -> object:
+    # Pydantic reads a number as a Unix time; a query's time is written out (ISO 8601, with a zone).
+    if not isinstance(value, str) or re.fullmatch(r"[\d.eE+-]*", value.strip()):
+        raise ValueError("a time is written in ISO 8601 with a zone, such as 2026-12-01T00:00:00Z")
+    return value
+
+
+Time = Annotated[AwareDatetime, BeforeValidator(_a_time)]
+PaymentStatus = Literal["pending", "completed", "failed", "refunded"]
+IdQuery = Query(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+
+
+@payments.get("", response_model=Page[PaymentOut])
+def list_payments(
+    principal: Authenticated,
+    session: DbSession,
+    paging: Paging,
+    status: Annotated[PaymentStatus | None, Query(description="Only payments in this status.")] = None,
+    user_id: Annotated[str | None, IdQuery] = None,
+    organization_id: Annotated[str | None, IdQuery] = None,
+    order_id: Annotated[str | None, IdQuery] = None,
+    subscription_id: Annotated[str | None, IdQuery] = None,
+    provider_id: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
+    created_from: Annotated[Time | None, Query(description="Made at or after this time (ISO 8601 with a zone).")] = None,
+    created_to: Annotated[Time | None, Query(description="Made before this time (ISO 8601 with a zone).")] = None,
+) -> Page[PaymentOut]:
+    """Payments of orders and subscriptions, oldest first: everyone's for the shop's admins and read
+    API keys; your own and your organizations' for a customer. Filters combine."""
+    statement = checkout_service.visible_payments(session, principal)
+    for column, value in (
+        (Payment.status, status), (Payment.user_id, user_id), (Payment.organization_id, organization_id),
+        (Payment.order_id, order_id), (Payment.subscription_id, subscription_id), (Payment.provider_id, provider_id),
+    ):
+        if value is not None:
+            statement = statement.where(column == value)
+    if created_from is not None:
+        statement = statement.where(Payment.created_at >= created_from)
+    if created_to is not None:
+        statement = statement.where(Payment.created_at < created_to)
+    page = paginate(session, statement, Payment.id, paging, lambda row: row)
+    rows = list(page.data)
+    refunds = refund_service.refunds_of(session, [p.id for p in rows])
+    return Page[PaymentOut](data=[PaymentOut.of(p, refunds[p.id]) for p in rows], has_more=page.has_more)
 
 
 @payments.get("/{payment_id}", response_model=PaymentOut)

@@ -47,7 +47,7 @@ from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
 from billfold.kit.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
-from billfold.models import Order, Payment
+from billfold.models import Order, Payment, Subscription
 from billfold.orders import events, service
 from billfold.orders.service import OrderNotPayable, actor
 from billfold.orders.states import ORDER, PAYMENT
@@ -417,6 +417,19 @@ def settle(sessions: sessionmaker[Session], security: Security, payment_id: str,
     """Record what the provider made for a payment whose answer was never heard (the sweep's work):
     its charge as it is now, or ``failed`` when it made none (``STALE_AFTER`` has passed)."""
     return _drive(sessions, security, None, payment_id, claim=None, respond=None, call=_ask, by=by)
+
+
+def visible_payments(session: Session, principal: Principal) -> sa.Select[tuple[Payment]]:
+    """Every payment for the shop's admins and read API keys; for a user, the payments of the
+    orders and subscriptions they may see (their own and their organizations')."""
+    from billfold.subscriptions import service as subscriptions
+
+    if principal.is_admin:
+        principal.require_scope("read")
+        return sa.select(Payment)
+    orders = service.visible_orders(session, principal).with_only_columns(Order.id)
+    subscribed = subscriptions.visible(principal).with_only_columns(Subscription.id)
+    return sa.select(Payment).where(sa.or_(Payment.order_id.in_(orders), Payment.subscription_id.in_(subscribed)))
 
 
 def payment_for(session: Session, principal: Principal, payment_id: str, *, change: bool = False) -> Payment:

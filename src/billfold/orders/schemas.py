@@ -84,6 +84,9 @@ class RefundOut(BaseModel):
 class PaymentOut(BaseModel):
     id: str
     order_id: str | None
+    subscription_id: str | None
+    user_id: str | None = Field(description="The customer: a user, or (organization_id) an organization.")
+    organization_id: str | None
     provider_id: str
     provider_payment_id: str | None
     provider_status: str | None = Field(description="The provider's own word for the payment's state.")
@@ -103,7 +106,8 @@ class PaymentOut(BaseModel):
     def of(cls, payment: Payment, refunds: list[Refund]) -> PaymentOut:
         meta = payment.metadata_ or {}
         return cls(
-            id=payment.id, order_id=payment.order_id, provider_id=payment.provider_id,
+            id=payment.id, order_id=payment.order_id, subscription_id=payment.subscription_id,
+            user_id=payment.user_id, organization_id=payment.organization_id, provider_id=payment.provider_id,
             provider_payment_id=payment.provider_payment_id, provider_status=meta.get("provider_status"),
             payment_method_id=payment.payment_method_id, amount_cents=payment.amount_cents,
             refunded_cents=sum(r.amount_cents for r in refunds if r.status == "succeeded"),

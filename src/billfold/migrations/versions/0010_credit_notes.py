@@ -3,7 +3,7 @@
 The spec's ``invoices`` has no type and no link to another invoice, so a credit note there could
 not say which invoice it corrects (docs/schema.md).
 
-Revision ID: 0010_books
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-06
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_books"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,94 @@
+"""``/healthz`` tells an operator whether a worker runs: on PostgreSQL or MariaDB nothing renews,
+retries or expires unless ``billfold worker`` runs, so its heartbeat (written every round) and
+how late it is are part of the answer, which stays 200 whatever the worker does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from billfold.kit import clock
+from billfold.kit.db import create_engine
+from tests import cli, databases
+from tests.server import serving
+
+
+@pytest.fixture
+def fresh(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    url = databases.fresh_database(backend, "health", tmp_path)
+    engine = create_engine(url)
+    databases.migrate(engine)
+    yield engine
+    engine.dispose()
+    databases.drop_database(backend, url)
+
+
+def _worker(url: str) -> dict[str, object]:
+    answer = httpx.get(f"{url}/healthz", timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "ok" and answer.json()["database"] == "ok"
+    return answer.json()["worker"]
+
+
+def test_health_reports_the_workers_heartbeat_never_ok_and_late(fresh: Engine, tmp_path: Path) -> None:
+    database_url = fresh.url.render_as_string(hide_password=False)
+    with serving(fresh) as url:
+        assert _worker(url) == {"status": "never", "last_seen": None, "lag_seconds": None}
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+        env.update(BILLFOLD_DATABASE_URL=database_url, BILLFOLD_WORKER_TICK="0.2", BILLFOLD_DATA_DIR=str(tmp_path))
+        loop = subprocess.Popen([cli.BILLFOLD, "worker"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while _worker(url)["status"] == "never":
+                assert loop.poll() is None, loop.communicate()
+                assert time.monotonic() < deadline, "no heartbeat from a running worker"
+                time.sleep(0.1)
+            seen = _worker(url)
+        finally:
+            loop.send_signal(signal.SIGTERM)
+            loop.communicate(timeout=60)
+        assert seen["status"] == "ok" and 0 <= int(seen["lag_seconds"]) <= 5  # type: ignore[call-overload]
+        assert abs(datetime.fromisoformat(str(seen["last_seen"])) - clock.SystemClock().now()) < timedelta(minutes=1)
+
+        with fresh.begin() as connection:  # the worker stopped ten minutes ago
+            ago = clock.SystemClock().now().replace(tzinfo=None, microsecond=0) - timedelta(minutes=10)
+            connection.execute(sa.text("UPDATE instance_marks SET at = :at WHERE name = 'worker_heartbeat'"), {"at": ago})
+        late = _worker(url)
+        assert late["status"] == "late" and 600 <= int(late["lag_seconds"]) < 700  # type: ignore[call-overload]
+
+        once = cli.run("worker", "--once", database_url=database_url, cwd=tmp_path)  # as cron runs it
+        assert once.code == 0, once
+        assert _worker(url)["status"] == "ok"
+
+
+def test_health_answers_200_on_a_database_not_migrated_yet(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with serving(engine) as url:
+            assert _worker(url)["status"] == "unknown"
+    finally:
+        engine.dispose()
+
+
+def test_the_openapi_document_describes_the_workers_health(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with serving(engine) as url:
+            document = httpx.get(f"{url}/openapi.json").json()
+    finally:
+        engine.dispose()
+    schema = document["components"]["schemas"]["WorkerHealth"]
+    assert set(schema["properties"]) == {"status", "last_seen", "lag_seconds"}
+    assert set(schema["properties"]["status"]["enum"]) == {"ok", "late", "never", "unknown"}

@@ -45,6 +45,7 @@ log = logging.getLogger("billfold.worker")
 SWEEP_MODULES = (
     "billfold.accounts.housekeeping",
     "billfold.kit.idempotency",
+    "billfold.kit.mailer",
     "billfold.subscriptions.sweeps",
     "billfold.memberships.sweeps",
     "billfold.invoices.sweeps",

@@ -10,6 +10,7 @@ from billfold.models.catalog import Product, ProductCategory
 from billfold.models.clock import BillingClock
 from billfold.models.idempotency import IdempotencyKey
 from billfold.models.invoices import Invoice
+from billfold.models.mail import OutboxEmail
 from billfold.models.memberships import MembershipType, UserMembership
 from billfold.models.orders import Order, OrderItem
 from billfold.models.payments import Payment
@@ -37,6 +38,7 @@ __all__ = [
     "NumberSeries",
     "OrganizationInvitation",
     "OrganizationUser",
+    "OutboxEmail",
     "Payment",
     "PaymentEvent",
     "PaymentMethod",

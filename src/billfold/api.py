@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.security = Security.from_settings(settings)
+    mailer.configure(app.state.sessions, settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
     app.include_router(accounts_api.router)
     app.include_router(organizations_api.router)

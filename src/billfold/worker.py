@@ -82,8 +82,12 @@ def load_sweeps() -> list[Sweep]:
 def make_context(settings: Settings, engine: Engine | None = None) -> Context:
     from billfold.accounts.security import Security
 
+    from billfold.kit import mailer
+
     engine = engine or create_engine(settings.database_url)
-    return Context(sessions=session_factory(engine), settings=settings, security=Security.from_settings(settings))
+    sessions = session_factory(engine)
+    mailer.configure(sessions, settings)  # links in mail written by sweeps; the mail.deliver sweep sends it
+    return Context(sessions=sessions, settings=settings, security=Security.from_settings(settings))
 
 
 def engine_of(context: Context) -> Engine:

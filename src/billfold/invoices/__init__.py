@@ -7,3 +7,4 @@ issues each paid order's invoice in the transaction that marks it paid.
 """
 
 from billfold.invoices import service as service  # noqa: F401  (registers the on_paid reaction)
+from billfold.invoices import receipts as receipts  # noqa: F401  (registers the receipt, after the invoice)

@@ -62,6 +62,7 @@ BATCH = 20
 _DELIVERS = "billfold_mail_delivers"  # a session of a process that sends right after commit
 _QUEUED = "billfold_mail_queued"  # ids written in the open transaction
 _COMMITTED = "billfold_mail_committed"  # ids whose transaction committed, to send when it ends
+_PUBLIC_URL = "billfold_public_url"
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,22 @@ def mailer_for(settings: Settings, *, smtp: bool = True) -> Mailer:
 
 
 # --- writing -------------------------------------------------------------------------------------
+
+
+def configure(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Let code that writes mail on ``sessions`` but is given no settings (a reaction to a paid
+    order) link to this installation's ``public_url``."""
+    sessions.configure(info={**(sessions.kw.get("info") or {}), _PUBLIC_URL: settings.public_url.rstrip("/")})
+
+
+def public_url(session: Session) -> str:
+    """Where people reach this installation, for links in mail written on ``session``."""
+    url = session.info.get(_PUBLIC_URL)
+    if url:
+        return str(url)
+    from billfold.config import get_settings
+
+    return get_settings().public_url.rstrip("/")
 
 
 def queue(session: Session, email: Email) -> str:

@@ -323,3 +323,15 @@ def test_a_server_killed_after_the_commit_and_before_sending_loses_no_mail(
     [message] = folder.mails_to(address)
     assert message["Subject"] == "Confirm your email address" and f"{PUBLIC_URL}/v1/auth/verify-email" in body(message)
     assert [r.status for r in outbox(engine, address)] == ["sent"]
+
+
+def test_erasing_a_customer_deletes_the_mail_written_to_them(api: Api, engine: Engine, address: str) -> None:
+    from billfold.accounts.erasure import erase_customer
+
+    api.sign_up(address)
+    assert len(outbox(engine, address)) == 1 and len(api.mails_to(address)) == 1
+    with session_factory(engine)() as session:
+        user_id = session.scalar(sa.select(User.id).where(User.email == address))
+    with transaction(session_factory(engine)) as session:
+        erase_customer(session, user_id)
+    assert outbox(engine, address) == [], "the outbox names the person no more"

@@ -206,8 +206,8 @@ def _send(mailer: Mailer, row: OutboxEmail) -> str | None:
     except PermanentFailure as error:
         log.error("cannot send %r to %s, giving up: %s", row.subject, row.to_address, error)
         return f"permanent: {error}"
-    except (OSError, smtplib.SMTPException) as error:
-        log.error("could not send %r to %s: %s", row.subject, row.to_address, one_line(error))
+    except Exception as error:  # down, refused, timed out, or a bug: tried again later, never raised
+        log.error("could not send %r to %s: %s", row.subject, row.to_address, one_line(error) or type(error).__name__)
         return one_line(error) or type(error).__name__
     return None
 
@@ -249,7 +249,7 @@ def deliver_due(sessions: sessionmaker[Session], mailer: Mailer, *, limit: int =
             row.next_attempt_at = now + LEASE
     if not rows:
         return 0
-    started, outcomes = time.monotonic(), {}
+    started, outcomes = time.monotonic(), dict[str, str | None]()
     for row in rows:
         if time.monotonic() - started > LEASE.total_seconds() / 2:
             break  # a slow server: leave the rest to their lease rather than risk sending twice
@@ -295,11 +295,11 @@ def _deliver_now(sessions: sessionmaker[Session], mailer: Mailer, ids: list[str]
             ).all()
             session.expunge_all()
             session.rollback()
-        outcomes = {}
+        outcomes: dict[str, str | None] = {}
         for row in rows:
             row.attempts += 1
             outcomes[row.id] = _send(mailer, row)
         with transaction(sessions) as session:
             _record(session, rows, outcomes)
-    except sa.exc.SQLAlchemyError as error:
+    except Exception as error:  # e.g. the database went away: the worker sends them after the lease
         log.error("mail %s left to the worker: %s", ", ".join(ids), one_line(error))

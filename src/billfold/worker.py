@@ -81,7 +81,6 @@ def load_sweeps() -> list[Sweep]:
 
 def make_context(settings: Settings, engine: Engine | None = None) -> Context:
     from billfold.accounts.security import Security
-
     from billfold.kit import mailer
 
     engine = engine or create_engine(settings.database_url)

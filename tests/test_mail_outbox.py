@@ -335,3 +335,44 @@ def test_erasing_a_customer_deletes_the_mail_written_to_them(api: Api, engine: E
     with transaction(session_factory(engine)) as session:
         erase_customer(session, user_id)
     assert outbox(engine, address) == [], "the outbox names the person no more"
+
+
+class Counting:
+    """A mailer that counts what it is given, slowly enough for two workers to overlap."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.lock = threading.Lock()
+
+    def send(self, message: mailer.Email) -> None:
+        time.sleep(0.01)
+        with self.lock:
+            self.sent.append(message.to)
+
+
+def test_two_workers_delivering_at_once_send_each_message_once(engine: Engine, address: str) -> None:
+    sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        for n in range(40):
+            mailer.queue(session, mailer.Email(f"{n}.{address}", "Your receipt", "Thank you."))
+    counting = Counting()
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            while mailer.deliver_due(sessions, counting, limit=5):
+                pass
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    workers = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(timeout=120)
+    assert errors == []
+    mine = sorted(to for to in counting.sent if to.endswith(f".{address}"))
+    assert mine == sorted(f"{n}.{address}" for n in range(40)), "each once"
+    with sessions() as session:
+        statuses = session.scalars(sa.select(OutboxEmail.status).where(OutboxEmail.to_address.like(f"%.{address}"))).all()
+    assert statuses == ["sent"] * 40

@@ -29,9 +29,11 @@ class Api:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=_SSL)
 
     def mails_to(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.mails_to_anyone() if m["To"] == address]
+
+    def mails_to_anyone(self) -> list[email.message.EmailMessage]:
         folder = self.data_dir / "mail"
-        messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))] if folder.exists() else []
-        return [m for m in messages if m["To"] == address]
+        return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))] if folder.exists() else []
 
     def token_mailed_to(self, address: str) -> str:
         body = self.mails_to(address)[-1].get_content()

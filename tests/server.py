@@ -30,13 +30,13 @@ def serving(
     engine: Engine, data_dir: Path | None = None, routers: Sequence[APIRouter] = (), **settings: Any
 ) -> Iterator[str]:
     """Serve the app on ``engine``'s database, keeping its files (mail, key) in ``data_dir``, with
-    any test-only ``routers`` added; yields the base URL."""
+    any test-only ``routers`` added; yields the base URL. Links in its mail go to the served URL
+    unless ``public_url`` says otherwise (a shop behind a proxy)."""
     port = free_port()
     configured = Settings(
         database_url=engine.url.render_as_string(hide_password=False),
         data_dir=data_dir or Path(tempfile.mkdtemp(prefix="billfold-")),
-        public_url=f"http://127.0.0.1:{port}",
-        **settings,
+        **{"public_url": f"http://127.0.0.1:{port}", **settings},
     )
     app = create_app(configured, engine)
     for router in routers:

@@ -18,9 +18,11 @@ from billfold.config import Settings
 from billfold.demo_history import build_history
 from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory
-from billfold.models import Invoice, InvoiceLine, Payment, PaymentEvent, Refund, Subscription, User
+from billfold.models import Invoice, InvoiceLine, OutboxEmail, Payment, PaymentEvent, Refund, Subscription, User
 from billfold.subscriptions.periods import add_months
 from tests import cli, databases
+from tests.accounts import Api
+from tests.server import free_port
 
 MONTHS = 3
 
@@ -31,7 +33,9 @@ def test_three_months_of_history_end_now_leave_nothing_due_and_add_up(backend: s
     engine = create_engine(url)
     try:
         databases.migrate(engine)
-        settings = Settings(database_url=url.render_as_string(hide_password=False), data_dir=tmp_path / "data")
+        # An SMTP server is configured (nothing listens there): the history must not use it.
+        settings = Settings(database_url=url.render_as_string(hide_password=False), data_dir=tmp_path / "data",
+                            smtp_host="127.0.0.1", smtp_port=free_port(), smtp_starttls=False)
         days: list[int] = []
         before = clock.now()
         report = build_history(
@@ -98,6 +102,13 @@ def test_three_months_of_history_end_now_leave_nothing_due_and_add_up(backend: s
                 sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_type == "subscription")
             ).scalars().all()
             assert any("past_due" in move for move in moves), "no renewal ever failed"
+
+            # Its mail (receipts, dunning) went to the mail folder, every row sent, none to SMTP.
+            outbox = dict(session.execute(sa.select(OutboxEmail.id, OutboxEmail.status)).all())
+            subjects = [m["Subject"] for m in Api("", tmp_path / "data").mails_to_anyone()]
+            assert set(outbox.values()) == {"sent"} and len(subjects) == len(outbox)
+            assert any(s.startswith("Your receipt for order ") for s in subjects), "receipts for orders"
+            assert any(re.fullmatch(r"Your payment of .+ did not go through", s) for s in subjects), "dunning mails"
         for action in ("signups", "orders paid", "refunds", "seats added", "cancellations at period end",
                        "cards that began failing", "cards fixed"):
             assert report.actions[action] > 0, f"no {action} in {dict(report.actions)}"

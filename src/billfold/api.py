@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.security = Security.from_settings(settings)
+    mailer.configure(app.state.sessions, settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
     app.include_router(accounts_api.router)
     app.include_router(organizations_api.router)
@@ -228,12 +229,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def make_mailer(settings: Settings) -> mailer.Mailer:
     """SMTP when configured, otherwise .eml files in data_dir/mail."""
-    if settings.smtp_host:
-        return mailer.SmtpMailer(
-            settings.smtp_host, settings.smtp_port, settings.mail_from, settings.smtp_username,
-            settings.smtp_password.get_secret_value() if settings.smtp_password else None, settings.smtp_starttls,
-        )
-    return mailer.FolderMailer(settings.data_dir / "mail", settings.mail_from)
+    return mailer.mailer_for(settings)
 
 
 def _counts(sessions: sessionmaker[Session]) -> dict[str, int] | None:

@@ -7,8 +7,10 @@ memberships, cancel; cards start failing and some customers fix them in time; th
 few orders. Everything goes through the same services the API calls, as the customer or the shop's
 admin. After each day the clock steps to the next one and the worker catches up on what became
 due (``worker.catch_up``, as ``billfold clock advance`` does): trials end, periods renew,
-dunning retries, memberships expire. Renewals are billed on the day they fall due, by the
-schedule a real installation would follow.
+dunning retries, memberships expire, and the day's mail is delivered. Renewals are billed on the
+day they fall due, by the schedule a real installation would follow. The history's mail (receipts,
+dunning, trial ends) is written to the outbox like any other and delivered to the mail folder
+(``data_dir/mail``), never to an SMTP server, configured or not.
 
 The history ends at the time it was made, so the database runs on real time afterwards (no
 sandbox mode needed). The same seed gives the same history, apart from ids and the dates, which
@@ -24,7 +26,7 @@ import random
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -460,6 +462,9 @@ def build_history(
     ``loading`` with the shop and ``loaded`` in the last transaction (see demo.py)."""
     if months < 1:
         raise ValueError("a history is at least a month long")
+    # The history's mail (receipts, dunning, trial ends: thousands in a year) goes to the mail
+    # folder, never to an SMTP server that may be configured: the customers are made up.
+    context = replace(context, settings=context.settings.model_copy(update={"smtp_host": None}))
     worker.load_sweeps()
     end = clock.now()
     start = add_months(end, -months)

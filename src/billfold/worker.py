@@ -39,6 +39,7 @@ from billfold.kit.db import create_engine, one_line, session_factory, transactio
 from billfold.kit.errors import ConfigurationError, Conflict
 from billfold.kit.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.jobs import Context, Sweep
+from billfold.kit.mailer import deliver_mail
 from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.refunds import settle_pending_refunds
 from billfold.orders.sweeps import settle_unknown_order_payments
@@ -58,6 +59,7 @@ SWEEPS: tuple[Callable[[Context], int], ...] = (
     retry_past_due_subscriptions,
     renew_due_subscriptions,
     end_due_trials,
+    deliver_mail,  # last: a round sends the mail its sweeps wrote
 )
 """Every sweep the worker runs, in the order a round runs them: one line each. Imported by name,
 so a sweep that is gone is an ImportError at start, never one silently skipped
@@ -81,9 +83,12 @@ def load_sweeps() -> list[Sweep]:
 
 def make_context(settings: Settings, engine: Engine | None = None) -> Context:
     from billfold.accounts.security import Security
+    from billfold.kit import mailer
 
     engine = engine or create_engine(settings.database_url)
-    return Context(sessions=session_factory(engine), settings=settings, security=Security.from_settings(settings))
+    sessions = session_factory(engine)
+    mailer.configure(sessions, settings)  # links in mail written by sweeps; the mail.deliver sweep sends it
+    return Context(sessions=sessions, settings=settings, security=Security.from_settings(settings))
 
 
 def engine_of(context: Context) -> Engine:

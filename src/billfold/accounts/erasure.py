@@ -18,6 +18,7 @@ from billfold.kit.ids import new_id
 from billfold.models import (
     Address,
     AnalyticsEvent,
+    OutboxEmail,
     Invoice,
     Order,
     Organization,
@@ -122,6 +123,8 @@ def erase_user(session: Session, user_id: str) -> Erasure:
     invitations_removed = session.execute(
         sa.delete(OrganizationInvitation).where(OrganizationInvitation.email == user.email)
     ).rowcount
+    # The mail written to the person (sent or not) names them and may hold their tokens.
+    mail_removed = _forget_mail(session, user.email, user.recovery_email)
     kept = _financial_records(session, User, user_id)
     still_owned = session.scalar(
         sa.select(sa.func.count()).select_from(Organization).where(Organization.owner_user_id == user_id)
@@ -136,6 +139,7 @@ def erase_user(session: Session, user_id: str) -> Erasure:
             sa.delete(OrganizationUser).where(OrganizationUser.user_id == user_id)
         ).rowcount
         removed["organization_invitations"] = invitations_removed
+        removed["mail_outbox"] = mail_removed
         removed["analytics_events"] = session.execute(
             sa.update(AnalyticsEvent).where(AnalyticsEvent.user_id == user_id).values(user_id=None, session_id=None)
         ).rowcount
@@ -162,6 +166,7 @@ def erase_organization(session: Session, organization_id: str) -> Erasure:
     if organization is None:
         raise NotFound(f"no organization {organization_id}")
     _refuse_live_subscriptions(session, Subscription.organization_id, organization_id)
+    mail_removed = _forget_mail(session, organization.business_email)
     kept = _financial_records(session, Organization, organization_id)
     if not kept:
         session.delete(organization)
@@ -172,6 +177,7 @@ def erase_organization(session: Session, organization_id: str) -> Erasure:
         removed["organization_users"] = session.execute(
             sa.delete(OrganizationUser).where(OrganizationUser.organization_id == organization_id)
         ).rowcount
+        removed["mail_outbox"] = mail_removed
         organization.business_email = None
         organization.business_phone = None
         session.flush()
@@ -204,6 +210,13 @@ def _strip_personal_data(session: Session, owner_column: str, owner_id: str) -> 
         )
     )
     return removed
+
+
+def _forget_mail(session: Session, *addresses: str | None) -> int:
+    wanted = [address for address in addresses if address]
+    if not wanted:
+        return 0
+    return session.execute(sa.delete(OutboxEmail).where(OutboxEmail.to_address.in_(wanted))).rowcount
 
 
 def _nonzero(counts: dict[str, int]) -> dict[str, int]:

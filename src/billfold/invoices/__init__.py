@@ -9,3 +9,4 @@ refund in the transaction that records it (:mod:`billfold.invoices.credit_notes`
 
 from billfold.invoices import credit_notes as credit_notes  # noqa: F401  (registers the on_refund reaction)
 from billfold.invoices import service as service  # noqa: F401  (registers the on_paid reaction)
+from billfold.invoices import receipts as receipts  # noqa: F401  (registers the receipt, after the invoice)

@@ -11,6 +11,7 @@ from billfold.models.clock import BillingClock
 from billfold.models.idempotency import IdempotencyKey
 from billfold.models.instance import InstanceMark
 from billfold.models.invoices import Invoice
+from billfold.models.mail import OutboxEmail
 from billfold.models.memberships import MembershipType, UserMembership
 from billfold.models.orders import Order, OrderItem
 from billfold.models.payments import Payment
@@ -40,6 +41,7 @@ __all__ = [
     "NumberSeries",
     "OrganizationInvitation",
     "OrganizationUser",
+    "OutboxEmail",
     "Payment",
     "PaymentEvent",
     "PaymentMethod",

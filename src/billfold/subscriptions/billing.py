@@ -32,13 +32,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Security
 from billfold.config import Settings
+from billfold.invoices import receipts
 from billfold.invoices import service as invoices
 from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
-from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling
+from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling, User
 from billfold.orders import checkout, totals
 from billfold.orders.states import PAYMENT
 from billfold.payments import customers, gateways, methods
@@ -352,6 +353,10 @@ def _record_all(session: Session, settings: Settings, answers: list[_Answer], *,
     }
     invoice_ids = [meta(p)["invoice_id"] for p in payments.values() if meta(p).get("invoice_id")]
     invoices_read = session.scalars(sa.select(Invoice).where(Invoice.id.in_(invoice_ids))).all()  # noqa: F841  (held in the identity map for record_outcome)
+    # The receipts' and dunning mails' plans and addressees, read once for the batch (identity map).
+    held = [subscription for subscription, _ in locked.values()]
+    products_read = session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()  # noqa: F841
+    users_read = session.scalars(sa.select(User).where(User.id.in_({s.user_id for s in held if s.user_id}))).all()  # noqa: F841
     charged: list[Charged] = []
     for answer in answers:
         subscription, billing = locked[answer.subscription_id]
@@ -435,6 +440,7 @@ def record_outcome(
         if subscription.status in ("trialing", "past_due"):
             SUBSCRIPTION.move(session, subscription, "active", by=by, invoice_id=invoice.id, payment_id=payment.id)
         dunning.clear(billing, invoice.id)
+        receipts.subscription_receipt(session, settings, subscription, invoice, payment, quantity=billing.quantity)
         return
     if subscription.status == "cancelled":
         invoices.void(session, invoice, by=by)

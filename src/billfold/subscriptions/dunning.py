@@ -9,7 +9,7 @@ fails, or at once on a hard decline (an expired, lost or stolen card: retrying c
 final action applies (``BILLFOLD_DUNNING_FINAL_ACTION``): ``cancel`` (default) cancels the
 subscription, ``leave_past_due`` leaves it past due with no more retries; the invoice becomes
 ``uncollectible`` either way (a later payment can still pay it). The customer gets an email at
-every step, sent after the transaction commits.
+every step, written to the outbox with the change (kit/mailer) and sent once it commits.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from billfold.config import Settings
 from billfold.invoices import service as invoices
+from billfold.invoices.receipts import day, plan_name, recipient
 from billfold.kit import clock, mailer
 from billfold.kit.money import Money
-from billfold.models import Invoice, Organization, Subscription, SubscriptionBilling, User
+from billfold.models import Invoice, Subscription, SubscriptionBilling
 from billfold.providers.errors import Declined
 from billfold.subscriptions.states import SUBSCRIPTION, record
 
@@ -67,12 +68,13 @@ def failed(
     billing.next_retry_at = billing.first_failed_at + timedelta(days=days[billing.retries_done])
     last = billing.retries_done == len(days) - 1
     notify(
-        session, subscription,
+        session, settings, subscription,
         f"Your payment of {amount} did not go through",
-        f"We could not charge {amount} for invoice {invoice.invoice_number} ({reason}). "
-        f"We will try again on {billing.next_retry_at:%d %B %Y}"
+        f"We could not charge {amount} for {plan_name(session, subscription)} (invoice {invoice.invoice_number}; "
+        f"the bank said: {reason.replace('_', ' ')}). We will try again on {day(billing.next_retry_at)}"
         + (", for the last time" if last else "")
         + ". To avoid an interruption, update the payment method of your subscription.",
+        update_method=True,
     )
 
 
@@ -83,35 +85,40 @@ def final(
     billing.next_retry_at = None
     invoices.mark_uncollectible(session, invoice, by=by)
     amount = Money(invoice.total_cents, invoice.currency).format()
+    plan = plan_name(session, subscription)
     if settings.dunning_final_action == "cancel":
         SUBSCRIPTION.move(session, subscription, "cancelled", by=by, reason=reason, invoice_id=invoice.id)
         billing.cancelled_at = clock.now()
         notify(
-            session, subscription, "Your subscription has been cancelled",
-            f"We could not collect {amount} for invoice {invoice.invoice_number}, so your subscription "
-            f"{subscription.id} has been cancelled.",
+            session, settings, subscription, "Your subscription has been cancelled",
+            f"We could not collect {amount} for {plan} (invoice {invoice.invoice_number}), so your subscription "
+            f"to {plan} has been cancelled. Subscribe again whenever you like.",
         )
     else:
         record(session, subscription, "dunning_exhausted", by=by, reason=reason, invoice_id=invoice.id)
         notify(
-            session, subscription, "Your subscription is unpaid",
-            f"We could not collect {amount} for invoice {invoice.invoice_number}. Update your payment method "
-            "to settle it; your subscription stays past due until then.",
+            session, settings, subscription, "Your subscription is unpaid",
+            f"We could not collect {amount} for {plan} (invoice {invoice.invoice_number}). Update your payment "
+            "method to settle it; your subscription stays past due until then.",
+            update_method=True,
         )
 
 
-def notify(session: Session, subscription: Subscription, subject: str, body: str) -> None:
-    """An email to the customer: the user, or the organization's business address (else its owner)."""
-    address = None
-    if subscription.organization_id:
-        organization = session.get(Organization, subscription.organization_id)
-        if organization is not None:
-            address = organization.business_email
-            if not address:
-                owner = session.get(User, organization.owner_user_id)
-                address = owner.email if owner else None
-    elif subscription.user_id:
-        user = session.get(User, subscription.user_id)
-        address = user.email if user else None
-    if address:
-        mailer.queue(session, mailer.Email(to=address, subject=subject, body=body))
+def notify(
+    session: Session, settings: Settings, subscription: Subscription, subject: str, what: str, *, update_method: bool = False
+) -> None:
+    """An email to the customer (the user, or the organization's business address, else its
+    owner), written to the outbox with the change; links go to the installation's public URL."""
+    to = recipient(session, subscription.user_id, subscription.organization_id)
+    if to is None:
+        return
+    address, name = to
+    url = settings.public_url.rstrip("/")
+    how = (
+        f"\nTo use another card, save it and POST {{\"payment_method_id\": \"...\"}} to "
+        f"{url}/v1/subscriptions/{subscription.id}/change.\n" if update_method else ""
+    )
+    mailer.queue(session, mailer.Email(
+        to=address, subject=subject,
+        body=f"Hello {name},\n\n{what}\n{how}\nYour subscription: {url}/v1/subscriptions/{subscription.id}\n",
+    ))

@@ -78,10 +78,11 @@ def end_due_trials(context: Context) -> int:
             if billing.method_to_charge(session, subscription) is None:  # policy: trial_end_without_method
                 SUBSCRIPTION.move(session, subscription, "cancelled", by=SYSTEM, reason="trial_ended_without_payment_method")
                 row.cancelled_at = now
+                plan = dunning.plan_name(session, subscription)
                 dunning.notify(
-                    session, subscription, "Your trial has ended",
-                    f"Your trial ended without a payment method, so subscription {subscription.id} has been cancelled. "
-                    "Subscribe again whenever you like.",
+                    session, context.settings, subscription, "Your trial has ended",
+                    f"Your trial of {plan} ended without a payment method, so your subscription to {plan} has been "
+                    "cancelled. Subscribe again whenever you like.",
                 )
                 continue
             payment_id = billing.charge_period(

@@ -16,7 +16,7 @@ import pytest
 from billfold.kit import clock
 from tests.accounts import PASSWORD, Api
 
-PAGES = ["/", "/docs", "/redoc"]
+PAGES = ["/", "/docs"]
 
 
 def _directives(policy: str) -> dict[str, list[str]]:

@@ -12,13 +12,17 @@ from contextlib import ExitStack, asynccontextmanager
 from html import escape
 from http import HTTPStatus
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
+import fastapi_offline
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,6 +110,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
                     ours.close()
 
     app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
         title="Billfold",
         version=__version__,
@@ -193,6 +199,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
             raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
         return Health(status="ok", database="ok", version=__version__, worker=worker)
 
+    _reference_pages(app)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def front_page(request: Request) -> HTMLResponse:
         return HTMLResponse(_front_page(_counts(request.app.state.sessions)))
@@ -212,6 +220,32 @@ def _worker_health(connection: sa.Connection, tick_seconds: float) -> WorkerHeal
     except sa.exc.SQLAlchemyError:  # not migrated yet: the service itself is still up
         return WorkerHealth(status="unknown", last_seen=None, lag_seconds=None)
     return WorkerHealth(status=health.status, last_seen=health.last_seen, lag_seconds=health.lag_seconds)
+
+
+DOCS_STATIC = "/static/docs"
+
+
+def _reference_pages(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI), its script and styles served from the installed fastapi-offline
+    package: the page works with no internet, and loads nothing from a CDN. (No ``/redoc``: ReDoc
+    fetches its logo from its own site.)"""
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_STATIC, StaticFiles(directory=static), name="docs-static")
+    openapi_url = app.openapi_url or "/openapi.json"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url, title="Billfold API",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon.png",
+            oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url,
+        )
+
+    @app.get(app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -3,11 +3,11 @@ on the API, and ``HEAD`` wherever ``GET`` is served.
 
 - Every answer: ``X-Content-Type-Options: nosniff`` (a browser never guesses a type, so a JSON
   answer cannot be run as a script or page).
-- Every HTML page (the front page, ``/docs``, ``/redoc``): a Content-Security-Policy that refuses
+- Every HTML page (the front page, ``/docs``): a Content-Security-Policy that refuses
   framing (``frame-ancestors 'none'``, and ``X-Frame-Options: DENY`` for old browsers), allows the
   page's own inline scripts and styles by their SHA-256 (computed from the page as sent, so a page
   and its policy never drift) and nothing else inline, and ``Referrer-Policy: no-referrer``. The
-  API reference pages load Swagger UI and ReDoc from their CDN, which their policy names.
+  API reference page loads Swagger UI from Billfold itself, never from a CDN.
 - Every answer under ``/v1/``: ``Cache-Control: no-store`` unless the endpoint set its own. API
   answers are one caller's data, and some carry a secret shown once (new API keys, session tokens,
   TOTP secrets, recovery codes): no browser or proxy may keep them.
@@ -25,21 +25,14 @@ from typing import Any
 _INLINE = re.compile(rb"<(script|style)((?:\s[^>]*)?)>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
 _HAS_SRC = re.compile(rb"\ssrc\s*=", re.IGNORECASE)
 
-# Where the API reference pages get their assets (FastAPI's get_swagger_ui_html/get_redoc_html).
+# The API reference page loads Swagger UI from Billfold itself (``/static/docs``, the
+# files of the fastapi-offline package): nothing comes from the internet.
 _REFERENCE_PAGES = {
     "/docs": {
-        "script-src": ["https://cdn.jsdelivr.net"],
-        "style-src": ["https://cdn.jsdelivr.net", "'unsafe-inline'"],  # Swagger UI styles elements as it renders
-        "img-src": ["'self'", "data:", "https://fastapi.tiangolo.com", "https://cdn.jsdelivr.net"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],  # Swagger UI styles elements as it renders
+        "img-src": ["'self'", "data:"],
         "connect-src": ["'self'"],
-    },
-    "/redoc": {
-        "script-src": ["https://cdn.jsdelivr.net"],
-        "style-src": ["https://fonts.googleapis.com", "'unsafe-inline'"],  # ReDoc injects its styles
-        "font-src": ["https://fonts.gstatic.com"],
-        "img-src": ["'self'", "data:", "https://fastapi.tiangolo.com", "https://cdn.redoc.ly"],
-        "connect-src": ["'self'"],
-        "worker-src": ["blob:"],
     },
 }
 _PAGE_DEFAULTS = {"img-src": ["'self'", "data:"]}

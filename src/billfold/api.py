@@ -26,6 +26,7 @@ from starlette.routing import Match
 from billfold import __version__
 from billfold.accounts import api as accounts_api
 from billfold.accounts import organizations_api, two_factor_api
+from billfold.accounts.auth import AnswerWritesWithoutReading
 from billfold.accounts.security import Security
 from billfold.catalog import api as catalog_api
 from billfold.invoices import api as invoices_api
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
+    app.add_middleware(AnswerWritesWithoutReading)
     app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)
     app.state.engine = engine

@@ -204,7 +204,8 @@ def clear_two_factor(user_id: str, principal: Admin, session: DbSession) -> User
 def create_api_key(body: ApiKeyIn, principal: Admin, session: DbSession) -> ApiKeyCreated:
     """Create an API key. The secret is in this answer only."""
     key, secret = api_keys.create_api_key(
-        session, name=body.name, scopes=list(body.scopes), created_by=principal.user.id if principal.user else None
+        session, name=body.name, scopes=list(body.scopes), created_by=principal.user.id if principal.user else None,
+        by_key=principal.api_key,
     )
     return ApiKeyCreated(api_key=ApiKeyOut.of(key), secret=secret)
 

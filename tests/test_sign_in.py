@@ -3,6 +3,9 @@ and by cookie with CSRF protection, lock-out, throttling, password change and re
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -242,3 +245,46 @@ def test_simultaneous_failures_on_a_new_key_are_all_counted_without_deadlock(bac
     with factory() as session:
         failures = session.scalar(sa.select(SignInThrottle.failures).where(SignInThrottle.key == sign_ins._email_key(address)))
     assert failures == 20, "every failure counted"
+
+
+def _median_seconds(send: Callable[[int], httpx.Response], expected: int, times: int = 5) -> float:
+    took = []
+    for n in range(times):
+        start = time.perf_counter()
+        answer = send(n)
+        took.append(time.perf_counter() - start)
+        assert answer.status_code == expected, answer.text
+    return statistics.median(took)
+
+
+def test_signing_in_takes_as_long_whether_or_not_the_account_exists_or_is_locked(engine: Engine, tmp_path: Path, address: str) -> None:
+    """An unknown address or a locked account answered in 6-10 ms, a wrong password in 120-300 ms:
+    the timing told who has an account. Now each costs one Argon2 check (an order of magnitude
+    is what is measured, so the bound is loose)."""
+    locked = f"locked.{address}"
+    limits = {"sign_in_attempts_per_address": 1000, "sign_in_attempts_per_account": 1000}
+    with serving(engine, tmp_path, **limits) as url:
+        api = Api(url, tmp_path)
+        api.sign_up(address)
+        api.sign_up(locked)
+        with api.client() as client:
+            for _ in range(5):
+                client.post("/v1/auth/sign-in", json={"email": locked, "password": "not the password"})
+            assert _user(engine, locked).is_locked
+            sign_in = lambda email, password: client.post("/v1/auth/sign-in", json={"email": email, "password": password})  # noqa: E731
+            sign_in(f"warm.{address}", PASSWORD)
+            slow = _median_seconds(lambda n: sign_in(address, f"not the password {n}"), 401, times=3)
+            unknown = _median_seconds(lambda n: sign_in(f"nobody.{n}.{address}", PASSWORD), 401, times=3)
+            locked_out = _median_seconds(lambda n: sign_in(locked, PASSWORD), 401, times=3)
+    assert unknown >= slow / 2, f"unknown address {unknown * 1000:.0f} ms, a real one {slow * 1000:.0f} ms"
+    assert locked_out >= slow / 2, f"locked account {locked_out * 1000:.0f} ms, an open one {slow * 1000:.0f} ms"
+
+
+def test_registering_takes_as_long_whether_or_not_the_address_has_an_account(api: Api, address: str) -> None:
+    api.sign_up(address)
+    with api.client() as client:
+        register = lambda email: client.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Eve", "last_name": "X"})  # noqa: E731
+        register(f"warm.{address}")
+        new = _median_seconds(lambda n: register(f"new.{n}.{address}"), 202, times=3)
+        taken = _median_seconds(lambda n: register(address), 202, times=3)
+    assert taken >= new / 2, f"a taken address {taken * 1000:.0f} ms, a new one {new * 1000:.0f} ms"

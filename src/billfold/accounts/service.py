@@ -62,6 +62,7 @@ def register(
         raise InvalidInput(detail, errors=[{"field": "user_type", "message": detail}])
     existing = user_by_email(session, email)
     if existing is not None:
+        hash_password(password)  # the work a new account costs, so the answer's timing tells nothing either
         mailer.queue(session, mailer.Email(
             email, "Someone tried to sign up with your address",
             "An account already exists for this address. If it was you, sign in, or reset your password at "

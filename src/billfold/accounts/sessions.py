@@ -129,7 +129,10 @@ def sign_in(
     email = normalize_email(email)
     check_throttles(session, security, email=email, address=address)
     user = user_by_email(session, email)
-    if user is None or user.is_locked or not password_matches(user.password_hash, password):
+    # Checked whatever the case (against a dummy hash for no account), so an unknown address or a
+    # locked account costs one Argon2 verification, as a wrong password does: no timing tells them apart.
+    matches = password_matches(user.password_hash if user else None, password)
+    if user is None or user.is_locked or not matches:
         return record_failed_sign_in(session, security, email=email, address=address, user=user)
     if two_factor.enabled(user):
         challenge, row = open_challenge(

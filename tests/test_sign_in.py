@@ -156,7 +156,9 @@ def test_a_reset_token_sets_a_new_password_once_and_unlocks(api: Api, engine: En
     api.sign_up(address)
     token = api.sign_in(address)
     with api.client(token) as client:
-        client.patch("/v1/me", json={"recovery_email": f"backup.{address}"})
+        asked = client.post("/v1/me/recovery-email", json={"recovery_email": f"backup.{address}", "current_password": PASSWORD})
+        assert asked.status_code == 202, asked.text
+        assert client.post("/v1/auth/verify-email", json={"token": api.change_token_mailed_to(f"backup.{address}")}).status_code == 200
     with api.client() as client:
         for _ in range(5):
             client.post("/v1/auth/sign-in", json={"email": address, "password": "wrong"})
@@ -168,6 +170,7 @@ def test_a_reset_token_sets_a_new_password_once_and_unlocks(api: Api, engine: En
         reused = client.post("/v1/auth/password-reset/confirm", json={"token": reset, "new_password": "another new one!"})
         assert reused.status_code == 422
     assert not _user(engine, address).is_locked
+    assert _user(engine, address).recovery_email is None, "a reset removes the recovery address"
     with api.client(token) as client:
         assert client.get("/v1/me").status_code == 401, "a reset signs out every session"
     assert api.sign_in(address, "fresh and long enough")
@@ -204,10 +207,14 @@ def test_profile_updates_check_what_they_are_given(api: Api, address: str) -> No
         assert good.status_code == 200 and good.json()["picture"] == "https://example.com/me.png"
 
 
-def test_deleting_ones_account_erases_it(api: Api, engine: Engine, address: str) -> None:
+def test_deleting_ones_account_takes_the_password_and_erases_it(api: Api, engine: Engine, address: str) -> None:
     api.sign_up(address)
     with api.client(api.sign_in(address)) as client:
-        assert client.delete("/v1/me").json()["detail"] == "Account deleted."
+        bare = client.delete("/v1/me")
+        assert bare.status_code == 422 and "current_password" in {e["field"] for e in bare.json()["errors"]}, "a session alone is not enough"
+        assert client.request("DELETE", "/v1/me", json={"current_password": "a guess at it"}).status_code == 401
+        assert _user(engine, address) is not None
+        assert client.request("DELETE", "/v1/me", json={"current_password": PASSWORD}).json()["detail"] == "Account deleted."
         assert client.get("/v1/me").status_code == 401
     assert _user(engine, address) is None
 

@@ -69,7 +69,11 @@ def register(
         mailer.queue(session, mailer.Email(
             email, "Someone tried to sign up with your address",
             "An account already exists for this address. If it was you, sign in, or reset your password at "
-            f"{security.settings.public_url}/v1/auth/password-reset.\nIf it was not you, you can ignore this email.",
+            f"{security.settings.public_url}/v1/auth/password-reset.\n"
+            + ("" if existing.is_verified else
+               "The address was never confirmed: if you did not open this account, a reset gives it to you and "
+               "removes everything set on it before.\n")
+            + "If it was not you, you can ignore this email.",
         ))
         return None
     user = User(email=email, name=name.strip(), last_name=last_name.strip(), user_type=user_type, password_hash=hash_password(password))

@@ -200,7 +200,9 @@ def change_password(body: PasswordChangeIn, request: Request, principal: User, s
 
 
 @me.post("/email", status_code=status.HTTP_202_ACCEPTED, response_model=Message, responses=REAUTHENTICATION)
-def change_my_email(body: EmailChangeIn, request: Request, principal: User, session: DbSession, security: SecurityDep) -> Message | JSONResponse:
+def change_my_email(
+    body: EmailChangeIn, request: Request, principal: User, session: DbSession, security: SecurityDep
+) -> Message | JSONResponse:
     """Move the account to another sign-in address (needs the current password, or a
     second-factor code). A token goes to the new address, which becomes the account's once it is
     confirmed with `POST /v1/auth/verify-email`; the current address is told."""

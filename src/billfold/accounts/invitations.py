@@ -232,7 +232,8 @@ def accept(
         raise AlreadyMember(f"{user.email} is already a member of {organization.id}")
     # The invitation's token reached the address: it is confirmed, and what was set on the account
     # before it was (by whoever registered the address) is cleared, as any first confirmation does.
-    mark_verified(session, user, keep_session_id=principal.auth_session.id if principal and principal.auth_session else None, by="invitation")
+    accepting = principal.auth_session.id if principal and principal.auth_session else None
+    mark_verified(session, user, keep_session_id=accepting, by="invitation")
     member = OrganizationUser(organization_id=organization.id, user_id=user.id, role=invitation.role)
     session.add(member)
     invitation.accepted_at = clock.now()

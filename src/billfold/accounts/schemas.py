@@ -84,7 +84,9 @@ class EmailChangeIn(Reauthentication):
 
 
 class RecoveryEmailIn(Reauthentication):
-    recovery_email: Email | None = Field(description="The new recovery address (used once it confirms the token mailed to it), or null to remove it.")
+    recovery_email: Email | None = Field(
+        description="The new recovery address (used once it confirms the token mailed to it), or null to remove it."
+    )
 
 
 class ProfileIn(In):

@@ -117,7 +117,8 @@ def clear_what_was_set_before(session: Session, user: User, *, keep_session_id: 
     """Take away every way back in that an earlier holder of the account could have left: the
     recovery address, changes of address waiting for confirmation, passkeys, two-factor, and
     every session but ``keep_session_id``. What was cleared, by name."""
-    cleared = [name for name, value in (("recovery_email", user.recovery_email), ("two_factor", user.two_factor), ("passkeys", user.passkeys)) if value]
+    held = {"recovery_email": user.recovery_email, "two_factor": user.two_factor, "passkeys": user.passkeys}
+    cleared = [name for name, value in held.items() if value]
     user.recovery_email = None
     user.two_factor = None
     user.passkeys = None

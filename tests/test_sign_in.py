@@ -283,6 +283,8 @@ def test_signing_in_takes_as_long_whether_or_not_the_account_exists_or_is_locked
             slow = _median_seconds(lambda n: sign_in(address, f"not the password {n}"), 401, times=3)
             unknown = _median_seconds(lambda n: sign_in(f"nobody.{n}.{address}", PASSWORD), 401, times=3)
             locked_out = _median_seconds(lambda n: sign_in(locked, PASSWORD), 401, times=3)
+    with session_factory(engine).begin() as session:  # these failures came from 127.0.0.1, as every test's do
+        session.execute(sa.delete(SignInThrottle).where(SignInThrottle.key == "address:127.0.0.1"))
     assert unknown >= slow / 2, f"unknown address {unknown * 1000:.0f} ms, a real one {slow * 1000:.0f} ms"
     assert locked_out >= slow / 2, f"locked account {locked_out * 1000:.0f} ms, an open one {slow * 1000:.0f} ms"
 

@@ -3,9 +3,9 @@ admin's users and API keys."""
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Body, Request, Response, status
 from fastapi.responses import JSONResponse
 

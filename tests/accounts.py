@@ -51,3 +51,7 @@ class Api:
             answer = client.post("/v1/auth/sign-in", json={"email": address, "password": password})
         assert answer.status_code == 200, answer.text
         return answer.json()["token"]
+
+    def change_token_mailed_to(self, address: str) -> str:
+        """The token of a change of address, mailed to the new address."""
+        return re.search(r"^(bfe_[A-Za-z0-9_-]+)$", self.mails_to(address)[-1].get_content(), re.M).group(1)

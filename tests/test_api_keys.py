@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.kit.db import session_factory
-from billfold.models import ApiKey
+from billfold.models import ApiKey, User
 from tests.accounts import Api
 from tests.cli import assert_one_line_error, run
 from tests.server import serving
@@ -89,3 +89,57 @@ def test_the_cli_prints_a_new_key_that_the_api_accepts(tmp_path: Path) -> None:
             assert client.post("/v1/api-keys", json={"name": "x", "scopes": ["read"]}).status_code == 403
     engine.dispose()
     assert_one_line_error(run("apikey", "create", "--name", "x", "--scope", "root", database_url=url), "scopes must be")
+
+
+def _keys(engine: Engine) -> int:
+    with session_factory(engine)() as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(ApiKey))
+
+
+def test_a_key_makes_only_keys_with_scopes_it_has(api: Api, engine: Engine, admin_token: str) -> None:
+    """A write-only key once made itself a read-and-write key."""
+    with api.client(admin_token) as admin:
+        writer = admin.post("/v1/api-keys", json={"name": "writer", "scopes": ["write"]}).json()["secret"]
+        both = admin.post("/v1/api-keys", json={"name": "both", "scopes": ["read", "write"]}).json()["secret"]
+    before = _keys(engine)
+    with api.client(writer) as client:
+        widened = client.post("/v1/api-keys", json={"name": "escalate", "scopes": ["read", "write"]})
+        assert widened.status_code == 403 and widened.json()["code"] == "scope_not_held" and "read" in widened.json()["detail"]
+        assert _keys(engine) == before, "a refused key is not made"
+        same = client.post("/v1/api-keys", json={"name": "another writer", "scopes": ["write"]})
+        assert same.status_code == 201
+    made = same.json()
+    assert made == {"api_key": {"id": made["api_key"]["id"]}, "secret": made["secret"]}, "no more than the id and the secret"
+    with api.client(made["secret"]) as child:
+        assert child.get("/v1/api-keys").status_code == 403, "the new key cannot read either"
+    with api.client(both) as client:
+        reader = client.post("/v1/api-keys", json={"name": "reports", "scopes": ["read"]})
+        assert reader.status_code == 201 and reader.json()["api_key"]["scopes"] == ["read"], "a key with read sees what it made"
+
+
+def test_a_write_only_key_gets_the_ids_of_what_it_writes_and_nothing_it_could_not_read(
+    api: Api, engine: Engine, admin_token: str, address: str
+) -> None:
+    """Unlocking a user with a write-only key answered with the user's email, name and phone; making
+    a category or an organization echoed it whole."""
+    api.sign_up(address)
+    with session_factory(engine)() as session:
+        user_id = session.scalars(sa.select(User.id).where(User.email == address)).one()
+    with api.client(admin_token) as admin:
+        writer = admin.post("/v1/api-keys", json={"name": "writer", "scopes": ["write"]}).json()["secret"]
+        spare = admin.post("/v1/api-keys", json={"name": "spare", "scopes": ["read"]}).json()["api_key"]["id"]
+    with api.client(writer) as client:
+        unlocked = client.post(f"/v1/users/{user_id}/unlock")
+        category = client.post("/v1/categories", json={"name": "Write-only shelf", "description": "not to be echoed"})
+        organization = client.post("/v1/organizations", json={"name": "Echo Ltd", "owner_user_id": user_id})
+        revoked = client.delete(f"/v1/api-keys/{spare}")
+    assert unlocked.status_code == 200 and unlocked.json() == {"id": user_id}
+    assert address not in unlocked.text
+    assert category.status_code == 201 and list(category.json()) == ["id"] and "shelf" not in category.text
+    assert organization.status_code == 201 and list(organization.json()) == ["id"] and "Echo" not in organization.text
+    assert revoked.status_code == 200 and revoked.json() == {"id": spare}
+    assert int(category.headers["content-length"]) == len(category.content)
+    with session_factory(engine)() as session:
+        assert session.get(ApiKey, spare).revoked_at is not None, "the writes happened"
+    with api.client(admin_token) as admin:
+        assert admin.get(f"/v1/categories/{category.json()['id']}").json()["name"] == "Write-only shelf"

@@ -804,6 +804,15 @@ def test_the_matrix_names_a_request_for_every_row_and_a_known_outcome_in_every_c
             )
 
 
+def _only_ids(document: Any) -> bool:
+    """Nothing in ``document`` but ids (``id`` members, at any depth)."""
+    if isinstance(document, list):
+        return all(_only_ids(item) for item in document)
+    if isinstance(document, dict):
+        return all(key == "id" or (isinstance(value, dict | list) and _only_ids(value)) for key, value in document.items())
+    return False
+
+
 @pytest.mark.parametrize(("action", "column", "outcome"), CELLS)
 def test_each_cell_of_the_matrix(world: World, action: str, column: str, outcome: str) -> None:
     scene = world.scene(column, subscriptions="/v1/subscriptions" in ACTIONS[action].request)
@@ -819,6 +828,8 @@ def test_each_cell_of_the_matrix(world: World, action: str, column: str, outcome
             assert shows is not None and shows(scene) in answer.text, "an allowed read shows the thing"
         else:
             assert after != before, "an allowed write changes something"
+            if column == "API key (write)" and answer.content:
+                assert _only_ids(answer.json()), f"a key that may not read gets ids back, not what it wrote: {answer.text}"
     elif outcome == "hidden":
         assert answer.status_code == 200 and scene.organization not in answer.text
     else:

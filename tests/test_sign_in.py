@@ -3,6 +3,9 @@ and by cookie with CSRF protection, lock-out, throttling, password change and re
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -153,7 +156,9 @@ def test_a_reset_token_sets_a_new_password_once_and_unlocks(api: Api, engine: En
     api.sign_up(address)
     token = api.sign_in(address)
     with api.client(token) as client:
-        client.patch("/v1/me", json={"recovery_email": f"backup.{address}"})
+        asked = client.post("/v1/me/recovery-email", json={"recovery_email": f"backup.{address}", "current_password": PASSWORD})
+        assert asked.status_code == 202, asked.text
+        assert client.post("/v1/auth/verify-email", json={"token": api.change_token_mailed_to(f"backup.{address}")}).status_code == 200
     with api.client() as client:
         for _ in range(5):
             client.post("/v1/auth/sign-in", json={"email": address, "password": "wrong"})
@@ -165,6 +170,7 @@ def test_a_reset_token_sets_a_new_password_once_and_unlocks(api: Api, engine: En
         reused = client.post("/v1/auth/password-reset/confirm", json={"token": reset, "new_password": "another new one!"})
         assert reused.status_code == 422
     assert not _user(engine, address).is_locked
+    assert _user(engine, address).recovery_email is None, "a reset removes the recovery address"
     with api.client(token) as client:
         assert client.get("/v1/me").status_code == 401, "a reset signs out every session"
     assert api.sign_in(address, "fresh and long enough")
@@ -201,10 +207,14 @@ def test_profile_updates_check_what_they_are_given(api: Api, address: str) -> No
         assert good.status_code == 200 and good.json()["picture"] == "https://example.com/me.png"
 
 
-def test_deleting_ones_account_erases_it(api: Api, engine: Engine, address: str) -> None:
+def test_deleting_ones_account_takes_the_password_and_erases_it(api: Api, engine: Engine, address: str) -> None:
     api.sign_up(address)
     with api.client(api.sign_in(address)) as client:
-        assert client.delete("/v1/me").json()["detail"] == "Account deleted."
+        bare = client.delete("/v1/me")
+        assert bare.status_code == 422 and "current_password" in {e["field"] for e in bare.json()["errors"]}, "a session alone is not enough"
+        assert client.request("DELETE", "/v1/me", json={"current_password": "a guess at it"}).status_code == 401
+        assert _user(engine, address) is not None
+        assert client.request("DELETE", "/v1/me", json={"current_password": PASSWORD}).json()["detail"] == "Account deleted."
         assert client.get("/v1/me").status_code == 401
     assert _user(engine, address) is None
 
@@ -242,3 +252,48 @@ def test_simultaneous_failures_on_a_new_key_are_all_counted_without_deadlock(bac
     with factory() as session:
         failures = session.scalar(sa.select(SignInThrottle.failures).where(SignInThrottle.key == sign_ins._email_key(address)))
     assert failures == 20, "every failure counted"
+
+
+def _median_seconds(send: Callable[[int], httpx.Response], expected: int, times: int = 5) -> float:
+    took = []
+    for n in range(times):
+        start = time.perf_counter()
+        answer = send(n)
+        took.append(time.perf_counter() - start)
+        assert answer.status_code == expected, answer.text
+    return statistics.median(took)
+
+
+def test_signing_in_takes_as_long_whether_or_not_the_account_exists_or_is_locked(engine: Engine, tmp_path: Path, address: str) -> None:
+    """An unknown address or a locked account answered in 6-10 ms, a wrong password in 120-300 ms:
+    the timing told who has an account. Now each costs one Argon2 check (an order of magnitude
+    is what is measured, so the bound is loose)."""
+    locked = f"locked.{address}"
+    limits = {"sign_in_attempts_per_address": 1000, "sign_in_attempts_per_account": 1000}
+    with serving(engine, tmp_path, **limits) as url:
+        api = Api(url, tmp_path)
+        api.sign_up(address)
+        api.sign_up(locked)
+        with api.client() as client:
+            for _ in range(5):
+                client.post("/v1/auth/sign-in", json={"email": locked, "password": "not the password"})
+            assert _user(engine, locked).is_locked
+            sign_in = lambda email, password: client.post("/v1/auth/sign-in", json={"email": email, "password": password})  # noqa: E731
+            sign_in(f"warm.{address}", PASSWORD)
+            slow = _median_seconds(lambda n: sign_in(address, f"not the password {n}"), 401, times=3)
+            unknown = _median_seconds(lambda n: sign_in(f"nobody.{n}.{address}", PASSWORD), 401, times=3)
+            locked_out = _median_seconds(lambda n: sign_in(locked, PASSWORD), 401, times=3)
+    with session_factory(engine).begin() as session:  # these failures came from 127.0.0.1, as every test's do
+        session.execute(sa.delete(SignInThrottle).where(SignInThrottle.key == "address:127.0.0.1"))
+    assert unknown >= slow / 2, f"unknown address {unknown * 1000:.0f} ms, a real one {slow * 1000:.0f} ms"
+    assert locked_out >= slow / 2, f"locked account {locked_out * 1000:.0f} ms, an open one {slow * 1000:.0f} ms"
+
+
+def test_registering_takes_as_long_whether_or_not_the_address_has_an_account(api: Api, address: str) -> None:
+    api.sign_up(address)
+    with api.client() as client:
+        register = lambda email: client.post("/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "Eve", "last_name": "X"})  # noqa: E731
+        register(f"warm.{address}")
+        new = _median_seconds(lambda n: register(f"new.{n}.{address}"), 202, times=3)
+        taken = _median_seconds(lambda n: register(address), 202, times=3)
+    assert taken >= new / 2, f"a taken address {taken * 1000:.0f} ms, a new one {new * 1000:.0f} ms"

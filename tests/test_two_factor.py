@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from billfold.accounts.sessions import open_session
 from billfold.kit import clock
 from billfold.kit.db import session_factory
-from billfold.models import AuthChallenge, PaymentEvent, User
+from billfold.models import AuthChallenge, PaymentEvent, SignInThrottle, User
 from tests.accounts import PASSWORD, Api
 
 
@@ -262,3 +262,29 @@ def test_a_shop_admin_clears_two_factor_for_someone_who_lost_it(api: Api, engine
     with session_factory(engine)() as session:
         kinds = session.scalars(sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_id == user_id)).all()
     assert "two_factor_cleared_by_admin" in kinds
+
+
+
+def test_a_fresh_code_stands_in_for_the_password_when_changing_how_the_account_is_reached(
+    api: Api, engine: Engine, address: str, still_clock: clock.FrozenClock
+) -> None:
+    """Changing the password or the addresses, or deleting the account, takes the current password
+    or a code in the same request; a wrong code counts as a failed sign-in, as elsewhere."""
+    secret, _ = _enrolled(api, address)
+    still_clock.advance(timedelta(seconds=30))
+    with api.client() as client:
+        token = _second_step(client, _password_step(client, address), _code(secret)).json()["token"]
+    still_clock.advance(timedelta(seconds=30))
+    user_id = _user(engine, address).id
+    with api.client(token) as client:
+        wrong = client.post("/v1/me/recovery-email", json={"recovery_email": f"backup.{address}", "code": _wrong(secret)})
+        assert wrong.status_code == 401 and wrong.json()["code"] == "wrong_code"
+        with session_factory(engine)() as session:
+            assert session.get(SignInThrottle, f"user:{user_id}").failures == 1, "counted toward the lock"
+        assert client.post("/v1/me/password", json={"code": _code(secret), "new_password": "changed by code alone"}).status_code == 204
+        assert client.get("/v1/me").status_code == 200
+    assert api.mails_to(address)[-1]["Subject"] == "Your Billfold password was changed"
+    api.sign_up(f"plain.{address}")
+    with api.client(api.sign_in(f"plain.{address}")) as client:
+        off = client.post("/v1/me/password", json={"code": "123456", "new_password": "changed by code alone"})
+        assert off.status_code == 422 and "code" in {e["field"] for e in off.json()["errors"]}

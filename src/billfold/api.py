@@ -32,6 +32,7 @@ from starlette.routing import Match
 from billfold import __version__
 from billfold.accounts import api as accounts_api
 from billfold.accounts import organizations_api, two_factor_api
+from billfold.accounts.auth import AnswerWritesWithoutReading
 from billfold.accounts.security import Security
 from billfold.catalog import api as catalog_api
 from billfold.invoices import api as invoices_api
@@ -118,7 +119,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
     )
     # The last added runs first: the size limit, then the card-data guard, then the NUL guard,
-    # then admission (innermost: a request is admitted with its body read).
+    # then admission (a request is admitted with its body read), then the trimming of answers to
+    # keys that may write but not read (innermost: it sees what the endpoint answered).
+    app.add_middleware(AnswerWritesWithoutReading)
     app.add_middleware(AdmitRequests, limit=settings.api_threads)
     app.add_middleware(RefuseNulCharacters)
     app.add_middleware(RefuseCardData)

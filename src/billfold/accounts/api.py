@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from billfold.accounts import api_keys, service, sessions, two_factor
+from billfold.accounts import address_changes, api_keys, service, sessions, two_factor
 from billfold.accounts.auth import CSRF_COOKIE, SESSION_COOKIE, Admin, SecurityDep, User
 from billfold.accounts.erasure import erase_user
 from billfold.accounts.schemas import (
@@ -18,11 +18,14 @@ from billfold.accounts.schemas import (
     ApiKeyIn,
     ApiKeyOut,
     CustomerIn,
+    EmailChangeIn,
     Message,
     PasswordChangeIn,
     PasswordResetConfirmIn,
     PasswordResetIn,
     ProfileIn,
+    Reauthentication,
+    RecoveryEmailIn,
     RegisterIn,
     SessionOut,
     SignInIn,
@@ -30,7 +33,7 @@ from billfold.accounts.schemas import (
     TokenIn,
     UserOut,
 )
-from billfold.accounts.security import Security
+from billfold.accounts.security import Principal, Security
 from billfold.kit.errors import Conflict, NotFound
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.kit.idempotency_http import Idempotent
@@ -55,8 +58,14 @@ def register(body: RegisterIn, session: DbSession, security: SecurityDep) -> Mes
     return Message(detail="Check your inbox: we sent a message to confirm the address.")
 
 
-@auth.post("/verify-email", response_model=UserOut)
+@auth.post("/verify-email", response_model=UserOut, responses=problems(409))
 def verify_email(body: TokenIn, session: DbSession, security: SecurityDep) -> UserOut:
+    """Confirm an address with the token mailed to it: a new account's address, or a new sign-in
+    or recovery address asked for under `/v1/me`. The first confirmation of an account's address
+    clears what was set on it before (recovery address, pending changes, passkeys, two-factor)
+    and signs out every session: anyone can register any address, and must not keep a way in."""
+    if address_changes.is_change_token(body.token):
+        return UserOut.of(address_changes.confirm(session, body.token))
     return UserOut.of(service.verify_email(session, security, body.token))
 
 
@@ -130,8 +139,6 @@ def update_my_profile(body: ProfileIn, principal: User, session: DbSession) -> U
     user = principal.user
     assert user is not None
     changes = body.model_dump(exclude_unset=True)
-    if "recovery_email" in changes and changes["recovery_email"] is not None:
-        changes["recovery_email"] = service.normalize_email(changes["recovery_email"], "recovery_email")
     if "picture" in changes and changes["picture"] is not None:
         changes["picture"] = str(changes["picture"])
     if changes.get("user_name") and session.scalar(
@@ -146,22 +153,83 @@ def update_my_profile(body: ProfileIn, principal: User, session: DbSession) -> U
     return UserOut.of(user)
 
 
-@me.delete("", response_model=Message, responses=problems(409))
-def delete_my_account(principal: User, session: DbSession, response: Response) -> Message:
-    """Delete the account: personal data is erased, orders and invoices are kept (see docs/schema.md)."""
+def _wrong_code() -> JSONResponse:
+    # Returned, not raised: the failed attempt was counted, so this transaction commits.
+    problem = two_factor.WrongCode("the code is wrong or was used before").to_problem()
+    return JSONResponse(problem, status_code=401, media_type="application/problem+json")
+
+
+def _owner(body: Reauthentication, principal: Principal, session: DbSession, security: Security, request: Request) -> UserRow | None:
+    """The signed-in user's row, locked, once the body proves the owner asks (``reauthenticate``);
+    None after a wrong second-factor code (counted: answer ``_wrong_code``)."""
     assert principal.user is not None
-    erasure = erase_user(session, principal.user.id)
+    user = sessions.locked_user(session, principal.user.id)
+    assert user is not None
+    address = request.client.host if request.client else None
+    if not sessions.reauthenticate(session, security, user, password=body.current_password, code=body.code, address=address):
+        return None
+    return user
+
+
+REAUTHENTICATION = problems(401, 429)
+
+
+@me.delete("", response_model=Message, responses={**problems(409), **REAUTHENTICATION})
+def delete_my_account(
+    request: Request, principal: User, session: DbSession, security: SecurityDep, response: Response,
+    body: Annotated[Reauthentication | None, Body()] = None,
+) -> Message | JSONResponse:
+    """Delete the account (needs the current password, or a second-factor code): personal data is
+    erased, orders and invoices are kept (see docs/schema.md)."""
+    user = _owner(body or Reauthentication(), principal, session, security, request)
+    if user is None:
+        return _wrong_code()
+    erasure = erase_user(session, user.id)
     response.delete_cookie(SESSION_COOKIE)
     response.delete_cookie(CSRF_COOKIE)
     return Message(detail=f"Account {erasure.outcome}.")
 
 
-@me.post("/password", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def change_password(body: PasswordChangeIn, principal: User, session: DbSession) -> Response:
-    """Change the password. Every other session is signed out; this one stays."""
-    assert principal.user is not None and principal.auth_session is not None
-    service.change_password(session, principal.user, body.current_password, body.new_password, principal.auth_session.id)
+@me.post("/password", status_code=status.HTTP_204_NO_CONTENT, response_class=Response, responses=REAUTHENTICATION)
+def change_password(body: PasswordChangeIn, request: Request, principal: User, session: DbSession, security: SecurityDep) -> Response:
+    """Change the password (needs the current one, or a second-factor code). Every other session
+    is signed out; this one stays. The account's address is told."""
+    assert principal.auth_session is not None
+    user = _owner(body, principal, session, security, request)
+    if user is None:
+        return _wrong_code()
+    service.change_password(session, user, body.new_password, principal.auth_session.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@me.post("/email", status_code=status.HTTP_202_ACCEPTED, response_model=Message, responses=REAUTHENTICATION)
+def change_my_email(
+    body: EmailChangeIn, request: Request, principal: User, session: DbSession, security: SecurityDep
+) -> Message | JSONResponse:
+    """Move the account to another sign-in address (needs the current password, or a
+    second-factor code). A token goes to the new address, which becomes the account's once it is
+    confirmed with `POST /v1/auth/verify-email`; the current address is told."""
+    user = _owner(body, principal, session, security, request)
+    if user is None:
+        return _wrong_code()
+    address_changes.request_email_change(session, security, user, body.email)
+    return Message(detail="Check the new address's inbox: the change is made once it is confirmed.")
+
+
+@me.post("/recovery-email", status_code=status.HTTP_202_ACCEPTED, response_model=Message, responses=REAUTHENTICATION)
+def change_my_recovery_email(
+    body: RecoveryEmailIn, request: Request, principal: User, session: DbSession, security: SecurityDep
+) -> Message | JSONResponse:
+    """Set (once the new address confirms the token mailed to it) or remove (null) the recovery
+    address, where password resets also go. Needs the current password, or a second-factor code;
+    the account's address is told."""
+    user = _owner(body, principal, session, security, request)
+    if user is None:
+        return _wrong_code()
+    address_changes.request_recovery_email_change(session, security, user, body.recovery_email)
+    if body.recovery_email is None:
+        return Message(detail="The recovery address is removed.")
+    return Message(detail="Check the recovery address's inbox: it is used once it is confirmed.")
 
 
 @me.get("/sessions", response_model=Page[SessionOut])
@@ -239,7 +307,8 @@ def clear_two_factor(user_id: str, principal: Admin, session: DbSession) -> User
 def create_api_key(body: ApiKeyIn, principal: Admin, session: DbSession) -> ApiKeyCreated:
     """Create an API key. The secret is in this answer only."""
     key, secret = api_keys.create_api_key(
-        session, name=body.name, scopes=list(body.scopes), created_by=principal.user.id if principal.user else None
+        session, name=body.name, scopes=list(body.scopes), created_by=principal.user.id if principal.user else None,
+        by_key=principal.api_key,
     )
     return ApiKeyCreated(api_key=ApiKeyOut.of(key), secret=secret)
 

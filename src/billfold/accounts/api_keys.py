@@ -9,18 +9,29 @@ from billfold.accounts.service import audit
 from billfold.accounts.sessions import API_KEY_PREFIX
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, random_token
-from billfold.kit.errors import InvalidInput
+from billfold.kit.errors import Forbidden, InvalidInput
 from billfold.models import ApiKey
 
 API_KEY_SCOPES = ("read", "write")
 
 
-def create_api_key(session: Session, *, name: str, scopes: list[str], created_by: str | None) -> tuple[ApiKey, str]:
-    """A new API key: the returned secret is shown once and never stored."""
+class ScopeNotHeld(Forbidden):
+    code = "scope_not_held"
+    title = "Scope not held"
+
+
+def create_api_key(
+    session: Session, *, name: str, scopes: list[str], created_by: str | None, by_key: ApiKey | None = None
+) -> tuple[ApiKey, str]:
+    """A new API key: the returned secret is shown once and never stored. A key made by another
+    key (``by_key``) gets no scope that key lacks, so a key can never widen its own reach."""
     unknown = sorted(set(scopes) - set(API_KEY_SCOPES))
     if unknown or not scopes:
         detail = f"scopes must be some of {', '.join(API_KEY_SCOPES)}" + (f", not {', '.join(unknown)}" if unknown else "")
         raise InvalidInput(detail, errors=[{"field": "scopes", "message": detail}])
+    if by_key is not None and (missing := sorted(set(scopes) - set(by_key.scopes))):
+        detail = f"an API key may only make keys with scopes it has itself; this one lacks {', '.join(missing)}"
+        raise ScopeNotHeld(detail, errors=[{"field": "scopes", "message": detail}])
     if not name.strip():
         raise InvalidInput("an API key needs a name", errors=[{"field": "name", "message": "must not be blank"}])
     secret = random_token(API_KEY_PREFIX)
@@ -30,7 +41,7 @@ def create_api_key(session: Session, *, name: str, scopes: list[str], created_by
     )
     session.add(key)
     session.flush()
-    audit(session, "api_key", key.id, "created", scopes=key.scopes, created_by=created_by)
+    audit(session, "api_key", key.id, "created", scopes=key.scopes, created_by=created_by, **({"by_key": by_key.id} if by_key else {}))
     return key, secret
 
 

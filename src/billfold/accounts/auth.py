@@ -9,7 +9,8 @@ sends them by itself.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -50,6 +51,7 @@ def _authenticate(request: Request, session: DbSession, security: Security) -> P
         principal = principal_for_token(session, security, token.strip())
         if principal is None:
             raise Unauthorized("the token is not valid, has expired or was revoked")
+        request.state.principal = principal  # for AnswerWritesWithoutReading
         return principal
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
@@ -80,6 +82,68 @@ def admin(request: Request, principal: Annotated[Principal, Depends(required_pri
     principal.require_admin()
     principal.require_scope("read" if request.method in SAFE_METHODS else "write")
     return principal
+
+
+def ids_only(document: Any, *, top: bool = True) -> Any:
+    """What a caller that may write but not read gets back of what it wrote: the ``id`` of each
+    object in the answer (nested objects under their own key), and, at the top, a ``secret`` the
+    write made (a new API key's, shown this once). Nothing else: no names, amounts or states."""
+    if isinstance(document, list):
+        items = [ids_only(item, top=False) for item in document]
+        return [item for item in items if item not in ({}, [], None)]
+    if not isinstance(document, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for key, value in document.items():
+        if key == "id" or (top and key == "secret"):
+            kept[key] = value
+        elif isinstance(value, dict | list) and (inner := ids_only(value, top=False)) not in ({}, []):
+            kept[key] = inner
+    return kept
+
+
+class AnswerWritesWithoutReading:
+    """A write made with an API key that lacks the ``read`` scope answers with the ids of what it
+    wrote (``ids_only``), not the resource: the key may make the change but not read its result.
+    Same status; errors and empty answers pass as they are. Wraps every route, so no endpoint can
+    forget it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] = {}
+        body = bytearray()
+
+        async def answer(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                principal = scope.get("state", {}).get("principal")
+                headers = dict(message.get("headers", []))
+                if (
+                    principal is not None
+                    and principal.api_key is not None
+                    and "read" not in principal.scopes
+                    and 200 <= message["status"] < 300
+                    and headers.get(b"content-type", b"").startswith(b"application/json")
+                ):
+                    held["start"] = message
+                    return
+            elif message["type"] == "http.response.body" and "start" in held:
+                body.extend(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                payload = json.dumps(ids_only(json.loads(body or b"null")) or {}).encode()
+                start = held.pop("start")
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
+                await send({"type": "http.response.body", "body": payload})
+                return
+            await send(message)
+
+        await self.app(scope, receive, answer)
 
 
 Anyone = Annotated[Principal | None, Depends(optional_principal)]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from billfold.accounts import organizations
 from billfold.accounts.organizations import Access, AlreadyMember, Permission
 from billfold.accounts.security import Principal, Security, check_new_password, hash_password
-from billfold.accounts.service import audit, normalize_email, user_by_email
+from billfold.accounts.service import audit, mark_verified, normalize_email, user_by_email
 from billfold.kit import clock, mailer
 from billfold.kit.crypto import hash_token, random_token
 from billfold.kit.db.dialects import for_update
@@ -230,9 +230,10 @@ def accept(
     organization = organizations.lock_organization(session, invitation.organization_id)
     if organizations.membership(session, organization.id, user.id, lock=True) is not None:
         raise AlreadyMember(f"{user.email} is already a member of {organization.id}")
-    if not user.is_verified:
-        user.is_verified = True
-        audit(session, "user", user.id, "email_verified", by="invitation")
+    # The invitation's token reached the address: it is confirmed, and what was set on the account
+    # before it was (by whoever registered the address) is cleared, as any first confirmation does.
+    accepting = principal.auth_session.id if principal and principal.auth_session else None
+    mark_verified(session, user, keep_session_id=accepting, by="invitation")
     member = OrganizationUser(organization_id=organization.id, user_id=user.id, role=invitation.role)
     session.add(member)
     invitation.accepted_at = clock.now()

@@ -69,9 +69,35 @@ class PasswordResetConfirmIn(In):
     new_password: NewPassword
 
 
-class PasswordChangeIn(In):
-    current_password: Password
+SecondFactorCode = Annotated[
+    str,
+    Field(
+        min_length=6, max_length=32, pattern=r"^\s*[A-Za-z0-9][A-Za-z0-9 -]{4,30}[A-Za-z0-9]\s*$",
+        description="Instead of the password, with two-factor on: the code the authenticator app shows now, or an unused recovery code.",
+    ),
+]
+
+
+class Reauthentication(In):
+    """What proves, beyond a session, that the account's owner asks: the current password, or a
+    fresh second factor (a code in this same request)."""
+
+    current_password: Password | None = Field(None, description="The current password (or give `code`).")
+    code: SecondFactorCode | None = None
+
+
+class PasswordChangeIn(Reauthentication):
     new_password: NewPassword
+
+
+class EmailChangeIn(Reauthentication):
+    email: Email = Field(description="The new sign-in address. It is used once it confirms the token mailed to it.")
+
+
+class RecoveryEmailIn(Reauthentication):
+    recovery_email: Email | None = Field(
+        description="The new recovery address (used once it confirms the token mailed to it), or null to remove it."
+    )
 
 
 class ProfileIn(In):
@@ -80,7 +106,6 @@ class ProfileIn(In):
     user_name: Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     phone: Phone | None = None
     picture: Annotated[HttpUrl, AfterValidator(_https)] | None = None
-    recovery_email: Email | None = None
 
 
 class UserOut(BaseModel):

@@ -22,7 +22,7 @@ from billfold.accounts.service import audit, normalize_email, user_by_email
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, keyed_digest, random_token
 from billfold.kit.db.dialects import for_update, upsert_row
-from billfold.kit.errors import TooManyRequests, Unauthorized
+from billfold.kit.errors import InvalidInput, TooManyRequests, Unauthorized
 from billfold.models import ApiKey, AuthChallenge, AuthSession, SignInThrottle, User
 
 THROTTLE_WINDOW = timedelta(minutes=15)
@@ -129,7 +129,10 @@ def sign_in(
     email = normalize_email(email)
     check_throttles(session, security, email=email, address=address)
     user = user_by_email(session, email)
-    if user is None or user.is_locked or not password_matches(user.password_hash, password):
+    # Checked whatever the case (against a dummy hash for no account), so an unknown address or a
+    # locked account costs one Argon2 verification, as a wrong password does: no timing tells them apart.
+    matches = password_matches(user.password_hash if user else None, password)
+    if user is None or user.is_locked or not matches:
         return record_failed_sign_in(session, security, email=email, address=address, user=user)
     if two_factor.enabled(user):
         challenge, row = open_challenge(
@@ -173,6 +176,27 @@ def check_second_factor(session: Session, security: Security, user: User, code: 
         return True
     record_failed_sign_in(session, security, email=user.email, address=address, user=user)
     return False
+
+
+def reauthenticate(
+    session: Session, security: Security, user: User, *, password: str | None, code: str | None, address: str | None
+) -> bool:
+    """Check that a signed-in user is who the account belongs to before a change to how it is
+    reached (its password, addresses) or its deletion: the current password, or a fresh second
+    factor (a code from the authenticator app, or an unused recovery code, in the same request).
+    A wrong password raises 401; a wrong code returns False after counting as a failed sign-in
+    (the caller commits that and answers 401). The caller holds the row lock (``locked_user``)."""
+    if password is not None:
+        if not password_matches(user.password_hash, password):
+            raise Unauthorized("the current password is wrong", errors=[{"field": "current_password", "message": "wrong password"}])
+        return True
+    if code is None:
+        detail = "give the current password, or a code from your authenticator app"
+        raise InvalidInput(detail, errors=[{"field": "current_password", "message": detail}])
+    if not two_factor.enabled(user):
+        detail = "two-factor authentication is off: give the current password"
+        raise InvalidInput(detail, errors=[{"field": "code", "message": detail}])
+    return check_second_factor(session, security, user, code, address=address)
 
 
 def locked_user(session: Session, user_id: str) -> User | None:

@@ -13,7 +13,7 @@ from http import HTTPStatus
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -37,7 +37,7 @@ from billfold.config import Settings, get_settings
 from billfold import worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, session_factory
-from billfold.kit.http import Problem, RefuseNulCharacters
+from billfold.kit.http import Problem, RefuseNulCharacters, refuse_unknown_query_parameters
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, TooManyRequests
 from billfold.models import Organization, Product, User
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         title="Billfold",
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
+        dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     app.add_middleware(payments_api.RefuseCardData)
     app.add_middleware(RefuseNulCharacters)

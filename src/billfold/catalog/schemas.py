@@ -75,7 +75,7 @@ def _distinct(values: list[str]) -> list[str]:
     return values
 
 
-class Variation(BaseModel):
+class Variation(In):
     """One way the product varies, such as size with options S, M and L."""
 
     name: Label

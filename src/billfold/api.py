@@ -18,7 +18,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import fastapi_offline
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -45,7 +45,7 @@ from billfold import instance, worker_api
 from billfold.kit import clock, mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
 from billfold.kit.headers import HeadAsGet, ResponseHeaders
-from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters
+from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         title="Billfold",
         version=__version__,
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
+        dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     # The last added runs first: the size limit, then the card-data guard, then the NUL guard,
     # then admission (a request is admitted with its body read), then the trimming of answers to

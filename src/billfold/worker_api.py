@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from billfold import worker as background
 from billfold.accounts.auth import admin, optional_principal, required_principal
+from billfold.accounts.schemas import In
 from billfold.accounts.security import Principal
 from billfold.kit import clock
 from billfold.kit.db import transaction
@@ -44,7 +45,7 @@ BY_PATTERN = r"^\s*([0-9]{1,6}\s*s|[0-9]{1,5}\s*[mh]|[0-9]{1,4}\s*d|[0-9]{1,3}\s
 _BY = re.compile(BY_PATTERN)
 
 
-class Advance(BaseModel):
+class Advance(In):
     by: str = Field(
         description="How far forward: 30d, 12h, 90m, 45s or 2w (365d for a year).",
         examples=["30d"],

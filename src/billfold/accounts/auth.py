@@ -60,8 +60,10 @@ def _authenticate(request: Request, session: DbSession, security: Security) -> P
     if principal is None or principal.auth_session is None or principal.auth_session.transport != "cookie":
         raise Unauthorized("the session has expired or was signed out; sign in again")
     if request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent, csrf_token(security, principal.auth_session)):
+        # Compared as bytes: a header may carry any byte (Starlette reads it as Latin-1), and
+        # compare_digest refuses str with non-ASCII characters.
+        sent = request.headers.get(CSRF_HEADER, "").encode("latin-1")
+        if not hmac.compare_digest(sent, csrf_token(security, principal.auth_session).encode()):
             raise CsrfFailed(f"a write signed in by cookie must send the session's {CSRF_HEADER} header")
     return principal
 

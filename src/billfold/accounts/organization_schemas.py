@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from billfold.accounts.addresses import COUNTRY_CODES
 from billfold.accounts.schemas import Email, In, Name, NewPassword, Phone
+from billfold.kit.inputs import MultiLine, SingleLine
 from billfold.models import Address, Organization, OrganizationUser, User
 
 Role = Literal["owner", "admin", "billing", "member"]
@@ -19,13 +20,12 @@ AddressType = Literal["billing", "shipping", "both"]
 Kind = Literal["billing", "shipping"]
 
 
-# Text with something in it besides spaces, and no NUL (which PostgreSQL cannot store). The
-# schema says so, so that a request the schema calls valid is one Billfold accepts.
-_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
-Line = Annotated[str, Field(min_length=1, max_length=255, pattern=_TEXT)]
-PostalCode = Annotated[str, Field(min_length=1, max_length=50, pattern=_TEXT)]
-TaxId = Annotated[str, Field(min_length=1, max_length=100, pattern=_TEXT)]
-Paragraph = Annotated[str, Field(min_length=1, max_length=2000, pattern=_TEXT)]
+# Text with something in it besides spaces, and no control characters (kit/inputs). The schema
+# says so, so that a request the schema calls valid is one Billfold accepts.
+Line = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
+PostalCode = Annotated[str, Field(min_length=1, max_length=50), SingleLine]
+TaxId = Annotated[str, Field(min_length=1, max_length=100), SingleLine]
+Paragraph = Annotated[str, Field(min_length=1, max_length=2000), MultiLine]
 
 
 def _any_case(word: str) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, HttpUrl
 
 from billfold.accounts.security import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from billfold.kit.inputs import SingleLine
 from billfold.models import ApiKey, AuthSession, User
 
 
@@ -22,7 +23,7 @@ def _https(url: HttpUrl) -> HttpUrl:
     return url
 
 
-Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"\S")]
+Name = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
 Password = Annotated[str, Field(min_length=1, max_length=1024)]
 NewPassword = Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=MAX_PASSWORD_LENGTH, description="10 to 1024 characters.")]
 Email = Annotated[EmailStr, Field(max_length=254)]

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from billfold.accounts.schemas import In, Password
+from billfold.kit.inputs import SingleLine
 
 Code = Annotated[
     str,
@@ -17,7 +18,7 @@ Code = Annotated[
         description="The 6-digit code the authenticator app shows now, or an unused recovery code (XXXX-XXXX-XXXX-XXXX).",
     ),
 ]
-PasskeyName = Annotated[str, Field(min_length=1, max_length=100)]
+PasskeyName = Annotated[str, Field(min_length=1, max_length=100), SingleLine]
 Credential = Annotated[
     dict[str, Any],
     Field(description="The PublicKeyCredential from the browser, as its toJSON() gives it (binary fields base64url)."),

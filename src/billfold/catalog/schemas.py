@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from billfold.accounts.organization_schemas import keep
 from billfold.accounts.schemas import In
+from billfold.kit.inputs import CONTROL_CHARACTERS, Integer, MultiLineOrBlank, SingleLine
 from billfold.kit.money import CURRENCIES, is_currency, normalize_currency
 from billfold.models import MembershipType, Product, ProductCategory
 
@@ -19,37 +20,26 @@ ProductType = Literal["physical", "digital", "service", "subscription"]
 BillingInterval = Literal["monthly", "yearly"]
 DurationType = Literal["recurring", "fixed", "lifetime"]
 
-# Text with something besides spaces in it, and no NUL (which PostgreSQL cannot store).
-_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
-Name = Annotated[str, Field(min_length=1, max_length=255, pattern=_TEXT)]
-Label = Annotated[str, Field(min_length=1, max_length=100, pattern=_TEXT)]
-Description = Annotated[str, Field(max_length=5000, pattern=r"^[^\x00]*$")]
+# Names and labels: one line with something besides spaces in it; descriptions may break lines
+# (kit/inputs: no control characters, which would reach email headers, PDFs and logs).
+Name = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
+Label = Annotated[str, Field(min_length=1, max_length=100), SingleLine]
+Description = Annotated[str, Field(max_length=5000), MultiLineOrBlank]
 HttpsUrl = Annotated[
     str,
-    Field(max_length=255, pattern=r"^https://[^\s\x00/?#][^\s\x00]*$", description="An https URL."),
+    Field(max_length=255, pattern=rf"^https://[^\s{CONTROL_CHARACTERS}/?#][^\s{CONTROL_CHARACTERS}]*$", description="An https URL."),
 ]
 
-
-def _whole(value: object) -> object:
-    # JSON's 12.0 is the number 12; 12.5, "12" and true are not whole numbers, and are refused
-    # rather than rounded or read.
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError("must be a whole number")
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise ValueError("must be a whole number")
-    return value
-
-
-Whole = BeforeValidator(_whole)
+# JSON integers only (kit/inputs.Integer): 12.0, "12" and true are refused rather than read.
 MAX_BIGINT = 2**63 - 1
 PriceCents = Annotated[
-    int, Field(ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200."), Whole
+    Integer, Field(ge=0, le=MAX_BIGINT, description="In the currency's minor unit: 1999 is $19.99, 1200 is ¥1,200.")
 ]
-SortOrder = Annotated[int, Field(ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id."), Whole]
-TrialDays = Annotated[int, Field(ge=0, le=730, description="Free days before the first charge; recurring only."), Whole]
-DurationDays = Annotated[int, Field(ge=1, le=36500), Whole]
-MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
-MetadataValue = Annotated[str, Field(max_length=500, pattern=r"^[^\x00]*$")]
+SortOrder = Annotated[Integer, Field(ge=-(2**31), le=2**31 - 1, description="Lower first; ties by name, then id.")]
+TrialDays = Annotated[Integer, Field(ge=0, le=730, description="Free days before the first charge; recurring only.")]
+DurationDays = Annotated[Integer, Field(ge=1, le=36500)]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=40), SingleLine]
+MetadataValue = Annotated[str, Field(max_length=500), MultiLineOrBlank]
 Metadata = Annotated[
     dict[MetadataKey, MetadataValue],
     Field(max_length=50, description="Your own keys and text values (at most 50), such as a SKU."),
@@ -85,7 +75,7 @@ def _distinct(values: list[str]) -> list[str]:
     return values
 
 
-class Variation(BaseModel):
+class Variation(In):
     """One way the product varies, such as size with options S, M and L."""
 
     name: Label

@@ -11,10 +11,14 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.utils import get_flat_params
+from fastapi.params import Query as QueryParam
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from billfold.kit.errors import BillfoldError, InvalidInput, RequestTooLarge
+from billfold.kit.inputs import QueryDigits
 
 
 class _BodyTooLarge(Exception):
@@ -166,6 +170,28 @@ async def _send_problem(send: Any, error: BillfoldError) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+def _declared_query(route: APIRoute) -> frozenset[str]:
+    names: frozenset[str] | None = getattr(route, "_billfold_query_names", None)
+    if names is None:  # worked out once per route (routes are not hashable, so kept on the route)
+        names = frozenset(p.alias for p in get_flat_params(route.dependant) if isinstance(p.field_info, QueryParam))
+        route._billfold_query_names = names  # type: ignore[attr-defined]
+    return names
+
+
+async def refuse_unknown_query_parameters(request: Request) -> None:
+    """An app-wide dependency: a query parameter the route does not declare is refused (422
+    naming it) before anything else runs, instead of being silently ignored, so that a client
+    asking for ``/v1/users?email=...`` learns that there is no such filter rather than getting
+    every user."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return  # web pages (the front page) take what links add, such as utm_source
+    unknown = sorted(set(request.query_params.keys()) - _declared_query(route))
+    if unknown:
+        detail = f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
+        raise InvalidInput(detail, errors=[{"field": name, "message": "unknown query parameter"} for name in unknown])
+
+
 def unit_of_work(request: Request) -> Iterator[Session]:
     """The request's session: what it wrote is committed when the endpoint returns, before the
     response is sent, or rolled back if it raises. Services never commit; this does.
@@ -239,7 +265,7 @@ class PageQuery(BaseModel):
 
 
 def page_query(
-    limit: Annotated[int, Query(ge=1, le=100, description="How many items, 1 to 100.")] = 20,
+    limit: Annotated[int, Query(ge=1, le=100, description="How many items, 1 to 100."), QueryDigits] = 20,
     starting_after: Annotated[str | None, Query(max_length=255, description="The id after which the page starts.")] = None,
 ) -> PageQuery:
     return PageQuery(limit=limit, starting_after=starting_after)

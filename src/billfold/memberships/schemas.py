@@ -9,6 +9,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 
 from billfold.accounts.schemas import In
 from billfold.kit.clock import UTC
+from billfold.kit.inputs import SingleLine, SingleLineOrBlank
 from billfold.memberships.entitlements import Entitlement
 from billfold.memberships.service import Described
 
@@ -25,7 +26,8 @@ def _in_utc(value: datetime) -> datetime:
 
 
 Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
-Feature = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
+Feature = Annotated[str, Field(min_length=1, max_length=100), SingleLine]
+Reason = Annotated[str, Field(max_length=500), SingleLineOrBlank]
 
 
 class AddonOut(BaseModel):
@@ -90,19 +92,19 @@ class EntitlementOut(BaseModel):
 
 
 class GrantIn(In):
-    membership_type_id: Annotated[str, Field(min_length=1, max_length=255)]
+    membership_type_id: Annotated[str, Field(min_length=1, max_length=255), SingleLine]
     start_date: Moment | None = Field(None, description="Default: now.")
     end_date: Moment | None = Field(
         None, description="Default: start + the type's duration_days; never for a lifetime type."
     )
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: Reason | None = None
 
 
 class CancelIn(In):
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: Reason | None = None
 
 
 class AddonIn(In):
     feature: Feature
     expires_at: Moment | None = Field(None, description="Exclusive; null: as long as the membership lasts.")
-    source: Annotated[str, Field(max_length=100)] | None = Field(None, description="Where it came from: `manual` by default.")
+    source: Annotated[str, Field(max_length=100), SingleLineOrBlank] | None = Field(None, description="Where it came from: `manual` by default.")

@@ -4,19 +4,21 @@ fields, so a card number or CVC sent by mistake is refused (422) and never store
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from billfold.accounts.schemas import In
+from billfold.kit.inputs import Integer, SingleLine
 from billfold.models import Order, OrderItem, Payment, Refund
 
 Id = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
+Reason = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
 
 
 class ItemIn(In):
     product_id: str = Id
-    quantity: int = Field(1, ge=1, le=10_000)
+    quantity: Integer = Field(1, ge=1, le=10_000)
 
 
 class OrderIn(In):
@@ -28,7 +30,7 @@ class OrderIn(In):
 
 
 class CancelIn(In):
-    reason: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")
+    reason: Reason | None = None
 
 
 class CheckoutIn(In):
@@ -38,8 +40,8 @@ class CheckoutIn(In):
 
 
 class RefundIn(In):
-    amount_cents: int | None = Field(None, ge=1, le=10**15, description="Default: everything not yet refunded.")
-    reason: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^\x00]*\S[^\x00]*$")
+    amount_cents: Integer | None = Field(None, ge=1, le=10**15, description="Default: everything not yet refunded.")
+    reason: Reason | None = None
 
 
 class ItemOut(BaseModel):

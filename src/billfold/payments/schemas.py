@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, Field, HttpUrl, StrictBool, TypeAdapter
 
 from billfold.accounts.schemas import In
+from billfold.kit.inputs import SingleLine
 from billfold.models import PaymentMethod, PaymentProvider
 from billfold.payments import gateways
 from billfold.providers import registry
@@ -17,7 +18,7 @@ ProviderId = Annotated[
     str,
     Field(pattern=r"^[a-z][a-z0-9_]{1,49}$", description="A slug such as sandbox, stripe or stripe_eu."),
 ]
-DisplayName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
+DisplayName = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
 Token = Annotated[
     str,
     Field(
@@ -60,6 +61,7 @@ Kind = Annotated[
         description="Which adapter speaks to the provider (stored as config.kind); one of the registered kinds.",
         json_schema_extra=_kind_schema,
     ),
+    SingleLine,
 ]
 
 
@@ -147,7 +149,7 @@ class ProviderOut(BaseModel):
         )
 
 
-AddressId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]+$")]
+AddressId = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
 
 
 class PaymentMethodIn(In):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from billfold.accounts.schemas import In
+from billfold.kit.inputs import Integer
 from billfold.models import Subscription, SubscriptionBilling
 from billfold.subscriptions.proration import Proration
 
@@ -20,7 +21,7 @@ def _id(description: str) -> object:
 
 class SubscriptionIn(In):
     product_id: str = Id
-    quantity: int = Field(1, ge=1, le=10_000)
+    quantity: Integer = Field(1, ge=1, le=10_000)
     payment_method_id: str | None = _id("A saved method of the customer's; default: their default method (none needed for a trial).")  # type: ignore[assignment]
     user_id: str | None = _id("Admins and API keys: the customer.")  # type: ignore[assignment]
     organization_id: str | None = _id("Subscribe an organization (owners and billing members).")  # type: ignore[assignment]
@@ -28,17 +29,17 @@ class SubscriptionIn(In):
 
 class ChangeIn(In):
     product_id: str | None = _id("Another recurring product with the same currency and billing interval.")  # type: ignore[assignment]
-    quantity: int | None = Field(None, ge=1, le=10_000)
+    quantity: Integer | None = Field(None, ge=1, le=10_000)
     payment_method_id: str | None = _id("Charge this saved method from now on; a past-due subscription is retried at once.")  # type: ignore[assignment]
 
 
 class CancelIn(In):
-    at_period_end: bool = Field(True, description="Cancel when the paid period ends (undo with /resume); false: now.")
-    refund: bool = Field(False, description="With at_period_end false (the shop's admins): refund the unused time of the period, prorated to the second.")
+    at_period_end: StrictBool = Field(True, description="Cancel when the paid period ends (undo with /resume); false: now.")
+    refund: StrictBool = Field(False, description="With at_period_end false (the shop's admins): refund the unused time of the period, prorated to the second.")
 
 
 class MigratePriceIn(In):
-    price_cents: int | None = Field(None, ge=0, le=10**12, description="Default: the product's current catalog price.")
+    price_cents: Integer | None = Field(None, ge=0, le=10**12, description="Default: the product's current catalog price.")
 
 
 class SubscriptionOut(BaseModel):

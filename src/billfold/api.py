@@ -7,6 +7,7 @@ validation, naming the field that was wrong.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from html import escape
@@ -253,16 +254,35 @@ def _reference_pages(app: FastAPI) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette names only the first route's): each
-    method is tried against the routes, included routers too."""
-    methods = {
-        method
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
-    }
+    """The methods served at this path (Starlette names only the first route's). Where several
+    documented paths match, the most specific one answers for it, as the OpenAPI document lists
+    them (``/v1/me/passkeys/registration-options`` is not ``/v1/me/passkeys/{passkey_id}``); a
+    page left out of the document gets every method some route serves there."""
+    documented = _documented_methods(request.app, request.url.path)
+    if documented is not None:
+        methods = documented
+    else:
+        methods = {
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+        }
     if "GET" in methods:
         methods.add("HEAD")  # kit.headers.HeadAsGet
     return sorted(methods)
+
+
+def _documented_methods(app: FastAPI, path: str) -> set[str] | None:
+    templates = getattr(app.state, "path_templates", None)
+    if templates is None:  # worked out once: (pattern, number of parameters, methods) per documented path
+        templates = [
+            (re.compile("^" + re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(template)) + "$"), template.count("{"),
+             {method.upper() for method in operations})
+            for template, operations in app.openapi().get("paths", {}).items()
+        ]
+        app.state.path_templates = templates
+    matching = [(params, methods) for pattern, params, methods in templates if pattern.match(path)]
+    return min(matching, key=lambda m: m[0])[1] if matching else None
 
 
 def make_mailer(settings: Settings) -> mailer.Mailer:

@@ -274,3 +274,18 @@ def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry
 
     with session_factory(shop.engine)() as session:
         assert refunded_cents(session, shop.payments(sub["id"])[-1].id) == done.json()["refund_cents"], "refunded once"
+
+
+def test_a_subscription_without_a_billing_row_is_listed_not_a_500(api, engine, admin_token) -> None:
+    """Rows written straight into the spec's table (an import) have no billing row of Billfold's."""
+    from billfold.kit.db import session_factory, transaction
+    from tests import factories as make
+
+    with transaction(session_factory(engine)) as session:
+        subscription_id = make.subscription(session, user=make.user(session)).id
+    with api.client(admin_token) as admin:
+        listed = admin.get("/v1/subscriptions", params={"limit": 100})
+        assert listed.status_code == 200, listed.text
+        one = admin.get(f"/v1/subscriptions/{subscription_id}")
+    assert one.status_code == 200, one.text
+    assert (one.json()["quantity"], one.json()["credit_cents"]) == (1, 0)

@@ -17,7 +17,7 @@ from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.kit.idempotency import Claim, advance, finish
-from billfold.models import Payment, Refund, Subscription
+from billfold.models import Payment, Refund, Subscription, SubscriptionBilling
 from billfold.payments import gateways
 from billfold.orders import refunds
 from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
@@ -46,7 +46,12 @@ def subscription_out(session: Session, subscription_id: str) -> SubscriptionOut:
 
 def subscriptions_out(session: Session, rows: list[Subscription]) -> list[SubscriptionOut]:
     billing_rows = service.billing_of(session, [s.id for s in rows])
-    return [SubscriptionOut.of(s, billing_rows[s.id]) for s in rows]
+    # A subscription written without Billfold's billing row (imported, or made by hand in the
+    # spec's table) reads as one seat with no credit, not as a 500 for every list it is in.
+    return [
+        SubscriptionOut.of(s, billing_rows.get(s.id) or SubscriptionBilling(subscription_id=s.id, quantity=1, credit_cents=0))
+        for s in rows
+    ]
 
 
 def _settings(request: Request) -> Settings:

@@ -46,11 +46,11 @@ def test_an_unknown_path_is_a_problem_document(base_url: str) -> None:
 
 
 def test_the_openapi_document_describes_the_service(base_url: str) -> None:
-    document = httpx.get(f"{base_url}/openapi.json").json()
+    document = httpx.get(f"{base_url}/openapi.json", timeout=60).json()
     assert document["info"]["title"] == "Billfold"
     health = document["paths"]["/healthz"]["get"]["responses"]
     assert set(health) >= {"200", "503"}
-    assert "swagger" in httpx.get(f"{base_url}/docs").text.lower()
+    assert "swagger" in httpx.get(f"{base_url}/docs", timeout=60).text.lower()
 
 
 def test_the_front_page_says_what_billfold_is_and_what_this_instance_holds(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_the_front_page_says_what_billfold_is_and_what_this_instance_holds(tmp_p
 def test_the_front_page_tells_how_to_migrate_an_empty_database(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with serving(engine) as base:
-        page = httpx.get(f"{base}/")
+        page = httpx.get(f"{base}/", timeout=60)
     assert page.status_code == 200 and "billfold db upgrade" in page.text
     engine.dispose()
 

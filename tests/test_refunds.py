@@ -138,10 +138,10 @@ def test_a_refund_the_provider_refuses_is_not_answered_201_and_blocks_nothing(ap
     sandbox(api).refund(charge_id=payment["provider_payment_id"], amount=Money(1000, "USD"), idempotency_key=new_id("dash"))
     with api.client(admin_token) as admin:
         refused = post_refund(admin, payment["id"], "too-much", amount_cents=500, reason="broken")
-        problem = assert_problem(refused, 502, "refund_failed")
+        problem = assert_problem(refused, 409, "refund_failed")
         assert problem["payment_id"] == payment["id"] and problem["provider_code"] == "refund_exceeds_captured"
         again = post_refund(admin, payment["id"], "too-much", amount_cents=500, reason="broken")
-        assert (again.status_code, again.json(), again.headers["Idempotent-Replayed"]) == (502, problem, "true")
+        assert (again.status_code, again.json(), again.headers["Idempotent-Replayed"]) == (409, problem, "true")
         assert admin.get(f"/v1/payments/{payment['id']}").json()["status"] == "completed"
         fits = post_refund(admin, payment["id"], amount_cents=200, reason="what is left at the provider")
         assert fits.status_code == 201 and fits.json()["status"] == "succeeded", fits.text

@@ -211,7 +211,8 @@ def cancel_payment(
     responses={
         **problems(409, 503),
         202: {"model": RefundOut, "description": "The provider accepted the refund and will settle it later."},
-        502: {**problems(409)[409], "description": "The provider refused the refund (`refund_failed`, with `refund_id`); nothing was given back."},
+        409: {**problems(409)[409], "description": "`refund_in_progress`: only pending refunds stand in the way; "
+              "`refund_failed`: the provider refused the refund (with `refund_id`), nothing was given back."},
     },
 )
 def refund_payment(
@@ -222,7 +223,7 @@ def refund_payment(
     request makes a refund of its own (a retry with its Idempotency-Key drives the same one).
     201: refunded. 202: the provider will settle it later. 409 `refund_in_progress`: only pending
     refunds stand in the way. 422 `not_supported`: the provider cannot make this refund (nothing is
-    written). 502 `refund_failed`: the provider refused; nothing was given back. 503: the provider
+    written). 409 `refund_failed`: the provider refused; nothing was given back. 503: the provider
     did not answer; the refund (`refund_id`) stays pending until the retry with the same key or the
     worker asks the provider again."""
 
@@ -230,7 +231,7 @@ def refund_payment(
         refund = session.get(Refund, refund_id)
         assert refund is not None
         if refund.status == "failed":
-            return 502, refund_service.failure_problem(refund)
+            return 409, refund_service.failure_problem(refund)
         return (201 if refund.status == "succeeded" else 202), jsonable_encoder(RefundOut.of(refund))
 
     answer = Answer(build)

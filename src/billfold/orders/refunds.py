@@ -66,9 +66,10 @@ class RefundInProgress(Conflict):
 
 
 class RefundFailed(BillfoldError):
-    """The provider refused the refund or said it failed: nothing was given back."""
+    """The provider refused the refund or said it failed: nothing was given back. A conflict with
+    the payment's state at the provider (409), not a server error: the answer is final."""
 
-    status = 502
+    status = 409
     code = "refund_failed"
     title = "The payment provider did not make the refund"
 
@@ -278,7 +279,7 @@ def settle(
 
 
 def failure_problem(row: Refund) -> dict[str, Any]:
-    """The problem document a failed refund is answered with (502 ``refund_failed``): the refund's
+    """The problem document a failed refund is answered with (409 ``refund_failed``): the refund's
     id, its payment, and the provider's code for the refusal when it gave one."""
     detail = row.error_message or "the provider did not make the refund"
     return RefundFailed(

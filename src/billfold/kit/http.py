@@ -69,11 +69,7 @@ class LimitRequestBody:
 
     async def _refuse(self, send: Any) -> None:
         detail = f"the request body is over {self.max_bytes} bytes (the max_request_bytes setting)"
-        payload = json.dumps(RequestTooLarge(detail, max_bytes=self.max_bytes).to_problem()).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_problem(send, RequestTooLarge(detail, max_bytes=self.max_bytes), [(b"connection", b"close")])
 
 
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
@@ -107,11 +103,7 @@ class RefuseNulCharacters:
             refused = b"\x00" in body or _ESCAPED_NUL.search(body) is not None
         if refused:
             detail = "text may not contain NUL characters (\\u0000)"
-            problem = InvalidInput(detail, errors=[{"field": "", "message": detail}]).to_problem()
-            payload = json.dumps(problem).encode()
-            await send({"type": "http.response.start", "status": 422,
-                        "headers": [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
+            await send_problem(send, InvalidInput(detail, errors=[{"field": "", "message": detail}]))
             return
         replay = iter(messages)
 
@@ -146,7 +138,7 @@ class AdmitRequests:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.wait_seconds)
         except TimeoutError:
-            await _send_problem(send, Busy("the service is busy; retry shortly"))
+            await send_problem(send, Busy("the service is busy; retry shortly"))
             return
         try:
             await self.app(scope, receive, send)
@@ -161,12 +153,14 @@ class Busy(BillfoldError):
     retry_after = 1
 
 
-async def _send_problem(send: Any, error: BillfoldError) -> None:
+async def send_problem(send: Any, error: BillfoldError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with ``error``'s problem document straight from an ASGI middleware (and
+    Retry-After when it has one), as the app's error handler would."""
     payload = json.dumps(error.to_problem()).encode()
-    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]
+    start = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode()), *headers]
     if error.retry_after:
-        headers.append((b"retry-after", str(error.retry_after).encode()))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        start.append((b"retry-after", str(error.retry_after).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": start})
     await send({"type": "http.response.body", "body": payload})
 
 

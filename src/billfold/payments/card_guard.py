@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote_plus
 import anyio.to_thread
 from starlette.datastructures import Headers, QueryParams
 
+from billfold.kit.http import send_problem
 from billfold.kit.errors import InvalidInput
 
 
@@ -205,7 +206,7 @@ def request_card_fields(scope: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def card_data_problem(fields: list[str]) -> dict[str, Any]:
+def card_data_refused(fields: list[str]) -> CardDataRefused:
     detail = (
         "Billfold never takes card numbers, security codes or card expiry dates: collect the card with the "
         "provider's own fields (Stripe Elements, PayPal Card Fields, Accept.js; the sandbox's test tokens) "
@@ -213,7 +214,7 @@ def card_data_problem(fields: list[str]) -> dict[str, Any]:
     )
     return CardDataRefused(
         detail, errors=[{"field": f, "message": "card data is refused; send a provider token"} for f in fields]
-    ).to_problem()
+    )
 
 
 class RefuseCardData:
@@ -242,10 +243,7 @@ class RefuseCardData:
         # A large body takes a while to read through: off the event loop, so other requests go on.
         fields = scan() if len(body) < 65536 else await anyio.to_thread.run_sync(scan)
         if fields:
-            payload = json.dumps(card_data_problem(list(dict.fromkeys(fields)))).encode()
-            await send({"type": "http.response.start", "status": 422, "headers": [
-                (b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
+            await send_problem(send, card_data_refused(list(dict.fromkeys(fields))))
             return
         replay = iter(messages)
 

@@ -132,3 +132,24 @@ def test_an_unknown_revision_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def test_serving_an_unmigrated_database_is_refused(tmp_path: Path) -> None:
     assert_one_line_error(run("serve", database_url=f"sqlite:///{tmp_path / 'shop.db'}"), "billfold db upgrade")
+
+
+def test_recovery_addresses_never_confirmed_are_forgotten_by_0013(scratch: Engine) -> None:
+    """Recovery addresses set the old way (no confirmation) would still receive password resets;
+    0013 clears them and keeps the ones confirmed through the link."""
+    from sqlalchemy.orm import Session
+
+    from billfold.accounts.service import audit
+    from tests import factories as make
+
+    databases.migrate(scratch, "0012")
+    with Session(scratch) as session, session.begin():
+        planted = make.user(session, recovery_email="mallory@attacker.example", is_verified=True)
+        confirmed = make.user(session, recovery_email="ada@backup.example", is_verified=True)
+        audit(session, "user", confirmed.id, "recovery_email_set")
+        none = make.user(session)
+        ids = planted.id, confirmed.id, none.id
+    databases.migrate(scratch, "0013")
+    with scratch.connect() as connection:
+        rows = dict(connection.execute(sa.text("SELECT id, recovery_email FROM users")).all())
+    assert [rows[i] for i in ids] == [None, "ada@backup.example", None]

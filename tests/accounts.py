@@ -7,7 +7,7 @@ import email.message
 import email.policy
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,8 @@ class Api:
 
     url: str
     data_dir: Path
+    # Parsed emails by file name: a shared server's folder grows all run long.
+    _parsed: dict[str, email.message.EmailMessage] = field(default_factory=dict, repr=False, compare=False)
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -33,7 +35,14 @@ class Api:
 
     def mails_to_anyone(self) -> list[email.message.EmailMessage]:
         folder = self.data_dir / "mail"
-        return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))] if folder.exists() else []
+        if not folder.exists():
+            return []
+        mails = []
+        for path in sorted(folder.glob("*.eml")):
+            if path.name not in self._parsed:
+                self._parsed[path.name] = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            mails.append(self._parsed[path.name])
+        return mails
 
     def token_mailed_to(self, address: str) -> str:
         body = self.mails_to(address)[-1].get_content()

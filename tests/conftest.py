@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ def worker_id() -> str:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"billfold databases: {', '.join(DATABASES)}"
+    return f"billfold databases: {', '.join(DATABASES)} (a test not marked every_database runs on one of them)"
 
 
 class MigratedDatabases:
@@ -56,7 +58,45 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedDatab
     holder.close()
 
 
-@pytest.fixture(params=DATABASES)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "every_database: depends on the database itself (constraints, schema, locking, dialect SQL, "
+        "concurrency): runs on every selected database; other tests run once",
+    )
+    config.addinivalue_line(
+        "markers", "slow: real processes killed, bursts, the fuzzer, demo histories: left out of the quick tier"
+    )
+    config.addinivalue_line("markers", "quick: every test not marked slow (`bash scripts/test -m quick`)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    if any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its own databases
+    metafunc.parametrize("backend", DATABASES, indirect=True)
+
+
+def runs_here(item: pytest.Item) -> bool:
+    """A test marked ``every_database`` runs on every selected database. Any other test runs
+    once, on the database its name picks (its name and parameters without the database), so each
+    database still serves about an equal share of the behaviour tests and their SQL."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "backend" not in params or item.get_closest_marker("every_database") or len(DATABASES) == 1:
+        return True
+    name = item.nodeid.replace(params["backend"], "")
+    return params["backend"] == DATABASES[zlib.crc32(name.encode()) % len(DATABASES)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items[:] = [item for item in items if runs_here(item)]
+    for item in items:
+        if not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.quick)
+
+
+@pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -120,11 +160,30 @@ def admin_token(engine: Engine) -> str:
     return token
 
 
+@pytest.fixture(scope="session")
+def shared_servers(migrated: MigratedDatabases, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Api]]:
+    """One Billfold served over HTTP per database for the whole run of this worker, started on
+    first use: starting and stopping a server per test cost about 0.2 s each."""
+    servers: dict[str, Api] = {}
+    with ExitStack() as stack:
+
+        def server(backend: str) -> Api:
+            if backend not in servers:
+                data_dir = tmp_path_factory.mktemp(f"server-{backend}")
+                url = stack.enter_context(
+                    serving(migrated.engine(backend), data_dir, sign_in_attempts_per_address=1000)
+                )
+                servers[backend] = Api(url, data_dir)
+            return servers[backend]
+
+        yield server
+
+
 @pytest.fixture
-def api(engine: Engine, tmp_path: Path) -> Iterator[Api]:
-    """Billfold served over HTTP on the test's database, its mail in ``tmp_path/mail``."""
-    with serving(engine, tmp_path, sign_in_attempts_per_address=1000) as url:
-        yield Api(url, tmp_path)
+def api(shared_servers: Callable[[str], Api], backend: str) -> Api:
+    """Billfold served over HTTP on the test's database (shared by the tests of this worker: use
+    addresses and names of the test's own), its mail in ``api.data_dir / "mail"``."""
+    return shared_servers(backend)
 
 
 @pytest.fixture

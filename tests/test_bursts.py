@@ -28,6 +28,8 @@ from tests.server import serving
 from tests.test_checkout import HOME
 from tests.test_organizations import person
 
+pytestmark = [pytest.mark.every_database, pytest.mark.slow]
+
 BURST = 500
 
 

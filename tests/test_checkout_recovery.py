@@ -220,6 +220,8 @@ class Server:
             self.kill()
 
 
+@pytest.mark.slow
+@pytest.mark.every_database
 def test_checkouts_on_a_server_killed_mid_flight_are_settled_by_the_sweep_and_charged_once(
     engine: Engine, tmp_path: Path
 ) -> None:

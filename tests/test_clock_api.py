@@ -24,6 +24,8 @@ from billfold.models import AuthChallenge, User
 from tests.cli import assert_one_line_error, run
 from tests.server import serving
 
+pytestmark = pytest.mark.every_database
+
 DAY = timedelta(days=1)
 
 

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from tests import rows, spec
 from tests.rows import MAKE, insert, refused
 
+pytestmark = pytest.mark.every_database
+
 SPEC = spec.load()
 FOREIGN_KEYS = [(t.name, fk) for t in SPEC.tables.values() for fk in t.foreign_keys]
 CHECK_PAIRS = {

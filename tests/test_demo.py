@@ -283,7 +283,7 @@ def test_billfold_demo_loads_once_and_then_refuses_politely(tmp_path: Path) -> N
     url = _url(tmp_path)
     assert cli.run("db", "upgrade", database_url=url, cwd=tmp_path).code == 0
 
-    first = cli.run("demo", database_url=url, cwd=tmp_path)
+    first = cli.run("demo", database_url=url, cwd=tmp_path, process=True)
     assert first.code == 0, first
     counts = _printed_counts(first.stdout)
     assert set(counts) == set(COUNTED)

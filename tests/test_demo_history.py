@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from billfold import worker
@@ -23,6 +24,8 @@ from billfold.subscriptions.periods import add_months
 from tests import cli, databases
 from tests.accounts import Api
 from tests.server import free_port
+
+pytestmark = pytest.mark.slow
 
 MONTHS = 3
 

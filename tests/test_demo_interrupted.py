@@ -18,6 +18,8 @@ from billfold.kit.db import create_engine
 from billfold.models import Base
 from tests import cli, databases
 
+pytestmark = [pytest.mark.every_database, pytest.mark.slow]
+
 MONTHS = "1"
 # Tables whose rows are not the shop's data: the marks, the clock, keys purged by time.
 NOT_COUNTED = {"instance_marks", "billing_clock", "idempotency_keys", "auth_sessions", "sign_in_throttles"}

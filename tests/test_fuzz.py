@@ -14,12 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key
 from billfold.kit.db import session_factory
 from tests.accounts import Api
 from tests.server import serving
+
+pytestmark = [pytest.mark.every_database, pytest.mark.slow]
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CONFIG = Path(__file__).with_name("schemathesis.toml")

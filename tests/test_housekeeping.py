@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -13,6 +14,8 @@ from billfold.kit.ids import new_id
 from billfold.models import AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
 from tests import factories as make
 from tests.cli import assert_one_line_error, run
+
+pytestmark = pytest.mark.every_database
 
 
 def _digest() -> str:

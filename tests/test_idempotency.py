@@ -21,6 +21,8 @@ from billfold.kit.errors import BillfoldError, InvalidInput, TooManyRequests
 from billfold.kit.ids import new_id
 from billfold.models import IdempotencyKey, SignInThrottle
 
+pytestmark = pytest.mark.every_database
+
 THREADS = 30
 
 

@@ -226,6 +226,7 @@ def test_a_bad_invoice_is_refused_and_takes_no_number(session, bad: dict) -> Non
     assert last() == before
 
 
+@pytest.mark.every_database
 def test_numbers_are_gapless_and_unique_under_concurrent_issuing(backend: str, engine: Engine) -> None:
     if backend == "sqlite":
         pytest.skip("SQLite runs one writer at a time: there is no concurrency to test")

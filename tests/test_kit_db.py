@@ -18,6 +18,8 @@ from billfold.kit.errors import ConfigurationError, InvalidInput
 from billfold.models import PaymentProvider, User
 from tests import factories as make
 
+pytestmark = pytest.mark.every_database
+
 
 def test_plain_urls_get_billfolds_drivers() -> None:
     assert parse_database_url("postgresql://u@h/db").drivername == "postgresql+psycopg"

@@ -269,6 +269,7 @@ def silent_smtp() -> Iterator[int]:
         listener.close()
 
 
+@pytest.mark.slow
 def test_a_server_killed_after_the_commit_and_before_sending_loses_no_mail(
     engine: Engine, tmp_path: Path, silent_smtp: int, address: str
 ) -> None:
@@ -350,6 +351,7 @@ class Counting:
             self.sent.append(message.to)
 
 
+@pytest.mark.every_database
 def test_two_workers_delivering_at_once_send_each_message_once(engine: Engine, address: str) -> None:
     sessions = session_factory(engine)
     with transaction(sessions) as session:

@@ -21,6 +21,8 @@ from tests import databases, spec
 from tests.cli import assert_one_line_error, run
 from tests.test_schema_matches_spec import OWN_TABLES
 
+pytestmark = pytest.mark.every_database
+
 SPEC_TABLES = set(spec.load().tables)
 ALL_TABLES = SPEC_TABLES | OWN_TABLES
 HEAD = ScriptDirectory(str(Path(billfold.migrations.__file__).parent)).get_current_head()
@@ -131,7 +133,7 @@ def test_an_unknown_revision_is_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_serving_an_unmigrated_database_is_refused(tmp_path: Path) -> None:
-    assert_one_line_error(run("serve", database_url=f"sqlite:///{tmp_path / 'shop.db'}"), "billfold db upgrade")
+    assert_one_line_error(run("serve", database_url=f"sqlite:///{tmp_path / 'shop.db'}", process=True), "billfold db upgrade")
 
 
 def test_recovery_addresses_never_confirmed_are_forgotten_by_0013(scratch: Engine) -> None:

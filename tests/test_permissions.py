@@ -46,7 +46,6 @@ from billfold.models import (
     User,
     UserMembership,
 )
-from tests import databases
 from tests.server import serving
 from tests.test_organizations import Person, person
 
@@ -748,11 +747,9 @@ class World:
             }
 
 
-@pytest.fixture(scope="module", params=databases.selected())
-def world(
-    request: pytest.FixtureRequest, migrated: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
-    engine = migrated.engine(request.param)
+@pytest.fixture(scope="module")
+def world(backend: str, migrated: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    engine = migrated.engine(backend)
     people = {column: person(engine, column.replace(" ", "-")) for column in ROLES + ("non-member",)}
     people["admin user"] = person(engine, "shop-admin", user_type="admin")
     keys = {}

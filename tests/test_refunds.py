@@ -196,6 +196,8 @@ def test_the_refund_sweep_is_registered_and_settles_a_refund_whose_answer_was_lo
     assert theirs(api, payment) == [(refund_id, 1200, "no key, answer lost")]
 
 
+@pytest.mark.slow
+@pytest.mark.every_database
 @pytest.mark.parametrize("token", ["tok_sandbox_visa", SLOW])
 def test_concurrent_refunds_with_other_keys_and_reasons_agree_with_the_provider(
     api: Api, engine: Engine, admin_token: str, backend: str, token: str
@@ -259,6 +261,8 @@ def billfold_serve(engine: Engine, data_dir: Path) -> Iterator[str]:
         server.wait()
 
 
+@pytest.mark.slow
+@pytest.mark.every_database
 def test_refunds_killed_mid_burst_end_with_the_provider_and_our_books_agreeing(
     api: Api, engine: Engine, admin_token: str, backend: str
 ) -> None:

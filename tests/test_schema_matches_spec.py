@@ -14,6 +14,8 @@ from sqlalchemy.engine import Engine
 from billfold.models import Base
 from tests import spec
 
+pytestmark = pytest.mark.every_database
+
 SPEC = spec.load()
 TABLES = sorted(SPEC.tables)
 

@@ -86,7 +86,7 @@ def test_a_port_out_of_range_is_one_line_before_anything_starts(tmp_path: Path, 
     if command == "serve":
         assert cli.run("db", "upgrade", database_url=url).code == 0
     tables = _tables(url)
-    result = cli.run(command, f"--port={port}", database_url=url, cwd=tmp_path)
+    result = cli.run(command, f"--port={port}", database_url=url, cwd=tmp_path, process=True)
     cli.assert_one_line_error(result, f"port {port} is not a TCP port", "1 to 65535")
     assert result.stdout == "", "nothing claims to serve"
     assert _tables(url) == tables, "nothing was migrated or loaded"
@@ -94,7 +94,7 @@ def test_a_port_out_of_range_is_one_line_before_anything_starts(tmp_path: Path, 
 
 @pytest.mark.parametrize("command", ["serve", "up"])
 def test_a_port_out_of_range_in_the_environment_is_one_line(tmp_path: Path, command: str) -> None:
-    result = cli.run(command, database_url=_unmigrated(tmp_path), cwd=tmp_path, settings={"BILLFOLD_PORT": "70000"})
+    result = cli.run(command, database_url=_unmigrated(tmp_path), cwd=tmp_path, settings={"BILLFOLD_PORT": "70000"}, process=True)
     cli.assert_one_line_error(result, "BILLFOLD_PORT", "65535")
     assert result.stdout == ""
 
@@ -111,7 +111,7 @@ def test_a_port_in_use_is_one_line_before_anything_starts(tmp_path: Path, comman
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = cli.run(command, "--port", str(port), database_url=url, cwd=tmp_path)
+        result = cli.run(command, "--port", str(port), database_url=url, cwd=tmp_path, process=True)
     cli.assert_one_line_error(result, f"port {port}", "already in use", "--port")
     assert result.stdout == "", "nothing claims to serve"
     assert _tables(url) == tables, "nothing was migrated or loaded"

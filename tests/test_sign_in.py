@@ -219,6 +219,7 @@ def test_deleting_ones_account_takes_the_password_and_erases_it(api: Api, engine
     assert _user(engine, address) is None
 
 
+@pytest.mark.every_database
 def test_simultaneous_failures_on_a_new_key_are_all_counted_without_deadlock(backend: str, engine: Engine, address: str) -> None:
     """Twenty wrong passwords for one new address at the same moment: each is counted once, and
     none fails (an UPDATE after an INSERT IGNORE deadlocked on MariaDB when the row was new)."""

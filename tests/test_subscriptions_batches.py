@@ -14,6 +14,8 @@ from billfold.kit import clock
 from billfold.subscriptions import billing, sweeps
 from tests.subscribing import SWEEPS, Shop, shop, when  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.every_database
+
 
 def test_one_sweep_records_a_decline_and_an_unanswered_charge_beside_the_paid_renewals(
     shop: Shop, frozen_clock: clock.FrozenClock

@@ -12,6 +12,8 @@ import pytest
 from billfold.kit import clock
 from tests.subscribing import SWEEPS, Shop, shop, when  # noqa: F401  (fixture)
 
+pytestmark = [pytest.mark.every_database, pytest.mark.slow]
+
 WORKERS = 4
 
 

@@ -20,8 +20,8 @@ def test_a_newcomer_buys_and_refunds_on_the_demo(backend: str, tmp_path: Path) -
     url = databases.fresh_database(backend, f"billfold_walk_{worker}", tmp_path)
     address = url.render_as_string(hide_password=False)
     for step in (("db", "upgrade"), ("demo",)):
-        assert run(*step, database_url=address).code == 0
-    made = run("apikey", "create", "--name", "docs", database_url=address)
+        assert run(*step, database_url=address, process=True).code == 0
+    made = run("apikey", "create", "--name", "docs", database_url=address, process=True)
     assert made.code == 0, made.stderr
     key = made.stdout.strip()
     engine = create_engine(url)

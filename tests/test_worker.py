@@ -163,6 +163,7 @@ def _work_table(engine: Engine, rows: int) -> Iterator[tuple[sa.Table, sa.Table]
         metadata.drop_all(engine)
 
 
+@pytest.mark.every_database
 def test_two_workers_racing_over_the_same_due_rows_do_each_row_exactly_once(engine: Engine) -> None:
     rows = 120
 
@@ -240,6 +241,7 @@ def _stop(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     return process.returncode, stdout, stderr
 
 
+@pytest.mark.slow
 def test_the_worker_loop_does_work_as_it_becomes_due_and_stops_on_sigterm(sqlite_file: Engine, tmp_path: Path) -> None:
     process = _billfold("worker", engine=sqlite_file, tmp_path=tmp_path)
     try:
@@ -297,6 +299,7 @@ BROKERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_sweep_sent_through_the_real_broker_is_run_by_a_dramatiq_consumer(
     broker: str, sqlite_file: Engine
@@ -354,10 +357,10 @@ def _delete_queue(dramatiq: worker.Dramatiq, broker: str, queue: str) -> None:
 
 def test_an_unknown_broker_scheme_is_a_one_line_error(sqlite_file: Engine, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("BILLFOLD_BROKER_URL=kafka://127.0.0.1:9092\n")
-    result = run("worker", database_url=sqlite_file.url.render_as_string(hide_password=False), cwd=tmp_path)
+    result = run("worker", database_url=sqlite_file.url.render_as_string(hide_password=False), cwd=tmp_path, process=True)
     assert_one_line_error(result, "unsupported broker URL scheme 'kafka'", "redis://… or amqp://…")
 
 
 def test_scheduler_and_consumer_roles_need_a_broker(sqlite_file: Engine) -> None:
-    result = run("worker", "--dramatiq", database_url=sqlite_file.url.render_as_string(hide_password=False))
+    result = run("worker", "--dramatiq", database_url=sqlite_file.url.render_as_string(hide_password=False), process=True)
     assert_one_line_error(result, "need a broker: set BILLFOLD_BROKER_URL")

@@ -13,11 +13,14 @@ from sqlalchemy.orm import Session
 
 from billfold.kit import clock
 from billfold.kit.db import create_engine
+from billfold.wiring import wire
 from tests import databases
 from tests.accounts import Api
 from tests.server import serving
 
 DATABASES = databases.selected()
+
+wire()  # the test process is an entry point too: tests pay orders through the services directly
 
 
 def worker_id() -> str:

@@ -18,7 +18,7 @@ from billfold.accounts.security import Security
 from billfold.accounts.sessions import open_session
 from billfold.api import make_mailer
 from billfold.config import Settings
-from billfold.kit import mailer
+from billfold import mailer
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.kit.jobs import Context

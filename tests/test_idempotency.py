@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit import clock
-from billfold.kit import idempotency as idem
+from billfold import idempotency as idem
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.errors import BillfoldError, InvalidInput, TooManyRequests
 from billfold.kit.ids import new_id

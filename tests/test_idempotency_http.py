@@ -20,7 +20,7 @@ from billfold.accounts.auth import Authenticated
 from billfold.kit import clock
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import problems
-from billfold.kit.idempotency_http import Idempotent
+from billfold.idempotency_http import Idempotent
 from billfold.kit.ids import new_id
 from billfold.models import SignInThrottle
 from tests.server import serving

@@ -19,7 +19,7 @@ from billfold.invoices.service import LineIn, issue_invoice
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.money import Money
-from billfold.kit.states import IllegalTransition
+from billfold.states import IllegalTransition
 from billfold.models import Invoice, Order, PaymentEvent
 from tests import factories as make
 from tests.accounts import Api
@@ -264,7 +264,7 @@ def test_numbers_are_gapless_and_unique_under_concurrent_issuing(backend: str, e
 def test_an_order_paid_elsewhere_gets_its_invoice_through_the_on_paid_hook(engine: Engine) -> None:
     from billfold.orders import events
 
-    assert service.issue_for_paid_order in events._PAID, "importing billfold.invoices registers the reaction"
+    assert service.issue_for_paid_order in events._PAID, "billfold.wiring.wire() attaches the reaction"
     with transaction(session_factory(engine)) as session:
         buyer = make.user(session)
         row = make.order(session, user=buyer, subtotal_cents=0, total_cents=0, status="paid")

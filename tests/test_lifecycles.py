@@ -26,7 +26,8 @@ from sqlalchemy.engine import Engine
 from billfold.accounts.security import Security
 from billfold.api import make_mailer
 from billfold.config import Settings
-from billfold.kit import clock, mailer
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.jobs import Context
 from billfold.models import MembershipType, Payment, Product, Subscription, UserMembership

@@ -28,7 +28,8 @@ from sqlalchemy.engine import Engine
 
 from billfold import worker
 from billfold.config import Settings
-from billfold.kit import clock, mailer
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.jobs import Context
 from billfold.kit.money import Money

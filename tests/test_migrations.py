@@ -141,7 +141,7 @@ def test_recovery_addresses_never_confirmed_are_forgotten_by_0013(scratch: Engin
     0013 clears them and keeps the ones confirmed through the link."""
     from sqlalchemy.orm import Session
 
-    from billfold.accounts.service import audit
+    from billfold.audit import audit
     from tests import factories as make
 
     databases.migrate(scratch, "0012")

@@ -19,6 +19,7 @@ from billfold.kit.db import session_factory, transaction
 from billfold.kit.errors import InvalidAmount
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, Refund
+from billfold import tax
 from billfold.orders import checkout, refunds, service, totals
 from billfold.payments import gateways
 from tests import factories as make
@@ -38,7 +39,7 @@ class FixedDiscount:
 
 @given(lines, st.integers(0, 3000), st.floats(0, 1), st.sampled_from(["USD", "JPY", "KWD"]))
 def test_totals_add_up_in_minor_units_with_tax_rounded_half_up(items: list, rate: int, share: float, currency: str) -> None:
-    result = totals.compute(items, currency, "XX", tax=totals.CountryTaxTable({"XX": rate}), discount=FixedDiscount(share))
+    result = totals.compute(items, currency, "XX", tax=tax.CountryTaxTable({"XX": rate}), discount=FixedDiscount(share))
     assert result.subtotal_cents == sum(i.quantity * i.unit_price_cents for i in items)
     assert 0 <= result.discount_cents <= result.subtotal_cents
     exact = Decimal(result.subtotal_cents - result.discount_cents) * rate / 10000
@@ -49,7 +50,7 @@ def test_totals_add_up_in_minor_units_with_tax_rounded_half_up(items: list, rate
 
 def test_a_discount_larger_than_the_subtotal_is_refused() -> None:
     with pytest.raises(InvalidAmount):
-        totals.compute([totals.Line("p", 1, 100)], "USD", None, tax=totals.CountryTaxTable({}), discount=FixedDiscount(1.5))
+        totals.compute([totals.Line("p", 1, 100)], "USD", None, tax=tax.CountryTaxTable({}), discount=FixedDiscount(1.5))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy.engine import Engine
 
-from billfold.kit.mailer import Email, SmtpMailer
+from billfold.mailer import Email, SmtpMailer
 from tests.accounts import PASSWORD
 from tests.server import free_port, serving
 

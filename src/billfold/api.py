@@ -43,13 +43,15 @@ from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.config import Settings, get_settings
 from billfold import instance, worker_api
-from billfold.kit import clock, mailer
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
 from billfold.kit.headers import HeadAsGet, ResponseHeaders
 from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
+from billfold.wiring import wire
 
 PROBLEM_JSON = "application/problem+json"
 _log = logging.getLogger("billfold.api")
@@ -84,6 +86,7 @@ class Health(BaseModel):
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
     """The app. ``run_worker``: run the sweeps in a background thread while serving (the embedded
     worker of ``billfold serve``); it stops, finishing its round, when the server shuts down."""
+    wire()
     settings = settings or get_settings()
     engine = engine or create_engine(settings.database_url, **pool_options(settings.api_threads))
 

@@ -310,7 +310,7 @@ def purge() -> None:
     throttle windows, invitations that ended a month ago, Idempotency-Keys older than 72 hours.
     Safe to run at any time."""
     from billfold.accounts.housekeeping import purge as purge_accounts
-    from billfold.kit import idempotency
+    from billfold import idempotency
 
     engine = _engine()
     _require_migrated(engine)
@@ -499,6 +499,9 @@ def _one_line_reason(error: BaseException) -> str:
 
 
 def main() -> None:
+    from billfold.wiring import wire
+
+    wire()  # every command runs wired (billfold.wiring), whether it serves, sweeps or pays
     try:
         app()
     except (BillfoldError, CommandFailed, CommandError, sa.exc.SQLAlchemyError, ValidationError) as error:

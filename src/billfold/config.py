@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     tax_rates: dict[str, int] | None = Field(
         None,
         description="Tax rates by country (ISO 3166-1 alpha-2) in basis points, as JSON: "
-        '{"GB": 2000, "DE": 1900}. Unset: the standard VAT/GST rates in billfold.orders.totals.',
+        '{"GB": 2000, "DE": 1900}. Unset: the standard VAT/GST rates in billfold.tax.',
     )
     membership_grace_days: int = Field(
         7, ge=0, le=365,

@@ -40,6 +40,7 @@ from billfold.models import (
     ProductCategory,
     User,
 )
+from billfold.wiring import wire
 
 IMAGES = "https://example.com/demo/images"
 
@@ -183,6 +184,7 @@ def is_empty(session: Session) -> bool:
 def load_demo(session: Session, *, complete: bool = True) -> dict[str, int]:
     """Load the demo shop into an empty database; returns how many of each thing were made.
     ``complete=False``: a history follows, and marks the demo ``loaded`` when it is done."""
+    wire()  # the history pays orders: they get their invoices and memberships (billfold.wiring)
     if not is_empty(session):
         raise Conflict("the database already has data; demo data is only loaded into an empty database")
     instance.mark_demo(session, instance.DEMO_LOADED if complete else loading_mark())

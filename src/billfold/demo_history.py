@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold import demo, instance, worker
-from billfold.accounts.addresses import Owner
+from billfold.accounts.access import Owner, owner_of
 from billfold.accounts.security import Principal
 from billfold.kit import clock
 from billfold.kit.db import transaction
@@ -134,7 +134,7 @@ class Customer:
 
     @property
     def owner(self) -> Owner:
-        return Owner.organization(self.organization_id) if self.organization_id else Owner.user(self.user_id)
+        return owner_of(self)
 
 
 @dataclass

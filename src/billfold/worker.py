@@ -30,20 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
-import billfold.invoices  # noqa: F401  (its reactions to paid and refunded orders: invoices, credit notes)
-import billfold.memberships.service  # noqa: F401  (its reactions: memberships granted and ended)
 from billfold.accounts.housekeeping import purge_sweep as purge_accounts
 from billfold.config import Settings
 from billfold.kit import clock, jobs
 from billfold.kit.db import create_engine, one_line, session_factory, transaction
 from billfold.kit.errors import ConfigurationError, Conflict
-from billfold.kit.idempotency import purge_sweep as purge_idempotency_keys
+from billfold.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.jobs import Context, Sweep
-from billfold.kit.mailer import deliver_mail
+from billfold.mailer import deliver_mail
 from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.refunds import settle_pending_refunds
 from billfold.orders.sweeps import settle_unknown_order_payments
 from billfold.subscriptions.sweeps import end_due_trials, renew_due_subscriptions, retry_past_due_subscriptions
+from billfold.wiring import wire
 
 if TYPE_CHECKING:
     import dramatiq
@@ -82,9 +81,12 @@ def load_sweeps() -> list[Sweep]:
 
 
 def make_context(settings: Settings, engine: Engine | None = None) -> Context:
+    """What the sweeps run with; wires the process first (``billfold.wiring``): every way of running
+    the worker (``billfold worker``, embedded, Dramatiq, the clock) starts here."""
     from billfold.accounts.security import Security
-    from billfold.kit import mailer
+    from billfold import mailer
 
+    wire()
     engine = engine or create_engine(settings.database_url)
     sessions = session_factory(engine)
     mailer.configure(sessions, settings)  # links in mail written by sweeps; the mail.deliver sweep sends it

@@ -20,15 +20,16 @@ from billfold.accounts.service import (
     PENDING_CHANGES,
     RECOVERY_EMAIL_CHANGE,
     VERIFY_LIFETIME,
-    audit,
     cancel_pending_changes,
     mark_verified,
     normalize_email,
     tell,
     user_by_email,
 )
+from billfold.audit import audit
 from billfold.accounts.sessions import claim_challenge, locked_user, open_challenge
-from billfold.kit import clock, mailer
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.crypto import hash_token
 from billfold.kit.errors import Conflict, InvalidInput
 from billfold.models import AuthChallenge, User

@@ -19,18 +19,19 @@ commit; every change writes an audit row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pycountry
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import audit, normalize_email
+from billfold.accounts.access import Owner, lock_owner
+from billfold.accounts.service import normalize_email
+from billfold.audit import audit
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
-from billfold.models import Address, Invoice, Order, Organization, User
+from billfold.models import Address, Invoice, Order
 from billfold.models.accounts import ADDRESS_TYPES
 
 COUNTRY_CODES = tuple(sorted(country.alpha_2 for country in pycountry.countries))
@@ -48,27 +49,6 @@ class AddressInUse(Conflict):
 class DefaultRequired(Conflict):
     code = "default_required"
     title = "An address of this kind must be the default"
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Whose addresses: a user's or an organization's."""
-
-    user_id: str | None = None
-    organization_id: str | None = None
-
-    @classmethod
-    def user(cls, user_id: str) -> Owner:
-        return cls(user_id=user_id)
-
-    @classmethod
-    def organization(cls, organization_id: str) -> Owner:
-        return cls(organization_id=organization_id)
-
-    def owns(self) -> sa.ColumnElement[bool]:
-        if self.organization_id is not None:
-            return Address.organization_id == self.organization_id
-        return sa.and_(Address.user_id == self.user_id, Address.organization_id.is_(None))
 
 
 def country_code(raw: str) -> str:
@@ -106,7 +86,7 @@ def _clean(fields: dict[str, Any], *, creating: bool) -> dict[str, Any]:
 
 
 def addresses_of(owner: Owner) -> sa.Select[tuple[Address]]:
-    return sa.select(Address).where(owner.owns())
+    return sa.select(Address).where(owner.owns(Address))
 
 
 def get_address(session: Session, owner: Owner, address_id: str, *, lock: bool = False) -> Address:
@@ -135,7 +115,7 @@ def defaults_of(session: Session, owner: Owner) -> dict[str, str]:
     ``{"billing": "adr_…", "shipping": "adr_…"}``."""
     rows = session.execute(
         sa.select(Address.address_type, Address.id)
-        .where(owner.owns(), Address.is_default.is_(True))
+        .where(owner.owns(Address), Address.is_default.is_(True))
         .order_by(Address.id)
     ).all()
     by_type: dict[str, str] = {}
@@ -149,7 +129,7 @@ def defaults_of(session: Session, owner: Owner) -> dict[str, str]:
 def create_address(session: Session, owner: Owner, fields: dict[str, Any]) -> Address:
     cleaned = _clean(fields, creating=True)
     make_default = bool(cleaned.pop("is_default", False))
-    _lock(session, owner)
+    lock_owner(session, owner)
     address = Address(
         user_id=owner.user_id, organization_id=owner.organization_id, is_default=False, **cleaned
     )
@@ -166,7 +146,7 @@ def create_address(session: Session, owner: Owner, fields: dict[str, Any]) -> Ad
         "created",
         address_type=address.address_type,
         is_default=address.is_default,
-        **_owner_data(owner),
+        **owner.data(),
     )
     return address
 
@@ -174,7 +154,7 @@ def create_address(session: Session, owner: Owner, fields: dict[str, Any]) -> Ad
 def update_address(session: Session, owner: Owner, address_id: str, changes: dict[str, Any]) -> Address:
     cleaned = _clean(changes, creating=False)
     default = cleaned.pop("is_default", None)
-    _lock(session, owner)
+    lock_owner(session, owner)
     address = get_address(session, owner, address_id, lock=True)
     if default is False and address.is_default:
         raise DefaultRequired(
@@ -202,14 +182,14 @@ def update_address(session: Session, owner: Owner, address_id: str, changes: dic
             "updated",
             fields=changed,
             is_default=address.is_default,
-            **_owner_data(owner),
+            **owner.data(),
         )
     return address
 
 
 def delete_address(session: Session, owner: Owner, address_id: str) -> None:
     """Delete an address no order or invoice uses; a default passes to another address."""
-    _lock(session, owner)
+    lock_owner(session, owner)
     address = get_address(session, owner, address_id, lock=True)
     used = (
         session.scalar(
@@ -233,7 +213,7 @@ def delete_address(session: Session, owner: Owner, address_id: str) -> None:
     session.delete(address)
     session.flush()
     _settle_defaults(session, owner, chosen=None)
-    audit(session, "address", address_id, "deleted", **_owner_data(owner))
+    audit(session, "address", address_id, "deleted", **owner.data())
 
 
 def _make_default(session: Session, owner: Owner, address: Address) -> None:
@@ -279,26 +259,3 @@ def _settle_defaults(session: Session, owner: Owner, chosen: Address | None) -> 
     session.flush()
 
 
-def _lock(session: Session, owner: Owner) -> None:
-    model: type[User | Organization] = Organization if owner.organization_id is not None else User
-    owner_id = owner.organization_id or owner.user_id
-    found = session.scalars(
-        for_update(sa.select(model.id).where(model.id == owner_id), session)
-    ).one_or_none()
-    if found is None:
-        raise NotFound(f"no {'organization' if model is Organization else 'user'} {owner_id}")
-
-
-def _owner_data(owner: Owner) -> dict[str, str]:
-    return (
-        {"organization_id": owner.organization_id}
-        if owner.organization_id
-        else {"user_id": owner.user_id or ""}
-    )
-
-
-def user_owner(session: Session, user_id: str) -> Owner:
-    """A user, named by an admin, as the owner of addresses; NotFound if there is no such user."""
-    if not has_prefix(user_id, "usr") or session.get(User, user_id) is None:
-        raise NotFound(f"no user {user_id}")
-    return Owner.user(user_id)

@@ -36,7 +36,7 @@ from billfold.accounts.schemas import (
 from billfold.accounts.security import Principal, Security
 from billfold.kit.errors import Conflict, NotFound
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
-from billfold.kit.idempotency_http import Idempotent
+from billfold.idempotency_http import Idempotent
 from billfold.models import ApiKey, AuthSession
 from billfold.models import User as UserRow
 

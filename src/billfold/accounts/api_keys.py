@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.accounts.sessions import API_KEY_PREFIX
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, random_token

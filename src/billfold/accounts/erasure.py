@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold.audit import audit
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, NotFound
-from billfold.kit.ids import new_id
 from billfold.models import (
     Address,
     AnalyticsEvent,
@@ -25,7 +25,6 @@ from billfold.models import (
     OrganizationInvitation,
     OrganizationUser,
     Payment,
-    PaymentEvent,
     PaymentMethod,
     Subscription,
     User,
@@ -224,13 +223,6 @@ def _nonzero(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _audit(session: Session, entity_type: str, erasure: Erasure) -> None:
-    session.add(
-        PaymentEvent(
-            id=new_id("evt"),
-            entity_type=entity_type,
-            entity_id=erasure.customer_id,
-            event_type="erased",
-            data={"outcome": erasure.outcome, "kept": erasure.kept, "removed": erasure.removed},
-        )
-    )
+    audit(session, entity_type, erasure.customer_id, "erased",
+          outcome=erasure.outcome, kept=erasure.kept, removed=erasure.removed)
     session.flush()

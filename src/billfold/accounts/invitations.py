@@ -26,8 +26,10 @@ from sqlalchemy.orm import Session
 from billfold.accounts import organizations
 from billfold.accounts.organizations import Access, AlreadyMember, Permission
 from billfold.accounts.security import Principal, Security, check_new_password, hash_password
-from billfold.accounts.service import audit, mark_verified, normalize_email, user_by_email
-from billfold.kit import clock, mailer
+from billfold.accounts.service import mark_verified, normalize_email, user_by_email
+from billfold.audit import audit
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.crypto import hash_token, random_token
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, Forbidden, InvalidInput, NotFound

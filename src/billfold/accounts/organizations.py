@@ -25,11 +25,11 @@ from enum import Enum
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.addresses import Owner
 from billfold.accounts.erasure import Erasure, erase_organization
 from billfold.accounts.security import Principal
-from billfold.accounts.service import audit, normalize_email, user_by_email
-from billfold.kit import mailer
+from billfold.accounts.service import normalize_email, user_by_email
+from billfold.audit import audit
+from billfold import mailer
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, Forbidden, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
@@ -448,9 +448,3 @@ def actor_name(principal: Principal) -> str:
     if principal.user is not None:
         return f"{principal.user.name} {principal.user.last_name} ({principal.user.email})"
     return "The shop"
-
-
-def address_owner(access: Access, *, change: bool) -> Owner:
-    """The organization as the owner of addresses: members look, the billing role changes them."""
-    access.require(Permission.BILLING if change else Permission.VIEW)
-    return Owner.organization(access.organization.id)

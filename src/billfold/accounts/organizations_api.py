@@ -12,6 +12,7 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
 from billfold.accounts import addresses, invitations, organizations
+from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Anyone, Authenticated, SecurityDep, User
 from billfold.accounts.organization_schemas import (
     AcceptInvitationIn,
@@ -241,11 +242,11 @@ def accept_invitation(body: AcceptInvitationIn, principal: Anyone, session: DbSe
 # Addresses: the same five endpoints for an organization, the signed-in user, and (for admins) any user.
 
 
-def _address_out(session: Session, owner: addresses.Owner, address: Address) -> AddressOut:
+def _address_out(session: Session, owner: Owner, address: Address) -> AddressOut:
     return AddressOut.of(address, addresses.defaults_of(session, owner))
 
 
-def _address_page(session: Session, owner: addresses.Owner, paging: PageQuery) -> Page[AddressOut]:
+def _address_page(session: Session, owner: Owner, paging: PageQuery) -> Page[AddressOut]:
     page = _rows(session, addresses.addresses_of(owner), Address.id, paging)
     defaults = addresses.defaults_of(session, owner)
     return _page(page, lambda rows: [AddressOut.of(a, defaults) for a in rows])
@@ -253,9 +254,8 @@ def _address_page(session: Session, owner: addresses.Owner, paging: PageQuery) -
 
 def _organization(
     session: Session, principal: Principal, organization_id: str, *, change: bool
-) -> addresses.Owner:
-    access = organizations.access(session, principal, organization_id, lock=change)
-    return organizations.address_owner(access, change=change)
+) -> Owner:
+    return organization_owner(session, principal, organization_id, change=change, lock=change)
 
 
 @orgs.get("/{organization_id}/addresses", response_model=Page[AddressOut])
@@ -305,26 +305,21 @@ def delete_organization_address(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _me(principal: Principal) -> addresses.Owner:
-    assert principal.user is not None
-    return addresses.Owner.user(principal.user.id)
-
-
 @my_addresses.get("", response_model=Page[AddressOut])
 def list_my_addresses(principal: User, session: DbSession, paging: Paging) -> Page[AddressOut]:
-    return _address_page(session, _me(principal), paging)
+    return _address_page(session, me(principal), paging)
 
 
 @my_addresses.post("", status_code=status.HTTP_201_CREATED, response_model=AddressOut)
 def create_my_address(body: AddressIn, principal: User, session: DbSession) -> AddressOut:
     return _address_out(
-        session, _me(principal), addresses.create_address(session, _me(principal), body.model_dump())
+        session, me(principal), addresses.create_address(session, me(principal), body.model_dump())
     )
 
 
 @my_addresses.get("/{address_id}", response_model=AddressOut)
 def get_my_address(address_id: str, principal: User, session: DbSession) -> AddressOut:
-    return _address_out(session, _me(principal), addresses.get_address(session, _me(principal), address_id))
+    return _address_out(session, me(principal), addresses.get_address(session, me(principal), address_id))
 
 
 @my_addresses.patch("/{address_id}", response_model=AddressOut, responses=problems(409))
@@ -332,14 +327,14 @@ def update_my_address(
     address_id: str, body: AddressUpdate, principal: User, session: DbSession
 ) -> AddressOut:
     address = addresses.update_address(
-        session, _me(principal), address_id, body.model_dump(exclude_unset=True)
+        session, me(principal), address_id, body.model_dump(exclude_unset=True)
     )
-    return _address_out(session, _me(principal), address)
+    return _address_out(session, me(principal), address)
 
 
 @my_addresses.delete("/{address_id}", **NO_CONTENT, responses=problems(409))
 def delete_my_address(address_id: str, principal: User, session: DbSession) -> Response:
-    addresses.delete_address(session, _me(principal), address_id)
+    addresses.delete_address(session, me(principal), address_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -348,18 +343,18 @@ def list_user_addresses(
     user_id: str, principal: Admin, session: DbSession, paging: Paging
 ) -> Page[AddressOut]:
     """A user's addresses: admins and API keys."""
-    return _address_page(session, addresses.user_owner(session, user_id), paging)
+    return _address_page(session, user_owner(session, user_id), paging)
 
 
 @user_addresses.post("", status_code=status.HTTP_201_CREATED, response_model=AddressOut)
 def create_user_address(user_id: str, body: AddressIn, principal: Admin, session: DbSession) -> AddressOut:
-    owner = addresses.user_owner(session, user_id)
+    owner = user_owner(session, user_id)
     return _address_out(session, owner, addresses.create_address(session, owner, body.model_dump()))
 
 
 @user_addresses.get("/{address_id}", response_model=AddressOut)
 def get_user_address(user_id: str, address_id: str, principal: Admin, session: DbSession) -> AddressOut:
-    owner = addresses.user_owner(session, user_id)
+    owner = user_owner(session, user_id)
     return _address_out(session, owner, addresses.get_address(session, owner, address_id))
 
 
@@ -367,7 +362,7 @@ def get_user_address(user_id: str, address_id: str, principal: Admin, session: D
 def update_user_address(
     user_id: str, address_id: str, body: AddressUpdate, principal: Admin, session: DbSession
 ) -> AddressOut:
-    owner = addresses.user_owner(session, user_id)
+    owner = user_owner(session, user_id)
     return _address_out(
         session,
         owner,
@@ -377,7 +372,7 @@ def update_user_address(
 
 @user_addresses.delete("/{address_id}", **NO_CONTENT, responses=problems(409))
 def delete_user_address(user_id: str, address_id: str, principal: Admin, session: DbSession) -> Response:
-    addresses.delete_address(session, addresses.user_owner(session, user_id), address_id)
+    addresses.delete_address(session, user_owner(session, user_id), address_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

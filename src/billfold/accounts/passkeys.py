@@ -44,7 +44,7 @@ from webauthn.helpers.structs import (
 
 from billfold.accounts import sessions, two_factor
 from billfold.accounts.security import Security
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit import clock
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import new_id

@@ -14,11 +14,13 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.orm import Session
 
 from billfold.accounts.security import Security, check_new_password, hash_password
-from billfold.kit import clock, mailer
+from billfold.audit import audit
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.crypto import read_signed_token, signed_token
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from billfold.models import AuthChallenge, AuthSession, PaymentEvent, SignInThrottle, User
+from billfold.models import AuthChallenge, AuthSession, SignInThrottle, User
 
 VERIFY_LIFETIME = timedelta(days=2)
 RESET_LIFETIME = timedelta(hours=1)
@@ -46,10 +48,6 @@ def get_user(session: Session, user_id: str, *, lock: bool = False) -> User:
     if user is None:
         raise NotFound(f"no user {user_id}")
     return user
-
-
-def audit(session: Session, entity_type: str, entity_id: str, event_type: str, **data: object) -> None:
-    session.add(PaymentEvent(entity_type=entity_type, entity_id=entity_id, event_type=event_type, data=data or None))
 
 
 def register(

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from billfold.accounts import two_factor
 from billfold.accounts.security import Principal, Security, password_matches
-from billfold.accounts.service import audit, normalize_email, user_by_email
+from billfold.accounts.service import normalize_email, user_by_email
+from billfold.audit import audit
 from billfold.kit import clock
 from billfold.kit.crypto import hash_token, keyed_digest, random_token
 from billfold.kit.db.dialects import for_update, upsert_row

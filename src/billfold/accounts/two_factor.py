@@ -25,8 +25,9 @@ import pyotp
 from sqlalchemy.orm import Session
 
 from billfold.accounts.security import Security, password_matches
-from billfold.accounts.service import audit
-from billfold.kit import clock, mailer
+from billfold.audit import audit
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.crypto import decrypt, encrypt, keyed_digest
 from billfold.kit.errors import Conflict, Unauthorized
 from billfold.models import User

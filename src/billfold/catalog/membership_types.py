@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.catalog.categories import descendant_ids
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound

@@ -1,9 +1,6 @@
 """The invoices HTTP routes under /v1 (tag ``invoices``): list and read the invoices one may see,
 download their PDF, and (the shop's admins) void them or mark them uncollectible; the same for
-the credit notes that refunds issue (``/v1/credit-notes``, seen by whoever sees their invoice).
-
-Importing this module imports ``billfold.invoices``, whose service registers the ``on_paid``
-reaction that issues every paid order's invoice (see docs/invoices.md)."""
+the credit notes that refunds issue (``/v1/credit-notes``, seen by whoever sees their invoice)."""
 
 from __future__ import annotations
 
@@ -13,6 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
+from billfold.accounts.access import readable
 from billfold.accounts.auth import Authenticated
 from billfold.invoices import credit_notes, pdf, service
 from billfold.invoices.schemas import CreditNoteOut, InvoiceOut, InvoiceStatus
@@ -43,7 +41,7 @@ def list_invoices(
 ) -> Page[InvoiceOut]:
     """Your invoices and your organizations' (every member sees them); everyone's for the shop's
     admins and read API keys. Oldest first."""
-    statement = service.visible_invoices(session, principal)
+    statement = readable(principal, Invoice)
     if status is not None:
         statement = statement.where(Invoice.status == status)
     if order_id is not None:

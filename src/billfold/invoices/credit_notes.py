@@ -2,9 +2,8 @@
 paid, numbered in its own gapless series (``CN-2026-000001``, one ``credit-note-<year>`` row of
 ``number_series``, taken inside the refund's transaction like invoice numbers).
 
-The reaction :func:`credit_refunds` is registered with ``billfold.orders.events.on_refund`` when
-this module is imported (``billfold.invoices`` imports it), and runs in the transaction that
-records the refund as succeeded: the refund and its credit note are written together or not at
+The reaction :func:`credit_refunds` (attached to refunds by ``billfold.wiring.wire()``) runs in
+the transaction that records the refund as succeeded: the refund and its credit note are written together or not at
 all. It is idempotent: a refund has at most one credit note (UNIQUE ``refund_id``), and a call
 issues the missing ones of every succeeded refund of the payment.
 
@@ -20,14 +19,14 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold import numbering
+from billfold.accounts.access import readable
 from billfold.accounts.security import Principal
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit import clock
 from billfold.kit.errors import NotFound
 from billfold.kit.ids import has_prefix
 from billfold.models import CreditNote, Invoice, Order, Payment, Refund
-from billfold.orders import numbering
-from billfold.orders.events import on_refund
 
 DEFAULT_PREFIX = "CN"
 
@@ -60,7 +59,6 @@ def invoice_paid_by(session: Session, payment: Payment) -> Invoice | None:
     return invoice_for_order(session, order) if order is not None and order.status in ("paid", "refunded") else None
 
 
-@on_refund
 def credit_refunds(session: Session, payment: Payment) -> list[CreditNote]:
     """A credit note for each succeeded refund of ``payment`` that has none yet, oldest first."""
     missing = list(session.scalars(
@@ -120,9 +118,7 @@ def credits_of(session: Session, invoice_ids: list[str]) -> dict[str, Credits]:
 
 
 def visible_credit_notes(session: Session, principal: Principal) -> sa.Select[tuple[CreditNote]]:
-    from billfold.invoices.service import visible_invoices
-
-    invoices = visible_invoices(session, principal).with_only_columns(Invoice.id)
+    invoices = readable(principal, Invoice).with_only_columns(Invoice.id)
     return sa.select(CreditNote).where(CreditNote.invoice_id.in_(invoices))
 
 

@@ -3,8 +3,8 @@ first period, renewal, retry or change), written to the outbox in the transactio
 the charge. They name what was bought and the amount (``kit/money``), and link to the invoice on
 the installation's public URL (``BILLFOLD_PUBLIC_URL``).
 
-Importing this module (``billfold.invoices`` does) registers the paid-order reaction after the
-invoice's own, so the receipt can name the invoice the order was given.
+``billfold.wiring.wire()`` attaches the paid-order reaction after the invoice's own, so the
+receipt can name the invoice the order was given.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.invoices import service as invoices
-from billfold.kit import mailer
+from billfold import mailer
 from billfold.kit.money import Money
 from billfold.models import Invoice, Order, OrderItem, Organization, Payment, Product, Subscription, User
-from billfold.orders.events import on_paid
 
 if TYPE_CHECKING:
     from billfold.config import Settings
@@ -49,7 +48,6 @@ def plan_name(session: Session, subscription: Subscription) -> str:
     return product.name if product else "your plan"
 
 
-@on_paid
 def order_receipt(session: Session, order: Order) -> None:
     """A paid order's receipt: its items, its total, and its invoice."""
     to = recipient(session, order.user_id, order.organization_id)

@@ -12,10 +12,8 @@ Amounts: ``amount_cents`` is the sum of the lines (credits and proration refunds
 lines); ``total_cents = amount_cents − discount_cents + tax_cents``. An invoice whose amount after
 discount would be negative is refused.
 
-Every paid order gets its invoice: :func:`issue_for_paid_order` is registered with
-``billfold.orders.events.on_paid`` when this module is imported, which ``billfold.invoices``
-(the package) does, so any process that imports anything from ``billfold.invoices`` (the API
-does, through ``billfold.invoices.api``) reacts to paid orders.
+Every paid order gets its invoice: :func:`issue_for_paid_order` reacts to paid orders
+(``billfold.orders.events``), attached by the composition root ``billfold.wiring.wire()``.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold.accounts.access import readable
 from billfold.accounts.organizations import actor_id
 from billfold.accounts.security import Principal
 from billfold.kit import clock
@@ -35,11 +34,10 @@ from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
 from billfold.kit.ids import new_id
 from billfold.kit.money import normalize_currency
-from billfold.kit.states import machine
-from billfold.models import Invoice, InvoiceLine, Order, OrderItem, OrganizationUser, Payment, Product
+from billfold.states import machine
+from billfold.models import Invoice, InvoiceLine, Order, OrderItem, Payment, Product
 from billfold.models.billing import INVOICE_LINE_KINDS
-from billfold.orders import numbering
-from billfold.orders.events import on_paid
+from billfold import numbering
 
 INVOICE = machine(
     "invoice",
@@ -348,25 +346,14 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
     return invoice
 
 
-# Who sees which invoices (docs/permissions.md, "See its invoices")
-
-
-def visible_invoices(session: Session, principal: Principal, *, change: bool = False) -> sa.Select[tuple[Invoice]]:
-    """Every invoice for the shop's admins and API keys (``read``; ``write`` to change one); a
-    user's own and those of every organization they belong to, whatever their role, for a user."""
-    if principal.is_admin:
-        principal.require_scope("write" if change else "read")
-        return sa.select(Invoice)
-    assert principal.user is not None
-    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
-    return sa.select(Invoice).where(sa.or_(Invoice.user_id == principal.user.id, Invoice.organization_id.in_(theirs)))
+# Who sees which invoices (docs/permissions.md, "See its invoices"): ``accounts.access.readable``
 
 
 def get_invoice(session: Session, principal: Principal, invoice_id: str, *, lock: bool = False, change: bool = False) -> Invoice:
     """An invoice the principal may see; NotFound otherwise, the same answer as for no such invoice."""
     if not has_prefix(invoice_id, "inv"):
         raise NotFound(f"no invoice {invoice_id}")
-    statement = visible_invoices(session, principal, change=change).where(Invoice.id == invoice_id)
+    statement = readable(principal, Invoice, change=change).where(Invoice.id == invoice_id)
     invoice = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
     if invoice is None:
         raise NotFound(f"no invoice {invoice_id}")
@@ -381,7 +368,6 @@ def change_status(session: Session, principal: Principal, invoice_id: str, to: s
     return invoice
 
 
-@on_paid
 def issue_for_paid_order(session: Session, order: Order) -> None:
     """Every paid order gets its invoice, paid, in the transaction that marks the order paid."""
     invoice = invoice_for_order(session, order)

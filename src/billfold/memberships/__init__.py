@@ -1,7 +1,6 @@
-"""Memberships, add-ons, entitlements. Importing the package registers its reaction to paid
-orders (``orders.events.on_paid``) and its sweep (``memberships.expire``)."""
+"""Memberships, add-ons, entitlements. Its reactions to paid and refunded orders are attached by
+``billfold.wiring.wire()``; importing the package registers its sweep (``memberships.expire``)."""
 
-from billfold.memberships import service as service  # noqa: F401  (registers grant_for_order)
 from billfold.memberships import sweeps as sweeps  # noqa: F401  (registers memberships.expire)
 from billfold.memberships.entitlements import Entitlement, entitlement, may_use
 from billfold.memberships.service import grant_for_subscription

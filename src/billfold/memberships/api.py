@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.orm import Session
 
 from billfold.accounts import organizations
-from billfold.accounts.addresses import user_owner
+from billfold.accounts.access import user_owner
 from billfold.accounts.auth import Admin, Authenticated, User
 from billfold.accounts.organizations import Permission
 from billfold.accounts.security import Principal

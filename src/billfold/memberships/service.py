@@ -2,9 +2,10 @@
 an admin; cancelled by an admin; add-ons with their own expiry. See docs/memberships.md.
 
 How a product sells a membership type: its ``metadata`` names one, ``{"membership_type_id":
-"mtyp_..."}``. Paying an order of such a product (``orders.events.on_paid``) grants one membership
-per order item, in the transaction that marks the order paid; a subscription to such a product
-gets one through ``grant_for_subscription``, which the subscriptions code calls when it starts.
+"mtyp_..."}``. Paying an order of such a product grants one membership per order item
+(``grant_for_order``, a paid-order reaction attached by ``billfold.wiring.wire()``), in the
+transaction that marks the order paid; a subscription to such a product gets one through
+``grant_for_subscription``, which the subscriptions code calls when it starts.
 
 Who holds an organization's membership: ``user_memberships.user_id`` is NOT NULL, so it is the
 organization's primary owner when it is granted; the order or subscription (whose
@@ -23,17 +24,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
-from billfold.kit.states import machine
+from billfold.states import machine
 from billfold.memberships.entitlements import Standing, paid_until, paid_until_column, renews_column, standing
 from billfold.models import (
     MembershipType, Order, OrderItem, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
 )
-from billfold.orders.events import on_paid, on_refunded
 
 PRODUCT_KEY = "membership_type_id"
 
@@ -128,7 +128,6 @@ def _grant(
     return membership
 
 
-@on_paid
 def grant_for_order(session: Session, order: Order) -> list[UserMembership]:
     """One membership per paid order item whose product sells a membership type: starts now, ends
     after ``duration_days`` × quantity (fixed; also a recurring type bought once, which does not
@@ -163,9 +162,8 @@ def grant_for_order(session: Session, order: Order) -> list[UserMembership]:
     return granted
 
 
-@on_refunded
 def end_for_refunded_order(session: Session, order: Order) -> list[UserMembership]:
-    """A refund ends what it paid for: an order refunded in full (``orders.events.on_refunded``, in
+    """A refund ends what it paid for: an order refunded in full (a refunded-order reaction, in
     the transaction that marks it refunded) cancels the memberships it granted, from now. A partial
     refund leaves the order paid and its memberships as they are."""
     ended = []

@@ -1,4 +1,4 @@
-"""Billfold's own table for ``Idempotency-Key``s (see docs/schema.md and ``billfold.kit.idempotency``)."""
+"""Billfold's own table for ``Idempotency-Key``s (see docs/schema.md and ``billfold.idempotency``)."""
 
 from __future__ import annotations
 

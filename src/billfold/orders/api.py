@@ -12,11 +12,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
+from billfold.accounts.access import readable
 from billfold.accounts.auth import Authenticated, SecurityDep
 from billfold.config import Settings
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
-from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
+from billfold.idempotency_http import Answer, Idempotent, idempotently
 from billfold.models import Order, Payment, Refund
 from billfold.orders import checkout as checkout_service
 from billfold.orders import refunds as refund_service
@@ -72,7 +73,7 @@ def create_order(body: OrderIn, request: Request, principal: Authenticated, idem
 @orders.get("", response_model=Page[OrderOut])
 def list_orders(principal: Authenticated, session: DbSession, paging: Paging) -> Page[OrderOut]:
     """Your orders and your organizations' (everyone's for the shop's admins), oldest first."""
-    page = paginate(session, service.visible_orders(session, principal), Order.id, paging, lambda row: row)
+    page = paginate(session, readable(principal, Order), Order.id, paging, lambda row: row)
     return Page[OrderOut](data=orders_out(session, list(page.data)), has_more=page.has_more)
 
 

@@ -38,13 +38,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from billfold.accounts.addresses import Owner
+from billfold.accounts.access import owner_of, readable
 from billfold.accounts.security import Principal, Security
 from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
-from billfold.kit.idempotency import Claim, advance, finish
+from billfold.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, Subscription
@@ -109,10 +109,6 @@ class Outcome:
     error: Exception | None = None
 
 
-def _owner(order: Order) -> Owner:
-    return Owner.organization(order.organization_id) if order.organization_id else Owner.user(order.user_id or "")
-
-
 def _lock_order(session: Session, order_id: str) -> Order:
     statement = sa.select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
     return session.scalars(for_update(statement, session)).one()
@@ -166,7 +162,7 @@ def _prepare(session: Session, security: Security, principal: Principal, order_i
             "pay with a saved payment method or a token, not both",
             errors=[{"field": "token", "message": "give payment_method_id or token"}],
         )
-    owner = _owner(order)
+    owner = owner_of(order)
     method = None
     if pay.token is None:
         method = (
@@ -422,13 +418,11 @@ def settle(sessions: sessionmaker[Session], security: Security, payment_id: str,
 def visible_payments(session: Session, principal: Principal) -> sa.Select[tuple[Payment]]:
     """Every payment for the shop's admins and read API keys; for a user, the payments of the
     orders and subscriptions they may see (their own and their organizations')."""
-    from billfold.subscriptions import service as subscriptions
-
     if principal.is_admin:
         principal.require_scope("read")
         return sa.select(Payment)
-    orders = service.visible_orders(session, principal).with_only_columns(Order.id)
-    subscribed = subscriptions.visible(principal).with_only_columns(Subscription.id)
+    orders = readable(principal, Order).with_only_columns(Order.id)
+    subscribed = readable(principal, Subscription).with_only_columns(Subscription.id)
     return sa.select(Payment).where(sa.or_(Payment.order_id.in_(orders), Payment.subscription_id.in_(subscribed)))
 
 

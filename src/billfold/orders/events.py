@@ -1,67 +1,80 @@
-"""What other packages do when an order is paid (issue its invoice, grant a membership) or money
-is given back (a credit note for each refund; a refunded order's memberships end), in the same
-transaction that records it, so either all of it happens or none of it does.
+"""What other packages do when an order is paid (issue its invoice, grant a membership, send the
+receipt) or money is given back (a credit note for each refund; a refunded order's memberships
+end), in the same transaction that records it, so either all of it happens or none of it does.
 
-    from billfold.orders.events import on_paid, on_refund, on_refunded
-
-    @on_paid
-    def issue_invoice(session: Session, order: Order) -> None: ...
-
-    @on_refund          # a payment has refunds that succeeded (partial or in full)
-    def credit(session: Session, payment: Payment) -> None: ...
-
-    @on_refunded        # the order is refunded in full (every payment of it is)
-    def end_memberships(session: Session, order: Order) -> None: ...
+The reactions are attached in one place, the composition root ``billfold.wiring.wire()``, which
+every entry point calls (``create_app``, the worker's ``make_context``, the command line, the demo
+loader). Nothing is attached by importing a module. A process that records a paid or refunded
+order, or a successful refund, before ``wire()`` ran gets ``NotWired`` and its transaction rolls
+back: an order is never marked paid without its invoice.
 
 Reactions must be idempotent (rule 5): they return early when their row exists already.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billfold.kit.errors import ConfigurationError
 from billfold.models import Order, Payment
 
 Reaction = Callable[[Session, Order], Any]
 PaymentReaction = Callable[[Session, Payment], Any]
-_PAID: list[Reaction] = []
-_REFUNDED: list[Reaction] = []
-_REFUND: list[PaymentReaction] = []
+_PAID: tuple[Reaction, ...] = ()
+_REFUNDED: tuple[Reaction, ...] = ()
+_REFUND: tuple[PaymentReaction, ...] = ()
+_attached = False
 
 
-def on_paid(reaction: Reaction) -> Reaction:
-    if reaction not in _PAID:
-        _PAID.append(reaction)
-    return reaction
+class NotWired(ConfigurationError):
+    """An order was paid or refunded in a process whose reactions were never attached."""
+
+    code = "not_wired"
+    title = "Billfold is not wired"
 
 
-def on_refunded(reaction: Reaction) -> Reaction:
-    if reaction not in _REFUNDED:
-        _REFUNDED.append(reaction)
-    return reaction
+def attach(
+    *, paid: Iterable[Reaction], refunded: Iterable[Reaction], refund: Iterable[PaymentReaction]
+) -> None:
+    """Set the reactions, in the order they run: ``paid`` when an order is paid in full,
+    ``refunded`` when it is refunded in full, ``refund`` after a refund of a payment (an order's or
+    a subscription's) succeeded. Setting the same ones again changes nothing."""
+    global _PAID, _REFUNDED, _REFUND, _attached
+    _PAID, _REFUNDED, _REFUND = tuple(paid), tuple(refunded), tuple(refund)
+    _attached = True
 
 
-def on_refund(reaction: PaymentReaction) -> PaymentReaction:
-    if reaction not in _REFUND:
-        _REFUND.append(reaction)
-    return reaction
+def attached() -> bool:
+    return _attached
+
+
+def _require_attached(what: str) -> None:
+    if not _attached:
+        raise NotWired(
+            f"{what}, but this process never called billfold.wiring.wire(): its invoice, memberships, "
+            "receipt and credit notes would be left out. Entry points call wire(); a script that uses "
+            "the services directly calls it once before."
+        )
 
 
 def order_paid(session: Session, order: Order) -> None:
-    for reaction in list(_PAID):
+    _require_attached(f"order {order.id} was paid")
+    for reaction in _PAID:
         reaction(session, order)
 
 
 def order_refunded(session: Session, order: Order) -> None:
-    for reaction in list(_REFUNDED):
+    _require_attached(f"order {order.id} was refunded")
+    for reaction in _REFUNDED:
         reaction(session, order)
 
 
 def refund_succeeded(session: Session, payment: Payment) -> None:
     """After a refund of ``payment`` succeeded (its row moved, flushed): order payments and
     subscription payments alike."""
-    for reaction in list(_REFUND):
+    _require_attached(f"a refund of payment {payment.id} succeeded")
+    for reaction in _REFUND:
         reaction(session, payment)

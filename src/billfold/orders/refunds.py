@@ -34,7 +34,7 @@ from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, InvalidAmount, NotFound
-from billfold.kit.idempotency import Claim, advance, finish
+from billfold.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.jobs import Context, claim_batch, sweep
 from billfold.kit.money import Money

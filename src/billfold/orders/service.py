@@ -19,17 +19,18 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.accounts import organizations
-from billfold.accounts.addresses import Owner, defaults_of, get_address
-from billfold.accounts.organizations import Permission
+from billfold.accounts.access import Owner, me, organization_owner, readable, require_payer, user_owner
+from billfold.accounts.addresses import defaults_of, get_address
 from billfold.accounts.security import Principal
 from billfold.catalog.service import purchasable_product
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, CurrencyMismatch, Forbidden, InvalidInput, NotFound
+from billfold.kit.errors import Conflict, CurrencyMismatch, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
-from billfold.models import Address, Order, OrderItem, OrganizationUser, Payment, Product, User
-from billfold.orders import numbering, totals
+from billfold.models import Address, Order, OrderItem, Payment, Product
+from billfold import numbering, tax
+from billfold.orders import totals
 from billfold.orders.states import ORDER
 
 MAX_ITEMS = 100
@@ -72,9 +73,7 @@ def buyer(session: Session, principal: Principal, *, user_id: str | None, organi
             errors=[{"field": "organization_id", "message": "give user_id or organization_id"}],
         )
     if organization_id:
-        access = organizations.access(session, principal, organization_id)
-        access.require(Permission.BILLING)
-        return Owner.organization(access.organization.id)
+        return organization_owner(session, principal, organization_id, change=True)
     principal.require_scope("write")
     if principal.user is not None and user_id in (None, principal.user.id):
         if principal.is_admin and user_id is None:
@@ -82,16 +81,17 @@ def buyer(session: Session, principal: Principal, *, user_id: str | None, organi
                 "the shop's admins buy for a customer: name user_id or organization_id",
                 errors=[{"field": "user_id", "message": "required"}],
             )
-        return Owner.user(principal.user.id)
+        return me(principal)
     if user_id is None:
         raise InvalidInput(
             "an API key buys for a customer: name user_id or organization_id",
             errors=[{"field": "user_id", "message": "required"}],
         )
     principal.require_admin()
-    if not has_prefix(user_id, "usr") or session.get(User, user_id) is None:
-        raise NotFound(f"no user {user_id}", errors=[{"field": "user_id", "message": "no such user"}])
-    return Owner.user(user_id)
+    try:
+        return user_owner(session, user_id)
+    except NotFound as error:
+        raise NotFound(f"no user {user_id}", errors=[{"field": "user_id", "message": "no such user"}]) from error
 
 
 def _product(session: Session, product_id: str, field: str) -> Product:
@@ -166,10 +166,7 @@ def create_order(
     physical = any(p.product_type == "physical" for p in products)
     shipping = _address(session, owner, shipping_address_id, "shipping", needed=physical)
     lines = [totals.Line(p.id, item.quantity, p.price_cents) for p, item in zip(products, items, strict=True)]
-    rates = settings.tax_rates if settings.tax_rates is not None else totals.DEFAULT_TAX_RATES
-    sums = totals.compute(
-        lines, currencies[0], billing.country if billing else None, tax=totals.CountryTaxTable(rates)
-    )
+    sums = totals.compute(lines, currencies[0], billing.country if billing else None, tax=tax.calculator(settings))
     extra = {"billing_address": _snapshot(billing), "shipping_address": _snapshot(shipping)}
     order = Order(
         order_number=f"pending-{new_id('num')}",  # unique until the real number is taken, last
@@ -206,22 +203,10 @@ def create_order(
     return order
 
 
-def visible_orders(session: Session, principal: Principal, *, change: bool = False) -> sa.Select[tuple[Order]]:
-    """Every order for the shop's admins; a user's own and their organizations' for a user.
-    ``change``: the principal is about to change one (an API key needs ``write``, not ``read``)."""
-    if principal.is_admin:
-        principal.require_scope("write" if change else "read")
-        return sa.select(Order)
-    assert principal.user is not None
-    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
-    return sa.select(Order).where(
-        sa.or_(Order.user_id == principal.user.id, Order.organization_id.in_(theirs))
-    )
-
-
 def get_order(session: Session, principal: Principal, order_id: str, *, lock: bool = False, change: bool = False) -> Order:
-    """An order the principal may see; NotFound otherwise, the same answer as for no such order."""
-    statement = visible_orders(session, principal, change=change).where(Order.id == order_id)
+    """An order the principal may see (``change``: is about to change; an API key needs ``write``,
+    not ``read``); NotFound otherwise, the same answer as for no such order."""
+    statement = readable(principal, Order, change=change).where(Order.id == order_id)
     order = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
     if order is None or not has_prefix(order_id, "ord"):
         raise NotFound(f"no order {order_id}")
@@ -230,13 +215,7 @@ def get_order(session: Session, principal: Principal, order_id: str, *, lock: bo
 
 def require_buyer(session: Session, principal: Principal, order: Order) -> None:
     """Paying or cancelling needs the right to buy for the order's customer (seeing it is not enough)."""
-    if principal.is_admin:
-        principal.require_scope("write")
-        return
-    if order.organization_id is not None:
-        organizations.access(session, principal, order.organization_id).require(Permission.BILLING)
-    elif principal.user is None or order.user_id != principal.user.id:
-        raise Forbidden("only the customer who placed the order may do this")
+    require_payer(session, principal, order, "only the customer who placed the order may do this")
 
 
 def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from billfold.kit.states import machine
+from billfold.states import machine
 
 # The tables (reference/providers.md §3.2). Payments: a partial refund keeps a payment completed;
 # a failed payment becomes completed only on a late success of the same provider charge.

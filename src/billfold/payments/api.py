@@ -9,13 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from billfold.accounts import organizations
-from billfold.accounts.addresses import Owner, user_owner
+from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
-from billfold.accounts.organizations import Permission
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
-from billfold.kit.idempotency_http import Idempotent, IdempotentRequest
+from billfold.idempotency_http import Idempotent, IdempotentRequest
 from billfold.models import PaymentMethod, PaymentProvider
 from billfold.payments import gateways, methods
 from billfold.payments.schemas import (
@@ -107,16 +105,9 @@ def _update(session: Session, owner: Owner, payment_method_id: str, body: Paymen
     return PaymentMethodOut.of(methods.update_method(session, owner, payment_method_id, **kwargs))
 
 
-def _me(principal: Principal) -> Owner:
-    assert principal.user is not None
-    return Owner.user(principal.user.id)
-
-
 def _organization(session: Session, principal: Principal, organization_id: str, *, change: bool) -> Owner:
     """Members look; owners and the billing role change (``Permission.BILLING``)."""
-    access = organizations.access(session, principal, organization_id, lock=change)
-    access.require(Permission.BILLING if change else Permission.VIEW)
-    return Owner.organization(access.organization.id)
+    return organization_owner(session, principal, organization_id, change=change, lock=change)
 
 
 CREATED: dict[str, Any] = {
@@ -126,31 +117,31 @@ CREATED: dict[str, Any] = {
 
 @mine.get("", response_model=Page[PaymentMethodOut])
 def list_my_methods(principal: User, session: DbSession, paging: Paging) -> Page[PaymentMethodOut]:
-    return _page(session, _me(principal), paging)
+    return _page(session, me(principal), paging)
 
 
 @mine.post("", **CREATED)
 def save_my_method(body: PaymentMethodIn, principal: User, idempotent: Idempotent, security: SecurityDep) -> Any:
     """Save a payment method from a provider token (never a card number)."""
-    return _save(idempotent, principal, security, _me(principal), body)
+    return _save(idempotent, principal, security, me(principal), body)
 
 
 @mine.get("/{payment_method_id}", response_model=PaymentMethodOut)
 def get_my_method(payment_method_id: str, principal: User, session: DbSession) -> PaymentMethodOut:
-    return PaymentMethodOut.of(methods.get_method(session, _me(principal), payment_method_id))
+    return PaymentMethodOut.of(methods.get_method(session, me(principal), payment_method_id))
 
 
 @mine.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
 def update_my_method(
     payment_method_id: str, body: PaymentMethodUpdate, principal: User, session: DbSession
 ) -> PaymentMethodOut:
-    return _update(session, _me(principal), payment_method_id, body)
+    return _update(session, me(principal), payment_method_id, body)
 
 
 @mine.delete("/{payment_method_id}", **NO_CONTENT, responses=problems(409))
 def delete_my_method(payment_method_id: str, principal: User, session: DbSession, security: SecurityDep) -> Response:
     """Detach it at the provider and delete it; if it was the default, the newest other method becomes the default."""
-    methods.delete_method(session, security, _me(principal), payment_method_id)
+    methods.delete_method(session, security, me(principal), payment_method_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

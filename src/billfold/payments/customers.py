@@ -12,49 +12,22 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.addresses import Owner
-from billfold.accounts.service import audit
+from billfold.accounts.access import Owner, lock_owner, owner_of
+from billfold.audit import audit
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import NotFound
-from billfold.models import Organization, ProviderCustomer, User
+from billfold.models import Organization, ProviderCustomer
 from billfold.providers.base import ProviderAdapter
-
-
-def owner_id(owner: Owner) -> str:
-    return owner.organization_id or owner.user_id or ""
-
-
-def owner_data(owner: Owner) -> dict[str, str]:
-    """The owner as audit data: ``{"organization_id": …}`` or ``{"user_id": …}``."""
-    return {"organization_id": owner.organization_id} if owner.organization_id else {"user_id": owner.user_id or ""}
-
-
-def lock_owner(session: Session, owner: Owner) -> User | Organization:
-    """The owner's row, locked until the transaction ends: changes to one owner's provider
-    customers and payment methods happen one at a time. NotFound if the owner does not exist."""
-    model: type[User] | type[Organization] = Organization if owner.organization_id is not None else User
-    statement = sa.select(model).where(model.id == owner_id(owner))
-    found = session.scalars(for_update(statement, session)).one_or_none()
-    if found is None:
-        raise NotFound(f"no {'organization' if model is Organization else 'user'} {owner_id(owner)}")
-    return found
 
 
 def customer_key(provider_id: str, owner: Owner) -> str:
     """The idempotency key of creating the owner's customer at the provider."""
-    return f"customer-{provider_id}-{owner_id(owner)}"
-
-
-def _owned(owner: Owner) -> sa.ColumnElement[bool]:
-    if owner.organization_id is not None:
-        return ProviderCustomer.organization_id == owner.organization_id
-    return sa.and_(ProviderCustomer.user_id == owner.user_id, ProviderCustomer.organization_id.is_(None))
+    return f"customer-{provider_id}-{owner.id}"
 
 
 def find_provider_customer(session: Session, provider_id: str, owner: Owner) -> ProviderCustomer | None:
     statement = (
         sa.select(ProviderCustomer)
-        .where(ProviderCustomer.provider_id == provider_id, _owned(owner))
+        .where(ProviderCustomer.provider_id == provider_id, owner.owns(ProviderCustomer))
         .order_by(ProviderCustomer.id)
         .limit(1)
     )
@@ -84,8 +57,7 @@ def provider_customers_of(session: Session, provider_id: str, owners: list[Owner
     )
     found: dict[Owner, ProviderCustomer] = {}
     for row in rows:
-        owner = Owner.organization(row.organization_id) if row.organization_id else Owner.user(row.user_id or "")
-        found[owner] = row
+        found[owner_of(row)] = row
     return found
 
 
@@ -101,7 +73,7 @@ def ensure_provider_customer(session: Session, adapter: ProviderAdapter, owner: 
     else:
         email, name = holder.email, " ".join(p for p in (holder.name, holder.last_name) if p) or None
     remote = adapter.create_customer(
-        email=email, name=name, metadata={f"billfold_{k}": v for k, v in owner_data(owner).items()},
+        email=email, name=name, metadata={f"billfold_{k}": v for k, v in owner.data().items()},
         idempotency_key=customer_key(provider_id, owner),
     )
     customer = ProviderCustomer(
@@ -121,5 +93,5 @@ def ensure_provider_customer(session: Session, adapter: ProviderAdapter, owner: 
             .execution_options(populate_existing=True)
         ).one()
         return found
-    audit(session, "provider_customer", customer.id, "created", provider_id=provider_id, **owner_data(owner))
+    audit(session, "provider_customer", customer.id, "created", provider_id=provider_id, **owner.data())
     return customer

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.accounts.security import Security
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit import crypto
 from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
 from billfold.models import PaymentProvider

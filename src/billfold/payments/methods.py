@@ -16,16 +16,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts.addresses import Owner, get_address
+from billfold.accounts.access import Owner, lock_owner
+from billfold.accounts.addresses import get_address
 from billfold.accounts.security import Security
-from billfold.accounts.service import audit
+from billfold.audit import audit
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
 from billfold.models import PaymentMethod, PaymentProvider, Subscription
 from billfold.payments import gateways
 from billfold.payments.card_guard import CardDataRefused, token_is_card_data
-from billfold.payments.customers import ensure_provider_customer, lock_owner, owner_data
+from billfold.payments.customers import ensure_provider_customer
 from billfold.providers.base import PaymentMethodResult
 from billfold.providers.errors import NotSupported, ProviderObjectNotFound
 
@@ -54,14 +55,8 @@ def refuse_card_number_token(token: str) -> None:
 # Reading
 
 
-def owns(owner: Owner) -> sa.ColumnElement[bool]:
-    if owner.organization_id is not None:
-        return PaymentMethod.organization_id == owner.organization_id
-    return sa.and_(PaymentMethod.user_id == owner.user_id, PaymentMethod.organization_id.is_(None))
-
-
 def methods_of(owner: Owner) -> sa.Select[tuple[PaymentMethod]]:
-    return sa.select(PaymentMethod).where(owns(owner))
+    return sa.select(PaymentMethod).where(owner.owns(PaymentMethod))
 
 
 def get_method(session: Session, owner: Owner, payment_method_id: str, *, lock: bool = False) -> PaymentMethod:
@@ -184,7 +179,7 @@ def save_method(
     _settle_default(session, owner, method if make_default else None)
     audit(
         session, "payment_method", method.id, "created", provider_id=provider.id,
-        payment_type=method.payment_type, is_default=method.is_default, **owner_data(owner),
+        payment_type=method.payment_type, is_default=method.is_default, **owner.data(),
     )
     return method
 
@@ -221,7 +216,7 @@ def update_method(
     if changed:
         session.flush()
         audit(session, "payment_method", method.id, "updated", fields=changed, is_default=method.is_default,
-              **owner_data(owner))
+              **owner.data())
     return method
 
 
@@ -255,4 +250,4 @@ def delete_method(session: Session, security: Security, owner: Owner, payment_me
     if was_default:
         _settle_default(session, owner, None)
     audit(session, "payment_method", payment_method_id, "deleted", provider_id=provider_id,
-          was_default=was_default, **owner_data(owner))
+          was_default=was_default, **owner.data())

@@ -11,16 +11,17 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
+from billfold.accounts.access import readable
 from billfold.accounts.auth import Authenticated, SecurityDep
 from billfold.config import Settings
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
-from billfold.kit.idempotency import Claim, advance, finish
+from billfold.idempotency import Claim, advance, finish
 from billfold.models import Payment, Refund, Subscription, SubscriptionBilling
 from billfold.payments import gateways
 from billfold.orders import refunds
-from billfold.kit.idempotency_http import Answer, Idempotent, idempotently
+from billfold.idempotency_http import Answer, Idempotent, idempotently
 from billfold.providers.errors import Declined
 from billfold.subscriptions import billing, service
 from billfold.subscriptions.schemas import (
@@ -132,7 +133,7 @@ def create_subscription(
 @subscriptions.get("", response_model=Page[SubscriptionOut])
 def list_subscriptions(principal: Authenticated, session: DbSession, paging: Paging) -> Page[SubscriptionOut]:
     """Your subscriptions and your organizations' (everyone's for the shop's admins), oldest first."""
-    page = paginate(session, service.visible(principal), Subscription.id, paging, lambda row: row)
+    page = paginate(session, readable(principal, Subscription), Subscription.id, paging, lambda row: row)
     return Page[SubscriptionOut](data=subscriptions_out(session, list(page.data)), has_more=page.has_more)
 
 

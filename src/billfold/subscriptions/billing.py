@@ -29,7 +29,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from billfold.accounts.addresses import Owner
+from billfold import tax as taxes
+from billfold.accounts.access import Owner, owner_of
 from billfold.accounts.security import Security
 from billfold.config import Settings
 from billfold.invoices import receipts
@@ -40,9 +41,9 @@ from billfold.kit.db.dialects import for_update
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling, User
-from billfold.orders import checkout, totals
+from billfold.orders import checkout
 from billfold.orders.states import PAYMENT
-from billfold.payments import customers, gateways, methods
+from billfold.payments import customers, gateways
 from billfold.providers.base import ChargeResult, ChargeStatus
 from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
 from billfold.subscriptions import dunning, periods
@@ -62,12 +63,6 @@ class Charged:
     payment_id: str | None
     invoice_id: str | None
     error: Exception | None = None
-
-
-def owner_of(subscription: Subscription) -> Owner:
-    if subscription.organization_id:
-        return Owner.organization(subscription.organization_id)
-    return Owner.user(subscription.user_id or "")
 
 
 def meta(row: Any) -> dict[str, Any]:
@@ -124,9 +119,8 @@ def invoice_in(settings: Settings, subscription: Subscription, lines: list[invoi
     """The invoice of these lines, taxed by the country of the billing address the customer
     subscribed with."""
     amount = sum(line.amount_cents for line in lines)
-    rates = settings.tax_rates if settings.tax_rates is not None else totals.DEFAULT_TAX_RATES
     country = meta(subscription).get("billing_country")
-    tax = totals.CountryTaxTable(rates).tax(max(amount, 0), subscription.currency, country)
+    tax = taxes.calculator(settings).tax(max(amount, 0), subscription.currency, country)
     return invoices.InvoiceIn(
         currency=subscription.currency,
         lines=lines,
@@ -159,26 +153,22 @@ def methods_to_charge(session: Session, subscriptions: list[Subscription]) -> di
     chosen: dict[str, PaymentMethod | None] = {}
     for subscription in subscriptions:
         method = own.get(subscription.payment_method_id or "")
-        if method is not None and _owner_of_method(method) == owner_of(subscription):
+        if method is not None and owner_of(method) == owner_of(subscription):
             chosen[subscription.id] = method
     lacking = {owner_of(s) for s in subscriptions if s.id not in chosen}
     defaults: dict[Owner, PaymentMethod] = {}
     if lacking:
         rows = session.scalars(
             sa.select(PaymentMethod)
-            .where(PaymentMethod.is_default.is_(True), sa.or_(*(methods.owns(owner) for owner in lacking)))
+            .where(PaymentMethod.is_default.is_(True), sa.or_(*(owner.owns(PaymentMethod) for owner in lacking)))
             .order_by(PaymentMethod.id.desc())  # the first by id wins, as in methods.default_method
         )
         for row in rows:
-            defaults[_owner_of_method(row)] = row
+            defaults[owner_of(row)] = row
     for subscription in subscriptions:
         if subscription.id not in chosen:
             chosen[subscription.id] = defaults.get(owner_of(subscription))
     return chosen
-
-
-def _owner_of_method(method: PaymentMethod) -> Owner:
-    return Owner.organization(method.organization_id) if method.organization_id else Owner.user(method.user_id or "")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from billfold.config import Settings
 from billfold.invoices import service as invoices
 from billfold.invoices.receipts import day, plan_name, recipient
-from billfold.kit import clock, mailer
+from billfold.kit import clock
+from billfold import mailer
 from billfold.kit.money import Money
 from billfold.models import Invoice, Subscription, SubscriptionBilling
 from billfold.providers.errors import Declined

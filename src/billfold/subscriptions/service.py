@@ -15,18 +15,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts import organizations
+from billfold.accounts.access import owner_of, readable, require_payer
 from billfold.accounts.addresses import defaults_of
-from billfold.accounts.organizations import Permission
 from billfold.accounts.security import Principal, Security
 from billfold.catalog.service import purchasable_product
 from billfold.config import Settings
 from billfold.invoices import service as invoices
 from billfold.kit import clock
-from billfold.kit.errors import Conflict, Forbidden, InvalidInput, NotFound
+from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
 from billfold.memberships import service as memberships
-from billfold.models import Address, Invoice, OrganizationUser, Payment, Product, Subscription, SubscriptionBilling
+from billfold.models import Address, Invoice, Payment, Product, Subscription, SubscriptionBilling
 from billfold.orders.service import actor, buyer
 from billfold.payments import gateways, methods
 from billfold.subscriptions import billing as charging
@@ -55,39 +54,17 @@ class NotRecurring(InvalidInput):
 # Reading
 
 
-def visible(principal: Principal, *, change: bool = False) -> sa.Select[tuple[Subscription]]:
-    """Every subscription for the shop's admins; a user's own and their organizations' for a user."""
-    if principal.is_admin:
-        principal.require_scope("write" if change else "read")
-        return sa.select(Subscription)
-    assert principal.user is not None
-    theirs = sa.select(OrganizationUser.organization_id).where(OrganizationUser.user_id == principal.user.id)
-    return sa.select(Subscription).where(
-        sa.or_(Subscription.user_id == principal.user.id, Subscription.organization_id.in_(theirs))
-    )
-
-
 def get(session: Session, principal: Principal, subscription_id: str, *, change: bool = False) -> Subscription:
-    """A subscription the principal may see (and, with ``change``, change); NotFound otherwise."""
+    """A subscription the principal may see (and, with ``change``, change: the right to buy for
+    its customer); NotFound otherwise (docs/permissions.md, ``accounts.access``)."""
     found = None
     if has_prefix(subscription_id, "sub"):
-        found = session.scalars(visible(principal, change=change).where(Subscription.id == subscription_id)).one_or_none()
+        found = session.scalars(readable(principal, Subscription, change=change).where(Subscription.id == subscription_id)).one_or_none()
     if found is None:
         raise NotFound(f"no subscription {subscription_id}")
     if change:
-        require_manager(session, principal, found)
+        require_payer(session, principal, found, "only the customer may change this subscription")
     return found
-
-
-def require_manager(session: Session, principal: Principal, subscription: Subscription) -> None:
-    """Changing needs the right to buy for the customer (seeing it is not enough)."""
-    if principal.is_admin:
-        principal.require_scope("write")
-        return
-    if subscription.organization_id is not None:
-        organizations.access(session, principal, subscription.organization_id).require(Permission.BILLING)
-    elif principal.user is None or subscription.user_id != principal.user.id:
-        raise Forbidden("only the customer may change this subscription")
 
 
 def billing_of(session: Session, subscription_ids: list[str]) -> dict[str, SubscriptionBilling]:
@@ -232,7 +209,7 @@ def change(
         raise SubscriptionNotChangeable(f"subscription {subscription.id} is cancelled; subscribe again instead")
     _no_payment_under_way(session, subscription)
     if payment_method_id is not None:
-        method = methods.method_for_charge(session, charging.owner_of(subscription), payment_method_id)
+        method = methods.method_for_charge(session, owner_of(subscription), payment_method_id)
         subscription.payment_method_id, subscription.provider_id = method.id, method.provider_id
         record(session, subscription, "payment_method_changed", by=by, payment_method_id=method.id)
         if subscription.status == "past_due" and row.outstanding_invoice_id:

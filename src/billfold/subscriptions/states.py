@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from billfold.kit.ids import new_id
-from billfold.kit.states import machine
-from billfold.models import PaymentEvent, Subscription
+from billfold.audit import audit
+from billfold.models import Subscription
+from billfold.states import machine
 
 SUBSCRIPTION = machine(
     "subscription",
@@ -26,12 +26,5 @@ SUBSCRIPTION = machine(
 
 def record(session: Session, subscription: Subscription, event: str, *, by: str | None, **data: Any) -> None:
     """An event that does not change the status: ``subscription.<event>``."""
-    session.add(
-        PaymentEvent(
-            id=new_id("evt"),
-            entity_type="subscription",
-            entity_id=subscription.id,
-            event_type=f"subscription.{event}",
-            data={"status": subscription.status, "by": by, **{k: v for k, v in data.items() if v is not None}},
-        )
-    )
+    details = {"status": subscription.status, "by": by, **{k: v for k, v in data.items() if v is not None}}
+    audit(session, "subscription", subscription.id, f"subscription.{event}", **details)

@@ -13,7 +13,7 @@ A route that creates or moves money takes the ``Idempotent`` dependency and hand
 
 The header is optional and documented in OpenAPI (so schema-driven clients and fuzzers send it).
 Without it the handler simply runs. With it, the first outcome is stored and every retry gets it
-back with ``Idempotent-Replayed: true``; see ``billfold.kit.idempotency`` for what is stored.
+back with ``Idempotent-Replayed: true``; see ``billfold.idempotency`` for what is stored.
 
 The handler gets a session of its own, in a transaction committed together with the stored
 response; the request's own session (the one authentication used) is committed first and must
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from billfold.kit.db import transaction
 from billfold.kit.http import DbSession
 from billfold.kit.errors import BillfoldError
-from billfold.kit.idempotency import (
+from billfold.idempotency import (
     HEADER,
     KEY_PATTERN,
     MAX_KEY_LENGTH,

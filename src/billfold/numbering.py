@@ -1,4 +1,6 @@
-"""Human-readable numbers, unique and gapless per series: ``ORD-2026-000001``.
+"""Human-readable numbers, unique and gapless per series and year: orders (``ORD-2026-000001``),
+invoices (``INV-2026-000001``, invoices/service.py) and credit notes (``CN-2026-000001``,
+invoices/credit_notes.py) each have their series.
 
 The next number comes from the series' row in ``number_series``, updated inside the transaction
 that uses it. The update holds the row's lock until that transaction ends, so two orders never

@@ -1,7 +1,8 @@
 """One state machine per entity (DESIGN.md rule 4): a table of allowed moves and one function that
-applies a move, writes its ``payment_events`` row in the same transaction, and refuses an illegal
-one with a clear error. Moving an entity to where it already is does nothing and returns False,
-so a handler that runs twice changes nothing the second time (rule 5)."""
+applies a move, writes its ``payment_events`` row in the same transaction (through
+``billfold.audit``), and refuses an illegal one with a clear error. Moving an entity to where it
+already is does nothing and returns False, so a handler that runs twice changes nothing the
+second time (rule 5)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billfold.audit import audit
 from billfold.kit.errors import Conflict
-from billfold.kit.ids import new_id
-from billfold.models import PaymentEvent
 
 
 class IllegalTransition(Conflict):
@@ -56,15 +56,8 @@ class StateMachine:
         return True
 
     def _record(self, session: Session, row: Any, before: str | None, after: str, by: str | None, data: dict[str, Any]) -> None:
-        session.add(
-            PaymentEvent(
-                id=new_id("evt"),  # given, so a flush of many events is one executemany
-                entity_type=self.entity,
-                entity_id=row.id,
-                event_type=f"{self.entity}.{after}",
-                data={"from": before, "to": after, "by": by, **{k: v for k, v in data.items() if v is not None}},
-            )
-        )
+        moved = {"from": before, "to": after, "by": by, **{k: v for k, v in data.items() if v is not None}}
+        audit(session, self.entity, row.id, f"{self.entity}.{after}", **moved)
 
 
 def machine(entity: str, moves: Mapping[str | None, set[str] | frozenset[str]]) -> StateMachine:

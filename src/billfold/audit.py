@@ -1,0 +1,25 @@
+"""The audit trail: every change of state and every noteworthy act is one ``payment_events`` row,
+written in the transaction that makes the change (DESIGN.md rule 4). This is the one place that
+writes those rows: ``audit`` for any event, and the state machines (``billfold.states``) for
+moves between states.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from billfold.kit.ids import new_id
+from billfold.models import PaymentEvent
+
+
+def audit(session: Session, entity_type: str, entity_id: str, event_type: str, **data: object) -> None:
+    """Record ``event_type`` for the entity, with ``data`` (none: NULL)."""
+    session.add(
+        PaymentEvent(
+            id=new_id("evt"),  # given, so a flush of many events is one executemany
+            entity_type=entity_type,
+            entity_id=entity_id,
+            event_type=event_type,
+            data=data or None,
+        )
+    )

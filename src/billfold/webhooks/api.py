@@ -24,7 +24,7 @@ async def raw_body(request: Request) -> bytes:
 @router.post(
     "/{provider_id}",
     response_model=WebhookReceived,
-    responses=problems(400, 404),
+    responses=problems(400, 404, 422),
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}},
 )
 def receive_webhook(

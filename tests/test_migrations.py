@@ -155,3 +155,21 @@ def test_recovery_addresses_never_confirmed_are_forgotten_by_0013(scratch: Engin
     with scratch.connect() as connection:
         rows = dict(connection.execute(sa.text("SELECT id, recovery_email FROM users")).all())
     assert [rows[i] for i in ids] == [None, "ada@backup.example", None]
+
+
+def test_0014_adds_the_provider_event_id_and_its_downgrade_keeps_the_webhooks(scratch: Engine) -> None:
+    """Webhooks stored before 0014 stay, with no event id; going back down keeps them too."""
+    databases.migrate(scratch, "0013")
+    with scratch.begin() as connection:
+        connection.execute(sa.text("INSERT INTO payment_providers (id, display_name) VALUES ('sandbox', 'Sandbox')"))
+        connection.execute(sa.text(
+            "INSERT INTO payment_webhooks (id, provider_id, event_type, payload) "
+            "VALUES ('whk_1', 'sandbox', 'charge.succeeded', '{}')"
+        ))
+    databases.migrate(scratch, "0014")
+    with scratch.connect() as connection:
+        assert connection.execute(sa.text("SELECT id, provider_event_id FROM payment_webhooks")).all() == [("whk_1", None)]
+    databases.downgrade(scratch, "0013")
+    assert "provider_event_id" not in {c["name"] for c in sa.inspect(scratch).get_columns("payment_webhooks")}
+    with scratch.connect() as connection:
+        assert connection.execute(sa.text("SELECT id FROM payment_webhooks")).scalars().all() == ["whk_1"]

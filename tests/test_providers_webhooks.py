@@ -137,3 +137,22 @@ def test_the_sandbox_emits_an_event_for_every_change(sandbox: SandboxProvider) -
 def test_a_malformed_secret_is_a_configuration_error(secret: str) -> None:
     with pytest.raises(ConfigurationError):
         SandboxProvider("sandbox", {"webhook_secret": secret})
+
+
+def test_our_deliveries_verify_with_the_standardwebhooks_package_and_its_verify_with_ours() -> None:
+    """Wire-compatible both ways with the reference implementation (on the real clock, which is
+    the only one the package's own verify knows)."""
+    from standardwebhooks import Webhook
+
+    body = b'{"type":"charge.succeeded","data":{"amount":1000}}'
+    assert Webhook(SECRET).verify(body, standard_webhooks.sign(SECRET, "evt_1", body)) == json.loads(body)
+    now = clock.now()
+    theirs = {"webhook-id": "evt_2", "webhook-timestamp": str(int(now.timestamp())),
+              "webhook-signature": Webhook(SECRET).sign("evt_2", now, body.decode())}
+    assert standard_webhooks.verify(SECRET, body, theirs) == "evt_2"
+
+
+def test_a_body_that_is_not_utf8_is_refused() -> None:
+    body = b'{"name": "\xff"}'
+    with pytest.raises(WebhookSignatureInvalid):
+        standard_webhooks.verify(SECRET, body, standard_webhooks.sign(SECRET, "evt_1", b"{}"))

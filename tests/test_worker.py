@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.kit.jobs import Context, Sweep, claim_batch
 from billfold.models import AuthChallenge
-from tests.cli import BILLFOLD, assert_one_line_error, run
+from tests.cli import BILLFOLD, Result, assert_one_line_error, run
 from tests.server import free_port
 
 MINUTE = timedelta(minutes=1)
@@ -364,3 +365,45 @@ def test_an_unknown_broker_scheme_is_a_one_line_error(sqlite_file: Engine, tmp_p
 def test_scheduler_and_consumer_roles_need_a_broker(sqlite_file: Engine) -> None:
     result = run("worker", "--dramatiq", database_url=sqlite_file.url.render_as_string(hide_password=False), process=True)
     assert_one_line_error(result, "need a broker: set BILLFOLD_BROKER_URL")
+
+
+# Dramatiq is the `broker` extra: only a broker needs it.
+
+WITHOUT_DRAMATIQ = (
+    "import sys; sys.modules['dramatiq'] = None; sys.argv = ['billfold', *sys.argv[1:]]; "
+    "from billfold.cli import main; main()"
+)
+
+
+def _run_without_dramatiq(*args: str, database_url: str, **settings: str) -> Result:
+    """``billfold ARGS`` in a Python where ``import dramatiq`` fails, as without the extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env.update(BILLFOLD_DATABASE_URL=database_url, COLUMNS="200", **settings)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_DRAMATIQ, *args], capture_output=True, text=True, env=env, timeout=120)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def test_the_api_the_cli_and_the_worker_import_no_dramatiq() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, billfold.api, billfold.cli, billfold.worker; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dramatiq', 'redis', 'pika')))"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_a_worker_without_a_broker_runs_without_dramatiq(sqlite_file: Engine) -> None:
+    result = _run_without_dramatiq("worker", "--once", database_url=sqlite_file.url.render_as_string(hide_password=False))
+    assert result.code == 0, result
+    assert "Ran " in result.stdout
+
+
+@pytest.mark.parametrize("role", [(), ("--scheduler",), ("--dramatiq",)], ids=["both", "scheduler", "dramatiq"])
+def test_a_broker_without_dramatiq_installed_is_a_one_line_error_naming_the_extra(
+    sqlite_file: Engine, role: tuple[str, ...]
+) -> None:
+    result = _run_without_dramatiq(
+        "worker", *role, database_url=sqlite_file.url.render_as_string(hide_password=False),
+        BILLFOLD_BROKER_URL=BROKERS["redis"],
+    )
+    assert_one_line_error(result, "needs Dramatiq", "pip install 'billfold[broker]'")

@@ -41,6 +41,7 @@ from billfold.memberships import api as memberships_api
 from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
+from billfold.webhooks import api as webhooks_api
 from billfold.config import Settings, get_settings
 from billfold import instance, worker_api
 from billfold.kit import clock
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.include_router(subscriptions_api.router)
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
+    app.include_router(webhooks_api.router)
     app.include_router(worker_api.router)
 
     @app.exception_handler(BillfoldError)

@@ -13,11 +13,14 @@ Modes (``BILLFOLD_WORKER``, docs/operations.md#worker):
 - ``external``: ``billfold worker`` processes run it, on as many machines as needed. With
   ``BILLFOLD_BROKER_URL`` the loop sends one Dramatiq message per due sweep and Dramatiq
   consumers (``billfold worker --dramatiq``) run them; without one, the loop runs them itself.
+  Dramatiq is the ``broker`` extra (``pip install 'billfold[broker]'``), imported only when a
+  broker is used.
 - ``off``: nothing runs them (tests; or an installation that runs ``billfold worker --once`` from cron).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import threading
@@ -361,17 +364,28 @@ def embedded(context: Context, *, tick: float, sweeps: Sequence[Sweep] | None = 
 ACTOR_NAME = "billfold.run_sweep"
 
 
+BROKER_EXTRA = "pip install 'billfold[broker]'"
+
+
+def _dramatiq_module(name: str) -> Any:
+    """``import name`` from Dramatiq (an extra: only a broker needs it), or a ConfigurationError
+    that says how to install it. Nothing imports Dramatiq until a broker is used."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ConfigurationError(
+            f"BILLFOLD_BROKER_URL needs Dramatiq and its broker client ({error.name or name} is not installed): "
+            f"{BROKER_EXTRA}"
+        ) from None
+
+
 def make_broker(url: str) -> dramatiq.Broker:
     """A Dramatiq broker for ``redis://``/``rediss://`` or ``amqp://``/``amqps://`` URLs."""
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("redis", "rediss"):
-        from dramatiq.brokers.redis import RedisBroker
-
-        return RedisBroker(url=url)
+        return _dramatiq_module("dramatiq.brokers.redis").RedisBroker(url=url)
     if scheme in ("amqp", "amqps"):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        return RabbitmqBroker(url=url)
+        return _dramatiq_module("dramatiq.brokers.rabbitmq").RabbitmqBroker(url=url)
     raise ConfigurationError(
         f"unsupported broker URL scheme {scheme!r}: BILLFOLD_BROKER_URL takes redis://… or amqp://…"
     )
@@ -382,12 +396,10 @@ class Dramatiq:
     scheduler ``send``s, consumers (``consume``) run the sweep with this process's context."""
 
     def __init__(self, context: Context, url: str, queue: str) -> None:
-        import dramatiq
-
         self.context = context
         self.queue = queue
         self.broker = make_broker(url)
-        self.actor = dramatiq.Actor(
+        self.actor = _dramatiq_module("dramatiq").Actor(
             self._run,
             broker=self.broker,
             actor_name=ACTOR_NAME,
@@ -412,9 +424,7 @@ class Dramatiq:
     @contextmanager
     def consuming(self, *, threads: int = 4) -> Iterator[dramatiq.Worker]:
         """Dramatiq worker threads consuming the queue for the block's duration."""
-        import dramatiq
-
-        consumer = dramatiq.Worker(self.broker, queues={self.queue}, worker_threads=threads)
+        consumer = _dramatiq_module("dramatiq").Worker(self.broker, queues={self.queue}, worker_threads=threads)
         consumer.start()
         try:
             yield consumer

@@ -310,12 +310,12 @@ def create_api_key(body: ApiKeyIn, principal: Admin, session: DbSession) -> ApiK
         session, name=body.name, scopes=list(body.scopes), created_by=principal.user.id if principal.user else None,
         by_key=principal.api_key,
     )
-    return ApiKeyCreated(api_key=ApiKeyOut.of(key), secret=secret)
+    return ApiKeyCreated(api_key=ApiKeyOut.model_validate(key), secret=secret)
 
 
 @keys.get("", response_model=Page[ApiKeyOut])
 def list_api_keys(principal: Admin, session: DbSession, paging: Paging) -> Page[ApiKeyOut]:
-    return paginate(session, sa.select(ApiKey), ApiKey.id, paging, ApiKeyOut.of)
+    return paginate(session, sa.select(ApiKey), ApiKey.id, paging, ApiKeyOut.model_validate)
 
 
 @keys.delete("/{key_id}", response_model=ApiKeyOut)
@@ -324,7 +324,7 @@ def revoke_api_key(key_id: str, principal: Admin, session: DbSession) -> ApiKeyO
     if key is None:
         raise NotFound(f"no API key {key_id}")
     api_keys.revoke_api_key(session, key)
-    return ApiKeyOut.of(key)
+    return ApiKeyOut.model_validate(key)
 
 
 router.include_router(auth)

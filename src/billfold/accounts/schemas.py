@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, Htt
 
 from billfold.accounts.security import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from billfold.kit.inputs import SingleLine
-from billfold.models import ApiKey, AuthSession, User
+from billfold.models import AuthSession, User
 
 
 class In(BaseModel):
@@ -183,6 +183,8 @@ class ApiKeyIn(In):
 
 
 class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     key_prefix: str = Field(description="The key's first characters, to tell keys apart.")
@@ -191,14 +193,6 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> ApiKeyOut:
-        return cls(
-            id=key.id, name=key.name, key_prefix=key.key_prefix, scopes=key.scopes,
-            created_by_user_id=key.created_by_user_id, created_at=key.created_at,
-            last_used_at=key.last_used_at, revoked_at=key.revoked_at,
-        )
 
 
 class ApiKeyCreated(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from billfold.invoices.credit_notes import Credits
 from billfold.models import CreditNote, Invoice, InvoiceLine
@@ -41,6 +41,8 @@ class CreditNoteOut(BaseModel):
 
 
 class InvoiceLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     position: int
     kind: LineKind
@@ -51,15 +53,6 @@ class InvoiceLineOut(BaseModel):
     amount_cents: int = Field(description="quantity × unit amount; negative for a credit or a proration refund.")
     period_start: datetime | None
     period_end: datetime | None
-
-    @classmethod
-    def of(cls, line: InvoiceLine) -> InvoiceLineOut:
-        return cls(
-            id=line.id, position=line.position, kind=line.kind,  # type: ignore[arg-type]
-            description=line.description, product_id=line.product_id, quantity=line.quantity,
-            unit_amount_cents=line.unit_amount_cents, amount_cents=line.amount_cents,
-            period_start=line.period_start, period_end=line.period_end,
-        )
 
 
 class InvoiceOut(BaseModel):
@@ -101,7 +94,8 @@ class InvoiceOut(BaseModel):
             discount_cents=invoice.discount_cents, tax_cents=invoice.tax_cents, total_cents=invoice.total_cents,
             issue_date=invoice.issue_date, due_date=invoice.due_date, paid_date=invoice.paid_date,
             billing_address_id=invoice.billing_address_id, provider_id=invoice.provider_id,
-            provider_invoice_id=invoice.provider_invoice_id, lines=[InvoiceLineOut.of(line) for line in lines],
+            provider_invoice_id=invoice.provider_invoice_id,
+            lines=[InvoiceLineOut.model_validate(line) for line in lines],
             credited_cents=credits.credited_cents, credit_status=credits.status(invoice),  # type: ignore[arg-type]
             credit_notes=[CreditNoteOut.of(note, invoice) for note in credits.notes],
             pdf_url=f"/v1/invoices/{invoice.id}/pdf", created_at=invoice.created_at, updated_at=invoice.updated_at,

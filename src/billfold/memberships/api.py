@@ -64,7 +64,7 @@ def _check(
     answer = entitlements.entitlement(
         session, user_id=user_id, feature=feature, organization_id=organization_id, grace=_grace(request)
     )
-    return EntitlementOut.of(answer)
+    return EntitlementOut.model_validate(answer)
 
 
 @router.get("/me/memberships", response_model=Page[MembershipOut])

@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from billfold.accounts.schemas import In
 from billfold.kit.clock import UTC
 from billfold.kit.inputs import SingleLine, SingleLineOrBlank
-from billfold.memberships.entitlements import Entitlement
 from billfold.memberships.service import Described
-
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -78,17 +76,14 @@ class MembershipOut(BaseModel):
 
 
 class EntitlementOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     feature: str
     allowed: bool
     membership_id: str | None = Field(description="The membership that allows it (the longest-lasting one).")
     until: datetime | None = Field(description="Allowed until this instant, exclusive; null: for good (or not allowed).")
     via: str | None = Field(description="`membership` (its type includes the feature) or `addon`.")
     organization_id: str | None = Field(description="Set when the membership is the organization's.")
-
-    @classmethod
-    def of(cls, e: Entitlement) -> EntitlementOut:
-        return cls(feature=e.feature, allowed=e.allowed, membership_id=e.membership_id, until=e.until, via=e.via,
-                   organization_id=e.organization_id)
 
 
 class GrantIn(In):

@@ -14,7 +14,11 @@ from billfold.kit.db.types import JSONType, UTCDateTime
 
 class PaymentWebhook(Base):
     __tablename__ = "payment_webhooks"
-    __table_args__ = table_args(sa.Index("idx_payment_webhooks_processed", "processed"))
+    __table_args__ = table_args(
+        sa.Index("idx_payment_webhooks_processed", "processed"),
+        # Billfold's addition (migration 0014): a provider's event is stored once, however often it is delivered.
+        sa.Index("uq_payment_webhooks_provider_id_provider_event_id", "provider_id", "provider_event_id", unique=True),
+    )
 
     id: Mapped[str] = id_column("whk")
     provider_id: Mapped[str] = mapped_column(
@@ -25,6 +29,8 @@ class PaymentWebhook(Base):
     processed: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False, server_default=sa.false())
     created_at: Mapped[datetime] = created_at_column()
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Not in the spec: the provider's own id of the event (the Standard Webhooks ``webhook-id``).
+    provider_event_id: Mapped[str | None] = mapped_column(sa.String(255))
 
 
 class PaymentEvent(Base):

@@ -233,7 +233,7 @@ def refund_payment(
         assert refund is not None
         if refund.status == "failed":
             return 409, refund_service.failure_problem(refund)
-        return (201 if refund.status == "succeeded" else 202), jsonable_encoder(RefundOut.of(refund))
+        return (201 if refund.status == "succeeded" else 202), jsonable_encoder(RefundOut.model_validate(refund))
 
     answer = Answer(build)
     sessions = request.app.state.sessions

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import Integer, SingleLine
@@ -61,6 +61,8 @@ class ItemOut(BaseModel):
 
 
 class RefundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     payment_id: str
     order_id: str | None
@@ -72,15 +74,6 @@ class RefundOut(BaseModel):
     error_message: str | None
     created_at: datetime
     completed_at: datetime | None
-
-    @classmethod
-    def of(cls, refund: Refund) -> RefundOut:
-        return cls(
-            id=refund.id, payment_id=refund.payment_id, order_id=refund.order_id, amount_cents=refund.amount_cents,
-            currency=refund.currency, status=refund.status, reason=refund.reason,  # type: ignore[arg-type]
-            provider_refund_id=refund.provider_refund_id, error_message=refund.error_message,
-            created_at=refund.created_at, completed_at=refund.completed_at,
-        )
 
 
 class PaymentOut(BaseModel):
@@ -115,7 +108,7 @@ class PaymentOut(BaseModel):
             refunded_cents=sum(r.amount_cents for r in refunds if r.status == "succeeded"),
             currency=payment.currency, status=payment.status,  # type: ignore[arg-type]
             next_action=meta.get("next_action"), decline_code=meta.get("decline_code"),
-            error_message=payment.error_message, refunds=[RefundOut.of(r) for r in refunds],
+            error_message=payment.error_message, refunds=[RefundOut.model_validate(r) for r in refunds],
             created_at=payment.created_at, completed_at=payment.completed_at,
         )
 

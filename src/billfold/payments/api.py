@@ -76,7 +76,7 @@ def update_provider(
 
 def _page(session: Session, owner: Owner, paging: PageQuery) -> Page[PaymentMethodOut]:
     require("\x00" not in (paging.starting_after or ""), "must not contain NUL characters", "starting_after")
-    return paginate(session, methods.methods_of(owner), PaymentMethod.id, paging, PaymentMethodOut.of)
+    return paginate(session, methods.methods_of(owner), PaymentMethod.id, paging, PaymentMethodOut.model_validate)
 
 
 def _save(
@@ -85,7 +85,7 @@ def _save(
     """Save once per Idempotency-Key: a retried POST does not save the card twice."""
 
     def handler(session: Session) -> PaymentMethodOut:
-        return PaymentMethodOut.of(
+        return PaymentMethodOut.model_validate(
             methods.save_method(
                 session, security, owner, token=body.token, provider_id=body.provider_id,
                 billing_address_id=body.billing_address_id, make_default=body.make_default,
@@ -102,7 +102,7 @@ def _update(session: Session, owner: Owner, payment_method_id: str, body: Paymen
         kwargs["make_default"] = changes["make_default"]
     if "billing_address_id" in changes:
         kwargs["billing_address_id"] = changes["billing_address_id"]
-    return PaymentMethodOut.of(methods.update_method(session, owner, payment_method_id, **kwargs))
+    return PaymentMethodOut.model_validate(methods.update_method(session, owner, payment_method_id, **kwargs))
 
 
 def _organization(session: Session, principal: Principal, organization_id: str, *, change: bool) -> Owner:
@@ -128,7 +128,7 @@ def save_my_method(body: PaymentMethodIn, principal: User, idempotent: Idempoten
 
 @mine.get("/{payment_method_id}", response_model=PaymentMethodOut)
 def get_my_method(payment_method_id: str, principal: User, session: DbSession) -> PaymentMethodOut:
-    return PaymentMethodOut.of(methods.get_method(session, me(principal), payment_method_id))
+    return PaymentMethodOut.model_validate(methods.get_method(session, me(principal), payment_method_id))
 
 
 @mine.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
@@ -167,7 +167,7 @@ def get_organization_method(
     organization_id: str, payment_method_id: str, principal: Authenticated, session: DbSession
 ) -> PaymentMethodOut:
     owner = _organization(session, principal, organization_id, change=False)
-    return PaymentMethodOut.of(methods.get_method(session, owner, payment_method_id))
+    return PaymentMethodOut.model_validate(methods.get_method(session, owner, payment_method_id))
 
 
 @theirs.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))
@@ -203,7 +203,7 @@ def save_user_method(
 
 @users.get("/{payment_method_id}", response_model=PaymentMethodOut)
 def get_user_method(user_id: str, payment_method_id: str, principal: Admin, session: DbSession) -> PaymentMethodOut:
-    return PaymentMethodOut.of(methods.get_method(session, user_owner(session, user_id), payment_method_id))
+    return PaymentMethodOut.model_validate(methods.get_method(session, user_owner(session, user_id), payment_method_id))
 
 
 @users.patch("/{payment_method_id}", response_model=PaymentMethodOut, responses=problems(409))

@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, HttpUrl, StrictBool, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StrictBool, TypeAdapter
 
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import SingleLine
-from billfold.models import PaymentMethod, PaymentProvider
+from billfold.models import PaymentProvider
 from billfold.payments import gateways
 from billfold.providers import registry
 
@@ -169,6 +169,8 @@ class PaymentMethodUpdate(In):
 
 
 class PaymentMethodOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     user_id: str | None
     organization_id: str | None
@@ -183,22 +185,3 @@ class PaymentMethodOut(BaseModel):
     billing_address_id: str | None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, method: PaymentMethod) -> PaymentMethodOut:
-        return cls(
-            id=method.id,
-            user_id=method.user_id,
-            organization_id=method.organization_id,
-            provider_id=method.provider_id,
-            provider_payment_method_id=method.provider_payment_method_id,
-            payment_type=method.payment_type,
-            card_brand=method.card_brand,
-            last_four=method.last_four,
-            expiry_month=method.expiry_month,
-            expiry_year=method.expiry_year,
-            is_default=method.is_default,
-            billing_address_id=method.billing_address_id,
-            created_at=method.created_at,
-            updated_at=method.updated_at,
-        )

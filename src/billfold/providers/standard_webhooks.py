@@ -1,19 +1,29 @@
-"""Standard Webhooks signatures (https://www.standardwebhooks.com), with the standard library.
+"""Standard Webhooks signatures (https://www.standardwebhooks.com), made by the ``standardwebhooks``
+package.
 
 Headers: ``webhook-id``, ``webhook-timestamp`` (unix seconds), ``webhook-signature`` (a
 space-separated list of ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, so a secret can be
-rolled). The secret is ``whsec_`` followed by base64 of the key bytes. Same wire format as the
-``standardwebhooks`` package, which is not a dependency.
+rolled). The secret is ``whsec_`` followed by base64 of the key bytes.
+
+The package's ``Webhook.sign`` makes every signature, ours and the one a delivery is checked
+against. Its ``Webhook.verify`` is not used: it holds the timestamp against the machine's clock
+(``datetime.now()``) with no way to give it another, while Billfold's time is ``billfold.kit.clock``
+(moved by tests, and running ahead of real time on the sandbox billing clock), and it lets a
+malformed header escape as ``ValueError``. So ``verify`` checks the headers and the 5-minute window
+itself, against ``clock.now()``, then compares each offered signature with the package's, in
+constant time. The package is not told the secret until ``secret_key`` has checked it (it would
+take any base64 and any length).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+
+from standardwebhooks import Webhook
 
 from billfold.kit import clock
 from billfold.kit.errors import ConfigurationError
@@ -40,10 +50,9 @@ def make_secret(key: bytes) -> str:
 
 
 def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """One ``v1,<base64>`` signature over ``id.timestamp.body``."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    """One ``v1,<base64>`` signature over ``id.timestamp.body`` (a UTF-8 body, as JSON is)."""
+    at = datetime.fromtimestamp(timestamp, timezone.utc)
+    return Webhook(secret_key(secret)).sign(msg_id, at, body.decode("utf-8"))
 
 
 def sign(secret: str, msg_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:
@@ -70,7 +79,10 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str], tolerance: time
     now = clock.now().timestamp()
     if abs(now - timestamp) > tolerance.total_seconds():
         raise WebhookSignatureInvalid("webhook-timestamp is outside the tolerance window", code="webhook_timestamp_stale")
-    expected = signature(secret, msg_id, timestamp, body).encode()
+    try:
+        expected = signature(secret, msg_id, timestamp, body).encode()
+    except UnicodeDecodeError:
+        raise WebhookSignatureInvalid("the webhook body is not UTF-8") from None
     for candidate in signatures.split():
         if candidate.startswith("v1,") and hmac.compare_digest(candidate.encode(), expected):
             return msg_id

@@ -158,7 +158,7 @@ def change_subscription(
             return _declined(charged)
         body_out = ChangeOut(
             subscription=subscription_out(session, changed.subscription_id),
-            proration=ProrationOut.of(changed.proration) if changed.proration else None,
+            proration=ProrationOut.model_validate(changed.proration) if changed.proration else None,
             invoice_id=changed.invoice_id, payment_id=changed.payment_id,
         )
         return (202 if charged is not None and charged.outcome == "pending" else 200), jsonable_encoder(body_out)

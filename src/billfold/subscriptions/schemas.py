@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import Integer
 from billfold.models import Subscription, SubscriptionBilling
-from billfold.subscriptions.proration import Proration
 
 Id = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
 
@@ -83,18 +82,13 @@ class SubscriptionOut(BaseModel):
 
 
 class ProrationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     credit_cents: int
     charge_cents: int
     net_cents: int
     remaining_seconds: int
     period_seconds: int
-
-    @classmethod
-    def of(cls, proration: Proration) -> ProrationOut:
-        return cls(
-            credit_cents=proration.credit_cents, charge_cents=proration.charge_cents, net_cents=proration.net_cents,
-            remaining_seconds=proration.remaining_seconds, period_seconds=proration.period_seconds,
-        )
 
 
 class ChangeOut(BaseModel):

@@ -1,0 +1,1 @@
+"""Webhooks: events the payment providers send us (``inbound``), received over ``api``."""

@@ -1,0 +1,66 @@
+"""A provider's event in: verified over the raw bytes, stored once under (provider, event id).
+
+A provider delivers an event at least once, and again whenever it did not see our 2xx in time,
+so the same event may arrive twice, or many times at once. ``payment_webhooks`` holds it under a
+unique (``provider_id``, ``provider_event_id``): the first delivery inserts the row, and any
+other finds the key taken and is answered as the duplicate it is. Only the delivery that stored
+the row is new, so whatever processes the event runs for that one alone. Processing the stored
+events (converging payments and refunds on the provider's state) is not built yet: rows stay
+``processed = false`` until it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.accounts.security import Security
+from billfold.kit.db.dialects import insert_ignore
+from billfold.kit.ids import new_id
+from billfold.models import PaymentWebhook
+from billfold.payments import gateways
+from billfold.providers.base import WebhookEvent
+from billfold.providers.errors import WebhookSignatureInvalid
+
+EVENT_KEY = ("provider_id", "provider_event_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    webhook_id: str  # the payment_webhooks row holding the event
+    duplicate: bool  # the event was already stored by an earlier delivery
+
+
+def receive_webhook(
+    session: Session, security: Security, provider_id: str, body: bytes, headers: Mapping[str, str]
+) -> Received:
+    """Verify a delivery to ``provider_id`` with its adapter and store the event once. NotFound
+    for an unknown provider; WebhookSignatureInvalid (400) for a signature, timestamp or body that
+    does not verify, and then nothing is stored. A provider that was switched off still has its
+    events received: refunds and disputes of its payments go on."""
+    adapter = gateways.adapter_for_provider(session, security, provider_id, require_active=False)
+    event = adapter.verify_webhook(body, headers)
+    return store_event(session, provider_id, event, json.loads(body))
+
+
+def store_event(session: Session, provider_id: str, event: WebhookEvent, payload: object) -> Received:
+    """Insert the event's row unless the provider's event id is stored already (a concurrent
+    delivery waits for the first to commit, then finds its key taken)."""
+    if len(event.id) > 255 or len(event.type) > 100:
+        raise WebhookSignatureInvalid("the event's id or type is too long to be a provider's event")
+    row = {
+        "id": new_id("whk"), "provider_id": provider_id, "provider_event_id": event.id,
+        "event_type": event.type, "payload": payload,
+    }
+    if insert_ignore(session, PaymentWebhook.__table__, [row], key=EVENT_KEY):
+        return Received(row["id"], duplicate=False)
+    stored = session.scalars(
+        sa.select(PaymentWebhook.id).where(
+            PaymentWebhook.provider_id == provider_id, PaymentWebhook.provider_event_id == event.id
+        )
+    ).one()
+    return Received(stored, duplicate=True)

@@ -96,6 +96,9 @@ def test_a_demo_load_interrupted_mid_history_and_run_again_equals_a_clean_load(
         loading = subprocess.Popen(
             [cli.BILLFOLD, "demo", "--if-empty", "--months", MONTHS], env=env, cwd=tmp_path,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A shell without job control starts background jobs with Ctrl-C ignored, and Python keeps
+            # it ignored: the operator's terminal delivers it, so the command must see it here too.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 120

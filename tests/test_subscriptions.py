@@ -225,7 +225,7 @@ def test_cancelling_now_with_a_refund_gives_back_the_unused_time(shop: Shop, fro
     with shop.client(admin_token) as admin:
         assert admin.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "cancelled"
     from billfold.kit.db import session_factory
-    from billfold.orders.refunds import refunded_cents
+    from billfold.payments.refunds import refunded_cents
 
     with session_factory(shop.engine)() as session:
         assert refunded_cents(session, payment.id) == 2100
@@ -247,7 +247,7 @@ def test_an_idempotency_key_makes_one_subscription(shop: Shop) -> None:
 def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
     """The cancellation is kept; the retry with the same key finishes the refund instead of
     answering 409 for a subscription cancelled already, and the answer says how the refund went."""
-    from billfold.subscriptions import billing
+    from billfold.payments.engine import STALE_AFTER
 
     admin_token = shop.admin()
     kim = shop.customer("kim")
@@ -256,10 +256,10 @@ def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry
     shop.post(kim, sub["id"], "change", payment_method_id=slow)
     frozen_clock.set(when(sub["current_period_end"]))
     shop.sweep("renew")
-    frozen_clock.advance(billing.STALE_AFTER + timedelta(minutes=1))
+    frozen_clock.advance(STALE_AFTER + timedelta(minutes=1))
     shop.sweep("renew")  # the renewal's lost answer, asked again
     assert [p.status for p in shop.payments(sub["id"])] == ["completed", "completed"]
-    frozen_clock.advance(7 * DAY - billing.STALE_AFTER - timedelta(minutes=1))
+    frozen_clock.advance(7 * DAY - STALE_AFTER - timedelta(minutes=1))
     body, key = {"at_period_end": False, "refund": True}, {"Idempotency-Key": "cancel-lost-refund"}
     with shop.client(admin_token) as admin:
         lost = admin.post(f"/v1/subscriptions/{sub['id']}/cancel", json=body, headers=key)
@@ -270,7 +270,7 @@ def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry
     assert done.json()["refund_status"] == "succeeded" and 2000 < done.json()["refund_cents"] < 2200, "21 of 28 days"
     assert done.json()["subscription"]["status"] == "cancelled"
     from billfold.kit.db import session_factory
-    from billfold.orders.refunds import refunded_cents
+    from billfold.payments.refunds import refunded_cents
 
     with session_factory(shop.engine)() as session:
         assert refunded_cents(session, shop.payments(sub["id"])[-1].id) == done.json()["refund_cents"], "refunded once"

@@ -57,7 +57,7 @@ from billfold.orders import events, service
 from billfold.orders.service import OrderNotPayable, actor
 from billfold.orders.states import ORDER
 from billfold.payments import customers, engine, routing
-from billfold.payments.details import PaymentDetails
+from billfold.payments.states import waiting
 from billfold.payments.engine import ChargeFor, ChargeNotMade, Outcome, PaymentNotWaiting, PaymentRequiresAction, Result
 
 RECOVERY_POINT = "payment:"
@@ -138,7 +138,7 @@ def _prepare(
         .limit(1)
     ).first()
     if under_way is not None:
-        if PaymentDetails.of(under_way).waits_for_customer:
+        if waiting(under_way):
             raise PaymentRequiresAction(
                 f"payment {under_way.id} of order {order.order_number} waits for the customer: "
                 f"confirm it (POST /v1/payments/{under_way.id}/confirm) or cancel it first",
@@ -265,7 +265,7 @@ def _waiting(session: Session, principal: Principal, payment_id: str) -> Payment
     order = session.get(Order, payment.order_id)
     assert order is not None
     service.require_buyer(session, principal, order)
-    if payment.status != "pending" or not PaymentDetails.of(payment).waits_for_customer:
+    if not waiting(payment):
         raise PaymentNotWaiting(f"payment {payment.id} is not waiting for the customer's action")
     return payment
 

@@ -14,7 +14,8 @@ from typing import Any
 from billfold.models import Payment
 
 WAITING_FOR_CUSTOMER = "requires_action"
-"""``provider_status`` of a payment waiting for the customer's action (3-D Secure): see states.py."""
+"""``provider_status`` of a ``pending`` payment in the state ``waiting`` (for the customer's action,
+3-D Secure): see states.py."""
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,6 @@ class PaymentDetails:
 
     def write(self, payment: Payment) -> None:
         payment.metadata_ = self.to_json()
-
-    @property
-    def waits_for_customer(self) -> bool:
-        return self.provider_status == WAITING_FOR_CUSTOMER
 
     @property
     def chargeable(self) -> bool:

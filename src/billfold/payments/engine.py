@@ -43,7 +43,7 @@ from billfold.kit.money import Money
 from billfold.models import Payment, PaymentMethod
 from billfold.payments import gateways
 from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
-from billfold.payments.states import PAYMENT
+from billfold.payments.states import PAYMENT, WAITING
 from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter, RefundResult
 from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
 
@@ -351,17 +351,23 @@ def record_charge(session: Session, payment: Payment, answer: Answer, *, by: str
         details = details.but(failure=error.code)
         payment.error_message = error.detail
     status = result.status if result is not None else ChargeStatus.FAILED
-    if status == ChargeStatus.REQUIRES_ACTION:
-        details = details.but(provider_status=WAITING_FOR_CUSTOMER)
-    details.write(payment)
+    # The machine reads the payment's state from the row as it was (waiting for the customer, or
+    # not), so the move comes first and the details the provider gave are written after it.
     if status == ChargeStatus.SUCCEEDED:
         if PAYMENT.move(session, payment, "completed", by=by, provider_payment_id=payment.provider_payment_id):
             payment.completed_at = clock.now()
-        return Result.SUCCEEDED
-    if status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
+        ended = Result.SUCCEEDED
+    elif status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
         PAYMENT.move(session, payment, "failed", by=by, reason=details.decline_code or details.failure or status.value)
-        return Result.FAILED if status == ChargeStatus.FAILED else Result.CANCELLED
-    return Result.PENDING  # waiting for the customer, or the provider is still processing
+        ended = Result.FAILED if status == ChargeStatus.FAILED else Result.CANCELLED
+    else:  # waiting for the customer, or the provider is still processing
+        waits = status == ChargeStatus.REQUIRES_ACTION
+        PAYMENT.move(session, payment, WAITING if waits else "pending", by=by)
+        if waits:
+            details = details.but(provider_status=WAITING_FOR_CUSTOMER)
+        ended = Result.PENDING
+    details.write(payment)
+    return ended
 
 
 def failure_of(payment: Payment) -> BillfoldError:

@@ -63,7 +63,6 @@ from billfold.payments.engine import ChargeFor, ChargeNotMade, Outcome, PaymentN
 RECOVERY_POINT = "payment:"
 
 
-@engine.payable("order")
 class OrderPayments:
     """An order, as what its payments pay for: paid once its completed payments cover its total,
     refunded once every payment of it is."""

@@ -22,6 +22,7 @@ Services answer with an ``Outcome`` (a domain result); the routes turn it into a
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -164,19 +165,13 @@ class Payable(Protocol):
 
 
 PayableKind = Literal["order", "subscription"]
-_PAYABLES: dict[str, Callable[[Settings], Payable]] = {}
-P = TypeVar("P", bound=Callable[[Settings], Payable])
-
-
-def payable(kind: PayableKind) -> Callable[[P], P]:
-    """Register what payments of ``kind`` pay for: ``factory(settings)`` makes its ``Payable``.
-    The orders and subscriptions packages register theirs when they are imported."""
-
-    def register(factory: P) -> P:
-        _PAYABLES[kind] = factory
-        return factory
-
-    return register
+PAYABLES: dict[PayableKind, str] = {
+    "order": "billfold.orders.checkout:OrderPayments",
+    "subscription": "billfold.subscriptions.billing:SubscriptionCharges",
+}
+"""What each kind of payment pays for: the class (made with the settings) that follows its payments.
+Listed here rather than registered on import, so the engine works the same whatever a process has
+imported; imported when first needed, since orders and subscriptions import the engine."""
 
 
 def kind_of(payment: Payment) -> PayableKind:
@@ -184,10 +179,8 @@ def kind_of(payment: Payment) -> PayableKind:
 
 
 def payable_for(kind: PayableKind, settings: Settings) -> Payable:
-    factory = _PAYABLES.get(kind)
-    if factory is None:
-        package = "billfold.orders.checkout" if kind == "order" else "billfold.subscriptions.billing"
-        raise LookupError(f"nothing handles {kind} payments: import {package} first")
+    module, _, name = PAYABLES[kind].partition(":")
+    factory: Callable[[Settings], Payable] = getattr(importlib.import_module(module), name)
     return factory(settings)
 
 

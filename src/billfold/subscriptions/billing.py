@@ -234,7 +234,6 @@ def start_payments(session: Session, security: Security, wanted: list[ToCharge],
     return started
 
 
-@engine.payable("subscription")
 class SubscriptionCharges:
     """A subscription's invoice, as what its payments pay for: paid → the invoice paid and the
     subscription active; declined → the first period never was, a change is undone, or dunning."""

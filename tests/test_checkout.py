@@ -124,6 +124,8 @@ def test_three_d_secure_waits_for_the_customer_then_confirms(api: Api, engine: E
         assert confirmed.status_code == 200, confirmed.text
         assert confirmed.json()["order"]["status"] == "paid"
         assert_problem(client.post(f"/v1/payments/{payment['id']}/confirm"), 409, "payment_not_waiting")
+    # Waiting is a state of the payment machine (stored as pending: see docs/payments.md).
+    assert events(engine, payment["id"]) == ["payment.pending", "payment.waiting", "payment.completed"]
 
 
 def test_a_provider_timeout_after_charging_is_finished_by_the_retry_without_a_second_charge(api: Api, engine: Engine) -> None:

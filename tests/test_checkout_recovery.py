@@ -27,7 +27,8 @@ from billfold.config import Settings
 from billfold.kit import clock, jobs
 from billfold.kit.db import session_factory
 from billfold.models import Order, Payment
-from billfold.orders.checkout import STALE_AFTER
+from billfold.payments.details import PaymentDetails
+from billfold.payments.engine import STALE_AFTER
 from billfold.providers.base import ChargeStatus
 from billfold.providers.sandbox import SandboxProvider
 from tests.accounts import Api
@@ -98,7 +99,7 @@ def test_a_provider_that_never_answered_blocks_the_order_only_until_the_payment_
             cancelled = client.post(f"/v1/orders/{to_sweep['id']}/cancel", json={})
             assert cancelled.status_code == 200, cancelled.text
     abandoned, completed = payments_of(engine, to_pay["id"])
-    assert (abandoned.status, (abandoned.metadata_ or {}).get("failure")) == ("failed", "payment_not_made")
+    assert (abandoned.status, PaymentDetails.of(abandoned).failure) == ("failed", "payment_not_made")
     assert sandbox_charges(api, abandoned.id) == [] and len(sandbox_charges(api, completed.id)) == 1
     assert [p.status for p in payments_of(engine, to_sweep["id"])] == ["failed"]
 

@@ -32,7 +32,7 @@ from billfold.kit.ids import new_id
 from billfold.kit.jobs import Context
 from billfold.kit.money import Money
 from billfold.models import Payment, PaymentProvider, Refund
-from billfold.orders import refunds
+from billfold.payments.engine import STALE_AFTER
 from billfold.providers.sandbox import SandboxProvider
 from tests import cli
 from tests.accounts import Api
@@ -85,7 +85,7 @@ def theirs(api: Api, payment: dict) -> list[tuple[str, int, str | None]]:
 
 def settle(api: Api, engine: Engine) -> int:
     """Run the worker's sweep that settles pending refunds, as the worker would once they are stale."""
-    later = clock.FrozenClock(clock.now() + refunds.STALE_AFTER + timedelta(minutes=1))
+    later = clock.FrozenClock(clock.now() + STALE_AFTER + timedelta(minutes=1))
     with clock.using(later):
         return worker.run_sweep(context(api, engine), "refunds.settle") or 0
 

@@ -225,7 +225,7 @@ def test_cancelling_now_with_a_refund_gives_back_the_unused_time(shop: Shop, fro
     with shop.client(admin_token) as admin:
         assert admin.get(f"/v1/subscriptions/{sub['id']}").json()["status"] == "cancelled"
     from billfold.kit.db import session_factory
-    from billfold.orders.refunds import refunded_cents
+    from billfold.payments.refunds import refunded_cents
 
     with session_factory(shop.engine)() as session:
         assert refunded_cents(session, payment.id) == 2100
@@ -247,7 +247,7 @@ def test_an_idempotency_key_makes_one_subscription(shop: Shop) -> None:
 def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
     """The cancellation is kept; the retry with the same key finishes the refund instead of
     answering 409 for a subscription cancelled already, and the answer says how the refund went."""
-    from billfold.subscriptions import billing
+    from billfold.payments.engine import STALE_AFTER
 
     admin_token = shop.admin()
     kim = shop.customer("kim")
@@ -256,10 +256,10 @@ def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry
     shop.post(kim, sub["id"], "change", payment_method_id=slow)
     frozen_clock.set(when(sub["current_period_end"]))
     shop.sweep("renew")
-    frozen_clock.advance(billing.STALE_AFTER + timedelta(minutes=1))
+    frozen_clock.advance(STALE_AFTER + timedelta(minutes=1))
     shop.sweep("renew")  # the renewal's lost answer, asked again
     assert [p.status for p in shop.payments(sub["id"])] == ["completed", "completed"]
-    frozen_clock.advance(7 * DAY - billing.STALE_AFTER - timedelta(minutes=1))
+    frozen_clock.advance(7 * DAY - STALE_AFTER - timedelta(minutes=1))
     body, key = {"at_period_end": False, "refund": True}, {"Idempotency-Key": "cancel-lost-refund"}
     with shop.client(admin_token) as admin:
         lost = admin.post(f"/v1/subscriptions/{sub['id']}/cancel", json=body, headers=key)
@@ -270,15 +270,17 @@ def test_cancelling_with_a_refund_whose_answer_was_lost_is_finished_by_its_retry
     assert done.json()["refund_status"] == "succeeded" and 2000 < done.json()["refund_cents"] < 2200, "21 of 28 days"
     assert done.json()["subscription"]["status"] == "cancelled"
     from billfold.kit.db import session_factory
-    from billfold.orders.refunds import refunded_cents
+    from billfold.payments.refunds import refunded_cents
 
     with session_factory(shop.engine)() as session:
         assert refunded_cents(session, shop.payments(sub["id"])[-1].id) == done.json()["refund_cents"], "refunded once"
 
 
-def test_a_subscription_without_a_billing_row_is_listed_not_a_500(api, engine, admin_token) -> None:
-    """Rows written straight into the spec's table (an import) have no billing row of Billfold's."""
+def test_a_subscription_without_a_billing_row_is_listed_and_refused_changes_not_a_500(api, engine, admin_token) -> None:
+    """Rows written straight into the spec's table (an import) have no billing row of Billfold's:
+    they are shown, and a change answers 409 saying why (the fuzzer met one and got 500s)."""
     from billfold.kit.db import session_factory, transaction
+    from billfold.kit.ids import new_id
     from tests import factories as make
 
     with transaction(session_factory(engine)) as session:
@@ -287,5 +289,13 @@ def test_a_subscription_without_a_billing_row_is_listed_not_a_500(api, engine, a
         listed = admin.get("/v1/subscriptions", params={"limit": 100})
         assert listed.status_code == 200, listed.text
         one = admin.get(f"/v1/subscriptions/{subscription_id}")
+        changes = [
+            admin.post(f"/v1/subscriptions/{subscription_id}/{action}", json=body, headers={"Idempotency-Key": new_id("key")})
+            for action, body in (("cancel", {}), ("pause", None), ("resume", None), ("unpause", None), ("migrate-price", {}),
+                                 ("change", {"quantity": 2}))
+        ]
     assert one.status_code == 200, one.text
     assert (one.json()["quantity"], one.json()["credit_cents"]) == (1, 0)
+    for answer in changes:
+        assert answer.status_code == 409, (answer.request.url, answer.text)
+        assert "no billing record" in answer.json()["detail"]

@@ -11,7 +11,8 @@ from datetime import timedelta
 import pytest
 
 from billfold.kit import clock
-from billfold.subscriptions import billing, sweeps
+from billfold.payments.engine import STALE_AFTER
+from billfold.subscriptions import sweeps
 from tests.subscribing import SWEEPS, Shop, shop, when  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.every_database
@@ -42,7 +43,7 @@ def test_one_sweep_records_a_decline_and_an_unanswered_charge_beside_the_paid_re
     assert [p.status for p in shop.payments(subs["slow"])] == ["completed", "pending"]
     assert shop.get(people["slow"], subs["slow"])["status"] == "active"
 
-    frozen_clock.advance(billing.STALE_AFTER + timedelta(minutes=1))
+    frozen_clock.advance(STALE_AFTER + timedelta(minutes=1))
     assert SWEEPS["renew"](shop.context) == 1, "the stale payment, taken up again"
     assert [p.status for p in shop.payments(subs["slow"])] == ["completed", "completed"]
     assert [i.status for i in shop.invoices(subs["slow"])] == ["paid", "paid"]

@@ -52,9 +52,11 @@ from billfold.models import (
     User,
     UserMembership,
 )
-from billfold.orders import checkout, refunds
+from billfold.orders import checkout
 from billfold.orders import service as orders
-from billfold.payments import methods
+from billfold.payments import methods, refunds
+from billfold.payments.engine import Result
+from billfold.payments.routing import PayWith
 from billfold.subscriptions import billing
 from billfold.subscriptions import service as subscriptions
 from billfold.subscriptions.periods import add_months
@@ -319,7 +321,7 @@ class History:
         self.actions["subscriptions started"] += 1
         if started.payment_id:
             charged = billing.settle(self.sessions, self.security, self.settings, started.payment_id, by=customer.user_id)
-            if charged.outcome != "paid":
+            if not charged.succeeded:
                 self.actions["first charges declined"] += 1
                 return
         self.subscriptions[started.subscription_id] = customer
@@ -347,13 +349,13 @@ class History:
         self.subscriptions.pop(subscription_id, None)
         self.actions["cancellations now"] += 1
 
-    def change(self, subscription_id: str, customer: Customer, **change: Any) -> str | None:
+    def change(self, subscription_id: str, customer: Customer, **change: Any) -> Result | None:
         with transaction(self.sessions) as session:
             changed = subscriptions.change(
                 session, self.security, self.settings, customer.principal, subscription_id, **change
             )
         if changed.payment_id:
-            return billing.settle(self.sessions, self.security, self.settings, changed.payment_id, by=customer.user_id).outcome
+            return billing.settle(self.sessions, self.security, self.settings, changed.payment_id, by=customer.user_id).result
         return None
 
     def card_fails(self, subscription_id: str, customer: Customer) -> None:
@@ -383,7 +385,8 @@ class History:
         if self.status(subscription_id) != "active" or self.plan_of(subscription_id) == "community-pro":
             return
         outcome = self.change(subscription_id, customer, quantity=self.seats(subscription_id) + self.rng.choice((1, 1, 2, 3)))
-        self.actions["seats added" if outcome != "declined" else "seat changes declined"] += 1
+        declined = outcome in (Result.FAILED, Result.CANCELLED)
+        self.actions["seat changes declined" if declined else "seats added"] += 1
 
     def seats_down(self, subscription_id: str, customer: Customer) -> None:
         seats = self.seats(subscription_id)
@@ -429,10 +432,10 @@ class History:
                 order = orders.create_order(session, self.settings, customer.principal, items=items)
             outcome = checkout.checkout(
                 self.sessions, self.security, customer.principal, order.id,
-                checkout.PayWith(payment_method_id=customer.good_method_id),
+                PayWith(payment_method_id=customer.good_method_id),
             )
-            self.actions["orders paid" if outcome.status == 200 else "orders not paid"] += 1
-            if outcome.status == 200 and outcome.payment_id and rng.random() < REFUNDED_ORDERS:
+            self.actions["orders paid" if outcome.succeeded else "orders not paid"] += 1
+            if outcome.succeeded and outcome.payment_id and rng.random() < REFUNDED_ORDERS:
                 self.at(self.clock.now() + timedelta(days=rng.uniform(1, 20)), bind(self.refund, outcome.payment_id))
 
         return buy

@@ -32,16 +32,24 @@ class StateMachine:
     def can(self, current: str | None, to: str) -> bool:
         return to in self.moves.get(current, frozenset())
 
+    def current(self, row: Any) -> str | None:
+        """The state ``row`` is in: its ``status``. A machine whose table has a state the column
+        cannot hold derives it from the row here, and stores it in ``put``."""
+        return row.status
+
+    def put(self, row: Any, state: str) -> None:
+        row.status = state
+
     def start(self, session: Session, row: Any, to: str, *, by: str | None, **data: Any) -> None:
         """Give a new row (already flushed, so it has its id) its first state."""
         if not self.can(None, to):
             raise IllegalTransition(f"a {self.entity} cannot start as {to}")
-        row.status = to
+        self.put(row, to)
         self._record(session, row, None, to, by, data)
 
     def move(self, session: Session, row: Any, to: str, *, by: str | None, **data: Any) -> bool:
         """Move ``row`` to ``to``; False (and nothing written) when it is there already."""
-        current = row.status
+        current = self.current(row)
         if current == to:
             return False
         if not self.can(current, to):
@@ -51,7 +59,7 @@ class StateMachine:
                 current=current,  # not "status": that member of a problem document is the HTTP status
                 wanted=to,
             )
-        row.status = to
+        self.put(row, to)
         self._record(session, row, current, to, by, data)
         return True
 

@@ -42,8 +42,8 @@ from billfold.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.jobs import Context, Sweep
 from billfold.mailer import deliver_mail
 from billfold.memberships.sweeps import expire as expire_memberships
-from billfold.orders.refunds import settle_pending_refunds
 from billfold.orders.sweeps import settle_unknown_order_payments
+from billfold.payments.refunds import settle_pending_refunds
 from billfold.subscriptions.sweeps import end_due_trials, renew_due_subscriptions, retry_past_due_subscriptions
 from billfold.wiring import wire
 

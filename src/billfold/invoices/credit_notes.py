@@ -27,6 +27,7 @@ from billfold.kit import clock
 from billfold.kit.errors import NotFound
 from billfold.kit.ids import has_prefix
 from billfold.models import CreditNote, Invoice, Order, Payment, Refund
+from billfold.payments.details import PaymentDetails
 
 DEFAULT_PREFIX = "CN"
 
@@ -48,8 +49,8 @@ def credit_note_number(session: Session, year: int) -> str:
 def invoice_paid_by(session: Session, payment: Payment) -> Invoice | None:
     """The invoice ``payment`` paid: a subscription payment names it (``metadata.invoice_id``); an
     order's payment paid the order's invoice (made now if an older order lacks one)."""
-    invoice_id = (payment.metadata_ or {}).get("invoice_id") if isinstance(payment.metadata_, dict) else None
-    if isinstance(invoice_id, str) and has_prefix(invoice_id, "inv"):
+    invoice_id = PaymentDetails.of(payment).invoice_id
+    if invoice_id is not None and has_prefix(invoice_id, "inv"):
         return session.get(Invoice, invoice_id)
     if payment.order_id is None:
         return None

@@ -19,6 +19,7 @@ from billfold.invoices import service as invoices
 from billfold import mailer
 from billfold.kit.money import Money
 from billfold.models import Invoice, Order, OrderItem, Organization, Payment, Product, Subscription, User
+from billfold.payments.details import PaymentDetails
 
 if TYPE_CHECKING:
     from billfold.config import Settings
@@ -98,7 +99,7 @@ def subscription_receipt(
         return
     plan = plan_name(session, subscription)
     amount = Money(payment.amount_cents, payment.currency).format()
-    purpose = PURPOSES.get(str((payment.metadata_ or {}).get("purpose")), "")
+    purpose = PURPOSES.get(str(PaymentDetails.of(payment).purpose), "")
     seats = f" ({quantity} seats)" if quantity > 1 else ""
     if purpose == PURPOSES["change"]:
         period = f"for the rest of the period to {day(subscription.current_period_end)}"

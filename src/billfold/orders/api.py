@@ -1,5 +1,5 @@
-"""Orders, checkout, payments and refunds under /v1. Every POST that creates or moves money takes an
-optional ``Idempotency-Key`` (see docs/api.md)."""
+"""Orders, checkout and payments under /v1 (refunds: payments/api.py). Every POST that creates or
+moves money takes an optional ``Idempotency-Key`` (see docs/api.md)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from billfold.config import Settings
 from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.idempotency_http import Answer, Idempotent, idempotently
-from billfold.models import Order, Payment, Refund
+from billfold.models import Order, Payment
 from billfold.orders import checkout as checkout_service
-from billfold.orders import refunds as refund_service
 from billfold.orders import service
-from billfold.orders.schemas import CancelIn, CheckoutIn, CheckoutOut, OrderIn, OrderOut, PaymentOut, RefundIn, RefundOut
+from billfold.orders.schemas import CancelIn, CheckoutIn, CheckoutOut, OrderIn, OrderOut, PaymentOut
+from billfold.payments import refunds as refund_service
+from billfold.payments.engine import Outcome, Result
+from billfold.payments.routing import PayWith
 from billfold.providers.errors import Declined
 
 router = APIRouter(prefix="/v1", responses=problems(400, 401, 403, 404, 422))
@@ -92,15 +94,18 @@ def cancel_order(order_id: str, body: CancelIn, principal: Authenticated, idempo
     return idempotent.respond(principal.idempotency_scope, body, handler)
 
 
-def _checkout_answer(session: Session, outcome: checkout_service.Outcome) -> tuple[int, Any]:
-    if outcome.status >= 400:  # declined, refused by the provider, or never made: the order can be paid again
+def _checkout_answer(session: Session, outcome: Outcome) -> tuple[int, Any]:
+    """200 paid (or ended as asked), 202 waiting for the customer or the provider; a failed payment
+    answers its error (402 declined or never made, 400/422 refused by the provider): the order can
+    be paid again. The provider not answering is raised (503) before this."""
+    if outcome.result is Result.FAILED:
         error = outcome.error if isinstance(outcome.error, BillfoldError) else Declined("the payment was declined", "generic_decline")
-        return error.status, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id}
+        return error.status, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id or ""}
     order = session.get(Order, outcome.order_id)
     payment = session.get(Payment, outcome.payment_id)
     assert order is not None and payment is not None
     body = CheckoutOut(order=order_out(session, order), payment=payment_out(session, payment))
-    return outcome.status, jsonable_encoder(body)
+    return (202 if outcome.result is Result.PENDING else 200), jsonable_encoder(body)
 
 
 @orders.post(
@@ -117,7 +122,7 @@ def checkout(
     and the order can be paid again. 503: the provider did not answer; retry (with the same
     Idempotency-Key): it never charges twice, and a payment left unknown is settled by asking the
     provider."""
-    pay = checkout_service.PayWith(body.payment_method_id, body.token, body.provider_id)
+    pay = PayWith(body.payment_method_id, body.token, body.provider_id)
     answer = Answer(_checkout_answer)
     sessions = request.app.state.sessions
     return idempotently(
@@ -126,7 +131,7 @@ def checkout(
     )
 
 
-# Payments and refunds
+# Payments (their refunds: payments/api.py)
 
 
 def _a_time(value: object) -> object:
@@ -202,47 +207,6 @@ def cancel_payment(
     return idempotently(
         request, idempotent, principal.idempotency_scope, None, answer,
         lambda claimed: checkout_service.cancel_payment(sessions, security, principal, payment_id, claim=claimed, respond=answer),
-    )
-
-
-@payments.post(
-    "/{payment_id}/refunds",
-    status_code=status.HTTP_201_CREATED,
-    response_model=RefundOut,
-    responses={
-        **problems(409, 503),
-        202: {"model": RefundOut, "description": "The provider accepted the refund and will settle it later."},
-        409: {**problems(409)[409], "description": "`refund_in_progress`: only pending refunds stand in the way; "
-              "`refund_failed`: the provider refused the refund (with `refund_id`), nothing was given back."},
-    },
-)
-def refund_payment(
-    payment_id: str, body: RefundIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
-) -> JSONResponse:
-    """Refund all or part of a completed payment (the shop's admins). Any number of partial refunds,
-    never more than was paid; the payment and order become refunded when nothing is left. Each
-    request makes a refund of its own (a retry with its Idempotency-Key drives the same one).
-    201: refunded. 202: the provider will settle it later. 409 `refund_in_progress`: only pending
-    refunds stand in the way. 422 `not_supported`: the provider cannot make this refund (nothing is
-    written). 409 `refund_failed`: the provider refused; nothing was given back. 503: the provider
-    did not answer; the refund (`refund_id`) stays pending until the retry with the same key or the
-    worker asks the provider again."""
-
-    def build(session: Session, refund_id: str) -> tuple[int, Any]:
-        refund = session.get(Refund, refund_id)
-        assert refund is not None
-        if refund.status == "failed":
-            return 409, refund_service.failure_problem(refund)
-        return (201 if refund.status == "succeeded" else 202), jsonable_encoder(RefundOut.model_validate(refund))
-
-    answer = Answer(build)
-    sessions = request.app.state.sessions
-    return idempotently(
-        request, idempotent, principal.idempotency_scope, body, answer,
-        lambda claimed: refund_service.refund(
-            sessions, security, principal, payment_id, amount_cents=body.amount_cents, reason=body.reason,
-            claim=claimed, respond=answer,
-        ),
     )
 
 

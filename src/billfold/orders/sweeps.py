@@ -1,7 +1,7 @@
 """The worker's side of orders: checkout payments whose outcome nobody heard (the request crashed,
-or the provider timed out) are settled by asking the provider what their key made (see
-checkout.py), so an order charged at the provider is paid in our books without waiting for the
-customer to come back."""
+or the provider timed out) are settled by the payment engine, asking the provider what their key
+made (``engine.ask``, see checkout.py), so an order charged at the provider is paid in our books
+without waiting for the customer to come back."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from billfold.kit.db import reading
 from billfold.kit.errors import BillfoldError
 from billfold.kit.jobs import Context, sweep
 from billfold.orders import checkout
+from billfold.payments import engine
+from billfold.payments.engine import Result
 
 BATCH = 50
 SYSTEM = "system"
@@ -20,7 +22,7 @@ log = logging.getLogger("billfold.orders")
 
 @sweep("orders.settle_payments", every=timedelta(minutes=1))
 def settle_unknown_order_payments(context: Context) -> int:
-    """Order payments pending ``checkout.STALE_AFTER`` with no charge recorded: each settled by the
+    """Order payments pending ``engine.STALE_AFTER`` with no charge recorded: each settled by the
     provider's answer (paid, declined, waiting for the customer, or failed when no charge was made).
     How many were settled; one the provider does not answer about stays for the next run."""
     # A plain read, no claim: settling is idempotent (each payment is locked while its answer is
@@ -30,12 +32,18 @@ def settle_unknown_order_payments(context: Context) -> int:
     settled = 0
     for payment_id in payment_ids:
         try:
-            checkout.settle(context.sessions, context.security, payment_id, by=SYSTEM)
-        except BillfoldError as error:  # the provider did not answer, or is switched off: try again later
+            outcome = engine.settle_charge(
+                context.sessions, context.security, context.settings, payment_id, engine.ask, by=SYSTEM
+            )
+        except BillfoldError as error:  # the provider is switched off, or refused to look: try again later
             log.warning("order payment %s left pending: %s", payment_id, error.detail)
             continue
         except Exception as error:  # noqa: BLE001  (one payment must not hold back the others)
             log.warning("order payment %s left pending: %s: %s", payment_id, type(error).__name__, error)
+            continue
+        if outcome.result is Result.UNKNOWN:  # the provider did not answer: try again later
+            detail = outcome.error.detail if isinstance(outcome.error, BillfoldError) else outcome.error
+            log.warning("order payment %s left pending: %s", payment_id, detail)
             continue
         settled += 1
     return settled

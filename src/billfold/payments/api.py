@@ -1,21 +1,26 @@
-"""Payment providers (admins) and payment methods (of the signed-in user, of an organization, and
-for admins of any user), under /v1. The guard that refuses card data in every request is
-``billfold.payments.card_guard``."""
+"""Payment providers (admins), payment methods (of the signed-in user, of an organization, and
+for admins of any user), and refunds of payments, under /v1. The guard that refuses card data in
+every request is ``billfold.payments.card_guard``. Paying (checkout, confirm, cancel) is in
+orders/api.py and subscriptions/api.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
-from billfold.idempotency_http import Idempotent, IdempotentRequest
-from billfold.models import PaymentMethod, PaymentProvider
-from billfold.payments import gateways, methods
+from billfold.idempotency_http import Answer, Idempotent, IdempotentRequest, idempotently
+from billfold.models import PaymentMethod, PaymentProvider, Refund
+from billfold.orders.schemas import RefundIn, RefundOut
+from billfold.payments import gateways, methods, refunds
+from billfold.payments.engine import Outcome, Result
 from billfold.payments.schemas import (
     PaymentMethodIn,
     PaymentMethodOut,
@@ -33,6 +38,7 @@ theirs = APIRouter(
     responses=problems(401, 403, 404),
 )
 users = APIRouter(prefix="/users/{user_id}/payment-methods", tags=["payment methods"], responses=problems(401, 403, 404))
+payments = APIRouter(prefix="/payments", tags=["payments"], responses=problems(401, 403, 404))
 NO_CONTENT: dict[str, Any] = {"status_code": status.HTTP_204_NO_CONTENT, "response_class": Response}
 
 
@@ -221,7 +227,52 @@ def delete_user_method(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+# Refunds (the shop's admins)
+
+
+@payments.post(
+    "/{payment_id}/refunds",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RefundOut,
+    responses={
+        **problems(409, 503),
+        202: {"model": RefundOut, "description": "The provider accepted the refund and will settle it later."},
+        409: {**problems(409)[409], "description": "`refund_in_progress`: only pending refunds stand in the way; "
+              "`refund_failed`: the provider refused the refund (with `refund_id`), nothing was given back."},
+    },
+)
+def refund_payment(
+    payment_id: str, body: RefundIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
+) -> JSONResponse:
+    """Refund all or part of a completed payment (the shop's admins). Any number of partial refunds,
+    never more than was paid; the payment and order become refunded when nothing is left. Each
+    request makes a refund of its own (a retry with its Idempotency-Key drives the same one).
+    201: refunded. 202: the provider will settle it later. 409 `refund_in_progress`: only pending
+    refunds stand in the way. 422 `not_supported`: the provider cannot make this refund (nothing is
+    written). 409 `refund_failed`: the provider refused; nothing was given back. 503: the provider
+    did not answer; the refund (`refund_id`) stays pending until the retry with the same key or the
+    worker asks the provider again."""
+
+    def build(session: Session, outcome: Outcome) -> tuple[int, Any]:
+        refund = session.get(Refund, outcome.refund_id)
+        assert refund is not None
+        if outcome.result is Result.FAILED:
+            return 409, refunds.failure_problem(refund)
+        return (201 if outcome.result is Result.SUCCEEDED else 202), jsonable_encoder(RefundOut.model_validate(refund))
+
+    answer = Answer(build)
+    sessions = request.app.state.sessions
+    return idempotently(
+        request, idempotent, principal.idempotency_scope, body, answer,
+        lambda claimed: refunds.refund(
+            sessions, security, principal, payment_id, amount_cents=body.amount_cents, reason=body.reason,
+            claim=claimed, respond=answer,
+        ),
+    )
+
+
 router.include_router(providers)
 router.include_router(mine)
 router.include_router(theirs)
 router.include_router(users)
+router.include_router(payments)

@@ -19,8 +19,8 @@ from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.idempotency import Claim, advance, finish
 from billfold.models import Payment, Refund, Subscription, SubscriptionBilling
-from billfold.payments import gateways
-from billfold.orders import refunds
+from billfold.payments import gateways, refunds, routing
+from billfold.payments.engine import Outcome, Result
 from billfold.idempotency_http import Answer, Idempotent, idempotently
 from billfold.providers.errors import Declined
 from billfold.subscriptions import billing, service
@@ -59,7 +59,11 @@ def _settings(request: Request) -> Settings:
     return request.app.state.security.settings
 
 
-def _declined(charged: billing.Charged) -> tuple[int, Any]:
+DECLINED = (Result.FAILED, Result.CANCELLED)  # the payment failed: 402, whatever the provider's reason
+UNFINISHED = (Result.PENDING, Result.UNKNOWN)  # 202: the worker finishes it with the same provider key
+
+
+def _declined(charged: Outcome) -> tuple[int, Any]:
     error = charged.error if isinstance(charged.error, BillfoldError) else Declined("the payment was declined", "generic_decline")
     return 402, {
         **error.to_problem(), "subscription_id": charged.subscription_id, "payment_id": charged.payment_id,
@@ -69,7 +73,7 @@ def _declined(charged: billing.Charged) -> tuple[int, Any]:
 
 def _charge(
     request: Request, security: Any, claimed: Claim | None, answer: Answer, payment_id: str | None,
-    outcome: Any, charged_outcome: Callable[[billing.Charged], Any], *, by: str | None,
+    outcome: Any, charged_outcome: Callable[[Outcome], Any], *, by: str | None,
 ) -> None:
     """Phases 2 and 3 when phase 1 left a payment. The answer is stored under the key in the
     transaction that records the outcome; when nothing was charged, or the provider did not
@@ -90,7 +94,7 @@ def _charge(
         sessions, security, _settings(request), payment_id, by=by,
         after=lambda session, result: store(session, charged_outcome(result)),
     )
-    if charged.outcome == "pending" and answer.body is None:
+    if charged.result is Result.UNKNOWN and answer.body is None:
         with transaction(sessions) as session:
             store(session, charged_outcome(charged))
 
@@ -110,10 +114,12 @@ def create_subscription(
     402 declined (the subscription is created and cancelled, and nothing is owed)."""
     sessions = request.app.state.sessions
 
-    def build(session: Session, charged: billing.Charged) -> tuple[int, Any]:
-        if charged.outcome == "declined":
+    def build(session: Session, result: tuple[str, Outcome | None]) -> tuple[int, Any]:
+        subscription_id, charged = result
+        if charged is not None and charged.result in DECLINED:
             return _declined(charged)
-        return (202 if charged.outcome == "pending" else 201), jsonable_encoder(subscription_out(session, charged.subscription_id))
+        pending = charged is not None and charged.result in UNFINISHED
+        return (202 if pending else 201), jsonable_encoder(subscription_out(session, subscription_id))
 
     answer = Answer(build)
 
@@ -123,9 +129,8 @@ def create_subscription(
                 session, security, _settings(request), principal, product_id=body.product_id, quantity=body.quantity,
                 payment_method_id=body.payment_method_id, user_id=body.user_id, organization_id=body.organization_id,
             )
-        _charge(request, security, claimed, answer, started.payment_id,
-                billing.Charged("trialing", started.subscription_id, None, None), lambda charged: charged,
-                by=service.actor(principal))
+        _charge(request, security, claimed, answer, started.payment_id, (started.subscription_id, None),
+                lambda charged: (started.subscription_id, charged), by=service.actor(principal))
 
     return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 
@@ -152,16 +157,16 @@ def change_subscription(
     declined: the change is undone), a negative net is kept as credit for the next invoices."""
     sessions = request.app.state.sessions
 
-    def build(session: Session, result: tuple[service.Changed, billing.Charged | None]) -> tuple[int, Any]:
+    def build(session: Session, result: tuple[service.Changed, Outcome | None]) -> tuple[int, Any]:
         changed, charged = result
-        if charged is not None and charged.outcome == "declined":
+        if charged is not None and charged.result in DECLINED:
             return _declined(charged)
         body_out = ChangeOut(
             subscription=subscription_out(session, changed.subscription_id),
             proration=ProrationOut.model_validate(changed.proration) if changed.proration else None,
             invoice_id=changed.invoice_id, payment_id=changed.payment_id,
         )
-        return (202 if charged is not None and charged.outcome == "pending" else 200), jsonable_encoder(body_out)
+        return (202 if charged is not None and charged.result in UNFINISHED else 200), jsonable_encoder(body_out)
 
     answer = Answer(build)
 
@@ -209,18 +214,18 @@ def cancel_subscription(
                 paid = session.get(Payment, done.refund_payment_id)
                 assert paid is not None
                 adapter = gateways.adapter_for_provider(session, security, paid.provider_id)
-                refunds.require_capabilities(adapter.capabilities, paid, done.refund_cents)
+                routing.require_refund(adapter.capabilities, paid, done.refund_cents)
                 if claimed is not None:  # a retry refunds without cancelling twice
                     claimed = advance(session, claimed, f"{CANCELLED}{done.refund_payment_id}:{done.refund_cents}")
             payment_id, cents = done.refund_payment_id, done.refund_cents
         else:
             payment_id, cents = resumed
-        refund_id = refunds.refund(
+        refunded = refunds.refund(
             sessions, security, principal, payment_id, amount_cents=cents,
             reason="subscription cancelled: unused time", claim=claimed,
-            respond=lambda session, made: answer(session, (subscription_id, made, cents)),
+            respond=lambda session, made: answer(session, (subscription_id, made.refund_id, cents)),
         )
-        return subscription_id, refund_id, cents
+        return subscription_id, refunded.refund_id, cents
 
     return idempotently(request, idempotent, principal.idempotency_scope, body, answer, work)
 

@@ -1,29 +1,30 @@
 """Charging a subscription: the first period, a trial's end, a renewal, a dunning retry, a plan
-change. Every charge runs in three phases around the one provider call, as checkout does
-(orders/checkout.py):
+change. Billing decides what is owed and issues the invoice; the payment runs through the payment
+engine (payments/engine.py), as a checkout's does, in three phases around the one provider call:
 
 1. **claim** (subscription row locked; by a sweep with ``FOR UPDATE SKIP LOCKED``): decide what is
-   owed, issue the invoice, advance the period, and create a ``pending`` payment of the invoice,
-   all in one transaction. The payment's id is the provider's idempotency key
-   (``billfold-<payment id>-charge``). Because the period moves forward in the same transaction
-   that issues its invoice, a period is invoiced exactly once however many workers look at it.
-2. **charge**: one call to the provider, outside any transaction.
-3. **record** (subscription and payment locked): move the payment by its state machine, and the
-   invoice and the subscription with it (paid → active; declined → dunning, see dunning.py). An
-   outcome recorded already is left alone.
+   owed, issue the invoice, advance the period, and start a ``pending`` payment of the invoice
+   (``engine.start_payment``), all in one transaction. The payment's id makes the provider's
+   idempotency key (``engine.provider_key(payment id, "charge")``). Because the period moves
+   forward in the same transaction that issues its invoice, a period is invoiced exactly once
+   however many workers look at it.
+2. **charge** (``engine.charge``): one call to the provider, outside any transaction; a charge that
+   would wait for the customer's action is ended and declined (no one is there to authenticate).
+3. **record** (subscriptions, then payments, locked): the engine moves the payment by its state
+   machine, and ``SubscriptionCharges`` (the subscription's side of the engine) the invoice and the
+   subscription with it (paid → active; declined → dunning, see dunning.py). An outcome recorded
+   already is left alone.
 
 A crash or a provider timeout between 2 and 3 leaves the payment ``pending``; the renewal sweep
-takes such payments up again after ``STALE_AFTER`` with the same provider key, so the provider
-answers with the charge it made instead of charging twice.
+takes such payments up again after ``engine.STALE_AFTER`` with the same provider key, so the
+provider answers with the charge it made instead of charging twice.
 """
 
 from __future__ import annotations
 
 import logging
-
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,40 +37,27 @@ from billfold.config import Settings
 from billfold.invoices import receipts
 from billfold.invoices import service as invoices
 from billfold.kit import clock
-from billfold.kit.db import reading, transaction
 from billfold.kit.db.dialects import for_update
-from billfold.kit.ids import new_id
-from billfold.kit.money import Money
 from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling, User
-from billfold.orders import checkout
-from billfold.orders.states import PAYMENT
-from billfold.payments import customers, gateways
-from billfold.providers.base import ChargeResult, ChargeStatus
-from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
+from billfold.payments import customers, engine, gateways
+from billfold.payments.details import PaymentDetails
+from billfold.payments.engine import ChargeFor, Outcome
 from billfold.subscriptions import dunning, periods
 from billfold.subscriptions.states import SUBSCRIPTION, record
 
 log = logging.getLogger("billfold.subscriptions")
-STALE_AFTER = timedelta(minutes=10)  # a pending payment this old lost its worker: take it up again
 NO_METHOD = "no_payment_method"
 
 
-@dataclass(frozen=True)
-class Charged:
-    """How a charge ended: ``paid``, ``declined`` or ``pending`` (the provider did not answer)."""
-
-    outcome: str
-    subscription_id: str
-    payment_id: str | None
-    invoice_id: str | None
-    error: Exception | None = None
 
 
 def meta(row: Any) -> dict[str, Any]:
     return dict(row.metadata_ or {})
 
 
-def lock_subscription(session: Session, subscription_id: str) -> tuple[Subscription, SubscriptionBilling]:
+def lock_subscription(session: Session, subscription_id: str) -> tuple[Subscription, SubscriptionBilling | None]:
+    """The subscription and its billing row, locked; the billing row is None for a subscription
+    Billfold did not make (an import, a row made by hand), which it can show but not bill."""
     statement = (
         sa.select(Subscription).where(Subscription.id == subscription_id).execution_options(populate_existing=True)
     )
@@ -77,7 +65,7 @@ def lock_subscription(session: Session, subscription_id: str) -> tuple[Subscript
     billing = session.scalars(
         for_update(sa.select(SubscriptionBilling).where(SubscriptionBilling.subscription_id == subscription_id), session)
         .execution_options(populate_existing=True)
-    ).one()
+    ).one_or_none()
     return subscription, billing
 
 
@@ -178,7 +166,7 @@ class ToCharge:
     subscription: Subscription
     invoice: Invoice
     purpose: str
-    extra: dict[str, Any] | None = None
+    revert: dict[str, Any] | None = None  # a plan change's: the plan to go back to if it is declined
 
 
 def start_payment(
@@ -189,11 +177,11 @@ def start_payment(
     purpose: str,
     *,
     by: str | None,
-    extra: dict[str, Any] | None = None,
+    revert: dict[str, Any] | None = None,
 ) -> str | None:
     """A pending payment of ``invoice`` (its id), or None when there is nothing to charge (the
     invoice is paid at once)."""
-    payment_id = start_payments(session, security, [ToCharge(subscription, invoice, purpose, extra)], by=by)[0]
+    payment_id = start_payments(session, security, [ToCharge(subscription, invoice, purpose, revert)], by=by)[0]
     session.flush()
     return payment_id
 
@@ -221,10 +209,7 @@ def start_payments(session: Session, security: Security, wanted: list[ToCharge],
             started.append(None)
             continue
         method = chosen[subscription.id]
-        data: dict[str, Any] = {
-            "provider_status": "created", "invoice_id": invoice.id, "purpose": one.purpose, **(one.extra or {})
-        }
-        provider_id = subscription.provider_id
+        provider_id, customer_id = subscription.provider_id, None
         if method is not None:
             provider_id = method.provider_id
             owner = owner_of(subscription)
@@ -232,183 +217,86 @@ def start_payments(session: Session, security: Security, wanted: list[ToCharge],
             if customer is None:  # first charge at this provider: made (owner locked) and remembered
                 customer = customers.ensure_provider_customer(session, adapters[provider_id], owner)
                 known[provider_id][owner] = customer
-            data |= {
-                "provider_payment_method_id": method.provider_payment_method_id,
-                "provider_customer_id": customer.provider_customer_id,
-            }
-        payment = Payment(
-            id=new_id("pay"),
-            subscription_id=subscription.id,
-            user_id=subscription.user_id,
-            organization_id=subscription.organization_id,
-            payment_method_id=method.id if method else None,
-            provider_id=provider_id,
-            amount_cents=invoice.total_cents,
-            currency=invoice.currency,
-            status="pending",
-            metadata_=data,
-        )
-        session.add(payment)
-        PAYMENT.start(
-            session, payment, "pending", by=by, subscription_id=subscription.id, invoice_id=invoice.id,
-            amount_cents=payment.amount_cents,
+            customer_id = customer.provider_customer_id
+        payment = engine.start_payment(
+            session, amount_cents=invoice.total_cents, currency=invoice.currency, provider_id=provider_id, method=method,
+            user_id=subscription.user_id, organization_id=subscription.organization_id, subscription_id=subscription.id,
+            customer_id=customer_id, details=PaymentDetails(invoice_id=invoice.id, purpose=one.purpose, revert=one.revert), by=by,
         )
         started.append(payment.id)
     return started
 
 
-def _call(adapter: Any, payment: Payment, off_session: bool) -> tuple[ChargeResult | None, Exception | None]:
-    data = meta(payment)
-    if not data.get("provider_payment_method_id"):
-        return None, Declined("the customer has no payment method to charge", "generic_decline")
-    try:
-        result = adapter.charge(
-            amount=Money(payment.amount_cents, payment.currency),
-            idempotency_key=checkout.charge_key(payment.id),
-            customer_id=data.get("provider_customer_id"),
-            payment_method_id=data.get("provider_payment_method_id"),
-            off_session=off_session,
-            description=f"Subscription {payment.subscription_id}",
-            metadata={"payment_id": payment.id, "subscription_id": payment.subscription_id or "", "invoice_id": data.get("invoice_id", "")},
+class SubscriptionCharges:
+    """A subscription's invoice, as what its payments pay for: paid → the invoice paid and the
+    subscription active; declined → the first period never was, a change is undone, or dunning."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._locked: dict[str, tuple[Subscription, SubscriptionBilling]] = {}
+
+    def read(self, session: Session, payments: Sequence[Payment]) -> None:
+        """Nothing more to read: the payment says what it charges for."""
+
+    def describe(self, payment: Payment) -> ChargeFor:
+        details = PaymentDetails.of(payment)
+        return ChargeFor(
+            f"Subscription {payment.subscription_id}",
+            {"payment_id": payment.id, "subscription_id": payment.subscription_id or "", "invoice_id": details.invoice_id or ""},
+            off_session=details.purpose not in ("first", "change"),  # else the customer is there, asking
+            may_wait=False,  # no one waits to authenticate a recurring charge
         )
-    except Declined as declined:
-        return declined.charge, declined
-    except ProviderUnavailable:
-        raise
-    except IdempotencyMismatch as mismatch:  # something was made under this key: not a refusal
-        raise ProviderUnavailable(f"the provider holds another request under this payment's key: {mismatch.detail}") from mismatch
-    except ProviderError as refused:  # e.g. the provider no longer knows the saved method
-        return None, refused
-    if result.status == ChargeStatus.REQUIRES_ACTION:
-        # No one is there to authenticate a recurring charge: end it, and treat it as declined.
-        ended = adapter.cancel(charge_id=result.id, idempotency_key=f"billfold-{payment.id}-cancel")
-        return ended, Declined("the bank asks the customer to authenticate this payment", "authentication_required")
-    return result, None
 
-
-@dataclass(frozen=True)
-class _Answer:
-    """What the provider answered about one payment, to be recorded."""
-
-    payment_id: str
-    subscription_id: str
-    result: ChargeResult | None
-    error: Exception | None
-
-
-def _charge_all(
-    sessions: sessionmaker[Session], security: Security, payment_ids: list[str]
-) -> tuple[list[_Answer], list[Charged]]:
-    """Phase 2 for each payment: the provider's answers, and the payments it did not answer about
-    (left pending, for the stale-payment sweep)."""
-    with reading(sessions) as session:
-        payments = {p.id: p for p in session.scalars(sa.select(Payment).where(Payment.id.in_(payment_ids)))}
-        provider_ids = {p.provider_id for p in payments.values() if meta(p).get("provider_payment_method_id")}
-        adapters = {provider_id: gateways.adapter_for_provider(session, security, provider_id) for provider_id in provider_ids}
-    answers: list[_Answer] = []
-    unanswered: list[Charged] = []
-    for payment_id in payment_ids:
-        payment = payments[payment_id]
-        assert payment.subscription_id is not None
-        off_session = meta(payment).get("purpose") not in ("first", "change")
-        try:
-            result, error = _call(adapters.get(payment.provider_id), payment, off_session)
-        except ProviderUnavailable as unavailable:
-            unanswered.append(Charged("pending", payment.subscription_id, payment.id, meta(payment).get("invoice_id"), unavailable))
-            continue
-        answers.append(_Answer(payment.id, payment.subscription_id, result, error))
-    return answers, unanswered
-
-
-def _record_all(session: Session, settings: Settings, answers: list[_Answer], *, by: str | None) -> list[Charged]:
-    """Phase 3 for each answer, in the caller's transaction: the subscriptions, their billing rows
-    and the payments locked (in that order, each by id), the invoices read once, one flush."""
-    subscription_ids = sorted({a.subscription_id for a in answers})
-    statement = (
-        sa.select(Subscription, SubscriptionBilling)
-        .join(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
-        .where(Subscription.id.in_(subscription_ids))
-        .order_by(Subscription.id)
-    )
-    locked = {
-        row[0].id: (row[0], row[1])
-        for row in session.execute(for_update(statement, session).execution_options(populate_existing=True))
-    }
-    payments = {
-        p.id: p
-        for p in session.scalars(
-            for_update(sa.select(Payment).where(Payment.id.in_([a.payment_id for a in answers])).order_by(Payment.id), session)
-            .execution_options(populate_existing=True)
+    def lock(self, session: Session, payments: Sequence[Payment]) -> None:
+        """The subscriptions and their billing rows locked (in that order, each by id), before
+        their payments; the invoices, plans and addressees read once for the batch."""
+        subscription_ids = sorted({p.subscription_id for p in payments if p.subscription_id})
+        statement = (
+            sa.select(Subscription, SubscriptionBilling)
+            .join(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+            .where(Subscription.id.in_(subscription_ids))
+            .order_by(Subscription.id)
         )
-    }
-    invoice_ids = [meta(p)["invoice_id"] for p in payments.values() if meta(p).get("invoice_id")]
-    invoices_read = session.scalars(sa.select(Invoice).where(Invoice.id.in_(invoice_ids))).all()  # noqa: F841  (held in the identity map for record_outcome)
-    # The receipts' and dunning mails' plans and addressees, read once for the batch (identity map).
-    held = [subscription for subscription, _ in locked.values()]
-    products_read = session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()  # noqa: F841
-    users_read = session.scalars(sa.select(User).where(User.id.in_({s.user_id for s in held if s.user_id}))).all()  # noqa: F841
-    charged: list[Charged] = []
-    for answer in answers:
-        subscription, billing = locked[answer.subscription_id]
-        payment, result, error = payments[answer.payment_id], answer.result, answer.error
-        if payment.status == "pending" or (
-            payment.status == "failed" and result is not None and result.status == ChargeStatus.SUCCEEDED
-        ):
-            checkout.apply_outcome(session, payment, result, by=by, error=error)
-            if payment.status in ("completed", "failed"):
-                record_outcome(session, settings, subscription, billing, payment, error, by=by)
-        outcome = {"completed": "paid", "refunded": "paid", "failed": "declined"}.get(payment.status, "pending")
-        charged.append(
-            Charged(outcome, subscription.id, payment.id, meta(payment).get("invoice_id"), error if outcome == "declined" else None)
-        )
-    session.flush()
-    return charged
+        self._locked = {
+            row[0].id: (row[0], row[1])
+            for row in session.execute(for_update(statement, session).execution_options(populate_existing=True))
+        }
+        # Held in the identity map for record_outcome, the receipts and the dunning mails.
+        invoice_ids = [i for i in (PaymentDetails.of(p).invoice_id for p in payments) if i]
+        held = [subscription for subscription, _ in self._locked.values()]
+        session.scalars(sa.select(Invoice).where(Invoice.id.in_(invoice_ids))).all()
+        session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()
+        session.scalars(sa.select(User).where(User.id.in_({s.user_id for s in held if s.user_id}))).all()
+
+    def charged(self, session: Session, payment: Payment, error: Exception | None, *, by: str | None) -> None:
+        if payment.status in ("completed", "failed"):
+            subscription, billing = self._locked[payment.subscription_id or ""]
+            record_outcome(session, self.settings, subscription, billing, payment, error, by=by)
+
+    def refunded(self, session: Session, payment: Payment, *, by: str | None) -> None:
+        """A refunded subscription payment changes nothing more (cancelling refunds the unused time)."""
 
 
 def settle(
     sessions: sessionmaker[Session], security: Security, settings: Settings, payment_id: str, *, by: str | None = None,
-    after: Callable[[Session, Charged], None] | None = None,
-) -> Charged:
-    """Phases 2 and 3 for a pending payment of a subscription. ``after`` runs in the recording
-    transaction (the API stores its answer under the Idempotency-Key there); not when the
-    provider did not answer."""
-    answers, unanswered = _charge_all(sessions, security, [payment_id])
-    if unanswered:
-        return unanswered[0]
-    with transaction(sessions) as session:
-        [charged] = _record_all(session, settings, answers, by=by)
-        if after is not None:
-            after(session, charged)
-        return charged
+    after: Callable[[Session, Outcome], None] | None = None,
+) -> Outcome:
+    """Phases 2 and 3 for a pending payment of a subscription (``engine.settle_charge``). ``after``
+    runs in the recording transaction (the API stores its answer under the Idempotency-Key
+    there); not when the provider did not answer (``UNKNOWN``: the payment stays pending)."""
+    return engine.settle_charge(sessions, security, settings, payment_id, engine.charge, by=by, after=after)
 
 
 def settle_many(
     sessions: sessionmaker[Session], security: Security, settings: Settings, payment_ids: list[str], *, by: str | None = None,
-) -> list[Charged]:
-    """:func:`settle` for a batch: each payment charged with its own key, then every outcome
-    recorded in one transaction. Should that transaction fail (a deadlock, a bug one payment
-    trips), each outcome is recorded in a transaction of its own instead, so one payment cannot
-    hold back the others; an outcome that still cannot be recorded leaves its payment pending
-    for the stale-payment sweep, which asks the provider again with the same key."""
+) -> list[Outcome]:
+    """:func:`settle` for a batch (``engine.run``): each payment charged with its own key, then
+    every outcome recorded in one transaction (or, should that fail, each in its own); an outcome
+    that cannot be recorded leaves its payment pending for the stale-payment sweep, which asks the
+    provider again with the same key."""
     if not payment_ids:
         return []
-    answers, charged = _charge_all(sessions, security, payment_ids)
-    if not answers:
-        return charged
-    try:
-        with transaction(sessions) as session:
-            return charged + _record_all(session, settings, answers, by=by)
-    except Exception:  # noqa: BLE001  (each alone below; what fails there is logged)
-        if len(answers) == 1:
-            raise
-    for answer in answers:
-        try:
-            with transaction(sessions) as session:
-                charged += _record_all(session, settings, [answer], by=by)
-        except Exception as error:  # noqa: BLE001
-            log.warning("outcome of subscription payment %s not recorded, left pending: %s", answer.payment_id, error)
-            charged.append(Charged("pending", answer.subscription_id, answer.payment_id, None, error))
-    return charged
+    return engine.run(sessions, security, engine.Charges(engine.charge, settings, by), payment_ids)
 
 
 def record_outcome(
@@ -421,10 +309,10 @@ def record_outcome(
     *,
     by: str | None,
 ) -> None:
-    data = meta(payment)
-    invoice = session.get(Invoice, data["invoice_id"])
+    details = PaymentDetails.of(payment)
+    invoice = session.get(Invoice, details.invoice_id)
     assert invoice is not None
-    purpose = data.get("purpose")
+    purpose = details.purpose
     if payment.status == "completed":
         invoices.mark_paid(session, invoice, by=by)
         if subscription.status in ("trialing", "past_due"):
@@ -442,7 +330,8 @@ def record_outcome(
         subscription.current_period_end = subscription.current_period_start
         invoices.void(session, invoice, by=by)
     elif purpose == "change":  # the upgrade did not go through: the plan stays as it was
-        revert = data["revert"]
+        revert = details.revert
+        assert revert is not None
         subscription.product_id, subscription.price_cents = revert["product_id"], revert["price_cents"]
         billing.quantity, billing.credit_cents = revert["quantity"], revert["credit_cents"]
         invoices.void(session, invoice, by=by)
@@ -522,14 +411,5 @@ def due(now: Any) -> sa.Select[Any]:
 
 def stale_payments(session: Session, limit: int) -> list[str]:
     """Subscription payments whose worker never recorded an outcome, claimed for taking up again."""
-    statement = (
-        sa.select(Payment.id)
-        .where(
-            Payment.subscription_id.is_not(None),
-            Payment.status == "pending",
-            Payment.created_at <= clock.now() - STALE_AFTER,
-        )
-        .order_by(Payment.id)
-        .limit(limit)
-    )
+    statement = engine.stale_pending(sa.select(Payment.id).where(Payment.subscription_id.is_not(None))).limit(limit)
     return list(session.scalars(for_update(statement, session, skip_locked=True)))

@@ -9,7 +9,7 @@ fails, or at once on a hard decline (an expired, lost or stolen card: retrying c
 final action applies (``BILLFOLD_DUNNING_FINAL_ACTION``): ``cancel`` (default) cancels the
 subscription, ``leave_past_due`` leaves it past due with no more retries; the invoice becomes
 ``uncollectible`` either way (a later payment can still pay it). The customer gets an email at
-every step, written to the outbox with the change (kit/mailer) and sent once it commits.
+every step, written to the outbox with the change (billfold/mailer.py) and sent once it commits.
 """
 
 from __future__ import annotations

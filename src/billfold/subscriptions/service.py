@@ -27,7 +27,8 @@ from billfold.kit.ids import has_prefix
 from billfold.memberships import service as memberships
 from billfold.models import Address, Invoice, Payment, Product, Subscription, SubscriptionBilling
 from billfold.orders.service import actor, buyer
-from billfold.payments import gateways, methods
+from billfold.payments import methods, routing
+from billfold.payments.refunds import refunded_cents
 from billfold.subscriptions import billing as charging
 from billfold.subscriptions import periods
 from billfold.subscriptions.proration import Proration, prorate
@@ -76,7 +77,13 @@ def billing_of(session: Session, subscription_ids: list[str]) -> dict[str, Subsc
 
 def _locked(session: Session, principal: Principal, subscription_id: str) -> tuple[Subscription, SubscriptionBilling]:
     get(session, principal, subscription_id, change=True)
-    return charging.lock_subscription(session, subscription_id)
+    subscription, billing = charging.lock_subscription(session, subscription_id)
+    if billing is None:
+        raise SubscriptionNotChangeable(
+            f"subscription {subscription_id} has no billing record in Billfold (it was imported or made outside "
+            "Billfold): it can be read, not changed here"
+        )
+    return subscription, billing
 
 
 def _no_payment_under_way(session: Session, subscription: Subscription) -> None:
@@ -130,20 +137,11 @@ def subscribe(
     if not 1 <= quantity <= MAX_QUANTITY:
         raise InvalidInput(f"quantity is 1 to {MAX_QUANTITY}", errors=[{"field": "quantity", "message": "out of range"}])
     trial_days = product.trial_days or 0
-    method = (
-        methods.method_for_charge(session, owner, payment_method_id)
-        if payment_method_id
-        else methods.default_method(session, owner)
+    route = routing.route(
+        session, security, owner, product.currency, routing.PayWith(payment_method_id=payment_method_id),
+        without_method="save one first, or name payment_method_id" if trial_days <= 0 else None, provider_field=None,
     )
-    if method is None and trial_days <= 0:
-        raise InvalidInput(
-            "the customer has no saved payment method: save one first, or name payment_method_id",
-            errors=[{"field": "payment_method_id", "message": "required"}],
-        )
-    provider = (
-        gateways.active_provider(session, method.provider_id) if method else gateways.default_provider(session, security)
-    )
-    gateways.adapter_for_provider(session, security, provider.id).capabilities.require_currency(product.currency, provider.id)
+    method, provider = route.method, route.provider
     now = clock.now()
     billing_address_id = defaults_of(session, owner).get("billing")
     address = session.get(Address, billing_address_id) if billing_address_id else None
@@ -275,7 +273,7 @@ def change(
         row.credit_cents -= used
         lines.append(invoices.LineIn("Credit from earlier changes", -used, kind="credit"))
     invoice = charging.issue(session, settings, subscription, lines, by=by)
-    payment_id = charging.start_payment(session, security, subscription, invoice, "change", by=by, extra={"revert": revert})
+    payment_id = charging.start_payment(session, security, subscription, invoice, "change", by=by, revert=revert)
     session.flush()
     return Changed(subscription.id, proration, invoice.id, payment_id)
 
@@ -351,7 +349,6 @@ def cancel(
 
 def _unused_time(session: Session, subscription: Subscription, row: SubscriptionBilling, now: Any) -> tuple[str | None, int]:
     """The last completed payment of the subscription, and the unused time of the period to give back from it."""
-    from billfold.orders.refunds import refunded_cents
     from billfold.subscriptions.proration import prorated, seconds
 
     paid = session.scalars(

@@ -39,7 +39,7 @@ def _settle_all(context: Context, payment_ids: list[str]) -> None:
 def renew_due_subscriptions(context: Context) -> int:
     """Active subscriptions whose period has ended: the next period invoiced and charged off-session
     (or, with ``cancel_at_period_end``, cancelled). Paused ones are left alone. Also takes up
-    subscription payments that lost their worker (see billing.STALE_AFTER)."""
+    subscription payments that lost their worker (see engine.STALE_AFTER)."""
     now = clock.now()
     payment_ids: list[str] = []
     with transaction(context.sessions) as session:

@@ -1,55 +1,62 @@
-"""Refunds: giving back all or part of a completed payment, any number of times until it is used up.
+"""Refunds: giving back all or part of a completed payment (of an order or of a subscription), any
+number of times until it is used up.
 
-Like checkout, a refund runs in three phases around the one provider call:
+A refund runs through the payment engine (engine.py), in three phases around the one provider call:
 
 1. **prepare** (payment locked): refuse what cannot be refunded, and what the provider cannot do
-   (its capabilities: refunds, partial refunds, the currency), before anything is written; then
+   (``routing.require_refund``: refunds, partial refunds, the currency), before anything is written; then
    create this request's own ``pending`` refund. Pending refunds count against what is left, so
    refunds at once can never together exceed what was paid. Under an ``Idempotency-Key`` the
    key's recovery point names the refund, so a retry with that key drives the same refund.
 2. **ask** the provider, with no transaction open, with the refund's own idempotency key
-   (``billfold-<refund id>-refund``) and parameters read from the refund row, so asking again
+   (``engine.provider_key(refund id, "refund")``) and parameters read from the refund row, so asking again
    (after a timeout or a crash) gets the provider's first answer, never a second refund.
 3. **record** (payment and refund locked) the answer by the refund state machine; an outcome
-   recorded already is left alone.
+   recorded already is left alone. A payment refunded in full becomes ``refunded``, and what it
+   paid for follows (its payable: an order is refunded once every payment of it is).
 
 A request never takes up another request's refund. A refund whose outcome is unknown (the
 provider timed out, or we crashed before recording) stays ``pending`` until the retry with its
 own key, or the ``refunds.settle`` sweep, asks the provider again (``get_refund`` once the
 provider's id is known). The payment, and its order, become ``refunded`` only when fully
 refunded; a partial refund leaves them ``completed``/``paid`` with the refunds listed.
+
+Services answer with an ``engine.Outcome``; the routes answer it (payments/api.py: 201, 202, 409).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from billfold.accounts.organizations import actor_id
 from billfold.accounts.security import Principal, Security
+from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.db import reading, transaction
+from billfold.kit.db import transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, InvalidAmount, NotFound
 from billfold.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
 from billfold.kit.jobs import Context, claim_batch, sweep
 from billfold.kit.money import Money
-from billfold.models import Order, Payment, Refund
+from billfold.models import Payment, Refund
 from billfold.orders import events
-from billfold.orders.service import actor
-from billfold.orders.states import ORDER, PAYMENT, REFUND
-from billfold.payments import gateways
-from billfold.providers.base import Capabilities, ProviderAdapter, RefundResult, RefundStatus
+from billfold.payments import engine, gateways
+from billfold.payments.engine import Answer, Outcome, Result
+from billfold.payments.routing import require_refund
+from billfold.payments.states import PAYMENT, REFUND
+from billfold.providers.base import ProviderAdapter, RefundResult, RefundStatus
 from billfold.providers.errors import IdempotencyMismatch, NotSupported, ProviderError, ProviderUnavailable
 
 log = logging.getLogger("billfold.refunds")
 
-STALE_AFTER = timedelta(minutes=10)
-"""A refund pending this long lost its request: the sweep asks the provider (and again after as long)."""
 BATCH = 50
 RECOVERY_PREFIX = "refund:"
 SYSTEM = "system"
@@ -72,11 +79,6 @@ class RefundFailed(BillfoldError):
     status = 409
     code = "refund_failed"
     title = "The payment provider did not make the refund"
-
-
-def refund_key(refund_id: str) -> str:
-    """The provider's idempotency key for a refund: from our row, the same on every ask."""
-    return f"billfold-{refund_id}-refund"
 
 
 def refunded_cents(session: Session, payment_id: str, statuses: tuple[str, ...] = ("succeeded",)) -> int:
@@ -113,14 +115,6 @@ def _lock_refund(session: Session, refund_id: str) -> Refund:
     return session.scalars(for_update(statement, session)).one()
 
 
-def require_capabilities(capabilities: Capabilities, payment: Payment, amount: int) -> None:
-    """NotSupported (422) unless the provider can refund ``amount`` of this payment."""
-    capabilities.require("refunds", payment.provider_id)
-    if amount != payment.amount_cents:
-        capabilities.require("partial_refunds", payment.provider_id)
-    capabilities.require_currency(payment.currency, payment.provider_id)
-
-
 def _prepare(
     session: Session, security: Security, principal: Principal, payment_id: str, amount_cents: int | None, reason: str | None
 ) -> str:
@@ -151,7 +145,7 @@ def _prepare(
             else f"payment {payment.id} is refunded in full already",
             errors=[{"field": "amount_cents", "message": f"at most {max(left, 0)}"}],
         )
-    require_capabilities(adapter.capabilities, payment, amount)
+    require_refund(adapter.capabilities, payment, amount)
     refund = Refund(
         payment_id=payment.id,
         order_id=payment.order_id,
@@ -163,7 +157,7 @@ def _prepare(
     )
     session.add(refund)
     session.flush()
-    REFUND.start(session, refund, "pending", by=actor(principal), payment_id=payment.id, amount_cents=amount)
+    REFUND.start(session, refund, "pending", by=actor_id(principal), payment_id=payment.id, amount_cents=amount)
     return refund.id
 
 
@@ -190,34 +184,21 @@ def refund(
     reason: str | None = None,
     claim: Claim | None = None,
     respond: Any = None,
-) -> str:
-    """Refund ``amount_cents`` (all that is left when None) of a completed payment; the refund's id.
+) -> Outcome:
+    """Refund ``amount_cents`` (all that is left when None) of a completed payment; what became of
+    the refund (``refund_id``): succeeded, pending at the provider, or failed (refused, recorded).
 
     Raises ProviderUnavailable (with ``refund_id``) when the provider's answer is unknown: the
-    refund stays pending for the retry with the same Idempotency-Key, or the sweep. A refusal is
-    recorded (the refund ``failed``) and returned like any outcome; the caller answers it."""
+    refund stays pending for the retry with the same Idempotency-Key, or the sweep. ``claim`` and
+    ``respond`` (outcome → (status, body)) store the answer under the caller's key in the
+    recording transaction."""
     with transaction(sessions) as session:
         refund_id = _resumed(session, principal, payment_id, claim)
         if refund_id is None:
             refund_id = _prepare(session, security, principal, payment_id, amount_cents, reason)
             if claim is not None:  # the key's recovery point: the refund this request drives
                 claim = advance(session, claim, f"{RECOVERY_PREFIX}{refund_id}")
-    settle(sessions, security, refund_id, by=actor(principal), claim=claim, respond=respond)
-    return refund_id
-
-
-def _ask(adapter: ProviderAdapter, row: Refund, charge_id: str) -> RefundResult:
-    """The provider's answer about this refund: its current state once we know its id, else the
-    first answer to its own key (a refund it never received is made now, as it was asked)."""
-    if row.provider_refund_id:
-        return adapter.get_refund(row.provider_refund_id)
-    return adapter.refund(
-        charge_id=charge_id,
-        idempotency_key=refund_key(row.id),
-        amount=Money(row.amount_cents, row.currency),
-        reason=row.reason,
-        metadata={"refund_id": row.id, "payment_id": row.payment_id},
-    )
+    return settle(sessions, security, refund_id, by=actor_id(principal), claim=claim, respond=respond)
 
 
 def settle(
@@ -228,54 +209,115 @@ def settle(
     by: str | None,
     claim: Claim | None = None,
     respond: Any = None,
-) -> str:
-    """Ask the provider about a pending refund and record its answer; the refund's status after.
-    A refund settled already is only answered. ProviderUnavailable leaves it pending."""
-    result: RefundResult | None = None
-    refusal: ProviderError | None = None
-    with reading(sessions) as session:
-        row = session.get(Refund, refund_id)
-        payment = session.get(Payment, row.payment_id) if row is not None else None
-        assert row is not None and payment is not None
-        asking = row.status == "pending"
+) -> Outcome:
+    """Ask the provider about a pending refund and record its answer (engine.run). A refund settled
+    already is only answered. ProviderUnavailable leaves it pending."""
+    after = None
+    if claim is not None and respond is not None:
+        after = lambda session, outcomes: finish(session, claim, *respond(session, outcomes[0]))  # noqa: E731
+    [outcome] = engine.run(sessions, security, Refunds(security.settings, by), [refund_id], after=after)
+    if outcome.result is Result.UNKNOWN:
+        assert outcome.error is not None
+        raise outcome.error
+    return outcome
+
+
+@dataclass
+class Refunds:
+    """The payment engine's move for refunds: each asked about with its own key, its answer
+    recorded by the refund state machine, and a payment refunded in full moved on, with what it
+    paid for (its payable)."""
+
+    settings: Settings
+    by: str | None
+    _payments: dict[str, Payment] = field(default_factory=dict)
+
+    def read(self, session: Session, ids: Sequence[str]) -> list[Refund]:
+        rows = []
+        for refund_id in ids:
+            row = session.get(Refund, refund_id)
+            payment = session.get(Payment, row.payment_id) if row is not None else None
+            assert row is not None and payment is not None
+            self._payments[row.id] = payment
+            rows.append(row)
+        return rows
+
+    def asks(self, row: Refund) -> bool:
+        return row.status == "pending"
+
+    def provider(self, row: Refund) -> str | None:
         # Switched off or broken since the refund was prepared: it stays pending (an earlier ask
         # may have reached the provider), and is asked about once the provider works again.
-        adapter = gateways.adapter_for_provider(session, security, payment.provider_id) if asking else None
-    if adapter is not None:
+        return self._payments[row.id].provider_id
+
+    def ask(self, adapter: ProviderAdapter | None, row: Refund) -> Answer:
+        """The provider's answer about this refund: its current state once we know its id, else the
+        first answer to its own key (a refund it never received is made now, as it was asked)."""
+        assert adapter is not None
+        payment = self._payments[row.id]
         try:
-            result = _ask(adapter, row, str(payment.provider_payment_id))
+            if row.provider_refund_id:
+                return Answer(adapter.get_refund(row.provider_refund_id))
+            return Answer(adapter.refund(
+                charge_id=str(payment.provider_payment_id),
+                idempotency_key=engine.provider_key(row.id, "refund"),
+                amount=Money(row.amount_cents, row.currency),
+                reason=row.reason,
+                metadata={"refund_id": row.id, "payment_id": row.payment_id},
+            ))
         except (ProviderUnavailable, IdempotencyMismatch) as error:
             # Unknown outcome. A mismatch means this key was once sent with other parameters (a
             # refund taken up by another request before this was fixed): only a person can tell.
-            raise ProviderUnavailable(error.detail, refund_id=refund_id, payment_id=payment.id) from error
+            raise ProviderUnavailable(error.detail, refund_id=row.id, payment_id=payment.id) from error
         except NotSupported as error:
             # Checked before the refund was written, so the provider's config changed since: an
             # earlier ask may have been made, so it stays pending until the provider can answer.
-            error.extra.update(refund_id=refund_id, payment_id=payment.id)
+            error.extra.update(refund_id=row.id, payment_id=payment.id)
             raise
         except ProviderError as error:  # refused: bad state, more than is left, no such charge
-            refusal = error
-    with transaction(sessions) as session:
-        payment = _lock_payment(session, payment.id)
-        row = _lock_refund(session, refund_id)
-        if row.status == "pending":
-            if result is not None:
-                row.provider_refund_id = result.id
-                if result.status == RefundStatus.SUCCEEDED:
-                    REFUND.move(session, row, "succeeded", by=by, provider_refund_id=result.id)
-                    row.completed_at = clock.now()
-                    _settle_payment(session, payment, by)
-                elif result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
-                    row.error_message = f"the provider says the refund {result.provider_status}"
-                    REFUND.move(session, row, "failed", by=by, reason=row.error_message, provider_refund_id=result.id)
-            elif refusal is not None:
-                row.error_message = refusal.detail
-                row.metadata_ = {**(row.metadata_ or {}), "provider_code": refusal.code}
-                REFUND.move(session, row, "failed", by=by, reason=refusal.detail, code=refusal.code)
+            return Answer(None, error)
+
+    def record(self, session: Session, heard: list[tuple[Refund, Answer | None]]) -> list[Outcome]:
+        outcomes = []
+        for read, answer in heard:
+            payment = _lock_payment(session, read.payment_id)
+            row = _lock_refund(session, read.id)
+            refusal = answer.error if answer is not None else None
+            if row.status == "pending" and answer is not None:
+                result = answer.result
+                assert result is None or isinstance(result, RefundResult)
+                if result is not None:
+                    row.provider_refund_id = result.id
+                    if result.status == RefundStatus.SUCCEEDED:
+                        REFUND.move(session, row, "succeeded", by=self.by, provider_refund_id=result.id)
+                        row.completed_at = clock.now()
+                        self._settle_payment(session, payment)
+                    elif result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+                        row.error_message = f"the provider says the refund {result.provider_status}"
+                        REFUND.move(session, row, "failed", by=self.by, reason=row.error_message, provider_refund_id=result.id)
+                elif isinstance(refusal, ProviderError):
+                    row.error_message = refusal.detail
+                    row.metadata_ = {**(row.metadata_ or {}), "provider_code": refusal.code}
+                    REFUND.move(session, row, "failed", by=self.by, reason=refusal.detail, code=refusal.code)
+            session.flush()
+            ended = {"succeeded": Result.SUCCEEDED, "failed": Result.FAILED}.get(row.status, Result.PENDING)
+            outcomes.append(engine.outcome_of(payment, ended, refund_id=row.id, error=refusal if ended is Result.FAILED else None))
+        return outcomes
+
+    def unknown(self, row: Refund, error: Exception) -> Outcome:
+        return engine.outcome_of(self._payments[row.id], Result.UNKNOWN, refund_id=row.id, error=error)
+
+    def _settle_payment(self, session: Session, payment: Payment) -> None:
+        """A payment refunded in full becomes refunded, and what it paid for follows (an order is
+        refunded once every payment of it is). Called after each refund that succeeded: what hangs
+        on refunds (credit notes, the end of what a refunded order granted) runs through
+        ``orders.events``."""
         session.flush()
-        if claim is not None and respond is not None:
-            finish(session, claim, *respond(session, row.id))
-        return row.status
+        events.refund_succeeded(session, payment)
+        if refunded_cents(session, payment.id) < payment.amount_cents:
+            return
+        PAYMENT.move(session, payment, "refunded", by=self.by)
+        engine.payable_for(engine.kind_of(payment), self.settings).refunded(session, payment, by=self.by)
 
 
 def failure_problem(row: Refund) -> dict[str, Any]:
@@ -288,29 +330,8 @@ def failure_problem(row: Refund) -> dict[str, Any]:
     ).to_problem()
 
 
-def _settle_payment(session: Session, payment: Payment, by: str | None) -> None:
-    """A payment refunded in full becomes refunded; its order too once every payment is. Called
-    after each refund that succeeded: what hangs on refunds (credit notes, the end of what a
-    refunded order granted) runs here, through ``orders.events``."""
-    session.flush()
-    events.refund_succeeded(session, payment)
-    if refunded_cents(session, payment.id) < payment.amount_cents:
-        return
-    PAYMENT.move(session, payment, "refunded", by=by)
-    if payment.order_id is None:
-        return
-    order = session.scalars(for_update(sa.select(Order).where(Order.id == payment.order_id), session)).one()
-    still_paid = session.scalar(
-        sa.select(sa.func.count()).select_from(Payment).where(Payment.order_id == order.id, Payment.status == "completed")
-    )
-    if order.status == "paid" and not still_paid:
-        ORDER.move(session, order, "refunded", by=by, payment_id=payment.id)
-        session.flush()
-        events.order_refunded(session, order)
-
-
 @sweep("refunds.settle", every=timedelta(minutes=1))
-def settle_pending_refunds(context: Context, *, older_than: timedelta = STALE_AFTER, limit: int = BATCH) -> int:
+def settle_pending_refunds(context: Context, *, older_than: timedelta = engine.STALE_AFTER, limit: int = BATCH) -> int:
     """Refunds pending longer than ``older_than`` (their request timed out or died): each is
     asked about at the provider with its own key (``get_refund`` once its id is known) and its
     answer recorded. Claimed rows are stamped, so one still unanswered is asked again only after

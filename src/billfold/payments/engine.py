@@ -1,0 +1,540 @@
+"""The payment engine: every charge and every refund, for an order or a subscription's invoice, moves
+money the same way, in three phases around the one call to the provider (reference/providers.md §1):
+
+1. **prepare**, in the caller's transaction: find the route (routing.py: method, provider,
+   adapter), check what the provider can do before any row is written, and start a ``pending``
+   payment (``start_payment``) or refund. The row's id makes the provider's idempotency key
+   (``provider_key``).
+2. **ask** (``run``): read the rows and build the adapters in a short read, then, with no
+   transaction open, one call to the provider per row with the row's own key.
+3. **record** (``run``), with the rows locked: the answer moves the row by its state machine
+   (states.py), and what the payment pays for follows in the same transaction (its ``Payable``:
+   the order becomes paid, the invoice paid, the subscription active or past due). An outcome
+   recorded already is left alone.
+
+The provider not answering (``ProviderUnavailable``, or ``IdempotencyMismatch``: something was made
+under this key) leaves the row ``pending`` with its outcome ``UNKNOWN``. It is asked about again
+with the same key, by a retry or by a sweep, ``STALE_AFTER`` after it began, and so never charged
+or refunded twice.
+
+Services answer with an ``Outcome`` (a domain result); the routes turn it into an HTTP answer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, Literal, Protocol, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from billfold.accounts.security import Security
+from billfold.config import Settings
+from billfold.kit import clock
+from billfold.kit.db import reading, transaction
+from billfold.kit.db.dialects import for_update
+from billfold.kit.errors import BillfoldError, Conflict
+from billfold.kit.ids import new_id
+from billfold.kit.money import Money
+from billfold.models import Payment, PaymentMethod
+from billfold.payments import gateways
+from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
+from billfold.payments.states import PAYMENT, WAITING
+from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter, RefundResult
+from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
+
+log = logging.getLogger("billfold.payments")
+
+STALE_AFTER = timedelta(minutes=10)
+"""A charge or refund whose outcome is still unknown this long after it began has lost its request
+(a crash, a timeout): a sweep asks the provider what its key made."""
+
+Operation = Literal["charge", "confirm", "cancel", "refund"]
+
+
+def provider_key(row_id: str, operation: Operation) -> str:
+    """The idempotency key sent to the provider for ``operation`` on our row ``row_id`` (a payment,
+    or a refund): derived from the row, so every ask about it, after a timeout or a crash, gets
+    the provider's first answer and never moves money twice."""
+    return f"billfold-{row_id}-{operation}"
+
+
+# Errors
+
+
+class ChargeNotMade(BillfoldError):
+    """The provider made no charge for a payment whose request never heard its answer."""
+
+    status = 402
+    code = "payment_not_made"
+    title = "The payment was never made"
+
+
+class PaymentNotWaiting(Conflict):
+    code = "payment_not_waiting"
+    title = "The payment is not waiting for the customer"
+
+
+class PaymentRequiresAction(Conflict):
+    code = "payment_requires_action"
+    title = "A payment waits for the customer"
+
+
+# Outcomes
+
+
+class Result(StrEnum):
+    """How a charge or a refund ended, as far as Billfold knows."""
+
+    SUCCEEDED = "succeeded"  # the money moved: the payment is completed (or refunded since), the refund made
+    CANCELLED = "cancelled"  # the charge was ended (the payment failed) as someone asked: see Outcome.error
+    PENDING = "pending"  # the customer must act (3-D Secure), or the provider is still processing
+    FAILED = "failed"  # declined, refused by the provider, or never made: ``error`` says why
+    UNKNOWN = "unknown"  # the provider did not answer; the row stays pending for a retry or a sweep
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one payment (or, with ``refund_id``, one refund of it), and what it pays for."""
+
+    result: Result
+    payment_id: str
+    order_id: str | None = None
+    subscription_id: str | None = None
+    invoice_id: str | None = None
+    refund_id: str | None = None
+    error: Exception | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.result is Result.SUCCEEDED
+
+
+def outcome_of(payment: Payment, result: Result, *, refund_id: str | None = None, error: Exception | None = None) -> Outcome:
+    return Outcome(
+        result, payment.id, payment.order_id, payment.subscription_id, PaymentDetails.of(payment).invoice_id,
+        refund_id, error,
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the provider said about one row: the charge (or refund) as it has it, None when it made
+    none; and its refusal (a decline, a request it refused), raised to no one but recorded."""
+
+    result: ChargeResult | RefundResult | None
+    error: Exception | None = None
+
+
+# What payments pay for
+
+
+@dataclass(frozen=True)
+class ChargeFor:
+    """How a payable asks the provider for a charge."""
+
+    description: str | None
+    metadata: dict[str, str]
+    off_session: bool = False  # the customer is not there (a renewal): the provider may not ask them to act
+    may_wait: bool = True  # False: a charge that needs the customer's action is ended and declined
+
+
+class Payable(Protocol):
+    """What payments pay for (an order; a subscription's invoice), as the engine sees it. One is made
+    for each phase (``payable_for``); ``lock`` and ``charged`` are called in one transaction."""
+
+    def read(self, session: Session, payments: Sequence[Payment]) -> None:
+        """Before the provider is asked (no transaction open after): read what ``describe`` needs."""
+
+    def describe(self, payment: Payment) -> ChargeFor: ...
+
+    def lock(self, session: Session, payments: Sequence[Payment]) -> None:
+        """In the recording transaction, before the payments are locked: lock the payable's own rows
+        that must be locked first (always in the same order, so recorders never deadlock)."""
+
+    def charged(self, session: Session, payment: Payment, error: Exception | None, *, by: str | None) -> None:
+        """After the provider's answer was recorded on ``payment`` (completed, failed, or still pending)."""
+
+    def refunded(self, session: Session, payment: Payment, *, by: str | None) -> None:
+        """After ``payment`` became ``refunded`` (nothing is left of it)."""
+
+
+PayableKind = Literal["order", "subscription"]
+PAYABLES: dict[PayableKind, str] = {
+    "order": "billfold.orders.checkout:OrderPayments",
+    "subscription": "billfold.subscriptions.billing:SubscriptionCharges",
+}
+"""What each kind of payment pays for: the class (made with the settings) that follows its payments.
+Listed here rather than registered on import, so the engine works the same whatever a process has
+imported; imported when first needed, since orders and subscriptions import the engine."""
+
+
+def kind_of(payment: Payment) -> PayableKind:
+    return "order" if payment.order_id is not None else "subscription"
+
+
+def payable_for(kind: PayableKind, settings: Settings) -> Payable:
+    module, _, name = PAYABLES[kind].partition(":")
+    factory: Callable[[Settings], Payable] = getattr(importlib.import_module(module), name)
+    return factory(settings)
+
+
+def _by_kind(payments: Iterable[Payment]) -> dict[PayableKind, list[Payment]]:
+    grouped: dict[PayableKind, list[Payment]] = {}
+    for payment in payments:
+        grouped.setdefault(kind_of(payment), []).append(payment)
+    return grouped
+
+
+# Phase 1: starting a payment
+
+
+def start_payment(
+    session: Session,
+    *,
+    amount_cents: int,
+    currency: str,
+    provider_id: str,
+    method: PaymentMethod | None,
+    user_id: str | None,
+    organization_id: str | None,
+    order_id: str | None = None,
+    subscription_id: str | None = None,
+    token: str | None = None,
+    customer_id: str | None = None,
+    details: PaymentDetails | None = None,
+    by: str | None,
+) -> Payment:
+    """A new ``pending`` payment of ``amount_cents`` for an order or a subscription, through
+    ``provider_id`` with a saved ``method`` (at the provider's customer ``customer_id``) or a
+    one-time ``token``; added to the session with its event, not flushed. Its id makes its
+    provider key."""
+    stored = (details or PaymentDetails()).but(
+        provider_status="created",
+        token=token,
+        provider_payment_method_id=method.provider_payment_method_id if method else None,
+        provider_customer_id=customer_id if method else None,
+    )
+    payment = Payment(
+        id=new_id("pay"),
+        order_id=order_id,
+        subscription_id=subscription_id,
+        user_id=user_id,
+        organization_id=organization_id,
+        payment_method_id=method.id if method else None,
+        provider_id=provider_id,
+        amount_cents=amount_cents,
+        currency=currency,
+        status="pending",
+        metadata_=stored.to_json(),
+    )
+    session.add(payment)
+    PAYMENT.start(
+        session, payment, "pending", by=by, order_id=order_id, subscription_id=subscription_id,
+        invoice_id=stored.invoice_id, amount_cents=amount_cents,
+    )
+    return payment
+
+
+def stale(payment: Payment) -> bool:
+    return payment.created_at <= clock.now() - STALE_AFTER
+
+
+# Phase 2: the calls to the provider. Each takes the adapter (None when there is nothing to charge),
+# the payment as read, and how its payable asks; each answers what the provider said, or raises
+# ProviderUnavailable / IdempotencyMismatch when the outcome is unknown.
+
+Call = Callable[[ProviderAdapter | None, Payment, ChargeFor], Answer]
+
+
+def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
+    """Charge the payment's saved method or token, with its own key (asking again gets the first answer)."""
+    details = PaymentDetails.of(payment)
+    if adapter is None or not details.chargeable:
+        return Answer(None, Declined("the customer has no payment method to charge", "generic_decline"))
+    try:
+        result = adapter.charge(
+            amount=Money(payment.amount_cents, payment.currency),
+            idempotency_key=provider_key(payment.id, "charge"),
+            customer_id=details.provider_customer_id,
+            payment_method_id=details.provider_payment_method_id,
+            token=details.token,
+            off_session=about.off_session,
+            description=about.description,
+            metadata=about.metadata,
+        )
+    except Declined as declined:
+        return Answer(declined.charge, declined)
+    except (ProviderUnavailable, IdempotencyMismatch):
+        raise  # outcome unknown (a mismatch: something was charged under this key): asked about later
+    except ProviderError as refused:  # a definite refusal (an unknown token, say): nothing was charged
+        return Answer(None, refused)
+    if result.status == ChargeStatus.REQUIRES_ACTION and not about.may_wait:
+        # No one is there to authenticate: end the charge, and treat it as declined.
+        ended = adapter.cancel(charge_id=result.id, idempotency_key=provider_key(payment.id, "cancel"))
+        return Answer(ended, Declined("the bank asks the customer to authenticate this payment", "authentication_required"))
+    return Answer(result)
+
+
+def ask(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
+    """For a payment whose outcome this request did not hear: what the provider made under its key,
+    without charging again. No charge there: a young payment is charged now with the same key (its
+    first request may still be under way; the provider makes one charge for both), a stale one
+    failed (``ChargeNotMade``)."""
+    assert adapter is not None
+    if payment.provider_payment_id:
+        found: ChargeResult | None = adapter.get_charge(payment.provider_payment_id)
+    else:
+        found = adapter.find_charge(idempotency_key=provider_key(payment.id, "charge"))
+    if found is None:
+        if stale(payment):
+            return Answer(None, ChargeNotMade(
+                f"the provider made no charge for payment {payment.id}, and its request never heard an answer; "
+                "pay the order again"
+            ))
+        return charge(adapter, payment, about)
+    if found.status == ChargeStatus.FAILED:
+        return Answer(found, Declined(found.failure_message or "The payment was declined.", found.failure_code or "generic_decline", charge=found))
+    return Answer(found)
+
+
+def confirm(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
+    """Go on with a charge after the customer's action (3-D Secure)."""
+    assert adapter is not None
+    try:
+        return Answer(adapter.confirm(charge_id=payment.provider_payment_id, idempotency_key=provider_key(payment.id, "confirm")))  # type: ignore[arg-type]
+    except Declined as declined:
+        return Answer(declined.charge, declined)
+
+
+def cancel(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
+    """End a charge that waits for the customer. If the provider cannot (the charge was completed,
+    or ended, meanwhile), what the charge became is the answer, so the payment does not wait for an
+    action that cannot come."""
+    assert adapter is not None
+    try:
+        return Answer(adapter.cancel(charge_id=payment.provider_payment_id, idempotency_key=provider_key(payment.id, "cancel")))  # type: ignore[arg-type]
+    except (ProviderUnavailable, IdempotencyMismatch):
+        raise
+    except ProviderError:
+        return ask(adapter, payment, about)
+
+
+# Phase 3: recording a charge
+
+
+def record_charge(session: Session, payment: Payment, answer: Answer, *, by: str | None) -> Result:
+    """Write what the provider said on the (locked) payment and move it by its state machine; what
+    the answer means. The changes are flushed with the caller's next query or commit."""
+    details = PaymentDetails.of(payment)
+    result, error = answer.result, answer.error
+    assert result is None or isinstance(result, ChargeResult)
+    if result is not None:
+        payment.provider_payment_id = result.id
+        details = details.but(provider_status=result.provider_status, next_action=result.next_action or None)
+    if isinstance(error, Declined):
+        details = details.but(decline_code=str(error.decline_code))
+        payment.error_message = error.detail
+    elif isinstance(error, BillfoldError):  # a refusal, or no charge made: the payment failed all the same
+        details = details.but(failure=error.code)
+        payment.error_message = error.detail
+    status = result.status if result is not None else ChargeStatus.FAILED
+    # The machine reads the payment's state from the row as it was (waiting for the customer, or
+    # not), so the move comes first and the details the provider gave are written after it.
+    if status == ChargeStatus.SUCCEEDED:
+        if PAYMENT.move(session, payment, "completed", by=by, provider_payment_id=payment.provider_payment_id):
+            payment.completed_at = clock.now()
+        ended = Result.SUCCEEDED
+    elif status in (ChargeStatus.FAILED, ChargeStatus.CANCELED):
+        PAYMENT.move(session, payment, "failed", by=by, reason=details.decline_code or details.failure or status.value)
+        ended = Result.FAILED if status == ChargeStatus.FAILED else Result.CANCELLED
+    else:  # waiting for the customer, or the provider is still processing
+        waits = status == ChargeStatus.REQUIRES_ACTION
+        PAYMENT.move(session, payment, WAITING if waits else "pending", by=by)
+        if waits:
+            details = details.but(provider_status=WAITING_FOR_CUSTOMER)
+        ended = Result.PENDING
+    details.write(payment)
+    return ended
+
+
+def failure_of(payment: Payment) -> BillfoldError:
+    """The error a failed payment answers with to a request that did not hear the provider itself."""
+    details = PaymentDetails.of(payment)
+    if details.failure == ChargeNotMade.code:
+        return ChargeNotMade(payment.error_message or "the provider made no charge for this payment")
+    return Declined(payment.error_message or "The payment was declined.", details.decline_code or "generic_decline")
+
+
+_AS_STORED = {"pending": Result.PENDING, "completed": Result.SUCCEEDED, "refunded": Result.SUCCEEDED, "failed": Result.FAILED}
+
+
+# The runner
+
+Row = TypeVar("Row")
+
+
+class Move(Protocol[Row]):
+    """One kind of money move for the runner: how its rows are read, asked about and recorded.
+    A move is made for one run (it may keep what it read for its calls)."""
+
+    def read(self, session: Session, ids: Sequence[str]) -> list[Row]: ...
+
+    def asks(self, row: Row) -> bool:
+        """Whether the provider is to be asked about ``row`` (not when it is settled already)."""
+
+    def provider(self, row: Row) -> str | None:
+        """The provider whose adapter ``ask`` needs, or None (nothing to ask it with)."""
+
+    def ask(self, adapter: ProviderAdapter | None, row: Row) -> Answer: ...
+
+    def record(self, session: Session, heard: list[tuple[Row, Answer | None]]) -> list[Outcome]:
+        """Lock, record each answer (None: not asked), and say what became of each row."""
+
+    def unknown(self, row: Row, error: Exception) -> Outcome: ...
+
+
+def run(
+    sessions: sessionmaker[Session],
+    security: Security,
+    move: Move[Any],
+    ids: Sequence[str],
+    *,
+    after: Callable[[Session, list[Outcome]], None] | None = None,
+) -> list[Outcome]:
+    """Phases 2 and 3 for the rows ``ids``: read them and build their adapters in a short read; ask
+    the provider about each, with no transaction open; record every answer in one transaction,
+    which ``after`` joins (an API stores its answer under the Idempotency-Key there: a run of one
+    row). A row the provider did not answer about is not recorded: its outcome is ``UNKNOWN``.
+
+    Should the one transaction fail for several rows (a deadlock, a bug one row trips), each is
+    recorded in a transaction of its own instead, so one cannot hold back the others; a row whose
+    answer still cannot be recorded stays pending, ``UNKNOWN``, for the sweep."""
+    with reading(sessions) as session:
+        rows = move.read(session, ids)
+        adapters: dict[str, ProviderAdapter] = {}
+        for row in rows:
+            provider_id = move.provider(row) if move.asks(row) else None
+            if provider_id is not None and provider_id not in adapters:
+                adapters[provider_id] = gateways.adapter_for_provider(session, security, provider_id)
+    heard: list[tuple[Any, Answer | None]] = []
+    unknown: list[Outcome] = []
+    for row in rows:
+        if not move.asks(row):
+            heard.append((row, None))
+            continue
+        provider_id = move.provider(row)
+        try:
+            heard.append((row, move.ask(adapters[provider_id] if provider_id is not None else None, row)))
+        except (ProviderUnavailable, IdempotencyMismatch) as error:
+            unknown.append(move.unknown(row, error))
+    if not heard:
+        return unknown
+    try:
+        return _record(sessions, move, heard, after) + unknown
+    except Exception:
+        if len(heard) == 1:
+            raise
+    outcomes: list[Outcome] = []
+    for one in heard:
+        try:
+            outcomes += _record(sessions, move, [one], None)
+        except Exception as error:  # noqa: BLE001  (logged; the row stays pending for the sweep)
+            log.warning("outcome of %s not recorded, left pending: %s", one[0].id, error)
+            outcomes.append(move.unknown(one[0], error))
+    return outcomes + unknown
+
+
+def _record(
+    sessions: sessionmaker[Session], move: Move[Any], heard: list[tuple[Any, Answer | None]],
+    after: Callable[[Session, list[Outcome]], None] | None,
+) -> list[Outcome]:
+    with transaction(sessions) as session:
+        outcomes = move.record(session, heard)
+        if after is not None:
+            after(session, outcomes)
+        return outcomes
+
+
+@dataclass
+class Charges:
+    """The runner's move for payments: ``call`` asks the provider (``charge``, ``ask``,
+    ``confirm``, ``cancel``), and each payment's payable describes the charge and follows its
+    outcome."""
+
+    call: Call
+    settings: Settings
+    by: str | None
+    _about: dict[str, ChargeFor] = field(default_factory=dict)
+
+    def read(self, session: Session, ids: Sequence[str]) -> list[Payment]:
+        found = {p.id: p for p in session.scalars(sa.select(Payment).where(Payment.id.in_(list(ids))))}
+        rows = [found[payment_id] for payment_id in ids]
+        for kind, payments in _by_kind(p for p in rows if self.asks(p)).items():
+            payable = payable_for(kind, self.settings)
+            payable.read(session, payments)
+            self._about.update({p.id: payable.describe(p) for p in payments})
+        return rows
+
+    def asks(self, row: Payment) -> bool:
+        return row.status == "pending"
+
+    def provider(self, row: Payment) -> str | None:
+        return row.provider_id if PaymentDetails.of(row).chargeable else None
+
+    def ask(self, adapter: ProviderAdapter | None, row: Payment) -> Answer:
+        return self.call(adapter, row, self._about[row.id])
+
+    def record(self, session: Session, heard: list[tuple[Payment, Answer | None]]) -> list[Outcome]:
+        payables: dict[PayableKind, Payable] = {}
+        for kind, payments in _by_kind(row for row, _ in heard).items():
+            payables[kind] = payable_for(kind, self.settings)
+            payables[kind].lock(session, payments)
+        ids = sorted(row.id for row, _ in heard)
+        statement = for_update(sa.select(Payment).where(Payment.id.in_(ids)).order_by(Payment.id), session)
+        locked = {p.id: p for p in session.scalars(statement.execution_options(populate_existing=True))}
+        outcomes = []
+        for row, answer in heard:
+            payment = locked[row.id]
+            result = answer.result if answer is not None else None
+            if answer is not None and (
+                payment.status == "pending"
+                or (payment.status == "failed" and isinstance(result, ChargeResult) and result.status == ChargeStatus.SUCCEEDED)
+            ):
+                ended = record_charge(session, payment, answer, by=self.by)
+                payables[kind_of(payment)].charged(session, payment, answer.error, by=self.by)
+            else:  # settled already (by another request, or the sweep): what it became
+                ended = _AS_STORED[payment.status]
+            error = answer.error if answer is not None else None
+            if ended is Result.FAILED and error is None:
+                error = failure_of(payment)
+            outcomes.append(outcome_of(payment, ended, error=error if ended in (Result.FAILED, Result.CANCELLED) else None))
+        session.flush()
+        return outcomes
+
+    def unknown(self, row: Payment, error: Exception) -> Outcome:
+        return outcome_of(row, Result.UNKNOWN, error=error)
+
+
+def settle_charge(
+    sessions: sessionmaker[Session], security: Security, settings: Settings, payment_id: str, call: Call, *,
+    by: str | None, after: Callable[[Session, Outcome], None] | None = None,
+) -> Outcome:
+    """``run`` for one payment: its outcome (``UNKNOWN`` when the provider did not answer)."""
+    [outcome] = run(
+        sessions, security, Charges(call, settings, by), [payment_id],
+        after=(lambda session, outcomes: after(session, outcomes[0])) if after is not None else None,
+    )
+    return outcome
+
+
+def stale_pending(statement: sa.Select[Any]) -> sa.Select[Any]:
+    """Narrow a select of payments to those still pending ``STALE_AFTER`` after they began, oldest
+    first: their outcome was never heard (what the sweeps settle)."""
+    return statement.where(Payment.status == "pending", Payment.created_at <= clock.now() - STALE_AFTER).order_by(Payment.id)
+

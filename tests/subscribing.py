@@ -21,7 +21,7 @@ from billfold.config import Settings
 from billfold import mailer
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 from billfold.models import Invoice, Payment, PaymentEvent, Subscription, User
 from billfold.providers.sandbox import SandboxProvider
 from billfold.subscriptions import sweeps

@@ -17,7 +17,7 @@ from billfold.catalog.service import ProductInactive, VariantRequired, purchasab
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.errors import NotFound
 from billfold.kit.ids import new_id
-from billfold.demo import load_demo
+from billfold.demo.shop import load_demo
 from billfold.models import MembershipType, Product
 from tests import factories as make
 from tests.accounts import Api

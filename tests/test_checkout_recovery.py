@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine
 
 from billfold import worker
 from billfold.config import Settings
-from billfold.kit import clock, jobs
+from billfold.kit import clock
+from billfold.kit import sweeps as registry
 from billfold.kit.db import session_factory
 from billfold.models import Order, Payment
 from billfold.payments.details import PaymentDetails
@@ -50,7 +51,7 @@ def later(by: timedelta = STALE_AFTER + timedelta(minutes=1)) -> Iterator[None]:
 def run_settle_sweep(engine: Engine, data_dir: Path) -> int:
     """The worker's sweep, until it has nothing left to do, as ``billfold worker`` runs it."""
     settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=data_dir)
-    done = worker.catch_up(worker.make_context(settings, engine), sweeps=[jobs.get(SETTLE)])
+    done = worker.catch_up(worker.make_context(settings, engine), sweeps=[registry.get(SETTLE)])
     return done[SETTLE]
 
 

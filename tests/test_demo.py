@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.demo import is_empty, load_demo
+from billfold.demo.shop import is_empty, load_demo
 from billfold.kit.db import create_engine
 from billfold.kit.errors import Conflict
 from billfold.kit.money import Money, exponent, is_currency

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from billfold import worker
 from billfold.config import Settings
-from billfold.demo_history import build_history
+from billfold.demo.history import build_history
 from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory
 from billfold.models import Invoice, InvoiceLine, OutboxEmail, Payment, PaymentEvent, Refund, Subscription, User

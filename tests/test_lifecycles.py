@@ -29,7 +29,7 @@ from billfold.config import Settings
 from billfold.kit import clock
 from billfold import mailer
 from billfold.kit.db import session_factory, transaction
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 from billfold.models import MembershipType, Payment, Product, Subscription, UserMembership
 from billfold.subscriptions.periods import add_months
 from tests import factories as make

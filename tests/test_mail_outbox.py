@@ -31,7 +31,7 @@ from billfold.config import Settings
 from billfold.kit import clock
 from billfold import mailer
 from billfold.kit.db import session_factory, transaction
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 from billfold.kit.money import Money
 from billfold.models import OutboxEmail, Payment, Product, Subscription, User
 from tests.accounts import PASSWORD, Api

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.jobs import Context, sweeps
+from billfold.kit.sweeps import Context, sweeps
 from billfold.memberships import grant_for_subscription, may_use
 from billfold.memberships.sweeps import expire
 from billfold.models import MembershipType, PaymentEvent, Subscription, UserMembership

@@ -21,7 +21,7 @@ from billfold.kit.money import Money
 from billfold.models import Order, Payment, Refund
 from billfold import tax
 from billfold.orders import checkout, service, totals
-from billfold.payments import gateways, refunds
+from billfold.payments import provider_config, refunds
 from billfold.payments.routing import PayWith
 from tests import factories as make
 
@@ -65,7 +65,7 @@ def paying(engine: Engine, tmp_path: Path) -> tuple:
         buyer = make.user(session)
         make.address(session, user=buyer, address_type="billing", is_default=True, country="US")
         product = make.product(session, product_type="digital", is_recurring=False, billing_interval=None, price_cents=10_000)
-    gateways_cache = getattr(gateways, "_ADAPTERS", None)
+    gateways_cache = getattr(provider_config, "_ADAPTERS", None)
     if isinstance(gateways_cache, dict):
         gateways_cache.clear()
     return security, Principal(user=admin), Principal(user=buyer), product.id
@@ -93,7 +93,7 @@ def test_partial_refunds_never_give_back_more_than_was_paid(engine: Engine, payi
         payment = session.get(Payment, outcome.payment_id)
         order = session.get(Order, order_id)
         ours = refunds.refunded_cents(session, payment.id)
-        adapter = gateways.adapter_for_provider(session, security, "sandbox")
+        adapter = provider_config.adapter_for_provider(session, security, "sandbox")
         theirs = adapter.get_charge(payment.provider_payment_id).amount_refunded
         count = session.scalar(sa.select(sa.func.count()).select_from(Refund).where(Refund.payment_id == payment.id))
     assert ours == given_back <= total

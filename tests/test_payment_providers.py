@@ -14,7 +14,7 @@ from billfold.config import Settings
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent, PaymentProvider
-from billfold.payments import gateways
+from billfold.payments import provider_config
 from billfold.providers import standard_webhooks
 from tests.accounts import Api
 from tests.test_organizations import api_key, assert_problem, person
@@ -65,10 +65,10 @@ def test_an_admin_adds_a_provider_whose_secrets_never_come_back(api: Api, engine
     # change of the row reaches it.
     security = Security.from_settings(Settings(database_url="sqlite://", data_dir=api.data_dir))
     with transaction(session_factory(engine)) as session:
-        adapter = gateways.adapter_for_provider(session, security, provider_id)
+        adapter = provider_config.adapter_for_provider(session, security, provider_id)
         assert adapter.webhook_secret == WEBHOOK_SECRET  # type: ignore[attr-defined]
-        assert gateways.open_config(security, provider_id, session.get(PaymentProvider, provider_id).config)["api_key"] == API_KEY + "2"
-        assert gateways.adapter_for_provider(session, security, provider_id) is adapter
+        assert provider_config.open_config(security, provider_id, session.get(PaymentProvider, provider_id).config)["api_key"] == API_KEY + "2"
+        assert provider_config.adapter_for_provider(session, security, provider_id) is adapter
         events = session.scalars(
             sa.select(PaymentEvent.event_type).where(PaymentEvent.entity_type == "payment_provider", PaymentEvent.entity_id == provider_id)
         ).all()
@@ -77,7 +77,7 @@ def test_an_admin_adds_a_provider_whose_secrets_never_come_back(api: Api, engine
     with api.client(admin_token) as admin:
         assert admin.patch(f"/v1/payment-providers/{provider_id}", json={"config": {"webhook_secret": other}}).status_code == 200
     with transaction(session_factory(engine)) as session:
-        assert gateways.adapter_for_provider(session, security, provider_id).webhook_secret == other  # type: ignore[attr-defined]
+        assert provider_config.adapter_for_provider(session, security, provider_id).webhook_secret == other  # type: ignore[attr-defined]
 
 
 def test_only_admins_manage_providers_and_a_read_key_may_look(api: Api, engine: Engine, admin_token: str) -> None:
@@ -124,16 +124,16 @@ def test_a_switched_off_provider_gives_no_adapter_and_the_default_follows_the_se
     provider_id = slug()
     security = Security.from_settings(Settings(database_url="sqlite://", data_dir=tmp_path, default_provider=provider_id))
     with transaction(session_factory(engine)) as session:
-        gateways.create_provider(session, security, {"id": provider_id, "kind": "sandbox", "display_name": "S"})
+        provider_config.create_provider(session, security, {"id": provider_id, "kind": "sandbox", "display_name": "S"})
     with transaction(session_factory(engine)) as session:
-        assert gateways.default_provider(session, security).id == provider_id
-        adapter = gateways.adapter_for_provider(session, security, provider_id)
+        assert provider_config.default_provider(session, security).id == provider_id
+        adapter = provider_config.adapter_for_provider(session, security, provider_id)
         assert Path(adapter.store.path) == (tmp_path / "sandbox.sqlite3").resolve()  # type: ignore[attr-defined]
-        gateways.update_provider(session, security, provider_id, {"is_active": False})
+        provider_config.update_provider(session, security, provider_id, {"is_active": False})
     with transaction(session_factory(engine)) as session:
         try:
-            gateways.adapter_for_provider(session, security, provider_id)
-        except gateways.ProviderInactive as error:
+            provider_config.adapter_for_provider(session, security, provider_id)
+        except provider_config.ProviderInactive as error:
             assert error.status == 409
         else:
             raise AssertionError("an inactive provider gave an adapter")

@@ -29,7 +29,7 @@ from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 from billfold.kit.money import Money
 from billfold.models import Payment, PaymentProvider, Refund
 from billfold.payments.engine import STALE_AFTER

@@ -121,7 +121,7 @@ def test_the_test_process_is_wired() -> None:
     assert events.attached(), "tests/conftest.py calls billfold.wiring.wire()"
 
 
-@pytest.mark.parametrize("entry", ["billfold.api:create_app", "billfold.worker:make_context", "billfold.cli:main", "billfold.demo:load_demo"])
+@pytest.mark.parametrize("entry", ["billfold.api:create_app", "billfold.worker:make_context", "billfold.cli:main", "billfold.demo.shop:load_demo"])
 def test_every_entry_point_wires(entry: str) -> None:
     import importlib
     import inspect

@@ -25,10 +25,11 @@ from sqlalchemy.engine import Engine
 
 from billfold import worker
 from billfold.config import Settings
-from billfold.kit import clock, jobs
+from billfold.kit import clock
+from billfold.kit import sweeps as registry
 from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.kit.jobs import Context, Sweep, claim_batch
+from billfold.kit.sweeps import Context, Sweep, claim_batch
 from billfold.models import AuthChallenge
 from tests.cli import BILLFOLD, Result, assert_one_line_error, run
 from tests.server import free_port
@@ -97,7 +98,7 @@ def test_the_worker_lists_its_sweeps_and_leaves_none_out() -> None:
     for module in pkgutil.walk_packages(billfold.__path__, "billfold."):
         if ".migrations." not in module.name:
             importlib.import_module(module.name)
-    registered = {s.name for s in jobs.sweeps() if not s.name.startswith("test.")}
+    registered = {s.name for s in registry.sweeps() if not s.name.startswith("test.")}
     assert registered == set(listed), "a @sweep the worker does not list never runs"
 
 
@@ -318,12 +319,12 @@ def test_a_sweep_sent_through_the_real_broker_is_run_by_a_dramatiq_consumer(
 
     with sqlite_file.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE wrk_broker (sweep VARCHAR(100) NOT NULL, thread VARCHAR(100))")
-    jobs.sweep(name, every=MINUTE)(write_row)
+    registry.sweep(name, every=MINUTE)(write_row)
     context = _context(sqlite_file, broker_url=BROKERS[broker], broker_queue=queue)
     dramatiq = worker.dispatcher(context)
     assert dramatiq is not None
     try:
-        scheduler = worker.Runner(context, tick=1, dispatch=dramatiq.send, sweeps=[jobs.get(name)])
+        scheduler = worker.Runner(context, tick=1, dispatch=dramatiq.send, sweeps=[registry.get(name)])
         assert scheduler.round() == {name: 1}, "sent, since it was due"
         assert scheduler.round() == {}, "not sent again before it is due"
         assert ran_in == [], "the scheduler only sends"
@@ -336,7 +337,7 @@ def test_a_sweep_sent_through_the_real_broker_is_run_by_a_dramatiq_consumer(
             assert _wait_for(written, 30), f"the message went through {broker} and the sweep ran"
         assert ran_in and ran_in[0] != threading.current_thread().name
     finally:
-        jobs.unregister(name)
+        registry.unregister(name)
         _delete_queue(dramatiq, broker, queue)
         dramatiq.close()
 

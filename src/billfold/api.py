@@ -32,7 +32,8 @@ from starlette.routing import Match
 
 from billfold import __version__
 from billfold.accounts import api as accounts_api
-from billfold.accounts import organizations_api, two_factor_api
+from billfold.accounts.organizations import api as organizations_api
+from billfold.accounts.two_factor import api as two_factor_api
 from billfold.accounts.auth import AnswerWritesWithoutReading
 from billfold.accounts.security import Security
 from billfold.catalog import api as catalog_api
@@ -43,7 +44,7 @@ from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.webhooks import api as webhooks_api
 from billfold.config import Settings, get_settings
-from billfold import instance, worker_api
+from billfold import clock_api, instance
 from billfold.kit import clock
 from billfold import mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
@@ -151,7 +152,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
     app.include_router(webhooks_api.router)
-    app.include_router(worker_api.router)
+    app.include_router(clock_api.router)
 
     @app.exception_handler(BillfoldError)
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:

@@ -137,7 +137,7 @@ def demo(
     """Load a small, realistic shop (catalog, customers, organizations, addresses) into an empty
     database; with --months, also a history of signups, renewals, upgrades, churn, failed payments
     and refunds up to now."""
-    from billfold.demo import is_empty, load_demo, start_over, unfinished_load
+    from billfold.demo.shop import is_empty, load_demo, start_over, unfinished_load
 
     settings = get_settings()
     engine = _engine()
@@ -181,7 +181,7 @@ def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from billfold import worker as background
-    from billfold.demo_history import build_history
+    from billfold.demo.history import build_history
 
     background.install_clock(settings, engine)
     context = background.make_context(settings, engine)

@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError, Conflict, InvalidInput
-from billfold.kit.jobs import Context, sweep
+from billfold.kit.sweeps import Context, sweep
 from billfold.models.idempotency import FINISHED, STARTED, IdempotencyKey
 
 HEADER = "Idempotency-Key"

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from billfold.kit import clock
 from billfold.kit.db import one_line, transaction
 from billfold.kit.ids import new_id
-from billfold.kit.jobs import Context, claim_batch, sweep
+from billfold.kit.sweeps import Context, claim_batch, sweep
 from billfold.models.mail import OutboxEmail
 
 if TYPE_CHECKING:

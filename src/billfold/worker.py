@@ -1,8 +1,8 @@
-"""Running the sweeps (``billfold.kit.jobs``): once, until idle, in a loop, in a thread of the API
+"""Running the sweeps (``billfold.kit.sweeps``): once, until idle, in a loop, in a thread of the API
 process, or through Dramatiq on Redis or RabbitMQ; and moving the sandbox billing clock.
 
 The database is the truth (DESIGN.md rule 7): a sweep claims its due rows with
-``FOR UPDATE SKIP LOCKED`` (``kit.jobs.claim_batch``), so running it twice at once, on one machine
+``FOR UPDATE SKIP LOCKED`` (``kit.sweeps.claim_batch``), so running it twice at once, on one machine
 or on ten, does each row once. That is why the schedule (when each sweep last ran) can live in
 each process's memory: a sweep that runs twice finds nothing the second time.
 
@@ -35,11 +35,12 @@ from sqlalchemy.engine import Engine
 
 from billfold.accounts.housekeeping import purge_sweep as purge_accounts
 from billfold.config import Settings
-from billfold.kit import clock, jobs
+from billfold.kit import clock
+from billfold.kit import sweeps as registry
 from billfold.kit.db import create_engine, one_line, session_factory, transaction
 from billfold.kit.errors import ConfigurationError, Conflict
 from billfold.idempotency import purge_sweep as purge_idempotency_keys
-from billfold.kit.jobs import Context, Sweep
+from billfold.kit.sweeps import Context, Sweep
 from billfold.mailer import deliver_mail
 from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.sweeps import settle_unknown_order_payments
@@ -80,7 +81,7 @@ class SandboxOnly(Conflict):
 
 def load_sweeps() -> list[Sweep]:
     """The sweeps the worker runs (``SWEEPS``), in order."""
-    return [jobs.of(run) for run in SWEEPS]
+    return [registry.of(run) for run in SWEEPS]
 
 
 def make_context(settings: Settings, engine: Engine | None = None) -> Context:
@@ -130,7 +131,7 @@ def run_sweep(context: Context, sweep: Sweep | str) -> int | None:
     """Run one sweep once; how much it did, or None when it failed (the failure is logged, and
     nothing else is stopped by it)."""
     if isinstance(sweep, str):
-        sweep = jobs.get(sweep)
+        sweep = registry.get(sweep)
     try:
         done = sweep.run(context)
     except Exception as error:
@@ -412,7 +413,7 @@ class Dramatiq:
 
     def _run(self, name: str) -> None:
         try:
-            sweep = jobs.get(name)
+            sweep = registry.get(name)
         except KeyError as error:
             log.error("%s", error.args[0])
             return

@@ -20,8 +20,8 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from billfold.accounts import organizations
-from billfold.accounts.organizations import Permission
+from billfold.accounts.organizations import service as organizations
+from billfold.accounts.organizations.service import Permission
 from billfold.accounts.security import Principal
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Forbidden, NotFound

@@ -18,7 +18,7 @@ from billfold.accounts import invitations
 from billfold.accounts.sessions import THROTTLE_WINDOW
 from billfold.kit import clock
 from billfold.kit.db import transaction
-from billfold.kit.jobs import Context, sweep
+from billfold.kit.sweeps import Context, sweep
 from billfold.models import AuthChallenge, AuthSession, SignInThrottle
 
 SESSION_KEPT = timedelta(days=30)  # ended sessions stay listed in the account's history this long

@@ -23,8 +23,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts import organizations
-from billfold.accounts.organizations import Access, AlreadyMember, Permission
+from billfold.accounts.organizations import service as organizations
+from billfold.accounts.organizations.service import Access, AlreadyMember, Permission
 from billfold.accounts.security import Principal, Security, check_new_password, hash_password
 from billfold.accounts.service import mark_verified, normalize_email, user_by_email
 from billfold.audit import audit

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts import two_factor
+from billfold.accounts.two_factor import service as two_factor
 from billfold.accounts.security import Principal, Security, password_matches
 from billfold.accounts.service import normalize_email, user_by_email
 from billfold.audit import audit

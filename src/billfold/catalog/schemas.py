@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
-from billfold.accounts.organization_schemas import keep
+from billfold.accounts.organizations.schemas import keep
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import CONTROL_CHARACTERS, Integer, MultiLineOrBlank, SingleLine
 from billfold.kit.money import CURRENCIES, is_currency, normalize_currency

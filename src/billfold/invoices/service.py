@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.accounts.access import readable
-from billfold.accounts.organizations import actor_id
+from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update

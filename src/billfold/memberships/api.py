@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.orm import Session
 
-from billfold.accounts import organizations
+from billfold.accounts.organizations import service as organizations
 from billfold.accounts.access import user_owner
 from billfold.accounts.auth import Admin, Authenticated, User
-from billfold.accounts.organizations import Permission
+from billfold.accounts.organizations.service import Permission
 from billfold.accounts.security import Principal
 from billfold.kit import clock
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require

@@ -100,7 +100,7 @@ def renews_column(subscriptions: Any, billing: Any) -> Any:
     """Whether a subscription will charge another period, in SQL (over ``subscriptions``
     outer-joined to ``subscription_billing``): not cancelled at period end, not paused, and, in a
     trial, with a method to charge at its end (its own, or its owner's default, as
-    ``subscriptions.billing.method_to_charge`` picks). A trial that has none is cancelled when it ends."""
+    ``subscriptions.charging.method_to_charge`` picks). A trial that has none is cancelled when it ends."""
     pm = PaymentMethod.__table__
     owned = sa.or_(
         sa.and_(subscriptions.c.organization_id.is_not(None), pm.c.organization_id == subscriptions.c.organization_id),

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from billfold.kit import clock
 from billfold.kit.db import transaction
-from billfold.kit.jobs import Context, sweep
+from billfold.kit.sweeps import Context, sweep
 from billfold.memberships import service
 
 BATCH = 500

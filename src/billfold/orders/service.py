@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.accounts import organizations
+from billfold.accounts.organizations import service as organizations
 from billfold.accounts.access import Owner, me, organization_owner, readable, require_payer, user_owner
 from billfold.accounts.addresses import defaults_of, get_address
 from billfold.accounts.security import Principal

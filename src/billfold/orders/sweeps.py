@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from billfold.kit.db import reading
 from billfold.kit.errors import BillfoldError
-from billfold.kit.jobs import Context, sweep
+from billfold.kit.sweeps import Context, sweep
 from billfold.orders import checkout
 from billfold.payments import engine
 from billfold.payments.engine import Result

@@ -19,7 +19,7 @@ from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, prob
 from billfold.idempotency_http import Answer, Idempotent, IdempotentRequest, idempotently
 from billfold.models import PaymentMethod, PaymentProvider, Refund
 from billfold.orders.schemas import RefundIn, RefundOut
-from billfold.payments import gateways, methods, refunds
+from billfold.payments import methods, provider_config, refunds
 from billfold.payments.engine import Outcome, Result
 from billfold.payments.schemas import (
     PaymentMethodIn,
@@ -58,12 +58,12 @@ def create_provider(body: ProviderIn, principal: Admin, session: DbSession, secu
     """Add a provider. Secrets in config are encrypted at rest and never shown again."""
     fields = body.model_dump(exclude_unset=True)
     fields.setdefault("id", body.id)
-    return ProviderOut.of(gateways.create_provider(session, security, fields))
+    return ProviderOut.of(provider_config.create_provider(session, security, fields))
 
 
 @providers.get("/{provider_id}", response_model=ProviderOut)
 def get_provider(provider_id: str, principal: Admin, session: DbSession) -> ProviderOut:
-    return ProviderOut.of(gateways.get_provider(session, provider_id))
+    return ProviderOut.of(provider_config.get_provider(session, provider_id))
 
 
 @providers.patch("/{provider_id}", response_model=ProviderOut, responses=problems(409))
@@ -73,7 +73,7 @@ def update_provider(
     """Change a provider; `is_active: false` switches it off (providers are never deleted: payments
     refer to them)."""
     changes = body.model_dump(exclude_unset=True)
-    return ProviderOut.of(gateways.update_provider(session, security, provider_id, changes))
+    return ProviderOut.of(provider_config.update_provider(session, security, provider_id, changes))
 
 
 # Payment methods: the same five endpoints for the signed-in user, an organization, and (for

@@ -42,7 +42,7 @@ from billfold.kit.errors import BillfoldError, Conflict
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import Payment, PaymentMethod
-from billfold.payments import gateways
+from billfold.payments import provider_config
 from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
 from billfold.payments.states import PAYMENT, WAITING
 from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter, RefundResult
@@ -167,7 +167,7 @@ class Payable(Protocol):
 PayableKind = Literal["order", "subscription"]
 PAYABLES: dict[PayableKind, str] = {
     "order": "billfold.orders.checkout:OrderPayments",
-    "subscription": "billfold.subscriptions.billing:SubscriptionCharges",
+    "subscription": "billfold.subscriptions.charging:SubscriptionCharges",
 }
 """What each kind of payment pays for: the class (made with the settings) that follows its payments.
 Listed here rather than registered on import, so the engine works the same whatever a process has
@@ -421,7 +421,7 @@ def run(
         for row in rows:
             provider_id = move.provider(row) if move.asks(row) else None
             if provider_id is not None and provider_id not in adapters:
-                adapters[provider_id] = gateways.adapter_for_provider(session, security, provider_id)
+                adapters[provider_id] = provider_config.adapter_for_provider(session, security, provider_id)
     heard: list[tuple[Any, Answer | None]] = []
     unknown: list[Outcome] = []
     for row in rows:

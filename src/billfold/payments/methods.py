@@ -24,7 +24,7 @@ from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
 from billfold.models import PaymentMethod, PaymentProvider, Subscription
-from billfold.payments import gateways
+from billfold.payments import provider_config
 from billfold.payments.card_guard import CardDataRefused, token_is_card_data
 from billfold.payments.customers import ensure_provider_customer
 from billfold.providers.base import PaymentMethodResult
@@ -142,9 +142,9 @@ def save_method(
     refuse_card_number_token(token)
     lock_owner(session, owner)
     provider = (
-        gateways.active_provider(session, provider_id, field="provider_id")
+        provider_config.active_provider(session, provider_id, field="provider_id")
         if provider_id is not None
-        else gateways.default_provider(session, security)
+        else provider_config.default_provider(session, security)
     )
     if not provider.supports_saved_methods:
         raise NotSupported(
@@ -152,7 +152,7 @@ def save_method(
             errors=[{"field": "provider_id", "message": "this provider does not support saved methods"}],
         )
     address_id = _billing_address(session, owner, billing_address_id) if billing_address_id else None
-    adapter = gateways.adapter_for_provider(session, security, provider.id)
+    adapter = provider_config.adapter_for_provider(session, security, provider.id)
     adapter.capabilities.require_token(token, provider.id)
     customer = ensure_provider_customer(session, adapter, owner)
     method_id = new_id("pm")
@@ -235,7 +235,7 @@ def delete_method(session: Session, security: Security, owner: Owner, payment_me
             f"{method.id} pays for {live} live subscription(s); give them another payment method first"
         )
     if session.get(PaymentProvider, method.provider_id) is not None:
-        adapter = gateways.adapter_for_provider(session, security, method.provider_id, require_active=False)
+        adapter = provider_config.adapter_for_provider(session, security, method.provider_id, require_active=False)
         try:
             adapter.detach_payment_method(
                 payment_method_id=method.provider_payment_method_id,

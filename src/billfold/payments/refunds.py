@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from billfold.accounts.organizations import actor_id
+from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal, Security
 from billfold.config import Settings
 from billfold.kit import clock
@@ -44,11 +44,11 @@ from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, InvalidAmount, NotFound
 from billfold.idempotency import Claim, advance, finish
 from billfold.kit.ids import has_prefix
-from billfold.kit.jobs import Context, claim_batch, sweep
+from billfold.kit.sweeps import Context, claim_batch, sweep
 from billfold.kit.money import Money
 from billfold.models import Payment, Refund
 from billfold.orders import events
-from billfold.payments import engine, gateways
+from billfold.payments import engine, provider_config
 from billfold.payments.engine import Answer, Outcome, Result
 from billfold.payments.routing import require_refund
 from billfold.payments.states import PAYMENT, REFUND
@@ -124,7 +124,7 @@ def _prepare(
     if payment.status not in ("completed", "refunded") or not payment.provider_payment_id:
         raise NotRefundable(f"payment {payment.id} is {payment.status}; only a completed payment can be refunded")
     # Inactive or misconfigured: refused here, before any row is written.
-    adapter = gateways.adapter_for_provider(session, security, payment.provider_id)
+    adapter = provider_config.adapter_for_provider(session, security, payment.provider_id)
     pending = session.scalars(
         sa.select(Refund).where(Refund.payment_id == payment.id, Refund.status == "pending").order_by(Refund.id)
     ).all()

@@ -13,7 +13,7 @@ from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Security
 from billfold.kit.errors import InvalidInput
 from billfold.models import Payment, PaymentMethod, PaymentProvider
-from billfold.payments import gateways, methods
+from billfold.payments import methods, provider_config
 from billfold.providers.base import Capabilities, ProviderAdapter
 
 
@@ -78,11 +78,11 @@ def route(
         )
     provider_id = method.provider_id if method else pay.provider_id
     provider = (
-        gateways.active_provider(session, provider_id, field=provider_field)
+        provider_config.active_provider(session, provider_id, field=provider_field)
         if provider_id
-        else gateways.default_provider(session, security)
+        else provider_config.default_provider(session, security)
     )
-    adapter = gateways.adapter_for_provider(session, security, provider.id)
+    adapter = provider_config.adapter_for_provider(session, security, provider.id)
     require_charge(adapter.capabilities, provider.id, currency, token=pay.token)
     return Route(method, provider, adapter)
 

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, Stri
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import SingleLine
 from billfold.models import PaymentProvider
-from billfold.payments import gateways
+from billfold.payments import provider_config
 from billfold.providers import registry
 
 ProviderId = Annotated[
@@ -137,13 +137,13 @@ class ProviderOut(BaseModel):
     def of(cls, provider: PaymentProvider) -> ProviderOut:
         return cls(
             id=provider.id,
-            kind=gateways.kind_of(provider),
+            kind=provider_config.kind_of(provider),
             display_name=provider.display_name,
             picture=provider.picture,
             is_active=provider.is_active,
             supports_subscriptions=provider.supports_subscriptions,
             supports_saved_methods=provider.supports_saved_methods,
-            config=gateways.shown_config(provider.config),
+            config=provider_config.shown_config(provider.config),
             created_at=provider.created_at,
             updated_at=provider.updated_at,
         )

@@ -19,11 +19,11 @@ from billfold.kit.errors import BillfoldError
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
 from billfold.idempotency import Claim, advance, finish
 from billfold.models import Payment, Refund, Subscription, SubscriptionBilling
-from billfold.payments import gateways, refunds, routing
+from billfold.payments import provider_config, refunds, routing
 from billfold.payments.engine import Outcome, Result
 from billfold.idempotency_http import Answer, Idempotent, idempotently
 from billfold.providers.errors import Declined
-from billfold.subscriptions import billing, service
+from billfold.subscriptions import charging, service
 from billfold.subscriptions.schemas import (
     CancelIn,
     CancelOut,
@@ -90,7 +90,7 @@ def _charge(
         with transaction(sessions) as session:
             store(session, outcome)
         return
-    charged = billing.settle(
+    charged = charging.settle(
         sessions, security, _settings(request), payment_id, by=by,
         after=lambda session, result: store(session, charged_outcome(result)),
     )
@@ -213,7 +213,7 @@ def cancel_subscription(
                 # What the provider cannot refund is refused before the cancellation is written.
                 paid = session.get(Payment, done.refund_payment_id)
                 assert paid is not None
-                adapter = gateways.adapter_for_provider(session, security, paid.provider_id)
+                adapter = provider_config.adapter_for_provider(session, security, paid.provider_id)
                 routing.require_refund(adapter.capabilities, paid, done.refund_cents)
                 if claimed is not None:  # a retry refunds without cancelling twice
                     claimed = advance(session, claimed, f"{CANCELLED}{done.refund_payment_id}:{done.refund_cents}")

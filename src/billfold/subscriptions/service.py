@@ -29,7 +29,7 @@ from billfold.models import Address, Invoice, Payment, Product, Subscription, Su
 from billfold.orders.service import actor, buyer
 from billfold.payments import methods, routing
 from billfold.payments.refunds import refunded_cents
-from billfold.subscriptions import billing as charging
+from billfold.subscriptions import charging
 from billfold.subscriptions import periods
 from billfold.subscriptions.proration import Proration, prorate
 from billfold.subscriptions.states import SUBSCRIPTION, record

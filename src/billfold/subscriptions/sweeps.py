@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
-from billfold.kit.jobs import Context, sweep
+from billfold.kit.sweeps import Context, sweep
 from billfold.models import Invoice, Payment, Subscription, SubscriptionBilling
-from billfold.subscriptions import billing, dunning
+from billfold.subscriptions import charging, dunning
 from billfold.subscriptions.states import SUBSCRIPTION, record
 
 BATCH = 50
@@ -26,11 +26,11 @@ SYSTEM = "system"
 
 def _settle_all(context: Context, payment_ids: list[str]) -> None:
     try:
-        billing.settle_many(context.sessions, context.security, context.settings, payment_ids, by=SYSTEM)
+        charging.settle_many(context.sessions, context.security, context.settings, payment_ids, by=SYSTEM)
     except BillfoldError:  # e.g. a provider was switched off: settle those one by one, the rest go on
         for payment_id in payment_ids:
             try:
-                billing.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
+                charging.settle(context.sessions, context.security, context.settings, payment_id, by=SYSTEM)
             except BillfoldError as error:  # the payment stays pending
                 log.warning("subscription payment %s left pending: %s", payment_id, error.detail)
 
@@ -43,9 +43,9 @@ def renew_due_subscriptions(context: Context) -> int:
     now = clock.now()
     payment_ids: list[str] = []
     with transaction(context.sessions) as session:
-        claimed = billing.claim_due(
+        claimed = charging.claim_due(
             session,
-            billing.due(now).where(Subscription.status == "active", SubscriptionBilling.paused_at.is_(None)),
+            charging.due(now).where(Subscription.status == "active", SubscriptionBilling.paused_at.is_(None)),
             BATCH,
         )
         renewing = []
@@ -54,10 +54,10 @@ def renew_due_subscriptions(context: Context) -> int:
                 SUBSCRIPTION.move(session, subscription, "cancelled", by=SYSTEM, reason="period_end")
                 row.cancelled_at = subscription.current_period_end
                 continue
-            renewing.append(billing.PeriodToCharge(subscription, row, row.period_index + 1, "renewal"))
-        started = billing.charge_periods(session, context.security, context.settings, renewing, by=SYSTEM)
+            renewing.append(charging.PeriodToCharge(subscription, row, row.period_index + 1, "renewal"))
+        started = charging.charge_periods(session, context.security, context.settings, renewing, by=SYSTEM)
         payment_ids += [payment_id for payment_id in started if payment_id]
-        stale = billing.stale_payments(session, BATCH)
+        stale = charging.stale_payments(session, BATCH)
     _settle_all(context, payment_ids + stale)
     return len(claimed) + len(stale)
 
@@ -69,13 +69,13 @@ def end_due_trials(context: Context) -> int:
     now = clock.now()
     payment_ids: list[str] = []
     with transaction(context.sessions) as session:
-        claimed = billing.claim_due(session, billing.due(now).where(Subscription.status == "trialing"), BATCH)
+        claimed = charging.claim_due(session, charging.due(now).where(Subscription.status == "trialing"), BATCH)
         for subscription, row in claimed:
             if subscription.cancel_at_period_end:
                 SUBSCRIPTION.move(session, subscription, "cancelled", by=SYSTEM, reason="trial_end")
                 row.cancelled_at = now
                 continue
-            if billing.method_to_charge(session, subscription) is None:  # policy: trial_end_without_method
+            if charging.method_to_charge(session, subscription) is None:  # policy: trial_end_without_method
                 SUBSCRIPTION.move(session, subscription, "cancelled", by=SYSTEM, reason="trial_ended_without_payment_method")
                 row.cancelled_at = now
                 plan = dunning.plan_name(session, subscription)
@@ -85,7 +85,7 @@ def end_due_trials(context: Context) -> int:
                     "cancelled. Subscribe again whenever you like.",
                 )
                 continue
-            payment_id = billing.charge_period(
+            payment_id = charging.charge_period(
                 session, context.security, context.settings, subscription, row, 0, "trial_end", by=SYSTEM
             )
             if payment_id:
@@ -106,7 +106,7 @@ def retry_past_due_subscriptions(context: Context) -> int:
             .where(Subscription.status == "past_due", SubscriptionBilling.next_retry_at <= now)
             .order_by(SubscriptionBilling.next_retry_at, Subscription.id)
         )
-        claimed = billing.claim_due(session, statement, BATCH)
+        claimed = charging.claim_due(session, statement, BATCH)
         for subscription, row in claimed:
             row.next_retry_at = None  # claimed: this retry happens once
             invoice = session.get(Invoice, row.outstanding_invoice_id) if row.outstanding_invoice_id else None
@@ -118,7 +118,7 @@ def retry_past_due_subscriptions(context: Context) -> int:
             if pending:
                 continue
             record(session, subscription, "retrying", by=SYSTEM, invoice_id=invoice.id, attempt=row.retries_done + 1)
-            payment_id = billing.start_payment(session, context.security, subscription, invoice, "retry", by=SYSTEM)
+            payment_id = charging.start_payment(session, context.security, subscription, invoice, "retry", by=SYSTEM)
             if payment_id:
                 payment_ids.append(payment_id)
     _settle_all(context, payment_ids)

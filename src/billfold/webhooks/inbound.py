@@ -22,7 +22,7 @@ from billfold.accounts.security import Security
 from billfold.kit.db.dialects import insert_ignore
 from billfold.kit.ids import new_id
 from billfold.models import PaymentWebhook
-from billfold.payments import gateways
+from billfold.payments import provider_config
 from billfold.providers.base import WebhookEvent
 from billfold.providers.errors import WebhookSignatureInvalid
 
@@ -42,7 +42,7 @@ def receive_webhook(
     for an unknown provider; WebhookSignatureInvalid (400) for a signature, timestamp or body that
     does not verify, and then nothing is stored. A provider that was switched off still has its
     events received: refunds and disputes of its payments go on."""
-    adapter = gateways.adapter_for_provider(session, security, provider_id, require_active=False)
+    adapter = provider_config.adapter_for_provider(session, security, provider_id, require_active=False)
     event = adapter.verify_webhook(body, headers)
     return store_event(session, provider_id, event, json.loads(body))
 

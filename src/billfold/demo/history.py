@@ -1,7 +1,7 @@
 """A history for the demo shop: months of a subscription business, made by running it.
 
 ``build_history`` starts the one clock ``months`` before now, loads the demo shop there
-(demo.py), and then lives through every day up to now: customers sign up (some for a trial, some
+(demo/shop.py), and then lives through every day up to now: customers sign up (some for a trial, some
 never adding a card), buy one-time products, add seats and remove them, buy add-ons and
 memberships, cancel; cards start failing and some customers fix them in time; the shop refunds a
 few orders. Everything goes through the same services the API calls, as the customer or the shop's
@@ -33,13 +33,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold import demo, instance, worker
+from billfold import instance, worker
+from billfold.demo import shop as demo
 from billfold.accounts.access import Owner, owner_of
 from billfold.accounts.security import Principal
 from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.errors import BillfoldError
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 from billfold.models import (
     Address,
     Invoice,
@@ -57,7 +58,7 @@ from billfold.orders import service as orders
 from billfold.payments import methods, refunds
 from billfold.payments.engine import Result
 from billfold.payments.routing import PayWith
-from billfold.subscriptions import billing
+from billfold.subscriptions import charging
 from billfold.subscriptions import service as subscriptions
 from billfold.subscriptions.periods import add_months
 
@@ -320,7 +321,7 @@ class History:
             )
         self.actions["subscriptions started"] += 1
         if started.payment_id:
-            charged = billing.settle(self.sessions, self.security, self.settings, started.payment_id, by=customer.user_id)
+            charged = charging.settle(self.sessions, self.security, self.settings, started.payment_id, by=customer.user_id)
             if not charged.succeeded:
                 self.actions["first charges declined"] += 1
                 return
@@ -355,7 +356,7 @@ class History:
                 session, self.security, self.settings, customer.principal, subscription_id, **change
             )
         if changed.payment_id:
-            return billing.settle(self.sessions, self.security, self.settings, changed.payment_id, by=customer.user_id).result
+            return charging.settle(self.sessions, self.security, self.settings, changed.payment_id, by=customer.user_id).result
         return None
 
     def card_fails(self, subscription_id: str, customer: Customer) -> None:
@@ -462,7 +463,7 @@ def build_history(
     """Load the demo shop ``months`` before now and live through every day to now (see the
     module's docstring). The database must be empty; the caller runs the command, not a
     transaction: each action commits as it would through the API. The demo is marked
-    ``loading`` with the shop and ``loaded`` in the last transaction (see demo.py)."""
+    ``loading`` with the shop and ``loaded`` in the last transaction (see demo/shop.py)."""
     if months < 1:
         raise ValueError("a history is at least a month long")
     # The history's mail (receipts, dunning, trial ends: thousands in a year) goes to the mail

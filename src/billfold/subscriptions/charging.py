@@ -39,7 +39,7 @@ from billfold.invoices import service as invoices
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
 from billfold.models import Invoice, Payment, PaymentMethod, Product, Subscription, SubscriptionBilling, User
-from billfold.payments import customers, engine, gateways
+from billfold.payments import customers, engine, provider_config
 from billfold.payments.details import PaymentDetails
 from billfold.payments.engine import ChargeFor, Outcome
 from billfold.subscriptions import dunning, periods
@@ -196,7 +196,7 @@ def start_payments(session: Session, security: Security, wanted: list[ToCharge],
         method = chosen[one.subscription.id]
         if method is not None:
             by_provider.setdefault(method.provider_id, []).append(owner_of(one.subscription))
-    adapters = {provider_id: gateways.adapter_for_provider(session, security, provider_id) for provider_id in by_provider}
+    adapters = {provider_id: provider_config.adapter_for_provider(session, security, provider_id) for provider_id in by_provider}
     known = {
         provider_id: customers.provider_customers_of(session, provider_id, owners)
         for provider_id, owners in by_provider.items()

@@ -18,7 +18,7 @@ from billfold.kit import clock
 from billfold.kit.db import transaction
 from billfold.kit.errors import InvalidInput
 from billfold.kit.http import problems
-from billfold.kit.jobs import Context
+from billfold.kit.sweeps import Context
 
 router = APIRouter(prefix="/v1/admin", tags=["operations"])
 

@@ -13,7 +13,7 @@ from billfold.accounts import passkeys, sessions, two_factor
 from billfold.accounts.api import signed_in
 from billfold.accounts.auth import SecurityDep, User
 from billfold.accounts.schemas import SignInOut
-from billfold.accounts.two_factor_schemas import (
+from billfold.accounts.two_factor.schemas import (
     CodeIn,
     PasskeyIn,
     PasskeyList,

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from billfold.accounts import addresses, invitations, organizations
 from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Anyone, Authenticated, SecurityDep, User
-from billfold.accounts.organization_schemas import (
+from billfold.accounts.organizations.schemas import (
     AcceptInvitationIn,
     InvitationAccepted,
     InvitationIn,

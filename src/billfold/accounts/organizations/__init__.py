@@ -1,0 +1,1 @@
+"""Organizations: members and roles (service), their routes (api) and documents (schemas)."""

@@ -1,0 +1,1 @@
+"""The demo: a small realistic shop (shop) and months of its business lived through (history)."""

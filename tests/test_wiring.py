@@ -106,7 +106,7 @@ def test_a_process_that_never_wired_cannot_mark_an_order_paid(tmp_path: Path) ->
 
 def test_importing_attaches_nothing_and_wire_is_idempotent() -> None:
     code = (
-        "import billfold.api, billfold.worker, billfold.cli, billfold.demo, billfold.invoices, billfold.memberships\n"
+        "import billfold.api, billfold.worker, billfold.cli, billfold.demo.shop, billfold.demo.history, billfold.invoices, billfold.memberships\n"
         "from billfold.orders import events\n"
         "assert not events.attached() and events._PAID == ()\n"
         "from billfold.wiring import wire\n"

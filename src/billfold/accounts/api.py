@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from billfold.accounts import address_changes, api_keys, service, sessions, two_factor
+from billfold.accounts import address_changes, api_keys, service, sessions
+from billfold.accounts.two_factor import service as two_factor
 from billfold.accounts.auth import CSRF_COOKIE, SESSION_COOKIE, Admin, SecurityDep, User
 from billfold.accounts.erasure import erase_user
 from billfold.accounts.schemas import (

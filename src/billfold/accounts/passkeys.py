@@ -42,7 +42,8 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
-from billfold.accounts import sessions, two_factor
+from billfold.accounts import sessions
+from billfold.accounts.two_factor import service as two_factor
 from billfold.accounts.security import Security
 from billfold.audit import audit
 from billfold.kit import clock

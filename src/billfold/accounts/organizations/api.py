@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Response, status
 from sqlalchemy.orm import Session
 
-from billfold.accounts import addresses, invitations, organizations
+from billfold.accounts import addresses, invitations
+from billfold.accounts.organizations import service as organizations
 from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Anyone, Authenticated, SecurityDep, User
 from billfold.accounts.organizations.schemas import (

@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from billfold.accounts import passkeys, sessions, two_factor
+from billfold.accounts import passkeys, sessions
+from billfold.accounts.two_factor import service as two_factor
 from billfold.accounts.api import signed_in
 from billfold.accounts.auth import SecurityDep, User
 from billfold.accounts.schemas import SignInOut

@@ -72,6 +72,28 @@ class LimitRequestBody:
         await send_problem(send, RequestTooLarge(detail, max_bytes=self.max_bytes), [(b"connection", b"close")])
 
 
+async def read_body(scope: dict[str, Any], receive: Any) -> tuple[bytes, Any]:
+    """The request's whole body (bounded by ``LimitRequestBody`` outside), and the ``receive`` to
+    pass on, which replays it to the app. Read once per request: the body is kept in the scope, so
+    the next guard gets it from there and passes on the replaying ``receive`` it was given."""
+    if "billfold.body" in scope:
+        return scope["billfold.body"], receive
+    messages, chunks = [], []
+    while True:
+        message = await receive()
+        messages.append(message)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body") or message.get("type") != "http.request":
+            break
+    scope["billfold.body"] = body = b"".join(chunks)
+    replay = iter(messages)
+
+    async def replayed() -> Any:
+        return next(replay, None) or await receive()
+
+    return body, replayed
+
+
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
 
@@ -91,26 +113,14 @@ class RefuseNulCharacters:
             return
         target = scope.get("path", "").encode("utf-8", "surrogateescape") + b"?" + scope.get("query_string", b"")
         refused = b"\x00" in target or b"%00" in target
-        messages = []
         if not refused:
-            body = b""
-            while True:  # LimitRequestBody, outside, bounds what this reads
-                message = await receive()
-                messages.append(message)
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body, receive = await read_body(scope, receive)
             refused = b"\x00" in body or _ESCAPED_NUL.search(body) is not None
         if refused:
             detail = "text may not contain NUL characters (\\u0000)"
             await send_problem(send, InvalidInput(detail, errors=[{"field": "", "message": detail}]))
             return
-        replay = iter(messages)
-
-        async def replayed() -> Any:
-            return next(replay, None) or await receive()
-
-        await self.app(scope, replayed, send)
+        await self.app(scope, receive, send)
 
 
 class AdmitRequests:

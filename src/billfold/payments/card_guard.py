@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote_plus
 import anyio.to_thread
 from starlette.datastructures import Headers, QueryParams
 
-from billfold.kit.http import send_problem
+from billfold.kit.http import read_body, send_problem
 from billfold.kit.errors import InvalidInput
 
 
@@ -229,14 +229,8 @@ class RefuseCardData:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        messages = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if not message.get("more_body") or message.get("type") != "http.request":
-                break
+        body, receive = await read_body(scope, receive)
+
         def scan() -> list[str]:
             return request_card_fields(scope) + body_card_fields(body)
 
@@ -245,12 +239,7 @@ class RefuseCardData:
         if fields:
             await send_problem(send, card_data_refused(list(dict.fromkeys(fields))))
             return
-        replay = iter(messages)
-
-        async def replayed() -> Any:
-            return next(replay, None) or await receive()
-
-        await self.app(scope, replayed, send)
+        await self.app(scope, receive, send)
 
 
 def redact(text: str) -> str:

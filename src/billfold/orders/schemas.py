@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from billfold.accounts.schemas import In
 from billfold.kit.inputs import Integer, SingleLine
 from billfold.models import Order, OrderItem, Payment, Refund
+from billfold.payments.details import PaymentDetails
 
 Id = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_]+$")
 Reason = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
@@ -99,15 +100,15 @@ class PaymentOut(BaseModel):
 
     @classmethod
     def of(cls, payment: Payment, refunds: list[Refund]) -> PaymentOut:
-        meta = payment.metadata_ or {}
+        details = PaymentDetails.of(payment)
         return cls(
             id=payment.id, order_id=payment.order_id, subscription_id=payment.subscription_id,
             user_id=payment.user_id, organization_id=payment.organization_id, provider_id=payment.provider_id,
-            provider_payment_id=payment.provider_payment_id, provider_status=meta.get("provider_status"),
+            provider_payment_id=payment.provider_payment_id, provider_status=details.provider_status,
             payment_method_id=payment.payment_method_id, amount_cents=payment.amount_cents,
             refunded_cents=sum(r.amount_cents for r in refunds if r.status == "succeeded"),
             currency=payment.currency, status=payment.status,  # type: ignore[arg-type]
-            next_action=meta.get("next_action"), decline_code=meta.get("decline_code"),
+            next_action=details.next_action, decline_code=details.decline_code,
             error_message=payment.error_message, refunds=[RefundOut.model_validate(r) for r in refunds],
             created_at=payment.created_at, completed_at=payment.completed_at,
         )

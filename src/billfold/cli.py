@@ -190,10 +190,25 @@ def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("living through the history", total=None)
 
+        # Ctrl-C raises KeyboardInterrupt wherever the main thread is, and Python drops it when that is
+        # a finaliser (a pooled connection's weakref callback, say): the load would then run on and
+        # exit 0. So it is also remembered, and raised again at the next day's start at the latest.
+        interrupted: list[int] = []
+
+        def interrupt(signum: int, frame: Any) -> None:
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+
         def on_day(number: int, days: int, now: datetime) -> None:
+            if interrupted:
+                raise KeyboardInterrupt
             progress.update(task, total=days, completed=number, description=f"living through {now:%Y-%m-%d}")
 
-        report = build_history(context, months=months, seed=seed, on_day=on_day)
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            report = build_history(context, months=months, seed=seed, on_day=on_day)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     out.print(
         f"Demo shop loaded with {months} month{'s' if months != 1 else ''} of history "
         f"({report.start:%Y-%m-%d} to {report.end:%Y-%m-%d}, {report.days} days) in {time.monotonic() - started:.1f} s:",

@@ -144,6 +144,8 @@ def test_cancel_at_period_end_can_be_undone_and_otherwise_ends_the_subscription(
     shop.sweep("renew")
     assert shop.get(fay, sub["id"])["status"] == "active", "still paid for until the period ends"
     frozen_clock.advance(timedelta(seconds=1))
+    late = shop.client(fay.token).post(f"/v1/subscriptions/{sub['id']}/resume", json={})
+    assert_problem(late, 409, "subscription_not_changeable")  # the period has ended; the worker has not run yet
     shop.sweep("renew")
     sub = shop.get(fay, sub["id"])
     assert sub["status"] == "cancelled" and len(shop.invoices(sub["id"])) == 1

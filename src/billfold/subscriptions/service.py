@@ -370,6 +370,12 @@ def resume(session: Session, principal: Principal, subscription_id: str) -> Subs
     if subscription.status == "cancelled":
         raise SubscriptionNotChangeable(f"subscription {subscription.id} is cancelled; subscribe again instead")
     if subscription.cancel_at_period_end:
+        ended = subscription.current_period_end
+        if ended is not None and clock.ensure_utc(ended) <= clock.now():
+            # The worker may not have ended it yet, but the cancellation took effect when the period did.
+            raise SubscriptionNotChangeable(
+                f"subscription {subscription.id} ended with its period at {ended.isoformat()}; subscribe again instead"
+            )
         subscription.cancel_at_period_end = False
         record(session, subscription, "cancel_undone", by=actor(principal))
         session.flush()

@@ -27,6 +27,7 @@ from tests.test_organizations import assert_problem, create_organization, person
 
 BAD_INTEGERS = [True, False, "1", "10", 1.0, 10.0, 1.5, "1_0", "1e1"]
 BAD_BOOLEANS = [1, 0, "true", "false", "yes"]
+BAD_QUERY_BOOLEANS = ["yes", "no", "1", "0", "on", "True", "TRUE", " true", ""]
 BAD_QUERY_INTEGERS = ["1_0", "1e1", "10.0", " 10", "10 ", "+10", "１０", "ten", "true"]
 # One-line text with a control character in it: line breaks of every kind, a tab, an escape.
 BAD_LINES = ["Acme\r\nBcc: mallory@example.com", "Acme\nLtd", "Acme\u2028Ltd", "Acme\x85Ltd", "Acme\tLtd", "Acme\x1b[31mLtd"]
@@ -158,6 +159,25 @@ def test_integer_query_parameters_are_digits(api: Api, engine: Engine, admin_tok
                             assert parameter["name"] in refused_fields(answer), (method, path, bad)
                         checked += 1
     assert checked > 20
+    assert database_state(engine) == before
+
+
+def test_boolean_query_parameters_are_true_or_false(api: Api, engine: Engine, admin_token: str, document: dict[str, Any]) -> None:
+    before = database_state(engine)
+    with api.client(admin_token) as admin:
+        assert admin.get("/v1/products", params={"include_inactive": "true", "is_recurring": "false"}).status_code == 200
+        checked = 0
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                for parameter in operation.get("parameters", []):
+                    schema = _resolve(document, parameter["schema"])
+                    kinds = {schema.get("type")} | {_resolve(document, s).get("type") for s in schema.get("anyOf", [])}
+                    if parameter["in"] == "query" and "boolean" in kinds:
+                        for bad in BAD_QUERY_BOOLEANS:
+                            answer = admin.request(method, _url(path), params={parameter["name"]: bad})
+                            assert parameter["name"] in refused_fields(answer), (method, path, bad, answer.text)
+                        checked += 1
+    assert checked >= 3
     assert database_state(engine) == before
 
 

@@ -30,6 +30,7 @@ from billfold.catalog.schemas import (
     ProductUpdate,
 )
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems
+from billfold.kit.inputs import QueryBoolean
 from billfold.models import MembershipType, Product
 
 router = APIRouter(prefix="/v1", responses=problems(400, 401, 422))
@@ -40,7 +41,9 @@ membership_routes = APIRouter(prefix="/membership-types", tags=["catalog"], resp
 WRITE = problems(403)
 NO_CONTENT: dict[str, Any] = {"status_code": status.HTTP_204_NO_CONTENT, "response_class": Response}
 IncludeInactive = Annotated[
-    bool, Query(description="Admins and API keys only (ignored for others): also list what is not for sale.")
+    bool,
+    Query(description="Admins and API keys only (ignored for others): also list what is not for sale."),
+    QueryBoolean,
 ]
 
 
@@ -103,7 +106,7 @@ def list_products(
         str | None, Query(max_length=255, description="In this category or any under it.")
     ] = None,
     product_type: ProductType | None = None,
-    is_recurring: bool | None = None,
+    is_recurring: Annotated[bool | None, Query(), QueryBoolean] = None,
     currency: Annotated[Currency | None, Query()] = None,
 ) -> Page[ProductOut]:
     """Products that are not variants (those are under `/v1/products/{id}/variants`), oldest first."""

@@ -43,6 +43,19 @@ def _digits(value: object) -> object:
 QueryDigits = BeforeValidator(_digits)
 """For an integer query parameter: ``Annotated[int, Query(ge=1, le=100), QueryDigits]``."""
 
+
+def _true_or_false(value: object) -> object:
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError("must be true or false")
+        return value == "true"
+    return value
+
+
+QueryBoolean = BeforeValidator(_true_or_false)
+"""For a boolean query parameter: ``true`` or ``false``, not ``yes``, ``on`` or ``1`` (which
+FastAPI would take): ``Annotated[bool, Query(), QueryBoolean]``."""
+
 CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 """C0 controls (with TAB, LF and CR), DEL, C1 controls (with NEL), and the Unicode line and
 paragraph separators: everything Python's str.splitlines and the email package break a line at."""

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold import worker
+from billfold.accounts.api_keys import create_api_key
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit import sweeps as registry
@@ -173,3 +174,41 @@ def test_a_refund_whose_answer_was_lost_is_completed_by_its_event(api: Api, engi
         settled = session.get_one(Refund, refund.id)
     assert settled.status == "succeeded" and settled.provider_refund_id == made_refund.id
     assert webhook(engine, webhook_id).processed
+
+
+def api_key(engine: Engine, *scopes: str) -> str:
+    with transaction(session_factory(engine)) as session:
+        return create_api_key(session, name="webhooks test", scopes=list(scopes), created_by=None)[1]
+
+
+def test_admins_and_keys_list_and_replay_events_and_customers_cannot(api: Api, engine: Engine, admin_token: str) -> None:
+    order_id, payment_id = lost_payment(api, engine)
+    [charge] = sandbox_charges(api, payment_id)
+    webhook_id = deliver(api, events_of(api, charge.id, "charge.succeeded")[0])
+    reader, writer = api_key(engine, "read"), api_key(engine, "write")
+    buyer = customer(api, engine, "nosy")
+    with api.client(reader) as client:
+        pending = client.get("/v1/webhooks/events", params={"processed": "false", "provider_id": "sandbox", "limit": 100})
+        assert pending.status_code == 200, pending.text
+        assert webhook_id in [e["id"] for e in pending.json()["data"]]
+        assert client.post(f"/v1/webhooks/events/{webhook_id}/replay").status_code == 403
+    with api.client(buyer.token) as client:
+        assert client.get("/v1/webhooks/events").status_code == 403
+        assert client.post(f"/v1/webhooks/events/{webhook_id}/replay").status_code == 403
+    process(engine, api.data_dir)
+    assert payments_of(engine, order_id)[0].status == "completed"
+    with api.client(admin_token) as admin:
+        done = admin.get("/v1/webhooks/events", params={"processed": "true", "limit": 100}).json()["data"]
+        [row] = [e for e in done if e["id"] == webhook_id]
+        assert row["processed"] and row["processed_at"] and payment_id in row["note"]
+        assert webhook_id not in [e["id"] for e in admin.get("/v1/webhooks/events", params={"processed": "false", "limit": 100}).json()["data"]]
+        assert_problem(admin.post("/v1/webhooks/events/whk_no_such_event/replay"), 404, "not_found")
+    with api.client(writer) as client:
+        replayed = client.post(f"/v1/webhooks/events/{webhook_id}/replay")
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["id"] == webhook_id and "processed" not in replayed.json(), "a write key gets ids only"
+        assert client.get("/v1/webhooks/events").status_code == 403
+    assert not webhook(engine, webhook_id).processed
+    process(engine, api.data_dir)
+    assert webhook(engine, webhook_id).processed, "processed again by the next round"
+    assert payments_of(engine, order_id)[0].status == "completed", "and the payment stays completed"

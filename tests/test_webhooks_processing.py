@@ -7,6 +7,8 @@ round."""
 
 from __future__ import annotations
 
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -212,3 +214,48 @@ def test_admins_and_keys_list_and_replay_events_and_customers_cannot(api: Api, e
     process(engine, api.data_dir)
     assert webhook(engine, webhook_id).processed, "processed again by the next round"
     assert payments_of(engine, order_id)[0].status == "completed", "and the payment stays completed"
+
+
+@pytest.mark.slow
+def test_two_hundred_events_delivered_twice_in_any_order_leave_each_payment_as_in_order(api: Api, engine: Engine) -> None:
+    """50 payments whose answers were lost, and four events about each charge (the provider's own
+    ``charge.succeeded``, and a ``charge.requires_action``, ``charge.failed`` and a second
+    ``charge.succeeded`` as a provider might send around it): 200 events, each delivered twice, all
+    shuffled, processed by two workers at once. Each payment ends completed, as the in-order
+    events would leave it, with one charge, one stored row per event, and every event processed."""
+    ada = customer(api, engine, "many")
+    item = product(engine)
+    lost: dict[str, str] = {}  # payment -> order
+    with api.client(ada.token) as client:
+        for _ in range(50):
+            made = order(api, ada.token, (item, 1))
+            assert checkout(client, made["id"], token="tok_sandbox_timeout_after_success").status_code == 503
+            [payment] = payments_of(engine, made["id"])
+            lost[payment.id] = made["id"]
+    events: list[WebhookEvent] = []
+    for payment_id in lost:
+        [charge] = sandbox_charges(api, payment_id)
+        [real] = events_of(api, charge.id, "charge.succeeded")
+        events.append(real)
+        events += [
+            WebhookEvent(f"{real.id}_{n}", kind, "charge", charge.id, real.created, {"status": kind.split(".")[1]})
+            for n, kind in enumerate(("charge.requires_action", "charge.failed", "charge.succeeded"))
+        ]
+    assert len(events) == 200
+    deliveries = events * 2
+    random.Random(12).shuffle(deliveries)
+    with ThreadPoolExecutor(4) as pool:
+        stored = list(pool.map(lambda event: deliver(api, event), deliveries))
+    assert len(set(stored)) == 200, "each event stored once"
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=api.data_dir)
+    context = worker.make_context(settings, engine)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: worker.catch_up(context, sweeps=[registry.get(PROCESS)]), range(2)))
+    with session_factory(engine)() as session:
+        rows = session.scalars(sa.select(PaymentWebhook).where(PaymentWebhook.id.in_(set(stored)))).all()
+        payments = session.scalars(sa.select(Payment).where(Payment.order_id.in_(list(lost.values())))).all()
+    assert len(rows) == 200 and all(row.processed and not row.last_error for row in rows)
+    assert len(payments) == 50 and {p.status for p in payments} == {"completed"}
+    for payment in payments:
+        [charge] = sandbox_charges(api, payment.id)
+        assert payment.provider_payment_id == charge.id, "one charge each, recorded"

@@ -259,3 +259,26 @@ def test_two_hundred_events_delivered_twice_in_any_order_leave_each_payment_as_i
     for payment in payments:
         [charge] = sandbox_charges(api, payment.id)
         assert payment.provider_payment_id == charge.id, "one charge each, recorded"
+
+
+def test_a_payment_waiting_for_the_customer_follows_its_events(api: Api, engine: Engine) -> None:
+    """3-D Secure: the ``charge.requires_action`` event leaves the payment waiting; the customer
+    authenticates at the provider and our books never hear, until ``charge.succeeded`` is processed."""
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine), 1))
+    with api.client(ada.token) as client:
+        waiting = checkout(client, made["id"], token="tok_sandbox_3ds_success")
+        assert waiting.status_code == 202, waiting.text
+    payment_id = waiting.json()["payment"]["id"]
+    [charge] = sandbox_charges(api, payment_id)
+    action_id = deliver(api, events_of(api, charge.id, "charge.requires_action")[0])
+    process(engine, api.data_dir)
+    assert webhook(engine, action_id).processed
+    assert payments_of(engine, made["id"])[0].status == "pending", "still waiting for the customer"
+    sandbox(api).confirm(charge_id=charge.id, idempotency_key="authenticated-at-the-bank")
+    succeeded_id = deliver(api, events_of(api, charge.id, "charge.succeeded")[0])
+    process(engine, api.data_dir)
+    assert webhook(engine, succeeded_id).processed
+    assert payments_of(engine, made["id"])[0].status == "completed"
+    with api.client(ada.token) as client:
+        assert client.get(f"/v1/orders/{made['id']}").json()["status"] == "paid"

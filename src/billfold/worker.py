@@ -46,6 +46,7 @@ from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.sweeps import settle_unknown_order_payments
 from billfold.payments.refunds import settle_pending_refunds
 from billfold.subscriptions.sweeps import end_due_trials, renew_due_subscriptions, retry_past_due_subscriptions
+from billfold.webhooks.processing import process_webhooks
 from billfold.wiring import wire
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ SWEEPS: tuple[Callable[[Context], int], ...] = (
     expire_memberships,
     settle_unknown_order_payments,
     settle_pending_refunds,
+    process_webhooks,
     retry_past_due_subscriptions,
     renew_due_subscriptions,
     end_due_trials,

@@ -18,6 +18,8 @@ class PaymentWebhook(Base):
         sa.Index("idx_payment_webhooks_processed", "processed"),
         # Billfold's addition (migration 0014): a provider's event is stored once, however often it is delivered.
         sa.Index("uq_payment_webhooks_provider_id_provider_event_id", "provider_id", "provider_event_id", unique=True),
+        # Billfold's addition (migration 0015): the processing sweep's due events.
+        sa.Index("idx_payment_webhooks_processed_next_attempt_at", "processed", "next_attempt_at"),
     )
 
     id: Mapped[str] = id_column("whk")
@@ -31,6 +33,12 @@ class PaymentWebhook(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Not in the spec: the provider's own id of the event (the Standard Webhooks ``webhook-id``).
     provider_event_id: Mapped[str | None] = mapped_column(sa.String(255))
+    # Not in the spec (migration 0015): how processing went. ``attempts`` that failed (NULL: none),
+    # the last one's error, when the sweep may try again (NULL: at once), and what it did.
+    attempts: Mapped[int | None] = mapped_column(sa.Integer)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class PaymentEvent(Base):

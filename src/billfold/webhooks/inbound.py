@@ -4,9 +4,8 @@ A provider delivers an event at least once, and again whenever it did not see ou
 so the same event may arrive twice, or many times at once. ``payment_webhooks`` holds it under a
 unique (``provider_id``, ``provider_event_id``): the first delivery inserts the row, and any
 other finds the key taken and is answered as the duplicate it is. Only the delivery that stored
-the row is new, so whatever processes the event runs for that one alone. Processing the stored
-events (converging payments and refunds on the provider's state) is not built yet: rows stay
-``processed = false`` until it is.
+the row is new, so whatever processes the event runs for that one alone. The stored events are
+processed by the worker (``billfold.webhooks.processing``).
 """
 
 from __future__ import annotations

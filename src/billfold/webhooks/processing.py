@@ -1,0 +1,172 @@
+"""Processing the webhook inbox: each stored event converges the payment or refund it is about on
+the provider's current state.
+
+An event says only that something happened to a provider's object. It may come twice, late, or
+after a later one (a ``charge.failed`` after the ``charge.succeeded`` it preceded), so its snapshot
+is never trusted: the sweep finds our payment or refund by the provider's object id (or, when our
+record never heard that id, by the ``payment_id`` / ``refund_id`` Billfold put in the object's
+metadata, as the provider reports it now) and settles it through the money path
+(``engine.settle_charge`` with ``engine.ask``, ``refunds.settle``), which asks the provider and
+moves only a pending record. A completed payment stays completed, whatever an event says.
+
+An event is then ``processed`` with a ``note`` of what it did; one about an object Billfold does not
+know, or of a type it does not act on, is processed with a note saying so. An event whose
+processing fails (the provider does not answer, or is switched off) stays unprocessed with its
+``attempts``, ``last_error`` and ``next_attempt_at`` (``BACKOFF``), and is tried again then.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.kit import clock
+from billfold.kit.db import reading, transaction
+from billfold.kit.errors import BillfoldError
+from billfold.kit.sweeps import Context, claim_batch, sweep
+from billfold.models import Payment, PaymentWebhook, Refund
+from billfold.payments import engine, provider_config, refunds
+from billfold.payments.engine import Result
+from billfold.providers.base import ProviderAdapter, WebhookEvent
+from billfold.providers.errors import ProviderObjectNotFound
+
+log = logging.getLogger("billfold.webhooks")
+
+BATCH = 50
+SYSTEM = "system"
+LEASE = timedelta(minutes=5)  # a claimed event is not claimed again before this, should its worker die
+BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=3))
+
+PAYMENT_OBJECTS = frozenset({"charge"})
+REFUND_OBJECTS = frozenset({"refund"})
+
+
+def backoff(attempts: int) -> timedelta:
+    """How long after its ``attempts``-th failure an event is tried again."""
+    return BACKOFF[min(max(attempts, 1), len(BACKOFF)) - 1]
+
+
+def due(statement: sa.Select[tuple[PaymentWebhook]], now: object) -> sa.Select[tuple[PaymentWebhook]]:
+    return statement.where(
+        PaymentWebhook.processed == sa.false(),
+        sa.or_(PaymentWebhook.next_attempt_at.is_(None), PaymentWebhook.next_attempt_at <= now),
+    ).order_by(PaymentWebhook.created_at, PaymentWebhook.id)
+
+
+@sweep("webhooks.process", every=timedelta(seconds=30))
+def process_webhooks(context: Context, *, limit: int = BATCH) -> int:
+    """The inbox's due events, oldest first, each converging its payment or refund on the
+    provider's state. How many were tried."""
+    now = clock.now()
+    with transaction(context.sessions) as session:
+        claimed = claim_batch(session, due(sa.select(PaymentWebhook), now), limit)
+        for row in claimed:
+            row.next_attempt_at = now + LEASE
+        work = [(row.id, row.provider_id, row.payload) for row in claimed]
+    for webhook_id, provider_id, payload in work:
+        try:
+            note = process(context, provider_id, payload)
+        except Exception as error:  # noqa: BLE001  (one event's trouble does not hold back the others)
+            detail = error.detail if isinstance(error, BillfoldError) else f"{type(error).__name__}: {error}"
+            log.warning("webhook %s left unprocessed: %s", webhook_id, detail)
+            _failed(context, webhook_id, detail)
+            continue
+        with transaction(context.sessions) as session:
+            row = session.get(PaymentWebhook, webhook_id)
+            if row is not None:
+                row.processed, row.processed_at, row.note = True, clock.now(), note[:500]
+                row.last_error, row.next_attempt_at = None, None
+    return len(work)
+
+
+def _failed(context: Context, webhook_id: str, detail: str) -> None:
+    with transaction(context.sessions) as session:
+        row = session.get(PaymentWebhook, webhook_id)
+        if row is not None:
+            row.attempts = (row.attempts or 0) + 1
+            row.last_error = detail[:2000]
+            row.next_attempt_at = clock.now() + backoff(row.attempts)
+
+
+def process(context: Context, provider_id: str, payload: object) -> str:
+    """Converge what the event is about; a note of what was done. Raises when the provider could
+    not be asked (the event is then tried again later)."""
+    try:
+        event = WebhookEvent.from_dict(payload)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError) as error:
+        return f"not an event Billfold can read ({type(error).__name__}); ignored"
+    if event.object_type in PAYMENT_OBJECTS:
+        with reading(context.sessions) as session:
+            payment_id = _payment_of(session, context, provider_id, event.object_id)
+        if payment_id is None:
+            return f"{event.type}: no payment of Billfold's is charge {event.object_id}; nothing changed"
+        outcome = engine.settle_charge(
+            context.sessions, context.security, context.settings, payment_id, engine.ask, by=SYSTEM
+        )
+        if outcome.result is Result.UNKNOWN:
+            raise outcome.error if isinstance(outcome.error, Exception) else RuntimeError("the provider did not answer")
+        return f"{event.type}: payment {payment_id} is {_status(context, Payment, payment_id)}"
+    if event.object_type in REFUND_OBJECTS:
+        with reading(context.sessions) as session:
+            refund_id = _refund_of(session, context, provider_id, event.object_id)
+        if refund_id is None:
+            return f"{event.type}: no refund of Billfold's is refund {event.object_id}; nothing changed"
+        refunds.settle(context.sessions, context.security, refund_id, by=SYSTEM)
+        return f"{event.type}: refund {refund_id} is {_status(context, Refund, refund_id)}"
+    return f"{event.type}: Billfold does not act on {event.object_type} events"
+
+
+def _adapter(session: Session, context: Context, provider_id: str) -> ProviderAdapter:
+    return provider_config.adapter_for_provider(session, context.security, provider_id, require_active=False)
+
+
+def _payment_of(session: Session, context: Context, provider_id: str, charge_id: str) -> str | None:
+    """Our payment charged as ``charge_id``: by the id we recorded, else by the payment id Billfold
+    put in the charge's metadata (its answer was lost, so the id was never recorded)."""
+    found = session.scalars(
+        sa.select(Payment.id).where(Payment.provider_id == provider_id, Payment.provider_payment_id == charge_id)
+    ).first()
+    if found is not None:
+        return found
+    try:
+        charge = _adapter(session, context, provider_id).get_charge(charge_id)
+    except ProviderObjectNotFound:
+        return None
+    named = (charge.metadata or {}).get("payment_id")
+    if not named:
+        return None
+    return session.scalars(
+        sa.select(Payment.id).where(
+            Payment.id == named, Payment.provider_id == provider_id,
+            sa.or_(Payment.provider_payment_id.is_(None), Payment.provider_payment_id == charge_id),
+        )
+    ).first()
+
+
+def _refund_of(session: Session, context: Context, provider_id: str, provider_refund_id: str) -> str | None:
+    """Our refund made as ``provider_refund_id``: by the id we recorded, else by its metadata."""
+    of_provider = sa.select(Refund.id).join(Payment, Payment.id == Refund.payment_id).where(Payment.provider_id == provider_id)
+    found = session.scalars(of_provider.where(Refund.provider_refund_id == provider_refund_id)).first()
+    if found is not None:
+        return found
+    try:
+        made = _adapter(session, context, provider_id).get_refund(provider_refund_id)
+    except ProviderObjectNotFound:
+        return None
+    named = (made.metadata or {}).get("refund_id")
+    if not named:
+        return None
+    return session.scalars(
+        of_provider.where(
+            Refund.id == named,
+            sa.or_(Refund.provider_refund_id.is_(None), Refund.provider_refund_id == provider_refund_id),
+        )
+    ).first()
+
+
+def _status(context: Context, model: type[Payment] | type[Refund], row_id: str) -> str:
+    with reading(context.sessions) as session:
+        return str(session.scalars(sa.select(model.status).where(model.id == row_id)).one())

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from billfold.accounts.auth import Admin, SecurityDep
 from billfold.kit.errors import NotFound
 from billfold.kit.http import DbSession, Page, Paging, paginate, problems, require
+from billfold.kit.inputs import QueryBoolean
 from billfold.models import PaymentWebhook
 from billfold.webhooks import inbound
 
@@ -74,7 +75,9 @@ def list_webhook_events(
     principal: Admin,
     session: DbSession,
     paging: Paging,
-    processed: Annotated[bool | None, Query(description="Only processed (true) or unprocessed (false) events.")] = None,
+    processed: Annotated[
+        bool | None, Query(description="Only processed (true) or unprocessed (false) events."), QueryBoolean
+    ] = None,
     provider_id: Annotated[str | None, Query(max_length=50, description="Only this provider's events.")] = None,
 ) -> Page[WebhookEventOut]:
     """The stored events, oldest first (admins, and API keys with the `read` scope)."""

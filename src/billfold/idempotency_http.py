@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from billfold.kit.db import transaction
-from billfold.kit.http import DbSession
+from billfold.kit.http import DbSession, end_step
 from billfold.kit.errors import BillfoldError
 from billfold.idempotency import (
     HEADER,
@@ -97,7 +97,7 @@ class IdempotentRequest:
         # End the request's own transaction (authentication's reads and last-used stamps): the
         # key must be claimed in a committed transaction of its own before the work starts, and
         # SQLite lets only one transaction write at a time.
-        self.session.commit()
+        end_step(self.session)
         sessions = self.request.app.state.sessions
 
         def handle(session: Session) -> tuple[int, Any]:
@@ -157,7 +157,7 @@ def idempotently(
     Idempotency-Key, when one is given: ``work(claim)`` runs the phases, records its outcome with
     ``finish(session, claim, *answer(session, outcome))`` in its last transaction, and returns the
     outcome. A final refusal is stored; anything else releases the key for a retry."""
-    idempotent.session.commit()  # the request's own transaction ends before the phases begin
+    end_step(idempotent.session)  # the request's own transaction ends before the phases begin
     sessions = request.app.state.sessions
     if idempotent.key is None:
         outcome = work(None)

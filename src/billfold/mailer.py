@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from billfold.kit import clock
 from billfold.kit.db import one_line, transaction
 from billfold.kit.ids import new_id
-from billfold.kit.sweeps import Context, claim_batch, sweep
+from billfold.kit.sweeps import RETRY_BACKOFF, Context, backoff, claim_batch, sweep
 from billfold.models.mail import OutboxEmail
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ log = logging.getLogger("billfold.mail")
 
 LEASE = timedelta(minutes=10)
 """How long a row taken for sending is left to the process that took it."""
-BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=3))
-"""The wait after each failed attempt; after the last, the last again."""
+BACKOFF = RETRY_BACKOFF
+"""The wait after each failed attempt (the sweeps' one schedule, ``kit.sweeps.backoff``)."""
 MAX_ATTEMPTS = 12
 """Attempts before a message is given up (about a day and a half of trying)."""
 BATCH = 20
@@ -191,11 +191,6 @@ def queue(session: Session, email: Email) -> str:
 
 def _email(row: OutboxEmail) -> Email:
     return Email(to=row.to_address, subject=row.subject, body=row.body, id=row.id, date=row.created_at)
-
-
-def backoff(attempts: int) -> timedelta:
-    """The wait after the ``attempts``-th failed attempt."""
-    return BACKOFF[min(attempts, len(BACKOFF)) - 1]
 
 
 def _send(mailer: Mailer, row: OutboxEmail) -> str | None:

@@ -213,9 +213,10 @@ def unit_of_work(request: Request) -> Iterator[Session]:
 
 
 def end_step(session: Session) -> None:
-    """Commit what a request's step (authentication) did and give its connection back to the pool
-    before FastAPI hands the request to another thread for the next step. Rows it loaded stay
-    readable (the sessions do not expire on commit) and stay in the session for the endpoint."""
+    """Commit what a request's step did (authentication; the request's own transaction before an
+    idempotent money move takes its key) and give its connection back to the pool before the next
+    step. Rows it loaded stay readable (the sessions do not expire on commit) and stay in the
+    session for the endpoint. The request's unit of work is the one place that commits; this is it."""
     session.commit()
 
 

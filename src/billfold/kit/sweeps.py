@@ -89,6 +89,16 @@ def unregister(name: str) -> None:
     _SWEEPS.pop(name, None)
 
 
+RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=3))
+"""How long a row a sweep failed on waits before the next try: after each failed attempt in turn,
+then the last wait again (mail in the outbox, webhook events in the inbox)."""
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait after the ``attempts``-th failed attempt."""
+    return RETRY_BACKOFF[min(max(attempts, 1), len(RETRY_BACKOFF)) - 1]
+
+
 def claim_batch(session: Session, statement: Select[Any], limit: int) -> Sequence[Any]:
     """Claim up to ``limit`` due rows for this transaction: the rows ``statement`` selects (order it,
     oldest due first), locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL and MariaDB, so another

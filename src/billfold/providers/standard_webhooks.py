@@ -6,8 +6,8 @@ space-separated list of ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, so a
 rolled). The secret is ``whsec_`` followed by base64 of the key bytes.
 
 The package's ``Webhook.sign`` makes every signature, ours and the one a delivery is checked
-against. Its ``Webhook.verify`` is not used: it holds the timestamp against the machine's clock
-(``datetime.now()``) with no way to give it another, while Billfold's time is ``billfold.kit.clock``
+against. Its ``Webhook.verify`` is not used: it holds the timestamp against the machine's own
+time, read inside the package, with no way to give it another, while Billfold's time is ``billfold.kit.clock``
 (moved by tests, and running ahead of real time on the sandbox billing clock), and it lets a
 malformed header escape as ``ValueError``. So ``verify`` checks the headers and the 5-minute window
 itself, against ``clock.now()``, then compares each offered signature with the package's, in

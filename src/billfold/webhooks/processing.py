@@ -12,7 +12,7 @@ moves only a pending record. A completed payment stays completed, whatever an ev
 An event is then ``processed`` with a ``note`` of what it did; one about an object Billfold does not
 know, or of a type it does not act on, is processed with a note saying so. An event whose
 processing fails (the provider does not answer, or is switched off) stays unprocessed with its
-``attempts``, ``last_error`` and ``next_attempt_at`` (``BACKOFF``), and is tried again then.
+``attempts``, ``last_error`` and ``next_attempt_at`` (``kit.sweeps.backoff``), and is tried again then.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.errors import BillfoldError
-from billfold.kit.sweeps import Context, claim_batch, sweep
+from billfold.kit.sweeps import Context, backoff, claim_batch, sweep
 from billfold.models import Payment, PaymentWebhook, Refund
 from billfold.payments import engine, provider_config, refunds
 from billfold.payments.engine import Result
@@ -38,15 +38,9 @@ log = logging.getLogger("billfold.webhooks")
 BATCH = 50
 SYSTEM = "system"
 LEASE = timedelta(minutes=5)  # a claimed event is not claimed again before this, should its worker die
-BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=3))
 
 PAYMENT_OBJECTS = frozenset({"charge"})
 REFUND_OBJECTS = frozenset({"refund"})
-
-
-def backoff(attempts: int) -> timedelta:
-    """How long after its ``attempts``-th failure an event is tried again."""
-    return BACKOFF[min(max(attempts, 1), len(BACKOFF)) - 1]
 
 
 def due(statement: sa.Select[tuple[PaymentWebhook]], now: object) -> sa.Select[tuple[PaymentWebhook]]:
@@ -99,8 +93,7 @@ def process(context: Context, provider_id: str, payload: object) -> str:
     except (KeyError, TypeError, ValueError) as error:
         return f"not an event Billfold can read ({type(error).__name__}); ignored"
     if event.object_type in PAYMENT_OBJECTS:
-        with reading(context.sessions) as session:
-            payment_id = _payment_of(session, context, provider_id, event.object_id)
+        payment_id = _payment_of(context, provider_id, event.object_id)
         if payment_id is None:
             return f"{event.type}: no payment of Billfold's is charge {event.object_id}; nothing changed"
         outcome = engine.settle_charge(
@@ -110,8 +103,7 @@ def process(context: Context, provider_id: str, payload: object) -> str:
             raise outcome.error if isinstance(outcome.error, Exception) else RuntimeError("the provider did not answer")
         return f"{event.type}: payment {payment_id} is {_status(context, Payment, payment_id)}"
     if event.object_type in REFUND_OBJECTS:
-        with reading(context.sessions) as session:
-            refund_id = _refund_of(session, context, provider_id, event.object_id)
+        refund_id = _refund_of(context, provider_id, event.object_id)
         if refund_id is None:
             return f"{event.type}: no refund of Billfold's is refund {event.object_id}; nothing changed"
         refunds.settle(context.sessions, context.security, refund_id, by=SYSTEM)
@@ -123,48 +115,56 @@ def _adapter(session: Session, context: Context, provider_id: str) -> ProviderAd
     return provider_config.adapter_for_provider(session, context.security, provider_id, require_active=False)
 
 
-def _payment_of(session: Session, context: Context, provider_id: str, charge_id: str) -> str | None:
+def _payment_of(context: Context, provider_id: str, charge_id: str) -> str | None:
     """Our payment charged as ``charge_id``: by the id we recorded, else by the payment id Billfold
-    put in the charge's metadata (its answer was lost, so the id was never recorded)."""
-    found = session.scalars(
-        sa.select(Payment.id).where(Payment.provider_id == provider_id, Payment.provider_payment_id == charge_id)
-    ).first()
-    if found is not None:
+    put in the charge's metadata (its answer was lost, so the id was never recorded). The provider
+    is asked with no transaction open."""
+    with reading(context.sessions) as session:
+        found = session.scalars(
+            sa.select(Payment.id).where(Payment.provider_id == provider_id, Payment.provider_payment_id == charge_id)
+        ).first()
+        adapter = _adapter(session, context, provider_id) if found is None else None
+    if adapter is None:
         return found
     try:
-        charge = _adapter(session, context, provider_id).get_charge(charge_id)
+        charge = adapter.get_charge(charge_id)
     except ProviderObjectNotFound:
         return None
     named = (charge.metadata or {}).get("payment_id")
     if not named:
         return None
-    return session.scalars(
-        sa.select(Payment.id).where(
-            Payment.id == named, Payment.provider_id == provider_id,
-            sa.or_(Payment.provider_payment_id.is_(None), Payment.provider_payment_id == charge_id),
-        )
-    ).first()
+    with reading(context.sessions) as session:
+        return session.scalars(
+            sa.select(Payment.id).where(
+                Payment.id == named, Payment.provider_id == provider_id,
+                sa.or_(Payment.provider_payment_id.is_(None), Payment.provider_payment_id == charge_id),
+            )
+        ).first()
 
 
-def _refund_of(session: Session, context: Context, provider_id: str, provider_refund_id: str) -> str | None:
-    """Our refund made as ``provider_refund_id``: by the id we recorded, else by its metadata."""
+def _refund_of(context: Context, provider_id: str, provider_refund_id: str) -> str | None:
+    """Our refund made as ``provider_refund_id``: by the id we recorded, else by its metadata. The
+    provider is asked with no transaction open."""
     of_provider = sa.select(Refund.id).join(Payment, Payment.id == Refund.payment_id).where(Payment.provider_id == provider_id)
-    found = session.scalars(of_provider.where(Refund.provider_refund_id == provider_refund_id)).first()
-    if found is not None:
+    with reading(context.sessions) as session:
+        found = session.scalars(of_provider.where(Refund.provider_refund_id == provider_refund_id)).first()
+        adapter = _adapter(session, context, provider_id) if found is None else None
+    if adapter is None:
         return found
     try:
-        made = _adapter(session, context, provider_id).get_refund(provider_refund_id)
+        made = adapter.get_refund(provider_refund_id)
     except ProviderObjectNotFound:
         return None
     named = (made.metadata or {}).get("refund_id")
     if not named:
         return None
-    return session.scalars(
-        of_provider.where(
-            Refund.id == named,
-            sa.or_(Refund.provider_refund_id.is_(None), Refund.provider_refund_id == provider_refund_id),
-        )
-    ).first()
+    with reading(context.sessions) as session:
+        return session.scalars(
+            of_provider.where(
+                Refund.id == named,
+                sa.or_(Refund.provider_refund_id.is_(None), Refund.provider_refund_id == provider_refund_id),
+            )
+        ).first()
 
 
 def _status(context: Context, model: type[Payment] | type[Refund], row_id: str) -> str:

@@ -28,6 +28,9 @@ class ChargeStatus(StrEnum):
     AUTHORIZED = "authorized"  # funds held; capture or cancel (Stripe's requires_capture)
     FAILED = "failed"
     CANCELED = "canceled"
+    # The provider's object exists but no money moved (Stripe: an unconfirmed PaymentIntent; PayPal:
+    # an order not yet captured): only ``create_charge`` answers it, and ``confirm`` moves the money.
+    CREATED = "created"
 
 
 FINAL_CHARGE_STATUSES = frozenset({ChargeStatus.SUCCEEDED, ChargeStatus.FAILED, ChargeStatus.CANCELED})
@@ -170,11 +173,59 @@ class RefundResult:
                    data["provider_status"], _time(data["created"]), data.get("reason"), dict(data.get("metadata") or {}))
 
 
+class DisputeStatus(StrEnum):
+    OPEN = "open"  # the customer's bank has taken the money back for now; evidence may be sent
+    WON = "won"  # decided for the merchant: the money came back
+    LOST = "lost"  # decided for the customer: the money is gone, as if refunded
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeResult:
+    """A dispute (chargeback) of a charge, as the provider has it now."""
+
+    id: str
+    charge_id: str  # the disputed charge, in the adapter's own ids (ChargeResult.id)
+    amount: Money
+    status: DisputeStatus
+    provider_status: str
+    created: datetime
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"object": "dispute", "id": self.id, "charge_id": self.charge_id, "amount": _money_json(self.amount),
+                "status": str(self.status), "provider_status": self.provider_status,
+                "created": self.created.isoformat(), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DisputeResult:
+        return cls(data["id"], data["charge_id"], _money(data["amount"]), DisputeStatus(data["status"]),
+                   data["provider_status"], _time(data["created"]), data.get("reason"))
+
+
+OBJECT_TYPES = frozenset({"charge", "refund", "dispute", "payment_method", "customer", "subscription"})
+"""What a normalised ``WebhookEvent`` can be about."""
+
+EVENT_TYPES = frozenset({
+    "charge.succeeded", "charge.failed", "charge.requires_action", "charge.authorized", "charge.canceled",
+    "charge.processing", "charge.refunded", "charge.updated",
+    "refund.succeeded", "refund.failed", "refund.updated",
+    "dispute.opened", "dispute.updated", "dispute.closed",
+    "payment_method.attached", "payment_method.updated", "payment_method.detached",
+    "customer.created", "customer.updated",
+    "subscription.created", "subscription.updated", "subscription.canceled",
+})
+"""The normalised event types adapters answer (``WebhookEvent.type``); a provider event with no
+counterpart keeps its own type, and is stored and then ignored."""
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
     """An event the provider sent, verified and normalised.
 
-    ``id`` is the provider's event id: store events under a unique (provider, id). ``data`` is the
+    ``type`` is one of ``EVENT_TYPES`` (the provider's own word when none fits); ``object_type`` one
+    of ``OBJECT_TYPES``; ``object_id`` the object's id as the adapter's results name it (for
+    Stripe, a ``charge.succeeded`` is about the PaymentIntent, since ``ChargeResult.id`` is the
+    PaymentIntent's id). ``id`` is the provider's event id: store events under a unique (provider, id). ``data`` is the
     object as the provider described it when the event happened; when order matters, fetch the
     object's current state instead of trusting an old snapshot.
     """
@@ -199,7 +250,7 @@ class WebhookEvent:
 
 FEATURES = (
     "saved_methods", "off_session_charges", "separate_capture", "partial_capture", "refunds",
-    "partial_refunds", "customer_actions", "provider_subscriptions",
+    "partial_refunds", "customer_actions", "provider_subscriptions", "creates_before_charging", "disputes",
 )
 
 
@@ -219,6 +270,11 @@ class Capabilities:
     partial_refunds: bool = False
     customer_actions: bool = False  # 3-D Secure and the like: requires_action, then confirm
     provider_subscriptions: bool = False  # the provider runs the billing schedule itself
+    # The adapter has ``create_charge`` (see ``CreatesBeforeCharging``): Billfold stores the provider's
+    # object id before any money moves, so a retry fetches that object and never relies on the
+    # provider honouring an idempotency key.
+    creates_before_charging: bool = False
+    disputes: bool = False  # the adapter has ``get_dispute`` (see ``ReadsDisputes``)
     currencies: frozenset[str] | None = None  # None: every currency Billfold knows
     webhook_events: frozenset[str] = frozenset()
     # What the provider's one-time tokens look like (Stripe pm_…/tok_…, the sandbox's test tokens):
@@ -320,6 +376,44 @@ class ProviderAdapter(Protocol):
 
     def get_refund(self, refund_id: str) -> RefundResult: ...
 
+    def list_charges(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[ChargeResult]:
+        """Charges created in [created_from, created_to), oldest first: what ``billfold reconcile``
+        compares with our payments. An adapter pages through the provider's list itself."""
+        ...
+
+    def list_refunds(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[RefundResult]:
+        """Refunds created in [created_from, created_to), oldest first."""
+        ...
+
     def verify_webhook(self, body: bytes, headers: Mapping[str, str]) -> WebhookEvent:
         """Check the signature over the raw bytes and parse, or raise WebhookSignatureInvalid."""
         ...
+
+
+@runtime_checkable
+class CreatesBeforeCharging(Protocol):
+    """Adapters with ``capabilities.creates_before_charging``: a charge in two steps.
+
+    ``create_charge`` takes ``charge``'s arguments and makes the provider's object without moving
+    money (Stripe: a PaymentIntent created unconfirmed; PayPal: an order). It answers
+    ``ChargeStatus.CREATED``, or ``REQUIRES_ACTION`` when the customer must approve it first (PayPal's
+    approve link, as ``next_action = {"type": "redirect_to_url", "url": ...}``). Billfold stores the
+    object's id in its own transaction, then calls ``confirm(charge_id=..., idempotency_key=...)``,
+    which moves the money (Stripe: confirm; PayPal: capture, or authorize when ``capture=False``).
+    Asked again about a payment (a timeout, a crash), Billfold calls ``get_charge`` on the stored id
+    and confirms an object still ``CREATED``; ``confirm`` on an object whose money moved already
+    answers the object as it is, never a second charge. ``charge`` stays: create, then confirm.
+    """
+
+    def create_charge(
+        self, *, amount: Money, idempotency_key: str, customer_id: str | None = None,
+        payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
+        capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
+    ) -> ChargeResult: ...
+
+
+@runtime_checkable
+class ReadsDisputes(Protocol):
+    """Adapters with ``capabilities.disputes``."""
+
+    def get_dispute(self, dispute_id: str) -> DisputeResult: ...

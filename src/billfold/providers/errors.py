@@ -102,6 +102,13 @@ class ProviderUnavailable(ProviderError):
     title = "Payment provider unavailable"
     retry_after = 2
 
+    def __init__(self, detail: str, *, code: str | None = None, sent: bool = True, **extra: Any) -> None:
+        super().__init__(detail, code=code, **extra)
+        # False only when the request certainly never reached the provider (the connection was
+        # refused, or could not be made): nothing can have happened there, so the payment may go
+        # to another provider at once. True (the default) means the outcome is unknown.
+        self.sent = sent
+
 
 class InvalidProviderRequest(ProviderError):
     """The provider refused the request itself (bad parameters, wrong state, reused key)."""

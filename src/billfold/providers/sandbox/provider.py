@@ -197,7 +197,7 @@ class SandboxProvider:
         def act(db: sqlite3.Connection) -> _Outcome:
             card, customer = _charge_source(db, customer_id, payment_method_id, token, off_session)
             if card.behaviour is Behaviour.UNAVAILABLE:
-                raise ProviderUnavailable("the sandbox provider did not answer (test token)", provider=self.provider_id)
+                raise ProviderUnavailable("the sandbox provider did not answer (test token)", provider=self.provider_id, sent=False)
             charge_id = new_id("ch")
             status, decline = _first_status(card, off_session, capture)
             now = stamp()

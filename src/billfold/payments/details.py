@@ -32,6 +32,11 @@ class PaymentDetails:
     """The code of a refusal that failed the payment without a decline (``payment_not_made``, ...)."""
     token: str | None = None
     """The one-time provider token a checkout pays with (never a card number: refused before)."""
+    provider_object_id: str | None = None
+    """The provider's object made for this payment before its money moved (``create_charge``: a
+    PaymentIntent, an order), stored before confirming it; ``provider_payment_id`` is set once an
+    answer about it is recorded, so a payment with this and no ``provider_payment_id`` is one whose
+    outcome was never heard."""
     provider_payment_method_id: str | None = None
     provider_customer_id: str | None = None
     invoice_id: str | None = None

@@ -12,6 +12,12 @@ money the same way, in three phases around the one call to the provider (referen
    the order becomes paid, the invoice paid, the subscription active or past due). An outcome
    recorded already is left alone.
 
+An adapter that can make the provider's object before any money moves
+(``capabilities.creates_before_charging``: Stripe's PaymentIntent, PayPal's order) is asked in two
+steps: ``create_charge``, whose id is stored in the payment's details in a transaction of its own
+(``remember``), then ``confirm``. Asked again, the engine fetches that object by the stored id
+and goes on with it, so a retry never depends on the provider honouring an idempotency key.
+
 The provider not answering (``ProviderUnavailable``, or ``IdempotencyMismatch``: something was made
 under this key) leaves the row ``pending`` with its outcome ``UNKNOWN``. It is asked about again
 with the same key, by a retry or by a sweep, ``STALE_AFTER`` after it began, and so never charged
@@ -25,7 +31,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar
@@ -45,7 +51,7 @@ from billfold.models import Payment, PaymentMethod
 from billfold.payments import provider_config
 from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
 from billfold.payments.states import PAYMENT, WAITING
-from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter, RefundResult
+from billfold.providers.base import ChargeResult, ChargeStatus, CreatesBeforeCharging, ProviderAdapter, RefundResult
 from billfold.providers.errors import Declined, IdempotencyMismatch, ProviderError, ProviderUnavailable
 
 log = logging.getLogger("billfold.payments")
@@ -54,7 +60,9 @@ STALE_AFTER = timedelta(minutes=10)
 """A charge or refund whose outcome is still unknown this long after it began has lost its request
 (a crash, a timeout): a sweep asks the provider what its key made."""
 
-Operation = Literal["charge", "confirm", "cancel", "refund"]
+Operation = Literal["charge", "pay", "confirm", "cancel", "refund"]
+"""``charge``: the charge, or the provider's object made before it; ``pay``: confirming that object
+(the money moves); ``confirm``: going on after the customer's action."""
 
 
 def provider_key(row_id: str, operation: Operation) -> str:
@@ -142,6 +150,8 @@ class ChargeFor:
     metadata: dict[str, str]
     off_session: bool = False  # the customer is not there (a renewal): the provider may not ask them to act
     may_wait: bool = True  # False: a charge that needs the customer's action is ended and declined
+    # Stores the provider's object id on the payment before its money moves (``Charges`` sets it).
+    remember: Callable[[str, str], None] | None = None
 
 
 class Payable(Protocol):
@@ -257,17 +267,24 @@ def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) 
     details = PaymentDetails.of(payment)
     if adapter is None or not details.chargeable:
         return Answer(None, Declined("the customer has no payment method to charge", "generic_decline"))
+    arguments: dict[str, Any] = dict(
+        amount=Money(payment.amount_cents, payment.currency),
+        idempotency_key=provider_key(payment.id, "charge"),
+        customer_id=details.provider_customer_id,
+        payment_method_id=details.provider_payment_method_id,
+        token=details.token,
+        off_session=about.off_session,
+        description=about.description,
+        metadata=about.metadata,
+    )
     try:
-        result = adapter.charge(
-            amount=Money(payment.amount_cents, payment.currency),
-            idempotency_key=provider_key(payment.id, "charge"),
-            customer_id=details.provider_customer_id,
-            payment_method_id=details.provider_payment_method_id,
-            token=details.token,
-            off_session=about.off_session,
-            description=about.description,
-            metadata=about.metadata,
-        )
+        if creates_first(adapter):
+            created = adapter.create_charge(**arguments)  # type: ignore[attr-defined]
+            if about.remember is not None:
+                about.remember(payment.id, created.id)
+            result = _pay(adapter, payment, created)
+        else:
+            result = adapter.charge(**arguments)
     except Declined as declined:
         return Answer(declined.charge, declined)
     except (ProviderUnavailable, IdempotencyMismatch):
@@ -281,16 +298,47 @@ def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) 
     return Answer(result)
 
 
+def creates_first(adapter: ProviderAdapter) -> bool:
+    """Whether the adapter makes the provider's object before moving money (``create_charge``)."""
+    return adapter.capabilities.creates_before_charging and isinstance(adapter, CreatesBeforeCharging)
+
+
+def _pay(adapter: ProviderAdapter, payment: Payment, created: ChargeResult) -> ChargeResult:
+    """Move the money of an object ``create_charge`` made; one the customer must approve first
+    (PayPal's approve link) waits for them as it is."""
+    if created.status != ChargeStatus.CREATED:
+        return created
+    return adapter.confirm(charge_id=created.id, idempotency_key=provider_key(payment.id, "pay"))
+
+
+def remember(sessions: sessionmaker[Session], payment_id: str, provider_payment_id: str) -> None:
+    """Store the provider's object id on a payment that has none yet (``PaymentDetails.provider_object_id``),
+    and commit, before its money moves: should this process die now, whoever asks again fetches that object instead of making
+    another."""
+    with transaction(sessions) as session:
+        statement = for_update(sa.select(Payment).where(Payment.id == payment_id), session)
+        payment = session.scalars(statement.execution_options(populate_existing=True)).one()
+        details = PaymentDetails.of(payment)
+        if payment.provider_payment_id is None and details.provider_object_id is None:
+            details.but(provider_object_id=provider_payment_id).write(payment)
+
+
 def ask(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
     """For a payment whose outcome this request did not hear: what the provider made under its key,
     without charging again. No charge there: a young payment is charged now with the same key (its
     first request may still be under way; the provider makes one charge for both), a stale one
     failed (``ChargeNotMade``)."""
     assert adapter is not None
-    if payment.provider_payment_id:
-        found: ChargeResult | None = adapter.get_charge(payment.provider_payment_id)
+    made = payment.provider_payment_id or PaymentDetails.of(payment).provider_object_id
+    if made:
+        found: ChargeResult | None = adapter.get_charge(made)
     else:
         found = adapter.find_charge(idempotency_key=provider_key(payment.id, "charge"))
+    if found is not None and found.status == ChargeStatus.CREATED and creates_first(adapter):
+        try:  # made, and stored, but its money never moved: move it now, under the same key
+            found = _pay(adapter, payment, found)
+        except Declined as declined:
+            return Answer(declined.charge, declined)
     if found is None:
         if stale(payment):
             return Answer(None, ChargeNotMade(
@@ -470,6 +518,7 @@ class Charges:
     call: Call
     settings: Settings
     by: str | None
+    sessions: sessionmaker[Session] | None = None  # for ``remember``: where the provider's object id is stored
     _about: dict[str, ChargeFor] = field(default_factory=dict)
 
     def read(self, session: Session, ids: Sequence[str]) -> list[Payment]:
@@ -488,7 +537,11 @@ class Charges:
         return row.provider_id if PaymentDetails.of(row).chargeable else None
 
     def ask(self, adapter: ProviderAdapter | None, row: Payment) -> Answer:
-        return self.call(adapter, row, self._about[row.id])
+        about = self._about[row.id]
+        if self.sessions is not None:
+            sessions = self.sessions
+            about = replace(about, remember=lambda payment_id, provider_id: remember(sessions, payment_id, provider_id))
+        return self.call(adapter, row, about)
 
     def record(self, session: Session, heard: list[tuple[Payment, Answer | None]]) -> list[Outcome]:
         payables: dict[PayableKind, Payable] = {}
@@ -527,7 +580,7 @@ def settle_charge(
 ) -> Outcome:
     """``run`` for one payment: its outcome (``UNKNOWN`` when the provider did not answer)."""
     [outcome] = run(
-        sessions, security, Charges(call, settings, by), [payment_id],
+        sessions, security, Charges(call, settings, by, sessions), [payment_id],
         after=(lambda session, outcomes: after(session, outcomes[0])) if after is not None else None,
     )
     return outcome

@@ -296,7 +296,7 @@ def settle_many(
     provider again with the same key."""
     if not payment_ids:
         return []
-    return engine.run(sessions, security, engine.Charges(engine.charge, settings, by), payment_ids)
+    return engine.run(sessions, security, engine.Charges(engine.charge, settings, by, sessions), payment_ids)
 
 
 def record_outcome(

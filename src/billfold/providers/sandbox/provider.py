@@ -60,6 +60,7 @@ RAW_STATUS = {
     ChargeStatus.FAILED: "declined",
     ChargeStatus.CANCELED: "canceled",
     ChargeStatus.PROCESSING: "processing",
+    ChargeStatus.CREATED: "requires_confirmation",
 }
 
 DECLINE_MESSAGES = {
@@ -100,6 +101,9 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
         raise ValueError(f"sandbox config 'disable' names unknown capabilities {sorted(unknown)}")
     features = {name: name not in disabled for name in FEATURES}
     features["provider_subscriptions"] = False  # the protocol has no subscription calls (yet)
+    # Two-step charges (create_charge, then confirm), as Stripe's and PayPal's adapters make them:
+    # off unless ``config["two_step"]``, so the engine's two paths are both run on the sandbox.
+    features["creates_before_charging"] = bool(config.get("two_step")) and "creates_before_charging" not in disabled
     currencies = config.get("currencies")
     return Capabilities(
         **features,
@@ -113,8 +117,8 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
 
 class SandboxProvider:
     """The sandbox adapter. ``config``: ``state_path`` (a SQLite file; absent: memory of this
-    adapter only), ``webhook_secret`` (``whsec_…``), ``disable`` and ``currencies`` (see
-    ``sandbox_capabilities``)."""
+    adapter only), ``webhook_secret`` (``whsec_…``), ``disable``, ``currencies`` and ``two_step``
+    (see ``sandbox_capabilities``)."""
 
     kind = "sandbox"
 
@@ -217,6 +221,41 @@ class SandboxProvider:
 
         return ChargeResult.from_dict(self._run("charge", idempotency_key, params, act))
 
+    def create_charge(
+        self, *, amount: Money, idempotency_key: str, customer_id: str | None = None,
+        payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
+        capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
+    ) -> ChargeResult:
+        """A charge made but not yet paid (``created``); ``confirm`` moves its money. Only with
+        ``two_step`` on (``capabilities.creates_before_charging``)."""
+        self.capabilities.require("creates_before_charging", self.provider_id)
+        self._check_charge(amount, payment_method_id, off_session, capture)
+        params = {
+            "amount": [amount.amount, amount.currency], "customer_id": customer_id,
+            "payment_method_id": payment_method_id, "token": token, "off_session": off_session,
+            "capture": capture, "description": description, "metadata": _metadata(metadata), "two_step": True,
+        }
+
+        def act(db: sqlite3.Connection) -> _Outcome:
+            card, customer = _charge_source(db, customer_id, payment_method_id, token, off_session)
+            if card.behaviour is Behaviour.UNAVAILABLE:
+                raise ProviderUnavailable("the sandbox provider did not answer (test token)", provider=self.provider_id,
+                                          sent=False)
+            charge_id = new_id("ch")
+            now = stamp()
+            db.execute(
+                "INSERT INTO charges (id, token, customer_id, payment_method_id, currency, amount, amount_captured,"
+                " amount_refunded, status, provider_status, capture, off_session, description, metadata,"
+                " next_action, failure_code, failure_message, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?)",
+                (charge_id, card.token, customer, payment_method_id, amount.currency, amount.amount,
+                 ChargeStatus.CREATED, RAW_STATUS[ChargeStatus.CREATED], capture, off_session, description,
+                 json.dumps(params["metadata"]), now, now),
+            )
+            return _Outcome(_charge(_get(db, "charges", charge_id)).to_dict())
+
+        return ChargeResult.from_dict(self._run("charge", idempotency_key, params, act))
+
     def _check_charge(self, amount: Money, payment_method_id: str | None, off_session: bool, capture: bool) -> None:
         """Refuse, before anything is recorded, what the provider cannot or would not do."""
         self.capabilities.require_currency(amount.currency, self.provider_id)
@@ -232,6 +271,8 @@ class SandboxProvider:
     def confirm(self, *, charge_id: str, idempotency_key: str) -> ChargeResult:
         def act(db: sqlite3.Connection) -> _Outcome:
             row = _get(db, "charges", charge_id)
+            if row["status"] == ChargeStatus.CREATED:
+                return self._pay(db, row)
             if row["status"] != ChargeStatus.REQUIRES_ACTION:
                 raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only a charge that requires "
                                              "action can be confirmed", code="charge_not_confirmable")
@@ -249,6 +290,20 @@ class SandboxProvider:
             return _Outcome(self._charge_changed(db, charge_id).to_dict(), decline)
 
         return ChargeResult.from_dict(self._run("confirm", idempotency_key, {"charge_id": charge_id}, act))
+
+    def _pay(self, db: sqlite3.Connection, row: sqlite3.Row) -> _Outcome:
+        """Move the money of a ``created`` charge, as ``charge`` would have (test tokens included)."""
+        card = TEST_CARDS[row["token"]]
+        status, decline = _first_status(card, bool(row["off_session"]), bool(row["capture"]))
+        db.execute(
+            "UPDATE charges SET status = ?, provider_status = ?, amount_captured = ?, next_action = ?,"
+            " failure_code = ?, failure_message = ?, updated_at = ? WHERE id = ?",
+            (status, RAW_STATUS[status], row["amount"] if status is ChargeStatus.SUCCEEDED else 0,
+             json.dumps(_next_action(row["id"])) if status is ChargeStatus.REQUIRES_ACTION else None,
+             decline, DECLINE_MESSAGES.get(decline) if decline else None, stamp(), row["id"]),
+        )
+        charge = self._charge_changed(db, row["id"])
+        return _Outcome(charge.to_dict(), decline, timeout=card.behaviour is Behaviour.TIMEOUT_AFTER_SUCCESS)
 
     def capture(self, *, charge_id: str, idempotency_key: str, amount: Money | None = None) -> ChargeResult:
         self.capabilities.require("separate_capture", self.provider_id)

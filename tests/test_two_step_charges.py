@@ -61,6 +61,10 @@ def providers(api: Api, engine: Engine) -> Iterator[dict[str, Path]]:
                 row.config, row.is_active = config, True
         session.commit()
     yield states
+    with session_factory(engine)() as session:  # other tests of the worker's database need not meet them
+        for provider_id in (TWO_STEP, FLAKY):
+            session.get(PaymentProvider, provider_id).is_active = False
+        session.commit()
     registry.unregister("sandbox_flaky")
 
 

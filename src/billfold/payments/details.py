@@ -45,6 +45,8 @@ class PaymentDetails:
     """Why a subscription payment was made: ``first``, ``trial_end``, ``renewal``, ``retry``, ``change``."""
     revert: dict[str, Any] | None = None
     """A plan change's payment: the plan to go back to if it is declined."""
+    disputes: dict[str, Any] | None = None
+    """The payment's disputes at the provider: dispute id -> ``open``, ``won`` or ``lost``."""
     others: Mapping[str, Any] = field(default_factory=dict)
     """Keys this view does not read, written back as they were."""
 
@@ -90,5 +92,5 @@ class PaymentDetails:
 
 
 _KINDS: dict[str, type] = {
-    f.name: dict if f.name in ("next_action", "revert") else str for f in fields(PaymentDetails) if f.name != "others"
+    f.name: dict if f.name in ("next_action", "revert", "disputes") else str for f in fields(PaymentDetails) if f.name != "others"
 }

@@ -251,3 +251,42 @@ def delete_method(session: Session, security: Security, owner: Owner, payment_me
         _settle_default(session, owner, None)
     audit(session, "payment_method", payment_method_id, "deleted", provider_id=provider_id,
           was_default=was_default, **owner.data())
+
+
+# What the provider tells us
+
+
+def provider_changed(session: Session, method: PaymentMethod, result: PaymentMethodResult) -> str:
+    """Bring a saved method in line with the provider's ``result`` of it (a webhook said it was
+    updated or detached there): new expiry, brand or last four are copied; a method detached at the
+    provider is deleted here too, unless a live subscription pays with it (it is then kept, and the
+    next renewal's decline asks the customer for another). What was done, as a short note."""
+    owner = Owner(user_id=method.user_id if method.organization_id is None else None, organization_id=method.organization_id)
+    if result.detached:
+        live = session.scalar(
+            sa.select(sa.func.count()).select_from(Subscription).where(
+                Subscription.payment_method_id == method.id, Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES)
+            )
+        ) or 0
+        if live:
+            audit(session, "payment_method", method.id, "detached_at_provider", provider_id=method.provider_id,
+                  live_subscriptions=live, **owner.data())
+            return f"detached at the provider; kept, since {live} live subscription(s) pay with it"
+        lock_owner(session, owner)
+        was_default = method.is_default
+        session.delete(method)
+        session.flush()
+        if was_default:
+            _settle_default(session, owner, None)
+        audit(session, "payment_method", method.id, "deleted", provider_id=method.provider_id, by="provider",
+              was_default=was_default, **owner.data())
+        return "detached at the provider; deleted"
+    month, year = _expiry(result)
+    changes = {"card_brand": result.brand, "last_four": _last_four(result), "expiry_month": month, "expiry_year": year}
+    changed = {k: v for k, v in changes.items() if v is not None and getattr(method, k) != v}
+    for key, value in changed.items():
+        setattr(method, key, value)
+    if changed:
+        session.flush()
+        audit(session, "payment_method", method.id, "updated", by="provider", fields=sorted(changed), **owner.data())
+    return f"updated: {', '.join(sorted(changed))}" if changed else "unchanged"

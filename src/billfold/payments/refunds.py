@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal, Security
+from billfold.audit import audit
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db import transaction
@@ -50,9 +51,10 @@ from billfold.models import Payment, Refund
 from billfold.orders import events
 from billfold.payments import engine, provider_config
 from billfold.payments.engine import Answer, Outcome, Result
+from billfold.payments.details import PaymentDetails
 from billfold.payments.routing import require_refund
 from billfold.payments.states import PAYMENT, REFUND
-from billfold.providers.base import ProviderAdapter, RefundResult, RefundStatus
+from billfold.providers.base import DisputeResult, DisputeStatus, ProviderAdapter, RefundResult, RefundStatus
 from billfold.providers.errors import IdempotencyMismatch, NotSupported, ProviderError, ProviderUnavailable
 
 log = logging.getLogger("billfold.refunds")
@@ -230,6 +232,7 @@ class Refunds:
 
     settings: Settings
     by: str | None
+    recheck: bool = False  # also ask about succeeded refunds: a refund may fail after succeeding (a webhook says so)
     _payments: dict[str, Payment] = field(default_factory=dict)
 
     def read(self, session: Session, ids: Sequence[str]) -> list[Refund]:
@@ -243,7 +246,7 @@ class Refunds:
         return rows
 
     def asks(self, row: Refund) -> bool:
-        return row.status == "pending"
+        return row.status == "pending" or (self.recheck and row.status == "succeeded" and bool(row.provider_refund_id))
 
     def provider(self, row: Refund) -> str | None:
         # Switched off or broken since the refund was prepared: it stays pending (an earlier ask
@@ -299,6 +302,14 @@ class Refunds:
                     row.error_message = refusal.detail
                     row.metadata_ = {**(row.metadata_ or {}), "provider_code": refusal.code}
                     REFUND.move(session, row, "failed", by=self.by, reason=refusal.detail, code=refusal.code)
+            elif row.status == "succeeded" and answer is not None and isinstance(answer.result, RefundResult) \
+                    and answer.result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
+                # Failed after succeeding (the card was closed): the money stayed with the shop, so
+                # the payment has it again. A credit note issued for it stands, for a person to see.
+                row.error_message = f"the provider says the refund {answer.result.provider_status} after succeeding"
+                REFUND.move(session, row, "failed", by=self.by, reason=row.error_message, provider_refund_id=row.provider_refund_id)
+                if payment.status == "refunded":
+                    PAYMENT.move(session, payment, "completed", by=self.by, reason="refund_failed", refund_id=row.id)
             session.flush()
             ended = {"succeeded": Result.SUCCEEDED, "failed": Result.FAILED}.get(row.status, Result.PENDING)
             outcomes.append(engine.outcome_of(payment, ended, refund_id=row.id, error=refusal if ended is Result.FAILED else None))
@@ -308,16 +319,71 @@ class Refunds:
         return engine.outcome_of(self._payments[row.id], Result.UNKNOWN, refund_id=row.id, error=error)
 
     def _settle_payment(self, session: Session, payment: Payment) -> None:
-        """A payment refunded in full becomes refunded, and what it paid for follows (an order is
-        refunded once every payment of it is). Called after each refund that succeeded: what hangs
-        on refunds (credit notes, the end of what a refunded order granted) runs through
-        ``orders.events``."""
-        session.flush()
-        events.refund_succeeded(session, payment)
-        if refunded_cents(session, payment.id) < payment.amount_cents:
-            return
-        PAYMENT.move(session, payment, "refunded", by=self.by)
-        engine.payable_for(engine.kind_of(payment), self.settings).refunded(session, payment, by=self.by)
+        settle_payment(session, self.settings, payment, by=self.by)
+
+
+def settle_payment(session: Session, settings: Settings, payment: Payment, *, by: str | None) -> None:
+    """A payment refunded in full becomes refunded, and what it paid for follows (an order is
+    refunded once every payment of it is). Called after each refund that succeeded: what hangs
+    on refunds (credit notes, the end of what a refunded order granted) runs through
+    ``orders.events``."""
+    session.flush()
+    events.refund_succeeded(session, payment)
+    if refunded_cents(session, payment.id) < payment.amount_cents:
+        return
+    PAYMENT.move(session, payment, "refunded", by=by)
+    engine.payable_for(engine.kind_of(payment), settings).refunded(session, payment, by=by)
+
+
+def recheck(sessions: sessionmaker[Session], security: Security, refund_id: str, *, by: str | None) -> Outcome:
+    """``settle`` that asks about a succeeded refund too, since a provider may fail one afterwards
+    (a webhook says so): what the provider has now is recorded."""
+    [outcome] = engine.run(sessions, security, Refunds(security.settings, by, recheck=True), [refund_id])
+    if outcome.result is Result.UNKNOWN:
+        assert outcome.error is not None
+        raise outcome.error
+    return outcome
+
+
+# Disputes
+
+
+DISPUTE_PREFIX = "dispute:"
+
+
+def record_dispute(session: Session, settings: Settings, payment_id: str, dispute: DisputeResult, *, by: str | None) -> str:
+    """Write what the provider says of a dispute of ``payment_id`` (locked here), once per dispute
+    and state: its state in the payment's details and an event; a dispute lost takes the money back,
+    so it becomes a succeeded refund on our books (``provider_refund_id`` = ``dispute:<id>``), with
+    its credit note, and a payment disputed in full becomes refunded. What was done, as a note."""
+    payment = _lock_payment(session, payment_id)
+    details = PaymentDetails.of(payment)
+    known = dict(details.disputes or {})
+    state = str(dispute.status)
+    if known.get(dispute.id) == state:
+        return f"dispute {dispute.id} of payment {payment.id} is {state}, as recorded"
+    known[dispute.id] = state
+    details.but(disputes=known).write(payment)
+    audit(session, "payment", payment.id, f"payment.dispute_{state}", dispute_id=dispute.id,
+          amount_cents=dispute.amount.amount, reason=dispute.reason, by=by)
+    if dispute.status is not DisputeStatus.LOST:
+        return f"dispute {dispute.id} of payment {payment.id} is {state}"
+    taken = f"{DISPUTE_PREFIX}{dispute.id}"
+    exists = session.scalar(sa.select(Refund.id).where(Refund.payment_id == payment.id, Refund.provider_refund_id == taken))
+    left = payment.amount_cents - refunded_cents(session, payment.id, ("succeeded", "pending"))
+    amount = min(dispute.amount.amount, left)
+    if exists is not None or amount <= 0 or payment.status not in ("completed", "refunded"):
+        return f"dispute {dispute.id} of payment {payment.id} is lost; nothing is left to take back"
+    refund = Refund(payment_id=payment.id, order_id=payment.order_id, provider_id=payment.provider_id,
+                    amount_cents=amount, currency=payment.currency, status="pending", reason="dispute_lost",
+                    provider_refund_id=taken)
+    session.add(refund)
+    session.flush()
+    REFUND.start(session, refund, "pending", by=by, payment_id=payment.id, amount_cents=amount, dispute_id=dispute.id)
+    REFUND.move(session, refund, "succeeded", by=by, provider_refund_id=taken)
+    refund.completed_at = clock.now()
+    settle_payment(session, settings, payment, by=by)
+    return f"dispute {dispute.id} of payment {payment.id} is lost: refund {refund.id} of {Money(amount, payment.currency).format()}"
 
 
 def failure_problem(row: Refund) -> dict[str, Any]:

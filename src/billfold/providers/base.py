@@ -417,3 +417,10 @@ class ReadsDisputes(Protocol):
     """Adapters with ``capabilities.disputes``."""
 
     def get_dispute(self, dispute_id: str) -> DisputeResult: ...
+
+
+@runtime_checkable
+class ReadsPaymentMethods(Protocol):
+    """Adapters that can say what a saved method is now (a webhook said it was updated or detached)."""
+
+    def get_payment_method(self, payment_method_id: str) -> PaymentMethodResult: ...

@@ -6,11 +6,14 @@ unique (``provider_id``, ``provider_event_id``): the first delivery inserts the 
 other finds the key taken and is answered as the duplicate it is. Only the delivery that stored
 the row is new, so whatever processes the event runs for that one alone. The stored events are
 processed by the worker (``billfold.webhooks.processing``).
+
+The row's ``payload`` is the event as the adapter normalised it (``WebhookEvent.to_dict``: our
+event type, the kind and id of the object it is about, and the provider's own object as it came),
+so processing reads every provider's events the same way.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,7 +46,7 @@ def receive_webhook(
     events received: refunds and disputes of its payments go on."""
     adapter = provider_config.adapter_for_provider(session, security, provider_id, require_active=False)
     event = adapter.verify_webhook(body, headers)
-    return store_event(session, provider_id, event, json.loads(body))
+    return store_event(session, provider_id, event, event.to_dict())
 
 
 def store_event(session: Session, provider_id: str, event: WebhookEvent, payload: object) -> Received:

@@ -9,6 +9,12 @@ metadata, as the provider reports it now) and settles it through the money path
 (``engine.settle_charge`` with ``engine.ask``, ``refunds.settle``), which asks the provider and
 moves only a pending record. A completed payment stays completed, whatever an event says.
 
+A ``refund.failed`` may come after the refund succeeded: the refund is asked about even then
+(``refunds.recheck``), and a payment refunded in full has its money back. A dispute is read from
+the provider (``get_dispute``) and written on the payment it disputes; one lost becomes a refund
+(``refunds.record_dispute``). A saved method updated or detached at the provider is brought in line
+(``methods.provider_changed``).
+
 An event is then ``processed`` with a ``note`` of what it did; one about an object Billfold does not
 know, or of a type it does not act on, is processed with a note saying so. An event whose
 processing fails (the provider does not answer, or is switched off) stays unprocessed with its
@@ -27,10 +33,11 @@ from billfold.kit import clock
 from billfold.kit.db import reading, transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.sweeps import Context, backoff, claim_batch, sweep
-from billfold.models import Payment, PaymentWebhook, Refund
-from billfold.payments import engine, provider_config, refunds
+from billfold.kit.db.dialects import for_update
+from billfold.models import Payment, PaymentMethod, PaymentWebhook, Refund
+from billfold.payments import engine, methods, provider_config, refunds
 from billfold.payments.engine import Result
-from billfold.providers.base import ProviderAdapter, WebhookEvent
+from billfold.providers.base import PaymentMethodResult, ProviderAdapter, ReadsDisputes, ReadsPaymentMethods, WebhookEvent
 from billfold.providers.errors import ProviderObjectNotFound
 
 log = logging.getLogger("billfold.webhooks")
@@ -106,9 +113,66 @@ def process(context: Context, provider_id: str, payload: object) -> str:
         refund_id = _refund_of(context, provider_id, event.object_id)
         if refund_id is None:
             return f"{event.type}: no refund of Billfold's is refund {event.object_id}; nothing changed"
-        refunds.settle(context.sessions, context.security, refund_id, by=SYSTEM)
+        refunds.recheck(context.sessions, context.security, refund_id, by=SYSTEM)
         return f"{event.type}: refund {refund_id} is {_status(context, Refund, refund_id)}"
+    if event.object_type == "dispute":
+        return f"{event.type}: {_dispute(context, provider_id, event.object_id)}"
+    if event.object_type == "payment_method":
+        return f"{event.type}: {_payment_method(context, provider_id, event.object_id)}"
     return f"{event.type}: Billfold does not act on {event.object_type} events"
+
+
+def _dispute(context: Context, provider_id: str, dispute_id: str) -> str:
+    """Record the dispute as the provider has it now, on the payment it disputes (a lost one
+    becomes a refund: ``refunds.record_dispute``)."""
+    with reading(context.sessions) as session:
+        adapter = _adapter(session, context, provider_id)
+    if not adapter.capabilities.disputes or not isinstance(adapter, ReadsDisputes):
+        return f"provider {provider_id} cannot be asked about disputes; nothing changed"
+    try:
+        dispute = adapter.get_dispute(dispute_id)
+    except ProviderObjectNotFound:
+        return f"the provider has no dispute {dispute_id}; nothing changed"
+    with reading(context.sessions) as session:
+        payment_id = session.scalars(
+            sa.select(Payment.id).where(Payment.provider_id == provider_id, Payment.provider_payment_id == dispute.charge_id)
+        ).first()
+    if payment_id is None:
+        return f"no payment of Billfold's is charge {dispute.charge_id}; nothing changed"
+    with transaction(context.sessions) as session:
+        return refunds.record_dispute(session, context.settings, payment_id, dispute, by=SYSTEM)
+
+
+def _payment_method(context: Context, provider_id: str, provider_method_id: str) -> str:
+    """Bring our saved method in line with the provider's (a new expiry; detached there)."""
+    with reading(context.sessions) as session:
+        known = session.scalars(
+            sa.select(PaymentMethod.id).where(
+                PaymentMethod.provider_id == provider_id, PaymentMethod.provider_payment_method_id == provider_method_id
+            )
+        ).all()
+        adapter = _adapter(session, context, provider_id) if known else None
+    if adapter is None:
+        return f"no saved method of Billfold's is {provider_method_id}; nothing changed"
+    if not isinstance(adapter, ReadsPaymentMethods):
+        return f"provider {provider_id} cannot be asked about payment methods; nothing changed"
+    try:
+        result: PaymentMethodResult | None = adapter.get_payment_method(provider_method_id)
+    except ProviderObjectNotFound:  # gone at the provider: as good as detached
+        result = None
+    notes = []
+    with transaction(context.sessions) as session:
+        for method_id in known:
+            method = session.scalars(
+                for_update(sa.select(PaymentMethod).where(PaymentMethod.id == method_id), session)
+            ).one_or_none()
+            if method is None:
+                continue
+            if result is None:
+                result = PaymentMethodResult(provider_method_id, None, method.payment_type, None, None, None, None,
+                                             clock.now(), detached=True)
+            notes.append(f"{method_id} {methods.provider_changed(session, method, result)}")
+    return "; ".join(notes) or "nothing changed"
 
 
 def _adapter(session: Session, context: Context, provider_id: str) -> ProviderAdapter:

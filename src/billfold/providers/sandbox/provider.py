@@ -26,6 +26,8 @@ from billfold.providers.base import (
     ChargeResult,
     ChargeStatus,
     CustomerResult,
+    DisputeResult,
+    DisputeStatus,
     PaymentMethodResult,
     RefundResult,
     RefundStatus,
@@ -49,7 +51,8 @@ DEFAULT_WEBHOOK_SECRET = standard_webhooks.make_secret(b"billfold sandbox webhoo
 EVENT_TYPES = frozenset({
     "customer.created", "payment_method.attached", "payment_method.detached",
     "charge.succeeded", "charge.authorized", "charge.requires_action", "charge.failed", "charge.canceled",
-    "charge.refunded", "refund.succeeded",
+    "charge.refunded", "refund.succeeded", "refund.failed", "dispute.opened", "dispute.closed",
+    "payment_method.updated",
 })
 
 # Our status -> the sandbox's raw status (Stripe-like words, so the mapping is exercised).
@@ -396,6 +399,63 @@ class SandboxProvider:
         with self.store.read() as db:
             return _refund(_get(db, "refunds", refund_id))
 
+    def get_dispute(self, dispute_id: str) -> DisputeResult:
+        with self.store.read() as db:
+            return _dispute(_get(db, "disputes", dispute_id))
+
+    # ---- what happens at the provider without Billfold asking (tests and the demo call these) ---
+
+    def open_dispute(self, charge_id: str, *, amount: Money | None = None, reason: str = "fraudulent") -> DisputeResult:
+        """The customer's bank disputes a succeeded charge (all of it, or ``amount``)."""
+        with self.store.write() as db:
+            row = _get(db, "charges", charge_id)
+            if row["status"] != ChargeStatus.SUCCEEDED:
+                raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only a succeeded charge can be disputed")
+            disputed = _part_of(amount, Money(row["amount_captured"], row["currency"]), "dispute")
+            dispute_id = new_id("dp")
+            db.execute("INSERT INTO disputes (id, charge_id, currency, amount, status, reason, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (dispute_id, charge_id, disputed.currency, disputed.amount, DisputeStatus.OPEN, reason, stamp()))
+            dispute = _dispute(_get(db, "disputes", dispute_id))
+            self._event(db, "dispute.opened", "dispute", dispute.to_dict())
+            return dispute
+
+    def close_dispute(self, dispute_id: str, *, won: bool) -> DisputeResult:
+        """The bank decides an open dispute: for the merchant (``won``) or for the customer."""
+        with self.store.write() as db:
+            row = _get(db, "disputes", dispute_id)
+            if row["status"] != DisputeStatus.OPEN:
+                raise InvalidProviderRequest(f"dispute {dispute_id} is {row['status']} already")
+            status = DisputeStatus.WON if won else DisputeStatus.LOST
+            db.execute("UPDATE disputes SET status = ? WHERE id = ?", (status, dispute_id))
+            dispute = _dispute(_get(db, "disputes", dispute_id))
+            self._event(db, "dispute.closed", "dispute", dispute.to_dict())
+            return dispute
+
+    def fail_refund(self, refund_id: str) -> RefundResult:
+        """A refund that succeeded fails afterwards (the card was closed): the money stays with the
+        merchant, as Stripe's ``refund.failed``."""
+        with self.store.write() as db:
+            row = _get(db, "refunds", refund_id)
+            if row["status"] != RefundStatus.SUCCEEDED:
+                raise InvalidProviderRequest(f"refund {refund_id} is {row['status']}; only a succeeded refund can fail")
+            db.execute("UPDATE refunds SET status = ? WHERE id = ?", (RefundStatus.FAILED, refund_id))
+            db.execute("UPDATE charges SET amount_refunded = amount_refunded - ?, updated_at = ? WHERE id = ?",
+                       (row["amount"], stamp(), row["charge_id"]))
+            refund = _refund(_get(db, "refunds", refund_id))
+            self._event(db, "refund.failed", "refund", refund.to_dict())
+            return refund
+
+    def update_payment_method(self, payment_method_id: str, *, exp_month: int, exp_year: int) -> PaymentMethodResult:
+        """The card's bank sends a new expiry date (Stripe's card updater)."""
+        with self.store.write() as db:
+            _get(db, "payment_methods", payment_method_id)
+            db.execute("UPDATE payment_methods SET exp_month = ?, exp_year = ? WHERE id = ?",
+                       (exp_month, exp_year, payment_method_id))
+            method = _method(_get(db, "payment_methods", payment_method_id))
+            self._event(db, "payment_method.updated", "payment_method", method.to_dict())
+            return method
+
     def get_customer(self, customer_id: str) -> CustomerResult:
         with self.store.read() as db:
             return _customer(_get(db, "customers", customer_id))
@@ -588,6 +648,11 @@ def _charge(row: sqlite3.Row) -> ChargeResult:
 def _refund(row: sqlite3.Row) -> RefundResult:
     return RefundResult(row["id"], row["charge_id"], Money(row["amount"], row["currency"]), RefundStatus(row["status"]),
                         row["status"], _time(row["created_at"]), row["reason"], json.loads(row["metadata"]))
+
+
+def _dispute(row: sqlite3.Row) -> DisputeResult:
+    return DisputeResult(row["id"], row["charge_id"], Money(row["amount"], row["currency"]), DisputeStatus(row["status"]),
+                         row["status"], _time(row["created_at"]), row["reason"])
 
 
 def _customer(row: sqlite3.Row) -> CustomerResult:

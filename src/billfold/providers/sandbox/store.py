@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS refunds (
     metadata TEXT NOT NULL, created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS refunds_created ON refunds (created_at);
+CREATE TABLE IF NOT EXISTS disputes (
+    id TEXT PRIMARY KEY, charge_id TEXT NOT NULL REFERENCES charges(id), currency TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0), status TEXT NOT NULL, reason TEXT, created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     operation TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL, outcome TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (operation, key)

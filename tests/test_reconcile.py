@@ -2,7 +2,8 @@
 a checkout or refund whose answer (and webhook) was lost is settled through the engine and a second
 run agrees; what no one can safely repair (a charge of no one's, amounts changed on either side, a
 charge the provider no longer has or failed) is reported with exit 1 and changes nothing;
---dry-run changes nothing; bad input is one line and exit 2; --json parses.
+--dry-run changes nothing; bad input or a provider that cannot be read is one line and exit 2;
+--json parses.
 
 Each test has a ``World``: a provider of its own (so the window holds only the test's objects), a
 way to pay through it, to act at the provider behind Billfold's back, and to alter either side's
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -25,8 +27,8 @@ from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
-from billfold.models import Order, Payment, PaymentEvent, PaymentProvider, Refund
-from billfold.providers.base import ChargeResult
+from billfold.models import Order, Payment, PaymentEvent, PaymentProvider, PaymentWebhook, Refund
+from billfold.providers.base import ChargeResult, WebhookEvent
 from billfold.providers.sandbox import SandboxProvider
 from tests import cli
 from tests import factories as make
@@ -48,6 +50,23 @@ class World:
     adapter: Callable[[], SandboxProvider]
     alter_charge: Callable[[str, dict[str, object]], None]  # change the provider's record of a charge
     forget_charge: Callable[[str], None]  # the provider loses a charge
+    events_about: Callable[[str], list[WebhookEvent]]  # the provider's events about an object
+
+    def lose_webhooks(self, object_id: str) -> int:
+        """Deliver the provider's events about ``object_id`` to Billfold's inbox, then delete the
+        stored deliveries before any is processed (a lost webhook); how many were lost."""
+        stored = []
+        for event in self.events_about(object_id):
+            body, headers = self.adapter().build_webhook(event)
+            with httpx.Client(base_url=self.api.url, timeout=30) as client:
+                answer = client.post(f"/v1/webhooks/{self.provider_id}", content=body,
+                                     headers={**headers, "content-type": "application/json"})
+            assert answer.status_code == 200, answer.text
+            stored.append(answer.json()["id"])
+        with transaction(session_factory(self.engine)) as session:
+            deleted = session.execute(sa.delete(PaymentWebhook).where(PaymentWebhook.id.in_(stored))).rowcount
+        assert deleted == len(stored) > 0
+        return deleted
 
     def pay(self, token: str = "tok_sandbox_visa", price: int = 1000, *, retry: bool = False) -> tuple[str, str]:
         """Check out an order of ``price`` through this provider: (order id, payment id). A token
@@ -101,7 +120,8 @@ def sandbox_world(api: Api, engine: Engine, tmp_path: Path) -> World:
 
     since = (clock.now() - timedelta(minutes=1)).isoformat()
     return World(api, engine, provider_id, since, fake, alter,
-                 lambda charge_id: edit("DELETE FROM charges WHERE id = ?", charge_id))
+                 lambda charge_id: edit("DELETE FROM charges WHERE id = ?", charge_id),
+                 lambda object_id: fake().list_events(object_id=object_id))
 
 
 WORLDS: dict[str, Callable[[Api, Engine, Path], World]] = {"sandbox": sandbox_world}
@@ -137,9 +157,10 @@ def sql(engine: Engine, statement: str, **params: object) -> None:
 
 @pytest.mark.every_database
 def test_a_checkout_whose_answer_and_webhook_were_lost_is_repaired_and_a_second_run_agrees(world: World) -> None:
-    order_id, payment_id = world.pay(SLOW)  # charged at the provider; Billfold heard nothing, no webhook came
-    assert row(world.engine, Payment, payment_id).status == "pending"
+    order_id, payment_id = world.pay(SLOW)  # charged at the provider; Billfold heard nothing
     [charge] = world.adapter().list_charges()
+    assert world.lose_webhooks(charge.id) >= 1  # and the webhooks that would have told it were lost
+    assert row(world.engine, Payment, payment_id).status == "pending"
     dry = world.reconcile("--dry-run")
     assert dry.code == 1, dry
     assert "repairable" in dry.stdout and payment_id in dry.stdout and charge.id in dry.stdout
@@ -211,8 +232,9 @@ def test_a_refund_whose_answer_and_webhook_were_lost_is_repaired(world: World, a
     with world.api.client(admin_token) as admin:
         lost = admin.post(f"/v1/payments/{payment_id}/refunds", json={"reason": "answer lost"})
         refund_id = assert_problem(lost, 503, "provider_unavailable")["refund_id"]
-    assert row(world.engine, Refund, refund_id).status == "pending"
     [made] = world.adapter().list_refunds()
+    assert world.lose_webhooks(made.id) >= 1
+    assert row(world.engine, Refund, refund_id).status == "pending"
     code, report = world.report()
     assert code == 0, report["findings"]
     [finding] = report["findings"]
@@ -243,5 +265,12 @@ def test_bad_input_is_one_line_and_exit_2_and_changes_nothing(engine: Engine, tm
                     database_url=url(engine), settings=settings)
     assert empty.code == 2
     cli.assert_one_line_error(empty, "the window is empty")
+    with transaction(session_factory(engine)) as session:  # a provider that cannot be reached
+        broken = new_id("rc").lower()[:20]
+        session.add(PaymentProvider(id=broken, display_name="Broken sandbox",
+                                    config={"kind": "sandbox", "state_path": str(tmp_path / "no" / "such" / "dir" / "x.db")}))
+    unreachable = cli.run("reconcile", "--provider", broken, "--since", "1d", database_url=url(engine), settings=settings)
+    assert unreachable.code == 2
+    cli.assert_one_line_error(unreachable, broken)
     with session_factory(engine)() as session:
         assert session.scalars(sa.select(sa.func.count()).select_from(PaymentEvent)).one() == before

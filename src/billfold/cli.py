@@ -578,8 +578,10 @@ def reconcile(
             out.print(_finding_line(finding), markup=False, highlight=False)
         out.print(", ".join(f"{name} {n}" for name, n in report.counts().items()), markup=False, highlight=False)
         open_ = len(report.open)
+        repairable = sum(1 for f in report.findings if f.action == "repairable")
         out.print(
-            "All agree." if not open_ else f"{open_} disagreement{'s' if open_ != 1 else ''} left for a person.",
+            "All agree." if not open_ else f"{open_} disagreement{'s' if open_ != 1 else ''} left for a person"
+            + (f" ({repairable} would be repaired without --dry-run)." if repairable else "."),
             markup=False, highlight=False,
         )
     if not report.all_agree:

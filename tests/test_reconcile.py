@@ -183,6 +183,19 @@ def test_a_checkout_whose_answer_and_webhook_were_lost_is_repaired_and_a_second_
     assert again["counts"]["agreed"] == 1 and again["checked"] == {"charges": 1, "refunds": 0}
 
 
+def test_a_payment_recorded_failed_that_the_provider_completed_is_completed_by_a_late_success(world: World) -> None:
+    order_id, payment_id = world.pay()
+    # As if the charge had been given up on (failed, the order payable again) before it succeeded.
+    sql(world.engine, "UPDATE payments SET status = 'failed', completed_at = NULL WHERE id = :id", id=payment_id)
+    sql(world.engine, "UPDATE orders SET status = 'pending', completed_at = NULL WHERE id = :id", id=order_id)
+    code, report = world.report("--until", (clock.now() + timedelta(minutes=1)).isoformat())
+    assert code == 0, report["findings"]
+    [finding] = report["findings"]
+    assert (finding["kind"], finding["ours"], finding["action"]) == ("status", payment_id, "repaired")
+    assert row(world.engine, Payment, payment_id).status == "completed"
+    assert row(world.engine, Order, order_id).status == "paid"
+
+
 def test_a_charge_naming_no_payment_of_ours_is_reported_and_changes_nothing(world: World) -> None:
     _, payment_id = world.pay()
     stranger = world.charge_behind_our_back(700)

@@ -196,6 +196,22 @@ def test_a_payment_recorded_failed_that_the_provider_completed_is_completed_by_a
     assert row(world.engine, Order, order_id).status == "paid"
 
 
+def test_a_repair_the_provider_cannot_make_now_is_left_for_the_next_run(world: World) -> None:
+    _, payment_id = world.pay(SLOW)
+    with transaction(session_factory(world.engine)) as session:  # switched off: listed, but not asked to settle
+        session.get_one(PaymentProvider, world.provider_id).is_active = False
+    code, report = world.report()
+    assert code == 1
+    [finding] = report["findings"]
+    assert (finding["kind"], finding["ours"], finding["action"]) == ("missing_ours", payment_id, "repair_failed")
+    assert "not active" in finding["detail"]
+    assert row(world.engine, Payment, payment_id).status == "pending"
+    with transaction(session_factory(world.engine)) as session:
+        session.get_one(PaymentProvider, world.provider_id).is_active = True
+    assert world.reconcile().code == 0
+    assert row(world.engine, Payment, payment_id).status == "completed"
+
+
 def test_a_charge_naming_no_payment_of_ours_is_reported_and_changes_nothing(world: World) -> None:
     _, payment_id = world.pay()
     stranger = world.charge_behind_our_back(700)

@@ -495,8 +495,10 @@ def _repair(sessions: sessionmaker[Session], security: Security, repair: _Repair
                        f"{repair.detail}; not repaired: {error.detail}", "repair_failed")
     if outcome.result is Result.UNKNOWN:
         reason = outcome.error.detail if isinstance(outcome.error, BillfoldError) else "the provider did not answer"
+        log.warning("reconcile: %s %s not settled: %s", repair.object, repair.ours, reason)
         return Finding(repair.kind, repair.object, repair.ours, repair.theirs,
                        f"{repair.detail}; not repaired: {reason}", "repair_failed")
+    log.info("reconcile: %s %s settled on %s: %s", repair.object, repair.ours, repair.theirs, outcome.result)
     return Finding(repair.kind, repair.object, repair.ours, repair.theirs,
                    f"{repair.detail}; settled: now {outcome.result}", "repaired")
 
@@ -516,8 +518,9 @@ def reconcile(
 ) -> Report:
     """Compare provider ``provider_id``'s charges and refunds created in [since, until) with ours,
     repair what is safe (unless ``repair`` is False: then each is reported ``repairable``), and
-    report the rest. ``until`` defaults to now (the Billfold clock). Raises NotFound for an unknown provider, ProviderUnavailable when it cannot
-    be listed; nothing is changed then."""
+    report the rest. ``until`` defaults to now (the Billfold clock). Raises NotFound for an unknown
+    provider, InvalidInput for an empty window, ProviderUnavailable (or ProviderMisconfigured) when
+    the provider cannot be read: nothing is changed then."""
     until = clock.ensure_utc(until) if until is not None else clock.now()
     since = clock.ensure_utc(since)
     if until <= since:

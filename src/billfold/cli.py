@@ -497,6 +497,97 @@ def clock_advance(
     _print_done(moved.done)
 
 
+def _when(option: str, text: str, now: datetime) -> datetime:
+    """A ``--since`` / ``--until`` value: a date (midnight UTC), an ISO 8601 time (UTC when it names
+    no zone), or a duration back from now (``7d``, ``12h``)."""
+    from billfold.kit import clock
+    from billfold.kit.errors import InvalidInput
+
+    try:
+        return now - clock.parse_duration(text)
+    except InvalidInput:
+        pass
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandFailed(
+            f"{option} {text!r} is not a date; give YYYY-MM-DD, an ISO 8601 time such as 2026-12-01T09:30:00Z, "
+            "or a duration back from now such as 7d"
+        ) from None
+    return value.replace(tzinfo=clock.UTC) if value.tzinfo is None else clock.ensure_utc(value)
+
+
+def _finding_line(finding: Any) -> str:
+    between = f"{finding.ours or '-'} / {finding.theirs or '-'}"
+    return f"{finding.action:<13} {finding.kind:<14} {finding.object:<6} {between}: {finding.detail}"
+
+
+@app.command()
+def reconcile(
+    provider: Annotated[str, typer.Option("--provider", help="The provider's id (a payment_providers row).")],
+    since: Annotated[str, typer.Option("--since", help="Start of the window: YYYY-MM-DD, an ISO 8601 time, or 7d back from now.")],
+    until: Annotated[str | None, typer.Option("--until", help="End of the window, excluded (default: now).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Change nothing: report what would be repaired.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare the provider's charges and refunds created in the window with Billfold's; settle what
+    a lost answer or webhook left pending, report the rest. Exit 0: all agree (after repairs);
+    1: disagreements remain for a person; 2: bad input, or the provider or database cannot be read."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from billfold import worker as background
+    from billfold.kit import clock
+    from billfold.payments.reconcile import reconcile as run_reconcile
+
+    try:
+        settings = get_settings()
+        engine = _engine()
+        _require_migrated(engine)
+        background.install_clock(settings, engine)
+        now = clock.now()
+        start = _when("--since", since, now)
+        end = _when("--until", until, now) if until is not None else now
+        context = background.make_context(settings, engine)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        # On a terminal only (Rich draws nothing when stderr is a pipe or a file): scripts read stdout.
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(f"listing {provider}", total=None)
+
+            def on_progress(stage: str, done: int, total: int) -> None:
+                progress.update(task, description=f"{stage} {provider}", total=total, completed=done)
+
+            report = run_reconcile(
+                context.sessions, context.security, provider, start, end, repair=not dry_run, progress=on_progress
+            )
+    except (BillfoldError, CommandFailed, sa.exc.SQLAlchemyError, ValidationError) as error:
+        err.print(f"billfold: error: {_one_line_reason(error)}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        out.print(
+            f"Reconciled {provider} from {report.since.isoformat(timespec='seconds')} to "
+            f"{report.until.isoformat(timespec='seconds')}{' (dry run: nothing changed)' if dry_run else ''}: "
+            f"{report.charges} charge{'s' if report.charges != 1 else ''} and {report.refunds} "
+            f"refund{'s' if report.refunds != 1 else ''} at the provider.",
+            markup=False, highlight=False,
+        )
+        for finding in report.findings:
+            out.print(_finding_line(finding), markup=False, highlight=False)
+        out.print(", ".join(f"{name} {n}" for name, n in report.counts().items()), markup=False, highlight=False)
+        open_ = len(report.open)
+        repairable = sum(1 for f in report.findings if f.action == "repairable")
+        out.print(
+            "All agree." if not open_ else f"{open_} disagreement{'s' if open_ != 1 else ''} left for a person"
+            + (f" ({repairable} would be repaired without --dry-run)." if repairable else "."),
+            markup=False, highlight=False,
+        )
+    if not report.all_agree:
+        raise typer.Exit(1)
+
+
 def _one_line_reason(error: BaseException) -> str:
     if isinstance(error, BillfoldError):
         return error.detail

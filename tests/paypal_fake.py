@@ -59,6 +59,7 @@ DOCUMENTS = {
     "/v2/payments/": "payments_payment_v2",
     "/v3/vault/": "vault_payment_tokens_v3",
     "/v1/notifications/": "notifications_webhooks_v1",
+    "/v1/customer/disputes": "customer_disputes_v1",
 }
 UNDOCUMENTED = ("/v1/oauth2/token",)
 
@@ -176,6 +177,7 @@ class FakeState:
     setup_tokens: dict[str, str] = field(default_factory=dict)  # approved setup token -> payer email
     payment_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_tokens: set[str] = field(default_factory=set)
+    disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     replies: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)  # (path, request id) -> answer
     calls: list[dict[str, Any]] = field(default_factory=list)
     captured: list[dict[str, Any]] = field(default_factory=list)  # every capture made, in order
@@ -343,6 +345,11 @@ class PayPalFake:
                 self.state.payment_tokens.pop(token_id, None)
                 self.state.deleted_tokens.add(token_id)
                 return 204, None
+            case ("GET", ["v1", "customer", "disputes", dispute_id]):
+                if dispute_id not in self.state.disputes:
+                    raise Answer(404, {"name": "RESOURCE_NOT_FOUND", "message": "The specified resource does not exist.",
+                                       "debug_id": paypal_id(13).lower()})
+                return 200, self.state.disputes[dispute_id]
             case ("POST", ["v1", "notifications", "verify-webhook-signature"]):
                 return 200, {"verification_status": "SUCCESS" if self.verified(body) else "FAILURE"}
         raise not_found(ORDERS)
@@ -568,6 +575,22 @@ class PayPalFake:
                 with self._lock:
                     self.state.faults.append(Fault(given["mode"], given["match"]))
                 return JSONResponse({"queued": len(self.state.faults)})
+            case ["disputes"]:  # the buyer disputes a capture
+                with self._lock:
+                    record, capture = self._capture(given["capture_id"])
+                    dispute_id = f"PP-D-{secrets.randbelow(10**6)}"
+                    self.state.disputes[dispute_id] = {
+                        "dispute_id": dispute_id, "create_time": stamp(), "update_time": stamp(),
+                        "disputed_transactions": [{"seller_transaction_id": capture["id"]}],
+                        "reason": given.get("reason", "MERCHANDISE_OR_SERVICE_NOT_RECEIVED"), "status": "OPEN",
+                        "dispute_amount": given.get("amount") or capture["amount"],
+                    }
+                return JSONResponse({"id": dispute_id})
+            case ["disputes", dispute_id, "resolve"]:
+                with self._lock:
+                    self.state.disputes[dispute_id]["status"] = "RESOLVED"
+                    self.state.disputes[dispute_id]["dispute_outcome"] = {"outcome_code": given["outcome"]}
+                return JSONResponse({"status": "RESOLVED"})
             case ["revoke-tokens"]:
                 self.tokens.clear()
                 return JSONResponse({"revoked": True})
@@ -629,6 +652,14 @@ class Buyer:
 
     def fail_next(self, match: str, mode: str) -> None:
         self.http.post("/_fake/faults", json={"match": match, "mode": mode}).raise_for_status()
+
+    def dispute(self, capture_id: str) -> str:
+        answer = self.http.post("/_fake/disputes", json={"capture_id": capture_id})
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    def resolve(self, dispute_id: str, outcome: str) -> None:
+        self.http.post(f"/_fake/disputes/{dispute_id}/resolve", json={"outcome": outcome}).raise_for_status()
 
     def revoke_tokens(self) -> None:
         self.http.post("/_fake/revoke-tokens").raise_for_status()

@@ -20,7 +20,14 @@ from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import PaymentWebhook
 from billfold.providers import registry
-from billfold.providers.base import ChargeStatus, CreatesBeforeCharging, ProviderAdapter, RefundStatus
+from billfold.providers.base import (
+    ChargeStatus,
+    CreatesBeforeCharging,
+    DisputeStatus,
+    ProviderAdapter,
+    ReadsDisputes,
+    RefundStatus,
+)
 from billfold.providers.errors import (
     Declined,
     InvalidProviderRequest,
@@ -95,6 +102,7 @@ def test_the_registry_builds_it_and_it_speaks_the_protocol_without_calling_paypa
     made = registry.adapter_for("pp", {"kind": "paypal", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
                                       "webhook_id": WEBHOOK_ID, "api_base": paypal.url})
     assert isinstance(made, PayPalProvider) and isinstance(made, ProviderAdapter) and isinstance(made, CreatesBeforeCharging)
+    assert isinstance(made, ReadsDisputes) and made.capabilities.disputes
     assert made.capabilities.creates_before_charging and made.capabilities.saved_methods
     assert made.timeout.connect is not None and made.timeout.read is not None
     assert paypal.state.token_requests == 0 and paypal.state.calls == []
@@ -244,6 +252,20 @@ def test_the_same_refund_key_refunds_once(adapter: PayPalProvider, buyer: Buyer)
     first = adapter.refund(charge_id=order_id, idempotency_key=key, amount=Money(1000, "USD"))
     again = adapter.refund(charge_id=order_id, idempotency_key=key, amount=Money(1000, "USD"))
     assert again.id == first.id and adapter.get_charge(order_id).amount_refunded == Money(1000, "USD")
+
+
+def test_a_dispute_is_read_as_about_the_order_and_its_outcome_mapped(adapter: PayPalProvider, buyer: Buyer) -> None:
+    order_id = approved_order(adapter, buyer, Money(3000, "USD"))
+    paid = adapter.confirm(charge_id=order_id, idempotency_key=new_id("k"))
+    dispute_id = buyer.dispute(paid.metadata["paypal_capture_id"])
+    opened = adapter.get_dispute(dispute_id)
+    assert (opened.id, opened.charge_id, opened.amount, opened.status) == (dispute_id, order_id, Money(3000, "USD"), DisputeStatus.OPEN)
+    assert opened.reason == "MERCHANDISE_OR_SERVICE_NOT_RECEIVED"
+    buyer.resolve(dispute_id, "RESOLVED_SELLER_FAVOUR")
+    assert adapter.get_dispute(dispute_id).status == DisputeStatus.WON
+    other = buyer.dispute(paid.metadata["paypal_capture_id"])
+    buyer.resolve(other, "RESOLVED_BUYER_FAVOUR")
+    assert adapter.get_dispute(other).status == DisputeStatus.LOST
 
 
 # ---- unknown outcomes --------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from billfold.providers.base import (
     ChargeResult,
     ChargeStatus,
     CustomerResult,
+    DisputeResult,
+    DisputeStatus,
     PaymentMethodResult,
     RefundResult,
     RefundStatus,
@@ -92,6 +94,9 @@ REFUND_STATUS = {
     "COMPLETED": RefundStatus.SUCCEEDED, "PENDING": RefundStatus.PENDING,
     "FAILED": RefundStatus.FAILED, "CANCELLED": RefundStatus.CANCELED,
 }
+# A resolved dispute's outcome: the merchant kept the money (WON) or the buyer got it (LOST).
+DISPUTE_WON = frozenset({"RESOLVED_SELLER_FAVOUR", "CANCELED_BY_BUYER", "DENIED"})
+DISPUTE_LOST = frozenset({"RESOLVED_BUYER_FAVOUR", "RESOLVED_WITH_PAYOUT", "ACCEPTED"})
 MOVED_CAPTURES = frozenset({"COMPLETED", "PARTIALLY_REFUNDED", "REFUNDED"})
 COUNTED_REFUNDS = frozenset({"COMPLETED", "PENDING"})
 
@@ -192,7 +197,7 @@ class PayPalProvider:
         self.capabilities = Capabilities(
             saved_methods=True, off_session_charges=True, separate_capture=True, partial_capture=True,
             refunds=True, partial_refunds=True, customer_actions=True, provider_subscriptions=False,
-            creates_before_charging=True, disputes=False, currencies=CURRENCIES_ACCEPTED,
+            creates_before_charging=True, disputes=True, currencies=CURRENCIES_ACCEPTED,
             webhook_events=frozenset(EVENTS),
             # A PayPal id (a vault setup token, say): upper-case letters, digits, '-' and '_'.
             token_pattern=r"[0-9A-Z][0-9A-Z_-]{5,254}",
@@ -471,6 +476,32 @@ class PayPalProvider:
             if got < 400:
                 order_id = ((capture.get("supplementary_data") or {}).get("related_ids") or {}).get("order_id", "")
         return self._refund(refund, order_id)
+
+    def get_dispute(self, dispute_id: str) -> DisputeResult:
+        """A dispute (Customer Disputes v1) about one of our captures, named by the capture's order."""
+        _check_id(dispute_id)
+        status, dispute = self._call("GET", f"/v1/customer/disputes/{dispute_id}")
+        if status >= 400:
+            raise self._refused("reading the dispute", status, dispute)
+        raw = str(dispute.get("status") or "")
+        outcome = str((dispute.get("dispute_outcome") or {}).get("outcome_code") or "")
+        ours = DisputeStatus.OPEN
+        if raw == "RESOLVED" and outcome in DISPUTE_WON:
+            ours = DisputeStatus.WON
+        elif raw == "RESOLVED" and outcome in DISPUTE_LOST:
+            ours = DisputeStatus.LOST
+        transaction = (dispute.get("disputed_transactions") or [{}])[0]
+        charge_id = str(transaction.get("seller_transaction_id") or "")
+        if charge_id:
+            _check_id(charge_id)
+            got, capture = self._call("GET", f"/v2/payments/captures/{charge_id}")
+            if got < 400:
+                charge_id = ((capture.get("supplementary_data") or {}).get("related_ids") or {}).get("order_id") or charge_id
+        return DisputeResult(
+            id=str(dispute["dispute_id"]), charge_id=charge_id, amount=from_paypal(dispute["dispute_amount"]),
+            status=ours, provider_status=f"{raw}/{outcome}" if outcome else raw,
+            created=_time(dispute.get("create_time")), reason=dispute.get("reason"),
+        )
 
     def list_charges(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[ChargeResult]:
         raise NotSupported("listing PayPal charges needs the Transaction Search API, which this adapter does not use yet",

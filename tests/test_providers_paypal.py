@@ -186,6 +186,20 @@ def test_amounts_are_paypal_decimal_strings_and_whole_unit_currencies_are_respec
     assert len(paypal.state.calls) == calls
 
 
+def test_a_key_longer_than_paypal_allows_is_sent_as_a_digest_and_still_replays(adapter: PayPalProvider, paypal: PayPalFake) -> None:
+    key = "charge:" + "x" * 200  # PayPal-Request-Id is at most 108 characters: the contract check would refuse it
+    first = adapter.create_charge(amount=Money(1200, "USD"), idempotency_key=key)
+    again = adapter.create_charge(amount=Money(1200, "USD"), idempotency_key=key)
+    assert again.id == first.id and len(paypal.state.orders) == 1
+    assert {len(c["request_id"]) for c in paypal.state.calls if c["request_id"]} == {67}
+
+
+def test_a_one_time_token_is_refused_before_any_call(adapter: PayPalProvider, paypal: PayPalFake) -> None:
+    with pytest.raises(InvalidProviderRequest) as refused:
+        adapter.charge(amount=Money(100, "USD"), idempotency_key=new_id("k"), token="tok_visa")
+    assert "approve link" in str(refused.value) and paypal.state.calls == []
+
+
 @pytest.mark.parametrize("issue, code", [("INSTRUMENT_DECLINED", "generic_decline"), ("PAYER_ACTION_REQUIRED", "authentication_required")])
 def test_a_declined_buyer_is_declined_and_nothing_is_captured(
     adapter: PayPalProvider, buyer: Buyer, issue: str, code: str

@@ -195,6 +195,7 @@ class PayPalFake:
         self.url = ""
         self.state = FakeState()
         self.tokens: dict[str, Any] = {}  # access token -> expiry (a datetime on billfold's clock)
+        self.refuse_tokens = False  # every bearer token refused (the app's access was withdrawn)
         self._signing_key = secrets.token_bytes(32)
         self._lock = threading.Lock()
         self.app = Starlette(routes=[
@@ -204,6 +205,7 @@ class PayPalFake:
     def reset(self) -> None:
         with self._lock:
             self.state = FakeState()
+            self.refuse_tokens = False
 
     # ---- the endpoint ---------------------------------------------------------------------------
 
@@ -284,7 +286,7 @@ class PayPalFake:
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
         expires = self.tokens.get(token)
-        return scheme == "Bearer" and expires is not None and clock.now() < expires
+        return not self.refuse_tokens and scheme == "Bearer" and expires is not None and clock.now() < expires
 
     def _token_endpoint(self, request: Request, body: bytes) -> Response:
         with self._lock:
@@ -593,6 +595,7 @@ class PayPalFake:
                 return JSONResponse({"status": "RESOLVED"})
             case ["revoke-tokens"]:
                 self.tokens.clear()
+                self.refuse_tokens = bool(given.get("for_good"))
                 return JSONResponse({"revoked": True})
             case ["captured"]:
                 with self._lock:
@@ -661,8 +664,9 @@ class Buyer:
     def resolve(self, dispute_id: str, outcome: str) -> None:
         self.http.post(f"/_fake/disputes/{dispute_id}/resolve", json={"outcome": outcome}).raise_for_status()
 
-    def revoke_tokens(self) -> None:
-        self.http.post("/_fake/revoke-tokens").raise_for_status()
+    def revoke_tokens(self, *, for_good: bool = False) -> None:
+        """Forget the access tokens issued; ``for_good``: refuse every token from now on."""
+        self.http.post("/_fake/revoke-tokens", json={"for_good": for_good}).raise_for_status()
 
     def captured(self) -> list[dict[str, Any]]:
         return list(self.http.get("/_fake/captured").json())

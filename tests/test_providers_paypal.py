@@ -138,6 +138,17 @@ def test_a_revoked_token_is_renewed_once_and_the_call_goes_through(
     assert paypal.state.token_requests == 2
 
 
+def test_a_token_refused_again_after_renewal_is_rejected_credentials(
+    adapter: PayPalProvider, paypal: PayPalFake, buyer: Buyer
+) -> None:
+    order_id = approved_order(adapter, buyer, Money(1000, "USD"))
+    buyer.revoke_tokens(for_good=True)
+    with pytest.raises(InvalidProviderRequest) as refused:
+        adapter.get_charge(order_id)
+    assert refused.value.code == "provider_credentials_rejected" and paypal.state.token_requests == 2
+    assert CLIENT_SECRET not in json.dumps(refused.value.to_problem())
+
+
 def test_rejected_credentials_are_an_invalid_request_that_never_shows_the_secret(paypal: PayPalFake) -> None:
     wrong = make_adapter(paypal, client_secret="EKwrong-secret-that-must-stay-hidden")
     with pytest.raises(InvalidProviderRequest) as refused:
@@ -474,3 +485,14 @@ def test_a_paypal_delivery_through_billfolds_webhook_endpoint(
         unsigned = client.post(url, content=b'{"id": "WH-X", "event_type": "PAYMENT.CAPTURE.COMPLETED"}')
     assert_problem(unsigned, 400, "webhook_signature_invalid")
     assert stored(engine, provider_id) == [event_id]
+
+    unreachable = provider_id + "u"  # PayPal cannot be asked: 503, so PayPal delivers again later
+    with api.client(admin_token) as admin:
+        assert admin.post("/v1/payment-providers", json={
+            "id": unreachable, "kind": "paypal", "display_name": "PayPal down",
+            "config": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "webhook_id": WEBHOOK_ID,
+                       "api_base": f"http://127.0.0.1:{free_port()}", "timeout_seconds": 2},
+        }).status_code == 201
+    down = buyer.deliver(f"{api.url}/v1/webhooks/{unreachable}", "PAYMENT.CAPTURE.COMPLETED", capture_resource("5O190127TN364715T"))
+    assert down["status"] == 503 and json.loads(down["body"])["code"] == "provider_unavailable"
+    assert CLIENT_SECRET not in down["body"] and stored(engine, unreachable) == []

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ DOCUMENTS = {
     "/v3/vault/": "vault_payment_tokens_v3",
     "/v1/notifications/": "notifications_webhooks_v1",
     "/v1/customer/disputes": "customer_disputes_v1",
+    "/v1/reporting/": "reporting_transactions_v1",
 }
 UNDOCUMENTED = ("/v1/oauth2/token",)
 
@@ -71,6 +72,8 @@ AMENDMENTS = (
     ("notifications_webhooks_v1", "event: readOnly dropped from its properties",
      "verify-webhook-signature takes the event as delivered (the operation's own example sends id, "
      "create_time, event_type, resource ...), which a strict readOnly check would refuse"),
+    ("reporting_transactions_v1", "servers: https://api-m.paypal.com/v1/reporting -> https://api-m.sandbox.paypal.com",
+     "its paths already begin with /v1/reporting; PayPal serves them at {api}/v1/reporting/transactions"),
 )
 
 WHOLE_UNITS = frozenset({"HUF", "JPY", "TWD"})
@@ -84,6 +87,8 @@ def _amend(name: str, document: dict[str, Any]) -> dict[str, Any]:
     if name == "vault_payment_tokens_v3":
         kind = schemas["token_id_request"]["properties"]["type"]
         kind["enum"] = [*kind["enum"], "SETUP_TOKEN"]
+    if name == "reporting_transactions_v1":
+        document["servers"] = [{"url": PAYPAL_SERVER}]
     if name == "notifications_webhooks_v1":
         for prop in schemas["event"]["properties"].values():
             prop.pop("readOnly", None)
@@ -178,6 +183,7 @@ class FakeState:
     payment_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_tokens: set[str] = field(default_factory=set)
     disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transactions: list[dict[str, Any]] = field(default_factory=list)  # what Transaction Search lists
     replies: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)  # (path, request id) -> answer
     calls: list[dict[str, Any]] = field(default_factory=list)
     captured: list[dict[str, Any]] = field(default_factory=list)  # every capture made, in order
@@ -245,7 +251,7 @@ class PayPalFake:
             if replay is None:
                 try:
                     parsed = json.loads(body) if body else {}
-                    status, answer = self.dispatch(method, path, parsed)
+                    status, answer = self.dispatch(method, path, parsed, dict(request.query_params))
                 except Answer as error:
                     status, answer = error.status, error.body
                 if replay_key and status < 500:
@@ -308,7 +314,7 @@ class PayPalFake:
 
     # ---- PayPal's operations ---------------------------------------------------------------------
 
-    def dispatch(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    def dispatch(self, method: str, path: str, body: dict[str, Any], query: dict[str, str]) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         match (method, parts):
             case ("POST", ["v2", "checkout", "orders"]):
@@ -352,6 +358,8 @@ class PayPalFake:
                     raise Answer(404, {"name": "RESOURCE_NOT_FOUND", "message": "The specified resource does not exist.",
                                        "debug_id": paypal_id(13).lower()})
                 return 200, self.state.disputes[dispute_id]
+            case ("GET", ["v1", "reporting", "transactions"]):
+                return 200, self.search(query)
             case ("POST", ["v1", "notifications", "verify-webhook-signature"]):
                 return 200, {"verification_status": "SUCCESS" if self.verified(body) else "FAILURE"}
         raise not_found(ORDERS)
@@ -423,6 +431,7 @@ class PayPalFake:
                       {"href": f"{self.url}/v2/checkout/orders/{order_id}", "rel": "up", "method": "GET"}],
         }
         self.state.captures[capture_id] = order_id
+        self._transaction(capture_id, order_id, "T0006", amount, capture["create_time"])
         self.state.captured.append({"capture_id": capture_id, "order_id": order_id, "amount": dict(amount)})
         return capture
 
@@ -506,9 +515,33 @@ class PayPalFake:
         if body.get("note_to_payer"):
             refund["note_to_payer"] = body["note_to_payer"]
         self.state.refunds[refund_id] = refund
+        self._transaction(refund_id, record.order["id"], "T1107", money(-amount, currency), refund["create_time"])
         payments.setdefault("refunds", []).append(refund)
         capture["status"] = "REFUNDED" if amount == left else "PARTIALLY_REFUNDED"
         return refund
+
+    def _transaction(self, transaction_id: str, order_id: str, code: str, amount: dict[str, Any], at: str) -> None:
+        self.state.transactions.append({
+            "transaction_id": transaction_id, "paypal_reference_id": order_id, "paypal_reference_id_type": "ODR",
+            "transaction_event_code": code, "transaction_initiation_date": at, "transaction_updated_date": at,
+            "transaction_amount": dict(amount), "transaction_status": "S",
+        })
+
+    def search(self, query: dict[str, str]) -> dict[str, Any]:
+        """Transaction Search: the transactions in [start_date, end_date], a page at a time."""
+        start, end = _parse(query["start_date"]), _parse(query["end_date"])
+        if end - start > timedelta(days=31):
+            raise Answer(400, {"name": "INVALID_REQUEST", "message": "Request is not well-formed, syntactically incorrect, or violates schema.",
+                               "debug_id": paypal_id(13).lower(), "details": [{"issue": "INVALID_DATE_RANGE", "description": "The date range is more than 31 days."}]})
+        found = [t for t in self.state.transactions if start <= _parse(t["transaction_initiation_date"]) <= end]
+        size, page = int(query.get("page_size", 100)), int(query.get("page", 1))
+        pages = max(1, -(-len(found) // size))
+        answer: dict[str, Any] = {"account_number": "FAKE123", "start_date": query["start_date"], "end_date": query["end_date"],
+                                  "page": page, "total_items": len(found), "total_pages": pages}
+        chosen = found[(page - 1) * size:page * size]
+        if chosen:  # the document wants at least one item in transaction_details when it is there
+            answer["transaction_details"] = [{"transaction_info": t} for t in chosen]
+        return answer
 
     def _refund_capture(self, refund_id: str) -> str:
         up = next(link["href"] for link in self.state.refunds[refund_id]["links"] if link["rel"] == "up")
@@ -608,6 +641,10 @@ class PayPalFake:
                     sent = await client.post(given["url"], content=delivery, headers=headers)
                 return JSONResponse({"status": sent.status_code, "body": sent.text})
         return JSONResponse({"error": f"no hook {method} {path}"}, status_code=404)
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _explain(error: Exception) -> str:

@@ -293,6 +293,26 @@ def test_a_dispute_is_read_as_about_the_order_and_its_outcome_mapped(adapter: Pa
     assert adapter.get_dispute(other).status == DisputeStatus.LOST
 
 
+def test_charges_and_refunds_are_listed_by_transaction_search(
+    adapter: PayPalProvider, paypal: PayPalFake, buyer: Buyer, frozen_clock: clock.FrozenClock
+) -> None:
+    started = clock.now()
+    first = approved_order(adapter, buyer, Money(1000, "USD"))
+    adapter.confirm(charge_id=first, idempotency_key=new_id("k"))
+    frozen_clock.advance(timedelta(days=40))  # another Transaction Search window
+    second = approved_order(adapter, buyer, Money(2000, "USD"))
+    adapter.confirm(charge_id=second, idempotency_key=new_id("k"))
+    refund = adapter.refund(charge_id=second, idempotency_key=new_id("k"), amount=Money(500, "USD"))
+    unpaid = adapter.create_charge(amount=Money(3000, "USD"), idempotency_key=new_id("k"))
+    frozen_clock.advance(timedelta(seconds=1))
+    charges = adapter.list_charges(started, clock.now())
+    assert [c.id for c in charges] == [first, second] and unpaid.id not in {c.id for c in charges}
+    assert charges[1].amount_refunded == Money(500, "USD")
+    assert [(r.id, r.charge_id) for r in adapter.list_refunds(started, clock.now())] == [(refund.id, second)]
+    assert [c.id for c in adapter.list_charges(started + timedelta(days=1), clock.now())] == [second]
+    assert adapter.list_charges(started - timedelta(days=5), started) == []
+
+
 # ---- unknown outcomes --------------------------------------------------------------------------------
 
 

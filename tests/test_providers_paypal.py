@@ -159,6 +159,23 @@ def test_rejected_credentials_are_an_invalid_request_that_never_shows_the_secret
     wrong.close()
 
 
+def test_the_fake_refuses_and_records_whatever_breaks_paypals_contract(paypal: PayPalFake, adapter: PayPalProvider) -> None:
+    """The guard itself: a request off PayPal's documents is answered 500 and recorded (and the
+    fixture fails any test that leaves a record)."""
+    token = adapter._access_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=paypal.url, headers=headers) as client:
+        as_number = client.post("/v2/checkout/orders", json={
+            "intent": "CAPTURE", "purchase_units": [{"amount": {"currency_code": "USD", "value": 10}}]})
+        long_key = client.post("/v2/checkout/orders", headers={"PayPal-Request-Id": "k" * 109}, json={
+            "intent": "CAPTURE", "purchase_units": [{"amount": {"currency_code": "USD", "value": "10.00"}}]})
+        no_intent = client.post("/v2/checkout/orders", json={"purchase_units": [{"amount": {"currency_code": "USD", "value": "1.00"}}]})
+    assert [a.status_code for a in (as_number, long_key, no_intent)] == [500, 500, 500]
+    assert len(paypal.state.violations) == 3 and "PayPal-Request-Id" in paypal.state.violations[1]
+    assert paypal.state.orders == {}
+    paypal.state.violations.clear()
+
+
 # ---- orders ----------------------------------------------------------------------------------------
 
 

@@ -523,9 +523,12 @@ class AuthorizeNetProvider:
         if str(response.get("responseCode")) in ("1", "4"):
             return
         errors = response.get("errors") or [{}]
+        reason = str(errors[0].get("errorCode") or "")
+        code = {"55": "refund_exceeds_captured", "54": "charge_not_refundable", "47": "capture_exceeds_authorized",
+                "310": "charge_not_cancelable", "311": "charge_not_capturable"}.get(reason, f"{what}_refused")
         raise InvalidProviderRequest(
-            f"Authorize.net refused the {what}: {errors[0].get('errorText') or 'refused'}",
-            code=f"{what}_refused", provider_code=str(errors[0].get("errorCode") or ""),
+            f"Authorize.net refused the {what}: {errors[0].get('errorText') or 'refused'} (reason {reason or 'unknown'})",
+            code=code, provider_code=reason,
         )
 
     # ---- refunds ------------------------------------------------------------------------------
@@ -564,7 +567,8 @@ class AuthorizeNetProvider:
                 "(usually within a day); refund all of it now, or this part after settlement",
                 code="charge_not_refundable_yet",
             )
-        remaining = charge.amount_captured - charge.amount_refunded
+        refunded = sum((r.amount.amount for r in refunds if r.status is RefundStatus.SUCCEEDED), 0)
+        remaining = charge.amount_captured - Money(refunded, charge.amount.currency)
         to_refund = remaining if amount is None else amount
         if remaining.is_zero():
             raise InvalidProviderRequest(f"charge {charge_id} is already fully refunded", code="charge_already_refunded")

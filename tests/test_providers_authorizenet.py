@@ -30,7 +30,7 @@ from billfold.providers.errors import (
 from tests.accounts import Api
 from tests.authorizenet_fake import AuthorizeNetFake, running
 from tests.server import free_port
-from tests.test_organizations import assert_problem
+from tests.test_organizations import assert_problem, person
 
 LOGIN = "fake-login-4Xc9"
 TRANSACTION_KEY = "tk-9f8e7d6c5b4a3210"
@@ -259,7 +259,6 @@ def test_the_duplicate_window_answers_the_first_charge(anet: AuthorizeNetProvide
         amount=usd(2500), token=opaque_token("approve"), idempotency_key=k, capture=False)
     assert again == first and len(made_with(fake, k)) == 1
     # Outside the window (0 s here) the gateway would take a second charge: our lookup is what protects.
-    assert fake.requests.count("createTransactionRequest") > 0
     windowless = AuthorizeNetProvider("anet", config(fake, duplicate_window=0))
     other_key = key()
     windowless.charge(amount=usd(100), token=opaque_token("approve"), idempotency_key=other_key)
@@ -283,7 +282,7 @@ def test_a_customer_a_saved_card_an_off_session_charge_and_detach(anet: Authoriz
                                       idempotency_key=attach_key).id == method.id
     charge = anet.charge(amount=usd(1500), customer_id=customer.id, payment_method_id=method.id, off_session=True,
                          idempotency_key=key())
-    assert charge.status is ChargeStatus.SUCCEEDED
+    assert charge.status is ChargeStatus.SUCCEEDED and charge.off_session
     assert (charge.customer_id, charge.payment_method_id) == (customer.id, method.id)
     with pytest.raises(InvalidProviderRequest) as needs_saved:
         anet.charge(amount=usd(1500), token=opaque_token("approve"), off_session=True, idempotency_key=key())
@@ -388,7 +387,7 @@ def test_the_fakes_webhooks_reach_billfold_signed_and_a_tampered_one_stores_noth
             "id": provider_id, "kind": "authorizenet", "display_name": "Authorize.net", "config": config(fake),
         })
         shown = admin.get(f"/v1/payment-providers/{provider_id}")
-    assert without_key.status_code in (409, 422), without_key.text
+    assert_problem(without_key, 422, "invalid_provider_config")
     assert "signature_key" in without_key.text and TRANSACTION_KEY not in without_key.text
     assert made.status_code == 201, made.text
     for answer in (made, shown):
@@ -416,3 +415,29 @@ def test_the_fakes_webhooks_reach_billfold_signed_and_a_tampered_one_stores_noth
         assert_problem(answer, 400, "webhook_signature_invalid")
         assert SIGNATURE_KEY not in answer.text
     assert len(stored(engine, provider_id)) == 1
+
+
+def test_a_customer_saves_an_accept_js_card_through_billfold_and_deletes_it(
+    api: Api, engine: Engine, admin_token: str, fake: AuthorizeNetFake
+) -> None:
+    provider_id = "anet_" + new_id("x")[-10:].lower()
+    with api.client(admin_token) as admin:
+        made = admin.post("/v1/payment-providers", json={
+            "id": provider_id, "kind": "authorizenet", "display_name": "Authorize.net", "config": config(fake),
+        })
+    assert made.status_code == 201, made.text
+    me = person(engine, "payer")
+    with api.client(me.token) as client:
+        saved = client.post("/v1/me/payment-methods", json={"provider_id": provider_id,
+                                                            "token": opaque_token("approve_mc")})
+        card_number = client.post("/v1/me/payment-methods", json={"provider_id": provider_id,
+                                                                  "token": "5555555555554444"})
+        assert saved.status_code == 201, saved.text
+        method = saved.json()
+        customer_id, profile_id = method["provider_payment_method_id"].split("-")
+        assert (method["card_brand"], method["last_four"], method["expiry_month"], method["expiry_year"]) == (
+            "mastercard", "4444", "12", "2031")
+        assert profile_id in fake.customers[customer_id]["payment_profiles"]
+        assert client.delete(f"/v1/me/payment-methods/{method['id']}").status_code == 204
+    assert card_number.status_code == 422 and "5555555555554444" not in card_number.text
+    assert fake.customers[customer_id]["payment_profiles"] == {}

@@ -25,6 +25,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -466,7 +467,7 @@ class AuthorizeNetProvider:
             return self._answer(found)
         trans_id = str(response.get("transId") or "")
         if code in ("1", "4") or (trans_id and trans_id != "0"):
-            charge = self.get_charge(trans_id)
+            charge = replace(self.get_charge(trans_id), off_session=off_session)
             return self._answer(charge)
         text = str((errors[0] if errors else {}).get("errorText") or "The transaction was refused.")
         raise InvalidProviderRequest(f"Authorize.net refused the charge: {text} (reason {reason or 'unknown'})",
@@ -766,6 +767,4 @@ class AuthorizeNetProvider:
 
 
 def _replace_refunded(charge: ChargeResult, refunded: Money) -> ChargeResult:
-    from dataclasses import replace
-
     return replace(charge, amount_refunded=refunded)

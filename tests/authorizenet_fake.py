@@ -20,11 +20,13 @@ does. It knows:
 
 Accept.js opaque data values name the outcome (the descriptor is not checked):
 
-- ``approve`` (a Visa ending 1111), ``approve_mc`` (a Mastercard ending 4444);
-- ``decline_<reason>``: declined with that response reason code (2 general, 3 referral, 4 pick up
-  card, 8 expired card with response code 3, 44/45/65 card code mismatch, ...);
+- ``approve`` (a Visa ending 1111), ``approvemc`` (a Mastercard ending 4444);
+- ``decline<reason>``, e.g. ``decline65``: declined with that response reason code (2 general, 3
+  referral, 4 pick up card, 8 expired card with response code 3, 44/45/65 card code mismatch, ...);
 - ``review``: held for review (response code 4, reason 253);
 - anything else: ``E00114`` "Invalid OTS Token.".
+
+(Base64 ``=`` padding on a value is ignored: the compact token form leaves it off.)
 
 Test hooks, under ``/_fake/``: ``POST settle`` (a new batch settles every captured charge and
 refund), ``POST fail {"mode": "timeout"|"500", "when": "before"|"after", "count": 1}`` (the next
@@ -82,7 +84,7 @@ REASONS = {
     311: "This transaction has already been captured.",
 }
 RESPONSE_CODE = {8: "3"}  # reasons answered with response code 3 (an error) rather than 2 (declined)
-CARDS = {"approve": ("XXXX1111", "Visa"), "approve_mc": ("XXXX4444", "MasterCard")}
+CARDS = {"approve": ("XXXX1111", "Visa"), "approvemc": ("XXXX4444", "MasterCard")}
 
 
 def _stamp(moment: datetime) -> str:
@@ -190,7 +192,7 @@ class AuthorizeNetFake:
         amount = Decimal(str(request["amount"]))
         order = request.get("order") or {}
         if "payment" in request:
-            value = request["payment"]["opaqueData"]["dataValue"]
+            value = request["payment"]["opaqueData"]["dataValue"].rstrip("=")
             source, profile = f"opaque:{value}", None
         else:
             wanted = request["profile"]
@@ -202,7 +204,7 @@ class AuthorizeNetFake:
             source = f"profile:{wanted['customerProfileId']}/{wanted['paymentProfile']['paymentProfileId']}"
             profile = {"customerProfileId": str(wanted["customerProfileId"]),
                        "customerPaymentProfileId": str(wanted["paymentProfile"]["paymentProfileId"])}
-        if not (value in CARDS or value == "review" or re.fullmatch(r"decline_\d+", value)):
+        if not (value in CARDS or value == "review" or re.fullmatch(r"decline\d+", value)):
             return {"messages": _error("E00114", "Invalid OTS Token.")}
         window = _setting(request, "duplicateWindow", 120)
         now = clock.now()
@@ -213,8 +215,8 @@ class AuthorizeNetFake:
         card, brand = CARDS.get(value, ("XXXX1111", "Visa"))
         reason, code = 1, "1"
         status = "capturedPendingSettlement" if kind == "authCaptureTransaction" else "authorizedPendingCapture"
-        if self.next_decline is not None or value.startswith("decline_"):
-            reason = self.next_decline if self.next_decline is not None else int(value.split("_")[1])
+        if self.next_decline is not None or value.startswith("decline"):
+            reason = self.next_decline if self.next_decline is not None else int(value[len("decline"):])
             self.next_decline = None
             code, status = RESPONSE_CODE.get(reason, "2"), "declined"
         elif value == "review":
@@ -381,8 +383,8 @@ class AuthorizeNetFake:
         customer = self.customers.get(customer_id)
         if customer is None:
             return {"messages": _error("E00040", "The record cannot be found.")}
-        value = body["paymentProfile"]["payment"]["opaqueData"]["dataValue"]
-        if not (value in CARDS or value == "review" or re.fullmatch(r"decline_\d+", value)):
+        value = body["paymentProfile"]["payment"]["opaqueData"]["dataValue"].rstrip("=")
+        if not (value in CARDS or value == "review" or re.fullmatch(r"decline\d+", value)):
             return {"messages": _error("E00114", "Invalid OTS Token.")}
         for pid, method in customer["payment_profiles"].items():
             if method["dataValue"] == value:

@@ -5,6 +5,7 @@ key, saved profiles, and webhooks signed with X-ANET-Signature, through Billfold
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import PaymentWebhook
 from billfold.providers import registry
-from billfold.providers.authorizenet import AuthorizeNetProvider, opaque_token, short_reference, sign_webhook
+from billfold.providers.authorizenet import AuthorizeNetProvider, opaque_data, opaque_token, short_reference, sign_webhook
 from billfold.providers.base import ChargeStatus, ProviderAdapter, RefundStatus
 from billfold.providers.errors import (
     Declined,
@@ -30,6 +31,7 @@ from billfold.providers.errors import (
 from tests.accounts import Api
 from tests.authorizenet_fake import AuthorizeNetFake, running
 from tests.server import free_port
+from tests.test_checkout import customer, order, product
 from tests.test_organizations import assert_problem, person
 
 LOGIN = "fake-login-4Xc9"
@@ -93,12 +95,22 @@ def test_a_config_without_its_secrets_is_refused_clearly(fake: AuthorizeNetFake)
         AuthorizeNetProvider("anet", config(fake, api_base="http://gateway.example/xml/v1/request.api"))
 
 
-def test_the_token_shape_takes_accept_js_opaque_data_and_never_a_card_number(anet: AuthorizeNetProvider) -> None:
+ACCEPT_JS_VALUE = (  # the shape of a real Accept.js dataValue: base64 of {"code":…,"token":…,"v":"1.1"}, 236 characters
+    "eyJjb2RlIjoiNTBfMl8wNjAwMDUyN0JEODE4RjQxOUEyRjhGQkIxMkY0MzdGQjAxQUIwRTY2NjhFNEFCN0VENzE4NTUwMjlGRUU0M0JG"
+    "NENDQjcxN0RDRDMzREQ0MDIzMDBBNkJDMTMxN0IzOTQ0NkJBQ0NDMzBGODA2NzY5MTk5MTMxRERBODMyNTI2IiwidG9rZW4iOiI5NDkw"
+    "MjMyMTAy+/k5OTk0MDQ2MDMiLCJ2IjoiMS4xIn0="
+)
+
+
+def test_the_token_takes_accept_js_opaque_data_and_never_a_card_number(anet: AuthorizeNetProvider) -> None:
     accepts = anet.capabilities.accepts_token
-    assert accepts(opaque_token("eyJjb2RlIjoiNTBfMl8wNjAwMDUzNUYzMTFGQkI0NzlB+/=="))
-    assert accepts(opaque_token("approve", "COMMON.APPLE.INAPP.PAYMENT"))
-    for wrong in ("4111111111111111", "4111 1111 1111 1111", "anet_opaque:4111111111111111",
-                  "anet_opaque:COMMON.ACCEPT.INAPP.PAYMENT:", "tok_visa", "anet_opaque:X:approve"):
+    compact = opaque_token(ACCEPT_JS_VALUE)
+    assert re.fullmatch(r"[A-Za-z0-9_]{1,255}", compact), "fits Billfold's checkout and payment-method token fields"
+    assert accepts(compact) and opaque_data(compact) == ("COMMON.ACCEPT.INAPP.PAYMENT", ACCEPT_JS_VALUE)
+    apple = opaque_token("eyJ2ZXJzaW9uIjoiRUNfdjEi+/==", "COMMON.APPLE.INAPP.PAYMENT")
+    assert accepts(apple) and opaque_data(apple) == ("COMMON.APPLE.INAPP.PAYMENT", "eyJ2ZXJzaW9uIjoiRUNfdjEi+/==")
+    for wrong in ("4111111111111111", "4111 1111 1111 1111", "anet_", "anet_opaque:COMMON.ACCEPT.INAPP.PAYMENT:",
+                  "tok_visa", "anet_opaque:X:approve", "anet_a_b", "anet_a+b", "pm_anet_approve"):
         assert not accepts(wrong), wrong
 
 
@@ -129,7 +141,7 @@ def test_a_decline_raises_declined_with_the_reason_mapped(
 ) -> None:
     k = key()
     with pytest.raises(Declined) as declined:
-        anet.charge(amount=usd(900), token=opaque_token(f"decline_{reason}"), idempotency_key=k)
+        anet.charge(amount=usd(900), token=opaque_token(f"decline{reason}"), idempotency_key=k)
     assert declined.value.decline_code is expected
     assert declined.value.hard == (expected in (DeclineCode.LOST_CARD, DeclineCode.EXPIRED_CARD, DeclineCode.INCORRECT_CVC))
     failed = declined.value.charge
@@ -275,10 +287,10 @@ def test_a_customer_a_saved_card_an_off_session_charge_and_detach(anet: Authoriz
     assert customer.id.isdigit()
     assert anet.create_customer(email="ada@shop.example", name="Ada", idempotency_key=customer_key).id == customer.id
     attach_key = f"payment-method-{new_id('pm')}-attach"
-    method = anet.attach_payment_method(customer_id=customer.id, token=opaque_token("approve_mc"), idempotency_key=attach_key)
+    method = anet.attach_payment_method(customer_id=customer.id, token=opaque_token("approvemc"), idempotency_key=attach_key)
     assert method.customer_id == customer.id and method.id.startswith(customer.id + "-")
     assert (method.brand, method.last4, method.exp_month, method.exp_year) == ("mastercard", "4444", 12, 2031)
-    assert anet.attach_payment_method(customer_id=customer.id, token=opaque_token("approve_mc"),
+    assert anet.attach_payment_method(customer_id=customer.id, token=opaque_token("approvemc"),
                                       idempotency_key=attach_key).id == method.id
     charge = anet.charge(amount=usd(1500), customer_id=customer.id, payment_method_id=method.id, off_session=True,
                          idempotency_key=key())
@@ -429,7 +441,7 @@ def test_a_customer_saves_an_accept_js_card_through_billfold_and_deletes_it(
     me = person(engine, "payer")
     with api.client(me.token) as client:
         saved = client.post("/v1/me/payment-methods", json={"provider_id": provider_id,
-                                                            "token": opaque_token("approve_mc")})
+                                                            "token": opaque_token("approvemc")})
         card_number = client.post("/v1/me/payment-methods", json={"provider_id": provider_id,
                                                                   "token": "5555555555554444"})
         assert saved.status_code == 201, saved.text
@@ -441,3 +453,32 @@ def test_a_customer_saves_an_accept_js_card_through_billfold_and_deletes_it(
         assert client.delete(f"/v1/me/payment-methods/{method['id']}").status_code == 204
     assert card_number.status_code == 422 and "5555555555554444" not in card_number.text
     assert fake.customers[customer_id]["payment_profiles"] == {}
+
+
+def test_an_order_paid_through_billfold_survives_a_timeout_with_one_charge_and_is_refunded_by_a_void(
+    api: Api, engine: Engine, admin_token: str, fake: AuthorizeNetFake
+) -> None:
+    provider_id = "anet_" + new_id("x")[-10:].lower()
+    with api.client(admin_token) as admin:
+        made = admin.post("/v1/payment-providers", json={
+            "id": provider_id, "kind": "authorizenet", "display_name": "Authorize.net", "config": config(fake),
+        })
+    assert made.status_code == 201, made.text
+    ada = customer(api, engine)
+    pending = order(api, ada.token, (product(engine, 2500, "USD"), 1))
+    body = {"token": opaque_token("approve"), "provider_id": provider_id}
+    with api.client(ada.token) as client:
+        httpx.post(fake.url + "/_fake/fail", json={"mode": "timeout", "when": "after"})
+        assert_problem(client.post(f"/v1/orders/{pending['id']}/checkout", json=body), 503, "provider_unavailable")
+        [payment] = client.get(f"/v1/orders/{pending['id']}").json()["payments"]
+        assert payment["status"] == "pending"
+        retried = client.post(f"/v1/orders/{pending['id']}/checkout", json=body)
+    assert retried.status_code == 200, retried.text
+    paid = retried.json()
+    assert paid["order"]["status"] == "paid" and paid["payment"]["id"] == payment["id"]
+    [made_charge] = made_with(fake, f"billfold-{payment['id']}-charge")
+    assert paid["payment"]["provider_payment_id"] == made_charge["transId"]
+    with api.client(admin_token) as admin:
+        refunded = admin.post(f"/v1/payments/{payment['id']}/refunds", json={})
+    assert refunded.status_code == 201, refunded.text
+    assert fake.transactions[made_charge["transId"]]["transactionStatus"] == "voided"

@@ -5,12 +5,13 @@ from billfold.providers.authorizenet.provider import (
     EVENT_TYPES,
     TOKEN_PATTERN,
     AuthorizeNetProvider,
+    opaque_data,
     opaque_token,
     short_reference,
     sign_webhook,
 )
 
 __all__ = [
-    "DEFAULT_API_BASE", "EVENT_TYPES", "TOKEN_PATTERN", "AuthorizeNetProvider", "opaque_token", "short_reference",
+    "DEFAULT_API_BASE", "EVENT_TYPES", "TOKEN_PATTERN", "AuthorizeNetProvider", "opaque_data", "opaque_token", "short_reference",
     "sign_webhook",
 ]

@@ -59,11 +59,16 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_LOOKUP_DAYS = 30  # how far back find_charge and refunds search the settled batches (<= 31: one call)
 REFERENCE_LENGTH = 20  # refId, order.invoiceNumber and merchantCustomerId hold at most 20 characters
 
-# The one-time token Billfold takes: the Accept.js opaque data, ``anet_opaque:<dataDescriptor>:<dataValue>``
-# (Accept.js gives descriptor COMMON.ACCEPT.INAPP.PAYMENT; Apple and Google Pay COMMON.APPLE/GOOGLE...).
-# A bare card number can never match: it has no prefix and no descriptor.
-TOKEN_PATTERN = r"anet_opaque:COMMON\.[A-Z]+\.INAPP\.PAYMENT:[A-Za-z0-9+/=_\-.]{1,8192}"
-_TOKEN = re.compile(r"anet_opaque:(?P<descriptor>[^:]+):(?P<value>.+)")
+# The one-time token Billfold takes is the Accept.js opaque data, in one of two forms (see
+# ``opaque_token``). The compact form fits Billfold's token fields (letters, digits, underscores):
+# ``anet_`` and the base64 ``dataValue`` of descriptor COMMON.ACCEPT.INAPP.PAYMENT, its ``+`` written
+# ``_p``, its ``/`` written ``_s``, its ``=`` padding left off. The full form names the descriptor
+# (Apple and Google Pay: COMMON.APPLE/GOOGLE.INAPP.PAYMENT): ``anet_opaque:<descriptor>:<dataValue>``.
+# A bare card number can never match: it has no prefix.
+ACCEPT_DESCRIPTOR = "COMMON.ACCEPT.INAPP.PAYMENT"
+TOKEN_PATTERN = (r"anet_(?:[A-Za-z0-9]|_[ps]){1,8192}"
+                 r"|anet_opaque:COMMON\.[A-Z]+\.INAPP\.PAYMENT:[A-Za-z0-9+/=]{1,8192}")
+_FULL_TOKEN = re.compile(r"anet_opaque:(?P<descriptor>[^:]+):(?P<value>.+)")
 _METHOD_ID = re.compile(r"(?P<customer>\d{1,20})-(?P<profile>\d{1,20})")
 
 # Authorize.net's webhook event types -> ours (base.EVENT_TYPES); others keep their own type.
@@ -155,9 +160,21 @@ def short_reference(key: str, prefix: str = "B") -> str:
     return (prefix + digest)[:REFERENCE_LENGTH]
 
 
-def opaque_token(data_value: str, descriptor: str = "COMMON.ACCEPT.INAPP.PAYMENT") -> str:
-    """The token Billfold takes for Accept.js opaque data."""
-    return f"anet_opaque:{descriptor}:{data_value}"
+def opaque_token(data_value: str, descriptor: str = ACCEPT_DESCRIPTOR) -> str:
+    """The token Billfold takes for Accept.js opaque data: the compact form for Accept.js's own
+    descriptor (what a page sends to Billfold's checkout), the full form for any other."""
+    if descriptor != ACCEPT_DESCRIPTOR:
+        return f"anet_opaque:{descriptor}:{data_value}"
+    return "anet_" + data_value.rstrip("=").replace("+", "_p").replace("/", "_s")
+
+
+def opaque_data(token: str) -> tuple[str, str]:
+    """``(dataDescriptor, dataValue)`` of a token of either form (its shape checked before)."""
+    full = _FULL_TOKEN.fullmatch(token)
+    if full is not None:
+        return full.group("descriptor"), full.group("value")
+    value = token[len("anet_"):].replace("_p", "+").replace("_s", "/")
+    return ACCEPT_DESCRIPTOR, value + "=" * (-len(value) % 4)
 
 
 def sign_webhook(body: bytes, signature_key: str, encoding: str = "text") -> str:
@@ -399,9 +416,7 @@ class AuthorizeNetProvider:
         return match.group("customer"), match.group("profile")
 
     def _opaque(self, token: str) -> tuple[str, str]:
-        match = _TOKEN.fullmatch(token)
-        assert match is not None  # require_token checked the shape
-        return match.group("descriptor"), match.group("value")
+        return opaque_data(token)  # require_token checked the shape
 
     # ---- charges ------------------------------------------------------------------------------
 

@@ -91,8 +91,10 @@ def test_a_config_without_its_secrets_is_refused_clearly(fake: AuthorizeNetFake)
     for missing in ("signature_key", "transaction_key", "api_login_id"):
         with pytest.raises(ValueError, match=missing):
             AuthorizeNetProvider("anet", {k: v for k, v in config(fake).items() if k != missing})
-    with pytest.raises(ValueError, match="https"):
-        AuthorizeNetProvider("anet", config(fake, api_base="http://gateway.example/xml/v1/request.api"))
+    for insecure in ("http://gateway.example/xml/v1/request.api", "http://127.0.0.1.example/xml/v1/request.api",
+                     "ftp://127.0.0.1/", "not a url"):
+        with pytest.raises(ValueError, match="https|URL"):
+            AuthorizeNetProvider("anet", config(fake, api_base=insecure))
 
 
 ACCEPT_JS_VALUE = (  # the shape of a real Accept.js dataValue: base64 of {"code":…,"token":…,"v":"1.1"}, 236 characters

@@ -245,8 +245,13 @@ class AuthorizeNetProvider:
             except ValueError:
                 raise ValueError("signature_key is not hex, yet signature_key_encoding is 'hex'") from None
         self.api_base = str(config.get("api_base") or DEFAULT_API_BASE)
-        if not self.api_base.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("api_base must be an https:// address")
+        try:
+            url = httpx.URL(self.api_base)
+        except (httpx.InvalidURL, TypeError):
+            raise ValueError("api_base is not a URL") from None
+        local = url.scheme == "http" and url.host in ("127.0.0.1", "localhost")
+        if not (url.scheme == "https" and url.host) and not local:
+            raise ValueError("api_base must be an https:// address (http:// only on 127.0.0.1 or localhost)")
         self.currency = normalize_currency(str(config.get("currency") or "USD"))
         self.duplicate_window = int(config.get("duplicate_window", DEFAULT_DUPLICATE_WINDOW))
         if not 0 <= self.duplicate_window <= 28800:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import PaymentWebhook
-from billfold.providers import registry
+from billfold.providers import base, registry
 from billfold.providers.authorizenet import AuthorizeNetProvider, opaque_data, opaque_token, short_reference, sign_webhook
 from billfold.providers.base import ChargeStatus, ProviderAdapter, RefundStatus
 from billfold.providers.errors import (
@@ -83,6 +83,7 @@ def test_the_kind_is_built_in_and_builds_without_a_network_call(fake: AuthorizeN
     adapter = registry.adapter_for("anet_us", {"kind": "authorizenet", **config(fake)})
     assert isinstance(adapter, AuthorizeNetProvider) and isinstance(adapter, ProviderAdapter)
     assert not adapter.capabilities.creates_before_charging and adapter.capabilities.currencies == {USD}
+    assert adapter.capabilities.webhook_events <= base.EVENT_TYPES
     assert adapter.timeout.connect == 0.5 and adapter.timeout.read == 0.5
     assert len(fake.requests) == before
 

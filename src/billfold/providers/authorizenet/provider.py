@@ -598,16 +598,16 @@ class AuthorizeNetProvider:
                                          code="refund_exceeds_captured")
         card = (details.get("payment") or {}).get("creditCard") or {}
         last4 = str(card.get("cardNumber") or "")[-4:]
-        request: dict[str, Any] = {
-            "transactionType": "refundTransaction", "amount": _amount_text(to_refund),
-            "payment": {"creditCard": {"cardNumber": last4, "expirationDate": "XXXX"}},
-        }
         profile = details.get("profile") or {}
+        request: dict[str, Any] = {"transactionType": "refundTransaction", "amount": _amount_text(to_refund)}
+        if last4:  # the card's last four, as Authorize.net requires for a refund
+            request["payment"] = {"creditCard": {"cardNumber": last4, "expirationDate": "XXXX"}}
+        elif profile.get("customerProfileId"):  # no card shown: refund to the saved profile instead
+            request["profile"] = {"customerProfileId": str(profile["customerProfileId"]),
+                                  "paymentProfile": {"paymentProfileId": str(profile.get("customerPaymentProfileId"))}}
         request["refTransId"] = charge_id
         request["order"] = {"invoiceNumber": f"R{charge_id}"[:REFERENCE_LENGTH],
-                            "description": f"billfold refund {tag}" + (f": {reason}" if reason else "")}
-        if profile.get("customerProfileId") and not last4:
-            request.pop("payment")
+                            "description": (f"billfold refund {tag}" + (f": {reason}" if reason else ""))[:255]}
         answer = self._call("createTransactionRequest", {"transactionRequest": request}, ref_id=tag)
         self._transaction_refused(answer, "refund")
         refund_id = str((answer.get("transactionResponse") or {}).get("transId"))

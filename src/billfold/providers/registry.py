@@ -22,6 +22,7 @@ AdapterFactory = Callable[[str, Mapping[str, Any]], ProviderAdapter]
 _BUILT_IN: dict[str, str] = {
     "sandbox": "billfold.providers.sandbox:SandboxProvider",
     "paypal": "billfold.providers.paypal:PayPalProvider",
+    "authorizenet": "billfold.providers.authorizenet:AuthorizeNetProvider",
 }
 
 _factories: dict[str, AdapterFactory] = {}

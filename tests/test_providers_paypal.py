@@ -533,3 +533,81 @@ def test_a_paypal_delivery_through_billfolds_webhook_endpoint(
     down = buyer.deliver(f"{api.url}/v1/webhooks/{unreachable}", "PAYMENT.CAPTURE.COMPLETED", capture_resource("5O190127TN364715T"))
     assert down["status"] == 503 and json.loads(down["body"])["code"] == "provider_unavailable"
     assert CLIENT_SECRET not in down["body"] and stored(engine, unreachable) == []
+
+
+# ---- through Billfold: checkout, approval, capture, refund ------------------------------------------
+
+
+def paypal_provider(api: Api, admin_token: str, paypal: PayPalFake) -> str:
+    provider_id = "pp_" + new_id("x")[-10:].lower()
+    with api.client(admin_token) as admin:
+        made = admin.post("/v1/payment-providers", json={
+            "id": provider_id, "kind": "paypal", "display_name": "PayPal",
+            "config": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "webhook_id": WEBHOOK_ID,
+                       "api_base": paypal.url, "timeout_seconds": 10},
+        })
+        assert made.status_code == 201, made.text
+    return provider_id
+
+
+def test_a_shop_order_is_paid_by_the_buyers_approval_at_paypal_and_refunded(
+    api: Api, engine: Engine, admin_token: str, paypal: PayPalFake, buyer: Buyer
+) -> None:
+    """A newcomer's path: configure PayPal, check an order out with no token (the answer carries
+    PayPal's approve link), the buyer approves at PayPal, the shop confirms: one capture, the order
+    paid; then refunded in part and in full through the admin API, at PayPal too."""
+    from tests.test_checkout import checkout, customer, order, product
+
+    provider_id = paypal_provider(api, admin_token, paypal)
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 2000), 1))
+    with api.client(ada.token) as client:
+        waiting = checkout(client, made["id"], provider_id=provider_id)
+        assert waiting.status_code == 202, waiting.text
+        payment = waiting.json()["payment"]
+        link = payment["next_action"]
+        assert link["type"] == "redirect_to_url" and link["url"].startswith(paypal.url), link
+        order_id = payment["provider_payment_id"]
+        buyer.approve(order_id)
+        paid = client.post(f"/v1/payments/{payment['id']}/confirm")
+        assert paid.status_code == 200, paid.text
+        assert paid.json()["order"]["status"] == "paid"
+    assert len([c for c in buyer.captured() if c.get("order_id") == order_id]) == 1, buyer.captured()
+    total = paid.json()["order"]["total_cents"]
+    with api.client(admin_token) as admin:
+        part = admin.post(f"/v1/payments/{payment['id']}/refunds", json={"amount_cents": 500})
+        assert part.status_code == 201, part.text
+        rest = admin.post(f"/v1/payments/{payment['id']}/refunds", json={})
+        assert rest.status_code == 201, rest.text
+        assert admin.get(f"/v1/orders/{made['id']}").json()["status"] == "refunded"
+    charge = make_adapter(paypal).get_charge(order_id)
+    assert (charge.amount_refunded.amount, charge.amount_captured.amount) == (total, total)
+
+
+def test_an_approval_paypal_reports_by_webhook_is_captured_without_the_shop(
+    api: Api, engine: Engine, admin_token: str, paypal: PayPalFake, buyer: Buyer
+) -> None:
+    """The buyer approves and closes the tab: PayPal's CHECKOUT.ORDER.APPROVED event reaches the
+    inbox, and its processing captures the order (once, however often it is delivered)."""
+    from billfold import worker
+    from billfold.config import Settings
+    from billfold.kit import sweeps as registry
+    from tests.test_checkout import checkout, customer, order, product
+
+    provider_id = paypal_provider(api, admin_token, paypal)
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 1200), 1))
+    with api.client(ada.token) as client:
+        waiting = checkout(client, made["id"], provider_id=provider_id)
+        assert waiting.status_code == 202, waiting.text
+    order_id = waiting.json()["payment"]["provider_payment_id"]
+    buyer.approve(order_id)
+    for _ in range(2):
+        delivered = buyer.deliver(f"{api.url}/v1/webhooks/{provider_id}", "CHECKOUT.ORDER.APPROVED",
+                                  {"id": order_id, "intent": "CAPTURE", "status": "APPROVED"}, resource_type="checkout-order")
+        assert delivered["status"] == 200, delivered
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=api.data_dir)
+    worker.catch_up(worker.make_context(settings, engine), sweeps=[registry.get("webhooks.process")])
+    with api.client(ada.token) as client:
+        assert client.get(f"/v1/orders/{made['id']}").json()["status"] == "paid"
+    assert len([c for c in buyer.captured() if c.get("order_id") == order_id]) == 1

@@ -146,7 +146,8 @@ def _prepare(
     payment = engine.start_payment(
         session, amount_cents=order.total_cents, currency=order.currency, provider_id=route.provider.id,
         method=route.method, user_id=order.user_id, organization_id=order.organization_id, order_id=order.id,
-        token=pay.token, customer_id=customer.provider_customer_id if customer else None, by=actor(principal),
+        token=pay.token, customer_id=customer.provider_customer_id if customer else None,
+        approval=route.adapter.capabilities.buyer_approval, by=actor(principal),
     )
     session.flush()
     return payment.id, False

@@ -37,6 +37,9 @@ class PaymentDetails:
     PaymentIntent, an order), stored before confirming it; ``provider_payment_id`` is set once an
     answer about it is recorded, so a payment with this and no ``provider_payment_id`` is one whose
     outcome was never heard."""
+    approval: str | None = None
+    """``provider``: paid with no token or saved method; the customer approves the payment on the
+    provider's own page (``capabilities.buyer_approval``, PayPal)."""
     provider_payment_method_id: str | None = None
     provider_customer_id: str | None = None
     invoice_id: str | None = None
@@ -87,8 +90,9 @@ class PaymentDetails:
 
     @property
     def chargeable(self) -> bool:
-        """Whether there is something to charge: a one-time token or a saved method."""
-        return bool(self.token or self.provider_payment_method_id)
+        """Whether there is something to charge: a one-time token, a saved method, or the customer's
+        approval on the provider's page."""
+        return bool(self.token or self.provider_payment_method_id or self.approval)
 
 
 _KINDS: dict[str, type] = {

@@ -218,15 +218,18 @@ def start_payment(
     token: str | None = None,
     customer_id: str | None = None,
     details: PaymentDetails | None = None,
+    approval: bool = False,
     by: str | None,
 ) -> Payment:
     """A new ``pending`` payment of ``amount_cents`` for an order or a subscription, through
     ``provider_id`` with a saved ``method`` (at the provider's customer ``customer_id``) or a
-    one-time ``token``; added to the session with its event, not flushed. Its id makes its
+    one-time ``token`` (or, with ``approval``, neither: the customer approves it on the provider's
+    page); added to the session with its event, not flushed. Its id makes its
     provider key."""
     stored = (details or PaymentDetails()).but(
         provider_status="created",
         token=token,
+        approval="provider" if approval and not token and method is None else None,
         provider_payment_method_id=method.provider_payment_method_id if method else None,
         provider_customer_id=customer_id if method else None,
     )

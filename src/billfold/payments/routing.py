@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from billfold.accounts.addresses import Owner
 from billfold.accounts.security import Security
-from billfold.kit.errors import InvalidInput
+from billfold.kit.errors import BillfoldError, InvalidInput
 from billfold.models import Payment, PaymentMethod, PaymentProvider
 from billfold.payments import methods, provider_config
 from billfold.providers.base import Capabilities, ProviderAdapter
@@ -60,7 +60,9 @@ def route(
             errors=[{"field": "token", "message": "give payment_method_id or token"}],
         )
     method = None
-    if pay.token is None:
+    if pay.token is None and not pay.payment_method_id and pay.provider_id and approves(session, security, pay.provider_id):
+        pass  # the customer approves the payment on the provider's page: no token or method needed
+    elif pay.token is None:
         method = (
             methods.method_for_charge(session, owner, pay.payment_method_id)
             if pay.payment_method_id
@@ -85,6 +87,15 @@ def route(
     adapter = provider_config.adapter_for_provider(session, security, provider.id)
     require_charge(adapter.capabilities, provider.id, currency, token=pay.token)
     return Route(method, provider, adapter)
+
+
+def approves(session: Session, security: Security, provider_id: str) -> bool:
+    """Whether ``provider_id`` is an active provider paid by the customer's approval on its own page."""
+    try:
+        adapter = provider_config.adapter_for_provider(session, security, provider_id)
+    except BillfoldError:
+        return False  # refused with its own reason below, where the provider is looked up
+    return adapter.capabilities.buyer_approval
 
 
 def require_charge(capabilities: Capabilities, provider_id: str, currency: str, *, token: str | None = None) -> None:

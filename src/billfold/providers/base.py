@@ -251,6 +251,7 @@ class WebhookEvent:
 FEATURES = (
     "saved_methods", "off_session_charges", "separate_capture", "partial_capture", "refunds",
     "partial_refunds", "customer_actions", "provider_subscriptions", "creates_before_charging", "disputes",
+    "buyer_approval",
 )
 
 
@@ -275,6 +276,9 @@ class Capabilities:
     # provider honouring an idempotency key.
     creates_before_charging: bool = False
     disputes: bool = False  # the adapter has ``get_dispute`` (see ``ReadsDisputes``)
+    # Paid with neither a token nor a saved method: the customer approves the payment on the
+    # provider's own page (PayPal's approve link, as ``next_action``), then it is confirmed.
+    buyer_approval: bool = False
     currencies: frozenset[str] | None = None  # None: every currency Billfold knows
     webhook_events: frozenset[str] = frozenset()
     # What the provider's one-time tokens look like (Stripe pm_…/tok_…, the sandbox's test tokens):

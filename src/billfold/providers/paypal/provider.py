@@ -207,7 +207,7 @@ class PayPalProvider:
         self.capabilities = Capabilities(
             saved_methods=True, off_session_charges=True, separate_capture=True, partial_capture=True,
             refunds=True, partial_refunds=True, customer_actions=True, provider_subscriptions=False,
-            creates_before_charging=True, disputes=True, currencies=CURRENCIES_ACCEPTED,
+            creates_before_charging=True, disputes=True, buyer_approval=True, currencies=CURRENCIES_ACCEPTED,
             webhook_events=frozenset(EVENTS),
             # A PayPal id (a vault setup token, say): upper-case letters, digits, '-' and '_'.
             token_pattern=r"[0-9A-Z][0-9A-Z_-]{5,254}",

@@ -107,6 +107,7 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
     # Two-step charges (create_charge, then confirm), as Stripe's and PayPal's adapters make them:
     # off unless ``config["two_step"]``, so the engine's two paths are both run on the sandbox.
     features["creates_before_charging"] = bool(config.get("two_step")) and "creates_before_charging" not in disabled
+    features["buyer_approval"] = False  # the sandbox is paid with its test tokens
     currencies = config.get("currencies")
     return Capabilities(
         **features,

@@ -21,6 +21,7 @@ AdapterFactory = Callable[[str, Mapping[str, Any]], ProviderAdapter]
 # Built-in kinds are imported on first use, so a missing optional SDK breaks only its own kind.
 _BUILT_IN: dict[str, str] = {
     "sandbox": "billfold.providers.sandbox:SandboxProvider",
+    "stripe": "billfold.providers.stripe:StripeProvider",
 }
 
 _factories: dict[str, AdapterFactory] = {}

@@ -10,7 +10,6 @@ processed by the worker (``billfold.webhooks.processing``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,7 +42,9 @@ def receive_webhook(
     events received: refunds and disputes of its payments go on."""
     adapter = provider_config.adapter_for_provider(session, security, provider_id, require_active=False)
     event = adapter.verify_webhook(body, headers)
-    return store_event(session, provider_id, event, json.loads(body))
+    # The normalised event is stored, as processing reads it (WebhookEvent.from_dict): for the
+    # sandbox it is the body itself; a Stripe event's own object is kept in its data.
+    return store_event(session, provider_id, event, event.to_dict())
 
 
 def store_event(session: Session, provider_id: str, event: WebhookEvent, payload: object) -> Received:

@@ -31,6 +31,7 @@ from billfold.providers.base import (
     ProviderAdapter,
     ReadsDisputes,
     RefundStatus,
+    WebhookEvent,
 )
 from billfold.providers.errors import (
     Declined,
@@ -445,8 +446,11 @@ def test_localstripe_delivers_a_signed_event_that_billfold_verifies_and_stores(
                 break
             time.sleep(0.2)
         assert mine, f"localstripe's event never arrived: {stored}"
-        event_id, event_type, _ = mine[0]
+        event_id, event_type, payload = mine[0]
         assert event_id.startswith("evt_") and event_type == "charge.succeeded"
+        stored_event = WebhookEvent.from_dict(payload if isinstance(payload, dict) else json.loads(payload))
+        assert (stored_event.id, stored_event.object_type, stored_event.object_id) == (event_id, "charge", paid.id)
+        assert stored_event.data["object"] == "payment_intent", "Stripe's own object is kept"
         with engine.connect() as connection:
             forged_rows = connection.execute(sa.text(
                 "SELECT count(*) FROM payment_webhooks WHERE provider_event_id = 'evt_forged'")).scalar_one()
@@ -551,3 +555,66 @@ def test_unsupported_is_refused_before_any_call() -> None:
     assert provider.capabilities.partial_refunds and provider.capabilities.off_session_charges
     with pytest.raises(NotSupported):
         provider.capabilities.require("provider_subscriptions")
+
+
+# ---- end to end ------------------------------------------------------------------------------------
+
+
+def add_stripe_provider(api: Api, admin_token: str, localstripe: LocalStripe) -> str:
+    provider_id = "stripe_" + new_id("x")[-10:].lower()
+    with api.client(admin_token) as admin:
+        made = admin.post("/v1/payment-providers", json={
+            "id": provider_id, "kind": "stripe", "display_name": "Stripe (localstripe)",
+            "config": {"secret_key": SECRET_KEY, "webhook_secret": WEBHOOK_SECRET, "api_base": localstripe.url,
+                       "localstripe": True},
+        })
+    assert made.status_code == 201, made.text
+    return provider_id
+
+
+def test_an_order_is_paid_and_refunded_through_stripe(api: Api, engine: Engine, admin_token: str, localstripe: LocalStripe) -> None:
+    from tests.test_checkout import checkout, customer, order, product
+
+    provider_id = add_stripe_provider(api, admin_token, localstripe)
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 2500, currency="EUR"), 1))
+    with api.client(ada.token) as client:
+        paid = checkout(client, made["id"], token=localstripe.card(), provider_id=provider_id)
+        assert paid.status_code == 200, paid.text
+        payment = paid.json()["payment"]
+        assert payment["status"] == "completed" and payment["provider_id"] == provider_id
+    [intent] = localstripe.payment_intents_with("payment_id", payment["id"])
+    assert intent["status"] == "succeeded" and intent["amount"] == made["total_cents"]
+    assert len(localstripe.charges_of(intent["id"])) == 1
+    with api.client(admin_token) as admin:
+        part = admin.post(f"/v1/payments/{payment['id']}/refunds", json={"amount_cents": 1000})
+        assert part.status_code == 201, part.text
+        assert part.json()["status"] == "succeeded"
+        rest = admin.post(f"/v1/payments/{payment['id']}/refunds", json={})
+        assert rest.status_code == 201 and rest.json()["amount_cents"] == made["total_cents"] - 1000
+    refunded = StripeProvider(provider_id, config(localstripe.url)).get_charge(intent["id"])
+    assert refunded.amount_refunded == refunded.amount_captured == Money(made["total_cents"], "EUR")
+
+
+def test_three_d_secure_and_a_decline_through_the_api_with_stripe(
+    api: Api, engine: Engine, admin_token: str, localstripe: LocalStripe,
+) -> None:
+    from tests.test_checkout import checkout, customer, order, product
+    from tests.test_organizations import assert_problem
+
+    provider_id = add_stripe_provider(api, admin_token, localstripe)
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 1500, currency="EUR"), 1))
+    with api.client(ada.token) as client:
+        declined = checkout(client, made["id"], token=localstripe.card("4000000000000341"), provider_id=provider_id)
+        assert assert_problem(declined, 402, "payment_declined")["decline_code"] == "generic_decline"
+        waiting = checkout(client, made["id"], token=localstripe.card("4000002500003155"), provider_id=provider_id)
+        assert waiting.status_code == 202, waiting.text
+        payment = waiting.json()["payment"]
+        assert payment["next_action"]["type"] == "use_stripe_sdk"
+        [intent] = localstripe.payment_intents_with("payment_id", payment["id"])
+        localstripe.authenticate(intent["id"])
+        confirmed = client.post(f"/v1/payments/{payment['id']}/confirm")
+        assert confirmed.status_code == 200, confirmed.text
+        assert confirmed.json()["order"]["status"] == "paid"
+    assert len(localstripe.charges_of(intent["id"])) == 1

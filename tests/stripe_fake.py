@@ -5,6 +5,7 @@ PaymentMethod, pass 3-D Secure), a proxy that loses an answer, and a server that
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import sys
@@ -131,6 +132,8 @@ class LosingProxy:
         self.http = httpx.Client(base_url=target, timeout=10)
         self.lose: str | None = None  # a path ending: the next such request is forwarded, its answer lost
         self.lost: list[str] = []
+        # (path ending, status, body): the next request to such a path is answered so, not forwarded
+        self.answers: list[tuple[str, int, dict[str, Any]]] = []
 
     def handler(self) -> type[http.server.BaseHTTPRequestHandler]:
         proxy = self
@@ -141,6 +144,18 @@ class LosingProxy:
 
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                answer = next((a for a in proxy.answers if path.endswith(a[0])), None)
+                if answer is not None:  # Stripe's error answers, as it sends them
+                    proxy.answers.remove(answer)
+                    _, status, payload = answer
+                    content = json.dumps(payload).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(content)))
+                    self.end_headers()
+                    self.wfile.write(content)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
                 answer = proxy.http.request(self.command, self.path, content=body, headers=headers)
                 if proxy.lose and self.path.split("?")[0].endswith(proxy.lose):

@@ -327,6 +327,45 @@ def test_a_stripe_that_does_not_answer_times_out_with_the_outcome_unknown() -> N
     assert hung.value.sent is True
 
 
+@pytest.mark.parametrize("status, error, expected, code", [
+    (500, {"type": "api_error", "message": "An unknown error occurred"}, ProviderUnavailable, "provider_unavailable"),
+    (503, {"type": "api_error"}, ProviderUnavailable, "provider_unavailable"),
+    (429, {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}, ProviderUnavailable, "provider_unavailable"),
+    (400, {"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters"},
+     IdempotencyMismatch, "idempotency_mismatch"),
+    (404, {"type": "invalid_request_error", "code": "resource_missing", "message": "No such payment_intent"},
+     ProviderObjectNotFound, "provider_object_not_found"),
+    (400, {"type": "invalid_request_error", "code": "parameter_invalid_integer", "message": "Invalid integer"},
+     InvalidProviderRequest, "invalid_provider_request"),
+    (403, {"type": "invalid_request_error", "message": "The provided key 'rk_test_***abc' does not have access"},
+     InvalidProviderRequest, "provider_credentials_rejected"),
+])
+def test_stripe_error_answers_become_billfold_errors(
+    localstripe: LocalStripe, status: int, error: dict[str, Any], expected: type[Exception], code: str,
+) -> None:
+    with losing_answers(localstripe.url) as proxy:
+        provider = StripeProvider("stripe", config(proxy.url))
+        proxy.answers.append(("", status, {"error": error}))
+        with pytest.raises(expected) as raised:
+            provider.get_charge("pi_whatever")
+    assert raised.value.code == code and "rk_test" not in str(raised.value)
+    if expected is ProviderUnavailable:
+        assert raised.value.sent is True, "Stripe answered: something may have happened"
+
+
+def test_a_card_error_keeps_stripes_decline_code(localstripe: LocalStripe) -> None:
+    with losing_answers(localstripe.url) as proxy:
+        provider = StripeProvider("stripe", config(proxy.url))
+        created = provider.create_charge(amount=eur(700), token=localstripe.card(), idempotency_key=key())
+        proxy.answers.append(("/confirm", 402, {"error": {"type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
+                                              "message": "Your card has insufficient funds.", "payment_intent": {"id": created.id}}}))
+        with pytest.raises(Declined) as declined:
+            provider.confirm(charge_id=created.id, idempotency_key=key())
+    assert declined.value.decline_code is DeclineCode.INSUFFICIENT_FUNDS and not declined.value.hard
+    assert declined.value.charge is not None and declined.value.charge.id == created.id
+    assert "insufficient funds" in declined.value.detail
+
+
 def test_the_retry_rule_a_lost_confirm_is_settled_by_the_stored_id_with_one_charge(localstripe: LocalStripe) -> None:
     """The PaymentIntent is created and its id kept; the confirm reaches Stripe and moves the
     money, and the answer is lost. The retry fetches the kept id and confirms nothing again."""

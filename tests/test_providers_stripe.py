@@ -169,6 +169,12 @@ def test_a_saved_card_is_charged_and_read_back(stripe: StripeProvider, localstri
     assert paid.id in [c.id for c in window]
     assert paid.id not in [c.id for c in stripe.list_charges(paid.created + timedelta(seconds=1))]
     assert paid.id not in [c.id for c in stripe.list_charges(None, paid.created)]
+    for _ in range(2):
+        stripe.create_charge(amount=eur(100), token=localstripe.card(), idempotency_key=key())
+    everything = stripe.list_charges()
+    stripe.page_size = 2  # every page is read, whatever its size
+    assert [c.id for c in stripe.list_charges()] == [c.id for c in everything] and len(everything) > 2
+    assert [c.created for c in everything] == sorted(c.created for c in everything), "oldest first"
     with pytest.raises(ProviderObjectNotFound):
         stripe.get_charge("pi_doesnotexist")
 

@@ -106,6 +106,7 @@ class StripeProvider:
             base_addresses={"api": api_base.rstrip("/")} if api_base else None,
         )
         self.capabilities = stripe_capabilities()
+        self.page_size = 100  # Stripe's largest page; lists read every page
 
     def close(self) -> None:
         self._http.close()
@@ -319,7 +320,7 @@ class StripeProvider:
 
     def _refund_with_key(self, charge_id: str, idempotency_key: str) -> RefundResult | None:
         with self._translated():
-            refunds = self._client.v1.refunds.list({"payment_intent": charge_id, "limit": 100})
+            refunds = self._client.v1.refunds.list({"payment_intent": charge_id, "limit": self.page_size})
             for refund in refunds.auto_paging_iter():
                 data = refund.to_dict()
                 if (data.get("metadata") or {}).get(KEY_FIELD) == idempotency_key:
@@ -361,7 +362,7 @@ class StripeProvider:
             return []
 
     def _intents(self, start: datetime | None, end: datetime | None, limit: int | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"limit": 100, "expand": ["data.latest_charge"]}
+        params: dict[str, Any] = {"limit": self.page_size, "expand": ["data.latest_charge"]}
         if not self.localstripe and (start or end):  # localstripe lists PaymentIntents without filters
             params["created"] = _created(start, end)
         return self._collect(lambda p: self._client.v1.payment_intents.list(p), params, start, end, limit)
@@ -380,7 +381,7 @@ class StripeProvider:
         return [mapping.charge_from_payment_intent(intent) for intent in _oldest_first(intents)]
 
     def list_refunds(self, created_from: datetime | None = None, created_to: datetime | None = None) -> list[RefundResult]:
-        params: dict[str, Any] = {"limit": 100}
+        params: dict[str, Any] = {"limit": self.page_size}
         if not self.localstripe and (created_from or created_to):
             params["created"] = _created(created_from, created_to)
         refunds = self._collect(lambda p: self._client.v1.refunds.list(p), params, created_from, created_to)

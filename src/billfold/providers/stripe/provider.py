@@ -99,7 +99,7 @@ class StripeProvider:
             raise ConfigurationError(f"Stripe provider {provider_id!r}: 'api_base' must be an http(s) address")
         connect = _seconds(config, "connect_timeout_seconds", DEFAULT_CONNECT_TIMEOUT, provider_id)
         read = _seconds(config, "timeout_seconds", DEFAULT_READ_TIMEOUT, provider_id)
-        self.localstripe = bool(config.get("localstripe", False))
+        self.localstripe = config.get("localstripe") in (True, "true")
         self._http = stripe.HTTPXClient(timeout=httpx.Timeout(read, connect=connect), allow_sync_methods=True)
         self._client = stripe.StripeClient(
             secret_key, stripe_version=API_VERSION, max_network_retries=0, http_client=self._http,

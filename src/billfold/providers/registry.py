@@ -23,6 +23,7 @@ _BUILT_IN: dict[str, str] = {
     "sandbox": "billfold.providers.sandbox:SandboxProvider",
     "paypal": "billfold.providers.paypal:PayPalProvider",
     "authorizenet": "billfold.providers.authorizenet:AuthorizeNetProvider",
+    "stripe": "billfold.providers.stripe:StripeProvider",
 }
 
 _factories: dict[str, AdapterFactory] = {}

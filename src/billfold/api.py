@@ -142,6 +142,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.state.security = Security.from_settings(settings)
     mailer.configure(app.state.sessions, settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
+    # First: providers' deliveries are the busiest route, and routes are matched in order.
+    app.include_router(webhooks_api.router)
     app.include_router(accounts_api.router)
     app.include_router(organizations_api.router)
     app.include_router(two_factor_api.router)
@@ -151,7 +153,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.include_router(subscriptions_api.router)
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
-    app.include_router(webhooks_api.router)
     app.include_router(clock_api.router)
 
     @app.exception_handler(BillfoldError)

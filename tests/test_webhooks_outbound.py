@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,14 +27,18 @@ from sqlalchemy.engine import Engine
 from standardwebhooks import Webhook
 
 from billfold import worker
+from billfold.accounts.security import Security
 from billfold.audit import audit
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit import sweeps as registry
 from billfold.kit.db import session_factory, transaction
-from billfold.models import Order, WebhookDelivery
+from billfold.models import Order, Payment, Subscription, WebhookDelivery
+from billfold.notify import endpoints, outbox
 from billfold.notify.delivery import SCHEDULE
 from billfold.orders.states import ORDER
+from billfold.providers import standard_webhooks
+from tests import subscribing
 from tests.accounts import Api
 from tests.server import serving
 from tests.test_checkout import checkout, customer, order, product
@@ -320,3 +325,67 @@ def test_a_change_rolled_back_tells_nothing(shop: Shop, receiver: Receiver) -> N
         raise RuntimeError("the change fails after its webhook was queued")
     assert shop.sweep() == 0 or receiver.received == []
     assert receiver.received == [] and shop.deliveries(made["id"]) == []
+
+
+@pytest.fixture
+def subscriptions(engine: Engine, tmp_path: Path, frozen_clock: clock.FrozenClock) -> Iterator[subscribing.Shop]:
+    """The subscription tests' shop (tests/subscribing.py), its worker allowed loopback targets."""
+    with serving(engine, tmp_path, sign_in_attempts_per_address=1000, session_days=3650) as url:
+        settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path,
+                            webhook_targets_allow=ALLOW)
+        yield subscribing.Shop(Api(url, tmp_path), engine, registry.Context(session_factory(engine), settings, Security.from_settings(settings)))
+    with transaction(session_factory(engine)) as session:  # nothing left due for the next test's sweeps
+        session.execute(sa.update(Payment).where(Payment.subscription_id.is_not(None), Payment.status == "pending").values(status="failed"))
+        session.execute(sa.update(Subscription).where(Subscription.status != "cancelled").values(status="cancelled"))
+
+
+def test_a_subscription_created_and_renewed_is_told(
+    subscriptions: subscribing.Shop, receiver: Receiver, frozen_clock: clock.FrozenClock
+) -> None:
+    shop = subscriptions
+    with transaction(shop.context.sessions) as session:
+        endpoint, secret = endpoints.create_endpoint(
+            session, shop.context.security, url=receiver.url,
+            types=["subscription.created", "subscription.renewed", "invoice.paid"],
+        )
+    try:
+        sub = shop.subscribe(shop.customer("ada"), shop.product(1000))
+        frozen_clock.advance(timedelta(days=29))  # the first month has ended
+        assert shop.sweep("renew") == 1
+        deliver = registry.get("webhooks.deliver").run
+        while deliver(shop.context):
+            pass
+    finally:
+        with transaction(shop.context.sessions) as session:
+            endpoints.update_endpoint(session, shop.context.security, endpoint.id, {"is_active": False})
+    for request in receiver.received:
+        standard_webhooks.verify(secret, request.body, request.headers)
+    told = [r.payload for r in receiver.received]
+    assert Counter(p["type"] for p in told) == {"subscription.created": 1, "invoice.paid": 2, "subscription.renewed": 1}
+    created = next(p["data"] for p in told if p["type"] == "subscription.created")
+    renewed = next(p["data"] for p in told if p["type"] == "subscription.renewed")
+    assert created["id"] == renewed["id"] == sub["id"] and renewed["status"] == "active"
+    assert renewed["event"]["invoice_id"] in {p["data"]["id"] for p in told if p["type"] == "invoice.paid"}
+
+
+def test_which_audit_events_are_told() -> None:
+    told = {
+        ("order", "order.paid", None): "order.paid",
+        ("payment", "payment.failed", "pending"): "payment.failed",
+        ("refund", "refund.succeeded", "pending"): "refund.succeeded",
+        ("subscription", "subscription.trialing", None): "subscription.created",
+        ("subscription", "subscription.renewed", None): "subscription.renewed",
+        ("subscription", "subscription.past_due", "active"): "subscription.past_due",
+        ("subscription", "subscription.cancelled", "active"): "subscription.cancelled",
+        ("invoice", "invoice.paid", "open"): "invoice.paid",
+        ("membership", "membership.active", None): "membership.started",
+        ("membership", "membership.active", "pending"): "membership.started",
+        ("membership", "membership.expired", "active"): "membership.expired",
+        ("membership", "membership.active", "expired"): None,  # renewed by its subscription: told as subscription.renewed
+        ("subscription", "subscription.active", "trialing"): None,
+        ("payment", "payment.completed", "pending"): None,
+        ("user", "signed_in", None): None,
+    }
+    for (entity, event, was), expected in told.items():
+        assert outbox.outgoing_type(entity, event, {"from": was}) == expected, (entity, event, was)
+    assert set(v for v in told.values() if v) == set(outbox.EVENT_TYPES)

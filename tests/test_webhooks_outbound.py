@@ -389,3 +389,27 @@ def test_which_audit_events_are_told() -> None:
     for (entity, event, was), expected in told.items():
         assert outbox.outgoing_type(entity, event, {"from": was}) == expected, (entity, event, was)
     assert set(v for v in told.values() if v) == set(outbox.EVENT_TYPES)
+
+
+@pytest.mark.every_database  # the claim's row locks (SKIP LOCKED) keep two workers off each other's deliveries
+def test_two_workers_deliver_each_event_once(shop: Shop, receiver: Receiver) -> None:
+    made = shop.register(receiver.url, ["*"])
+    with transaction(session_factory(shop.engine)) as session:
+        for n in range(12):
+            audit(session, "invoice", f"inv_race_{n}_{made['id']}", "invoice.paid", **{"from": "open", "to": "paid"})
+    settings = Settings(database_url=shop.engine.url.render_as_string(hide_password=False), data_dir=shop.api.data_dir,
+                        webhook_targets_allow=ALLOW)
+    contexts = [worker.make_context(settings, shop.engine) for _ in range(2)]
+    from billfold.notify.delivery import deliver_webhooks
+
+    done: list[int] = []
+    threads = [threading.Thread(target=lambda c=c: done.append(deliver_webhooks(c, limit=4))) for c in contexts * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    while shop.sweep():
+        pass
+    ids = [r.headers["webhook-id"] for r in receiver.received]
+    assert len(ids) == len(set(ids)) == 12, "each event sent once"
+    assert {d["status"] for d in shop.deliveries(made["id"])} == {"delivered"}

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, aliased
 from billfold import __version__, mailer
 from billfold.kit import clock
 from billfold.kit.db import transaction
+from billfold.kit.db.dialects import for_update
 from billfold.kit.db.types import UTCDateTime
 from billfold.kit.sweeps import Context, backoff, claim_batch, sweep
 from billfold.models import User
@@ -190,16 +191,22 @@ def _release(context: Context, delivery_ids: list[str]) -> None:
 
 def _record(context: Context, job: Job, attempted_at: datetime, outcome: Outcome) -> None:
     with transaction(context.sessions) as session:
+        # The endpoint first, locked: every recorder of its deliveries takes the same locks in the
+        # same order (endpoint, then delivery), so two workers recording side by side never deadlock.
+        endpoint = session.scalars(
+            for_update(sa.select(WebhookEndpoint).where(WebhookEndpoint.id == job.endpoint_id), session)
+        ).one_or_none()
+        delivery = session.scalars(
+            for_update(sa.select(WebhookDelivery).where(WebhookDelivery.id == job.delivery_id), session)
+        ).one_or_none()
+        if delivery is None or endpoint is None:  # deleted with its endpoint while it was being sent
+            return
         session.add(
             WebhookDeliveryAttempt(
                 delivery_id=job.delivery_id, attempted_at=attempted_at, status_code=outcome.status_code,
                 error=outcome.error, latency_ms=outcome.latency_ms, response_excerpt=outcome.excerpt,
             )
         )
-        delivery = session.get(WebhookDelivery, job.delivery_id)
-        endpoint = session.get(WebhookEndpoint, job.endpoint_id)
-        if delivery is None or endpoint is None:
-            return
         now = clock.now()
         delivery.attempts += 1
         delivery.last_status_code, delivery.last_error, delivery.updated_at = outcome.status_code, outcome.error, now

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from billfold.accounts.security import Security
 from billfold.audit import audit
 from billfold.kit import clock, crypto
+from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Conflict, InvalidInput, NotFound
 from billfold.kit.ids import new_id
 from billfold.models.notify import WebhookDelivery, WebhookEndpoint
@@ -59,8 +60,13 @@ def event_types(given: Iterable[str], field: str = "event_types") -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def get_endpoint(session: Session, endpoint_id: str) -> WebhookEndpoint:
-    row = session.get(WebhookEndpoint, endpoint_id) if endpoint_id and "\x00" not in endpoint_id else None
+def get_endpoint(session: Session, endpoint_id: str, *, lock: bool = False) -> WebhookEndpoint:
+    """The endpoint; ``lock``: locked for a change (an endpoint is always locked before its
+    deliveries, as the delivery sweep does, so the two never deadlock)."""
+    row = None
+    if endpoint_id and "\x00" not in endpoint_id:
+        statement = sa.select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+        row = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
     if row is None:
         raise NotFound(f"no webhook endpoint {endpoint_id}")
     return row
@@ -89,7 +95,7 @@ def create_endpoint(
 def update_endpoint(session: Session, security: Security, endpoint_id: str, changes: dict[str, Any]) -> WebhookEndpoint:
     """Change url, description, event_types or is_active. Turning an endpoint back on clears why
     it was disabled and its failure streak; turning it off cancels its pending deliveries."""
-    row = get_endpoint(session, endpoint_id)
+    row = get_endpoint(session, endpoint_id, lock=True)
     changed = []
     if "url" in changes and changes["url"] != row.url:
         targets.check(changes["url"], security.settings.webhook_targets_allow)
@@ -120,7 +126,7 @@ def update_endpoint(session: Session, security: Security, endpoint_id: str, chan
 
 def rotate_secret(session: Session, security: Security, endpoint_id: str) -> tuple[WebhookEndpoint, str]:
     """A new secret (shown this once); the old one signs nothing from now on."""
-    row = get_endpoint(session, endpoint_id)
+    row = get_endpoint(session, endpoint_id, lock=True)
     secret, row.secret = _seal(security, row.id)
     row.updated_at = clock.now()
     session.flush()
@@ -130,7 +136,7 @@ def rotate_secret(session: Session, security: Security, endpoint_id: str) -> tup
 
 def delete_endpoint(session: Session, endpoint_id: str) -> None:
     """Delete the endpoint with its deliveries and their attempts."""
-    row = get_endpoint(session, endpoint_id)
+    row = get_endpoint(session, endpoint_id, lock=True)
     url = row.url
     session.delete(row)
     session.flush()
@@ -164,8 +170,8 @@ def redeliver(session: Session, delivery_id: str) -> WebhookDelivery:
     """Send the delivery again, whatever became of it: pending and due at once, with the same
     ``webhook-id``, for the worker's next round (an older pending delivery of the same entity to
     the same endpoint still goes first). 409 when its endpoint is disabled."""
+    endpoint = get_endpoint(session, get_delivery(session, delivery_id).endpoint_id, lock=True)
     row = get_delivery(session, delivery_id)
-    endpoint = session.get_one(WebhookEndpoint, row.endpoint_id)
     if not endpoint.is_active:
         raise EndpointDisabled(
             f"webhook endpoint {endpoint.id} is disabled ({endpoint.disabled_reason or 'no reason given'}); "

@@ -287,6 +287,13 @@ def test_private_loopback_and_link_local_targets_are_refused(api: Api, shop: Sho
     [delivery] = shop.deliveries(made["id"])
     assert delivery["status"] == "pending" and "loopback" in delivery["attempts"][0]["error"]
     assert delivery["attempts"][0]["status_code"] is None
+    with shop.api.client(shop.admin.token) as client:  # a changed URL is checked as a new one is
+        assert_problem(client.patch(f"/v1/webhook-endpoints/{made['id']}", json={"url": "http://10.1.2.3/x"}),
+                       422, "webhook_target_refused", "url")
+        assert shop.endpoint(made["id"])["url"] == receiver.url
+        assert client.delete(f"/v1/webhook-endpoints/{made['id']}").status_code == 204
+        assert_problem(client.get(f"/v1/webhook-endpoints/{made['id']}"), 404, "not_found")
+    shop.endpoints.remove(made["id"])
 
 
 def test_an_endpoint_that_keeps_failing_is_disabled_and_the_admins_are_emailed(shop: Shop, receiver: Receiver) -> None:

@@ -47,7 +47,7 @@ GROUPS = {
     "organizations": r"^/v1/organizations(/|$)",
     "people": r"^/v1/(users|auth|invitations|api-keys|admin)(/|$)|^/(?!v1/)",
     "commerce": r"^/v1/(products|categories|membership-types|memberships|orders|payments|payment-providers"
-                r"|payment-methods|invoices|credit-notes|subscriptions|webhooks)(/|$)",
+                r"|payment-methods|invoices|credit-notes|subscriptions|webhooks|webhook-endpoints|webhook-deliveries)(/|$)",
 }
 ROLES = ("admin", "customer")
 

@@ -43,6 +43,7 @@ from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.webhooks import api as webhooks_api
+from billfold.notify import api as notify_api
 from billfold.config import Settings, get_settings
 from billfold import clock_api, instance
 from billfold.kit import clock
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.include_router(subscriptions_api.router)
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
+    app.include_router(notify_api.router)
     app.include_router(clock_api.router)
 
     @app.exception_handler(BillfoldError)

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         "in `billfold worker` processes; off: nowhere (for tests). Unset: embedded on SQLite without a broker, "
         "external otherwise.",
     )
+    webhook_targets_allow: list[Literal["loopback", "private", "link_local"]] = Field(
+        [],
+        description="Webhooks out: the kinds of address an endpoint may resolve to besides public ones, as JSON: "
+        '["loopback"] (127.0.0.0/8, ::1), "private" (10/8, 172.16/12, 192.168/16, fc00::/7), "link_local" '
+        "(169.254/16, fe80::/10, where cloud metadata services live). Empty: public addresses only. "
+        "Multicast, reserved and unspecified addresses are always refused.",
+    )
     worker_tick: float = Field(5.0, gt=0, description="Seconds between the worker's rounds of due sweeps.")
     broker_url: str | None = Field(
         None,

@@ -42,6 +42,7 @@ from billfold.kit.errors import ConfigurationError, Conflict
 from billfold.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.sweeps import Context, Sweep
 from billfold.mailer import deliver_mail
+from billfold.notify.delivery import deliver_webhooks
 from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.sweeps import settle_unknown_order_payments
 from billfold.payments.refunds import settle_pending_refunds
@@ -64,6 +65,7 @@ SWEEPS: tuple[Callable[[Context], int], ...] = (
     retry_past_due_subscriptions,
     renew_due_subscriptions,
     end_due_trials,
+    deliver_webhooks,  # after the sweeps whose changes it tells of
     deliver_mail,  # last: a round sends the mail its sweeps wrote
 )
 """Every sweep the worker runs, in the order a round runs them: one line each. Imported by name,

@@ -94,9 +94,10 @@ RETRY_BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=1
 then the last wait again (mail in the outbox, webhook events in the inbox)."""
 
 
-def backoff(attempts: int) -> timedelta:
-    """The wait after the ``attempts``-th failed attempt."""
-    return RETRY_BACKOFF[min(max(attempts, 1), len(RETRY_BACKOFF)) - 1]
+def backoff(attempts: int, schedule: Sequence[timedelta] = RETRY_BACKOFF) -> timedelta:
+    """The wait after the ``attempts``-th failed attempt, by ``schedule`` (default: the sweeps'
+    one, ``RETRY_BACKOFF``; webhooks out have a longer one)."""
+    return schedule[min(max(attempts, 1), len(schedule)) - 1]
 
 
 def claim_batch(session: Session, statement: Select[Any], limit: int) -> Sequence[Any]:

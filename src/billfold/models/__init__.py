@@ -13,6 +13,7 @@ from billfold.models.instance import InstanceMark
 from billfold.models.invoices import Invoice
 from billfold.models.mail import OutboxEmail
 from billfold.models.memberships import MembershipType, UserMembership
+from billfold.models.notify import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from billfold.models.orders import Order, OrderItem
 from billfold.models.payments import Payment
 from billfold.models.providers import PaymentMethod, PaymentProvider, ProviderCustomer
@@ -56,4 +57,7 @@ __all__ = [
     "User",
     "UserCohort",
     "UserMembership",
+    "WebhookDelivery",
+    "WebhookDeliveryAttempt",
+    "WebhookEndpoint",
 ]

@@ -318,6 +318,8 @@ def record_outcome(
         if subscription.status in ("trialing", "past_due"):
             SUBSCRIPTION.move(session, subscription, "active", by=by, invoice_id=invoice.id, payment_id=payment.id)
         dunning.clear(billing, invoice.id)
+        if purpose in ("renewal", "retry"):  # a period after the first, paid (webhooks out tell it)
+            record(session, subscription, "renewed", by=by, invoice_id=invoice.id, payment_id=payment.id)
         receipts.subscription_receipt(session, settings, subscription, invoice, payment, quantity=billing.quantity)
         return
     if subscription.status == "cancelled":
@@ -390,6 +392,8 @@ def charge_periods(
             invoices.mark_paid(session, invoice, by=by)
             if one.subscription.status == "trialing":
                 SUBSCRIPTION.move(session, one.subscription, "active", by=by, invoice_id=invoice.id)
+            elif one.purpose == "renewal":
+                record(session, one.subscription, "renewed", by=by, invoice_id=invoice.id)
     session.flush()
     return [started.get(invoice.id) for invoice in issued]
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from billfold.kit.money import Money
-from billfold.providers.errors import InvalidToken, NotSupported
+from billfold.providers.errors import InvalidProviderRequest, InvalidToken, NotSupported
 
 
 class ChargeStatus(StrEnum):
@@ -41,6 +41,22 @@ class RefundStatus(StrEnum):
     PENDING = "pending"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+def part_of(amount: Money | None, limit: Money, verb: str) -> Money:
+    """``amount`` (default: all of ``limit``) checked to be positive, in currency and within limit,
+    before the provider is asked: what a capture, refund or dispute of part of a charge may take."""
+    if amount is None:
+        return limit
+    if amount.currency != limit.currency:
+        raise InvalidProviderRequest(f"cannot {verb} {amount.currency} on a {limit.currency} charge",
+                                     code="currency_mismatch")
+    if not amount.is_positive():
+        raise InvalidProviderRequest(f"cannot {verb} {amount}: the amount must be positive", code="invalid_amount")
+    if amount > limit:
+        code = "refund_exceeds_captured" if verb == "refund" else "capture_exceeds_authorized"
+        raise InvalidProviderRequest(f"cannot {verb} {amount}: at most {limit} is left", code=code)
+    return amount
 
 
 def _money_json(value: Money) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from billfold.kit.ids import new_id
 from billfold.kit.money import CURRENCIES, Money
 from billfold.providers import standard_webhooks
 from billfold.providers.base import (
+    part_of,
     FEATURES,
     Capabilities,
     ChargeResult,
@@ -319,7 +320,7 @@ class SandboxProvider:
                 raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only an authorized charge "
                                              "can be captured", code="charge_not_capturable")
             authorized = Money(row["amount"], row["currency"])
-            to_capture = _part_of(amount, authorized, "capture")
+            to_capture = part_of(amount, authorized, "capture")
             if to_capture != authorized:
                 self.capabilities.require("partial_capture", self.provider_id)
             db.execute(
@@ -363,7 +364,7 @@ class SandboxProvider:
             if remaining.is_zero():
                 raise InvalidProviderRequest(f"charge {charge_id} is already fully refunded",
                                              code="charge_already_refunded")
-            to_refund = _part_of(amount, remaining, "refund")
+            to_refund = part_of(amount, remaining, "refund")
             if to_refund != captured:
                 self.capabilities.require("partial_refunds", self.provider_id)
             refund_id, now = new_id("re"), stamp()
@@ -412,7 +413,7 @@ class SandboxProvider:
             row = _get(db, "charges", charge_id)
             if row["status"] != ChargeStatus.SUCCEEDED:
                 raise InvalidProviderRequest(f"charge {charge_id} is {row['status']}; only a succeeded charge can be disputed")
-            disputed = _part_of(amount, Money(row["amount_captured"], row["currency"]), "dispute")
+            disputed = part_of(amount, Money(row["amount_captured"], row["currency"]), "dispute")
             dispute_id = new_id("dp")
             db.execute("INSERT INTO disputes (id, charge_id, currency, amount, status, reason, created_at)"
                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -616,21 +617,6 @@ def _first_status(card: TestCard, off_session: bool, capture: bool) -> tuple[Cha
 def _next_action(charge_id: str) -> dict[str, Any]:
     # Nothing to visit: in the sandbox the customer "authenticates" when the caller calls confirm().
     return {"type": "sandbox_authenticate", "charge_id": charge_id}
-
-
-def _part_of(amount: Money | None, limit: Money, verb: str) -> Money:
-    """``amount`` (default: all of ``limit``) checked to be positive, in currency and within limit."""
-    if amount is None:
-        return limit
-    if amount.currency != limit.currency:
-        raise InvalidProviderRequest(f"cannot {verb} {amount.currency} on a {limit.currency} charge",
-                                     code="currency_mismatch")
-    if not amount.is_positive():
-        raise InvalidProviderRequest(f"cannot {verb} {amount}: the amount must be positive", code="invalid_amount")
-    if amount > limit:
-        code = "refund_exceeds_captured" if verb == "refund" else "capture_exceeds_authorized"
-        raise InvalidProviderRequest(f"cannot {verb} {amount}: at most {limit} is left", code=code)
-    return amount
 
 
 def _charge(row: sqlite3.Row) -> ChargeResult:

@@ -28,6 +28,7 @@ from billfold.kit import clock
 from billfold.kit.errors import ConfigurationError
 from billfold.kit.money import Money
 from billfold.providers.base import (
+    part_of,
     FEATURES,
     Capabilities,
     ChargeResult,
@@ -265,7 +266,7 @@ class StripeProvider:
         authorized = mapping.money(intent.get("amount_capturable") or intent.get("amount"), str(intent["currency"]))
         params: dict[str, Any] = {"expand": ["latest_charge"]}
         if amount is not None:
-            params["amount_to_capture"] = _part_of(amount, authorized, "capture").amount
+            params["amount_to_capture"] = part_of(amount, authorized, "capture").amount
         with self._translated():
             intent = self._client.v1.payment_intents.capture(
                 charge_id, params, self._options(idempotency_key, "capture")).to_dict()
@@ -304,7 +305,7 @@ class StripeProvider:
         remaining = charge.amount_refundable
         if not remaining.is_positive():
             raise InvalidProviderRequest(f"charge {charge_id} is already fully refunded", code="charge_already_refunded")
-        to_refund = _part_of(amount, remaining, "refund")
+        to_refund = part_of(amount, remaining, "refund")
         if to_refund != charge.amount_captured:
             self.capabilities.require("partial_refunds", self.provider_id)
         meta = {**_metadata(metadata), KEY_FIELD: idempotency_key}
@@ -516,16 +517,3 @@ def _oldest_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: (int(item.get("created") or 0), str(item.get("id"))))
 
 
-def _part_of(amount: Money | None, limit: Money, verb: str) -> Money:
-    """``amount`` (default: all of ``limit``) checked to be positive, in currency and within limit."""
-    if amount is None:
-        return limit
-    if amount.currency != limit.currency:
-        raise InvalidProviderRequest(f"cannot {verb} {amount.currency} on a {limit.currency} charge",
-                                     code="currency_mismatch")
-    if not amount.is_positive():
-        raise InvalidProviderRequest(f"cannot {verb} {amount}: the amount must be positive", code="invalid_amount")
-    if amount > limit:
-        code = "refund_exceeds_captured" if verb == "refund" else "capture_exceeds_authorized"
-        raise InvalidProviderRequest(f"cannot {verb} {amount}: at most {limit} is left", code=code)
-    return amount

@@ -284,7 +284,13 @@ def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) 
         if creates_first(adapter):
             created = adapter.create_charge(**arguments)  # type: ignore[attr-defined]
             if about.remember is not None:
-                about.remember(payment.id, created.id)
+                try:
+                    about.remember(payment.id, created.id)
+                except Exception as error:  # the database failed us: no money moved; asked about again later
+                    raise ProviderUnavailable(
+                        f"the provider's object {created.id} for payment {payment.id} was made but could not be "
+                        "recorded; it is found and confirmed when the payment is asked about again",
+                    ) from error
             result = _pay(adapter, payment, created)
         else:
             result = adapter.charge(**arguments)

@@ -36,7 +36,8 @@ PAYPAL = {"client_id": "AbScenarioClientId01", "client_secret": "EKscenario-clie
 ANET = {"api_login_id": "scenario-login-7Qz", "transaction_key": "tk-scenario-0a1b2c3d4e",
         "signature_key": "0F1E2D3C4B5A69788796A5B4C3D2E1F0" * 4}
 TIMEOUT = 10  # seconds: the read timeout of each provider's config, but for a lost answer's scenario
-IMPATIENT = 0.5  # the read timeout while an answer is being lost (each fake stalls longer)
+IMPATIENT = 1.0  # the read timeout while an answer is being lost (each fake stalls longer: STALL)
+STALL = 2.5
 
 
 def add_provider(api: Api, admin_token: str, prefix: str, kind: str, config: dict[str, Any]) -> str:
@@ -239,6 +240,7 @@ PAYPAL_DECLINES = {GENERIC: "INSTRUMENT_DECLINED"}
 class PayPalWorld(World):
     fake: PayPalFake | None = None
     buyer: Buyer | None = None
+    losing: bool = False
 
     def __post_init__(self) -> None:
         self.name = "paypal"
@@ -264,7 +266,11 @@ class PayPalWorld(World):
             return waiting
         payment = waiting.json()["payment"]
         self.buyer.approve(payment["provider_payment_id"], decline=PAYPAL_DECLINES.get(outcome))
-        return client.post(f"/v1/payments/{payment['id']}/confirm")
+        if not self.losing:
+            return client.post(f"/v1/payments/{payment['id']}/confirm")
+        with self.impatient():  # only the capture is to time out, not the calls before it
+            self.buyer.fail_next("/capture", "timeout")  # captured, the answer later than the timeout
+            return client.post(f"/v1/payments/{payment['id']}/confirm")
 
     def start_waiting(self, client: httpx.Client, order_id: str) -> httpx.Response:
         return client.post(f"/v1/orders/{order_id}/checkout", json=_body(None, self.provider_id))
@@ -288,10 +294,11 @@ class PayPalWorld(World):
 
     @contextmanager
     def losing_the_next_answer(self) -> Iterator[None]:
-        assert self.buyer is not None
-        with self.impatient():
-            self.buyer.fail_next("/capture", "timeout")  # captured, the answer later than the timeout
+        self.losing = True  # the next checkout's capture (see checkout)
+        try:
             yield
+        finally:
+            self.losing = False
 
     def _orders(self, payment_id: str) -> list[str]:
         assert self.fake is not None
@@ -387,14 +394,14 @@ def scenario_stripe_proxy(scenario_localstripe: LocalStripe) -> Iterator[LosingP
 
 @pytest.fixture(scope="session")
 def scenario_paypal() -> Iterator[PayPalFake]:
-    fake = PayPalFake(PAYPAL["client_id"], PAYPAL["client_secret"], PAYPAL["webhook_id"], hang_seconds=1.5)
+    fake = PayPalFake(PAYPAL["client_id"], PAYPAL["client_secret"], PAYPAL["webhook_id"], hang_seconds=STALL)
     with serving(fake):
         yield fake
 
 
 @pytest.fixture(scope="session")
 def scenario_authorizenet() -> Iterator[AuthorizeNetFake]:
-    with running(ANET["api_login_id"], ANET["transaction_key"], ANET["signature_key"], stall_seconds=1.5) as served:
+    with running(ANET["api_login_id"], ANET["transaction_key"], ANET["signature_key"], stall_seconds=STALL) as served:
         yield served
 
 

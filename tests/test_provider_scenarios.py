@@ -8,6 +8,7 @@ Where a provider has no counterpart of a scenario the test is skipped, saying wh
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from tests.provider_worlds import (  # noqa: F401  (fixtures)
     INSUFFICIENT,
     PROVIDERS,
     PayPalWorld,
+    StripeWorld,
     World,
     make_world,
     scenario_authorizenet,
@@ -93,7 +95,7 @@ def test_an_order_is_paid_once_and_refunded_in_part_and_in_full(world: World, ap
     adapter = world.adapter()
     charge = adapter.get_charge(payment["provider_payment_id"])
     assert charge.amount_captured == charge.amount_refunded == Money(total, world.currency), "the provider's books agree"
-    refunds = [r for r in adapter.list_refunds() if r.charge_id == charge.id]
+    refunds = [r for r in adapter.list_refunds(clock.now() - timedelta(days=1)) if r.charge_id == charge.id]
     assert sorted(r.amount.amount for r in refunds) == sorted([1000, total - 1000])
     assert len(world.captures(payment["id"])) == 1
 
@@ -144,6 +146,7 @@ def test_a_payment_waits_for_the_customer_then_confirms(world: World, api: Api, 
 # ---- 4. the provider's answer lost after it did the work ------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finisher", ["retry", "sweep"])
 def test_an_answer_lost_after_the_charge_is_settled_with_exactly_one_charge(
     world: World, api: Api, engine: Engine, finisher: str, request: pytest.FixtureRequest,
@@ -224,6 +227,7 @@ def save(shop: Shop, someone: Customer, provider_id: str, token: str) -> dict[st
     return dict(saved.json())
 
 
+@pytest.mark.slow
 def test_a_subscription_renews_off_session_and_a_declined_renewal_goes_past_due(
     world_name: str, shop: Shop, frozen_clock: clock.FrozenClock, request: pytest.FixtureRequest,
 ) -> None:
@@ -243,6 +247,8 @@ def test_a_subscription_renews_off_session_and_a_declined_renewal_goes_past_due(
     charge = world.adapter().get_charge(renewal.provider_payment_id)
     assert charge.status is ChargeStatus.SUCCEEDED and charge.amount_captured == Money(renewal.amount_cents, renewal.currency)
     assert charge.payment_method_id == good["provider_payment_method_id"], "charged to the saved method"
+    if isinstance(world, StripeWorld):  # the others keep no off-session mark at the provider to read back
+        assert charge.off_session and not world.adapter().get_charge(first.provider_payment_id).off_session
     assert shop.get(grace, sub["id"])["status"] == "active"
 
     bad = save(shop, grace, world.provider_id, world.saved_token(GENERIC))

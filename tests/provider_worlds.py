@@ -88,7 +88,7 @@ class World:
 
     # ---- paying ----------------------------------------------------------------------------------
 
-    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD, provider_id: str | None = None) -> httpx.Response:
+    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD) -> httpx.Response:
         """The customer pays with a one-time source of ``outcome``: the answer a customer finally
         sees (for PayPal after approving at PayPal and the shop confirming)."""
         raise NotImplementedError
@@ -193,8 +193,8 @@ class StripeWorld(World):
         assert self.localstripe is not None
         return self.localstripe.card(STRIPE_CARDS[outcome])
 
-    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD, provider_id: str | None = None) -> httpx.Response:
-        return client.post(f"/v1/orders/{order_id}/checkout", json=_body(self.card(outcome), provider_id or self.provider_id))
+    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD) -> httpx.Response:
+        return client.post(f"/v1/orders/{order_id}/checkout", json=_body(self.card(outcome), self.provider_id))
 
     def start_waiting(self, client: httpx.Client, order_id: str) -> httpx.Response:
         return client.post(f"/v1/orders/{order_id}/checkout", json=_body(self.card("3ds"), self.provider_id))
@@ -259,9 +259,9 @@ class PayPalWorld(World):
     def adapter(self) -> PayPalProvider:
         return PayPalProvider(self.provider_id, self.config())
 
-    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD, provider_id: str | None = None) -> httpx.Response:
+    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD) -> httpx.Response:
         assert self.buyer is not None
-        waiting = client.post(f"/v1/orders/{order_id}/checkout", json=_body(None, provider_id or self.provider_id))
+        waiting = client.post(f"/v1/orders/{order_id}/checkout", json=_body(None, self.provider_id))
         if waiting.status_code != 202:
             return waiting
         payment = waiting.json()["payment"]
@@ -346,9 +346,9 @@ class AuthorizeNetWorld(World):
     def adapter(self) -> AuthorizeNetProvider:
         return AuthorizeNetProvider(self.provider_id, self.config())
 
-    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD, provider_id: str | None = None) -> httpx.Response:
+    def checkout(self, client: httpx.Client, order_id: str, outcome: str = GOOD) -> httpx.Response:
         token = opaque_token(ANET_VALUES[outcome])
-        return client.post(f"/v1/orders/{order_id}/checkout", json=_body(token, provider_id or self.provider_id))
+        return client.post(f"/v1/orders/{order_id}/checkout", json=_body(token, self.provider_id))
 
     def saved_token(self, outcome: str = GOOD) -> str:
         return opaque_token(ANET_VALUES[outcome])  # saved as a profile; charging a decline2 profile declines

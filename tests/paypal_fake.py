@@ -13,7 +13,8 @@ Not in those documents, so checked by hand: ``POST /v1/oauth2/token`` (its form 
 Where the documents contradict PayPal's own usage, ``AMENDMENTS`` says what is changed and why.
 
 Test hooks, under ``/_fake/`` and not validated: approve an order as the buyer (optionally with a
-funding instrument that will be declined), approve a vault setup token, make the next matching
+funding instrument that will be declined), approve a vault setup token, make a vault payment
+token's later captures be declined, make the next matching
 call fail with a 500 (nothing done) or time out (done, the answer never arrives), revoke the
 issued access tokens, list what was captured, and deliver a webhook event to a URL.
 """
@@ -182,6 +183,7 @@ class FakeState:
     setup_tokens: dict[str, str] = field(default_factory=dict)  # approved setup token -> payer email
     payment_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted_tokens: set[str] = field(default_factory=set)
+    declining_tokens: dict[str, str] = field(default_factory=dict)  # payment token -> the issue its charges meet
     disputes: dict[str, dict[str, Any]] = field(default_factory=dict)
     transactions: list[dict[str, Any]] = field(default_factory=list)  # what Transaction Search lists
     replies: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)  # (path, request id) -> answer
@@ -394,7 +396,7 @@ class PayPalFake:
             order["payment_source"] = {"paypal": {"attributes": {"vault": {"id": vault_id, "status": "VAULTED"}}}}
         else:
             order["links"].append({"href": f"{self.url}/checkoutnow?token={order_id}", "rel": "approve", "method": "GET"})
-        self.state.orders[order_id] = OrderRecord(order, vault_id)
+        self.state.orders[order_id] = OrderRecord(order, vault_id, self.state.declining_tokens.get(vault_id or ""))
         return order
 
     def _ready(self, record: OrderRecord, intent: str) -> None:
@@ -606,6 +608,10 @@ class PayPalFake:
                 with self._lock:
                     self.state.setup_tokens[token] = given.get("email") or "buyer@example.com"
                 return JSONResponse({"id": token})
+            case ["payment-tokens", token_id, "decline"]:  # the vaulted account can no longer pay
+                with self._lock:
+                    self.state.declining_tokens[token_id] = given["issue"]
+                return JSONResponse({"issue": given["issue"]})
             case ["faults"]:
                 with self._lock:
                     self.state.faults.append(Fault(given["mode"], given["match"]))
@@ -689,6 +695,10 @@ class Buyer:
         answer = self.http.post("/_fake/setup-tokens", json={"email": email})
         answer.raise_for_status()
         return str(answer.json()["id"])
+
+    def decline_payment_token(self, token_id: str, issue: str = "INSTRUMENT_DECLINED") -> None:
+        """Every later capture of an order paid with this vault payment token is refused with ``issue``."""
+        self.http.post(f"/_fake/payment-tokens/{token_id}/decline", json={"issue": issue}).raise_for_status()
 
     def fail_next(self, match: str, mode: str) -> None:
         self.http.post("/_fake/faults", json={"match": match, "mode": mode}).raise_for_status()

@@ -141,7 +141,10 @@ def _prepare(
             )
         return under_way.id, True
     owner = owner_of(order)
-    route = routing.route(session, security, owner, order.currency, pay, without_method="give payment_method_id or token")
+    route = routing.route(
+        session, security, owner, order.currency, pay, without_method="give payment_method_id or token",
+        facts=routing.order_facts(session, order),
+    )
     customer = customers.ensure_provider_customer(session, route.adapter, owner) if route.method else None
     payment = engine.start_payment(
         session, amount_cents=order.total_cents, currency=order.currency, provider_id=route.provider.id,

@@ -17,6 +17,13 @@ under this key) leaves the row ``pending`` with its outcome ``UNKNOWN``. It is a
 with the same key, by a retry or by a sweep, ``STALE_AFTER`` after it began, and so never charged
 or refunded twice.
 
+One exception, failover (routing.py): when a payment's first charge request certainly never
+reached its provider (``ProviderUnavailable.sent`` False: the connection was refused), nothing can
+have happened there, so ``run`` fails the payment (``provider_unavailable``) and starts a new one
+of the same order or invoice with the next provider at which the customer has a usable saved
+method, in one transaction, then charges that one (again with no transaction open). Without such
+a provider the payment stays pending as above.
+
 Services answer with an ``Outcome`` (a domain result); the routes turn it into an HTTP answer.
 """
 
@@ -42,7 +49,7 @@ from billfold.kit.errors import BillfoldError, Conflict
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import Payment, PaymentMethod
-from billfold.payments import provider_config
+from billfold.payments import provider_config, routing
 from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
 from billfold.payments.states import PAYMENT, WAITING
 from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter, RefundResult
@@ -129,6 +136,7 @@ class Answer:
 
     result: ChargeResult | RefundResult | None
     error: Exception | None = None
+    unsent: bool = False  # the request certainly never reached the provider (``error`` says why)
 
 
 # What payments pay for
@@ -253,7 +261,18 @@ Call = Callable[[ProviderAdapter | None, Payment, ChargeFor], Answer]
 
 
 def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
-    """Charge the payment's saved method or token, with its own key (asking again gets the first answer)."""
+    """Charge the payment's saved method or token, with its own key (asking again gets the first
+    answer). A first request that certainly never reached the provider answers ``unsent`` (the
+    runner may fail the payment over to another provider)."""
+    try:
+        return _charge(adapter, payment, about)
+    except ProviderUnavailable as error:
+        if error.sent:
+            raise
+        return Answer(None, error, unsent=True)
+
+
+def _charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
     details = PaymentDetails.of(payment)
     if adapter is None or not details.chargeable:
         return Answer(None, Declined("the customer has no payment method to charge", "generic_decline"))
@@ -297,7 +316,8 @@ def ask(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> 
                 f"the provider made no charge for payment {payment.id}, and its request never heard an answer; "
                 "pay the order again"
             ))
-        return charge(adapter, payment, about)
+        # An earlier request for this payment may still reach the provider: never failed over from here.
+        return _charge(adapter, payment, about)
     if found.status == ChargeStatus.FAILED:
         return Answer(found, Declined(found.failure_message or "The payment was declined.", found.failure_code or "generic_decline", charge=found))
     return Answer(found)
@@ -399,6 +419,17 @@ class Move(Protocol[Row]):
     def unknown(self, row: Row, error: Exception) -> Outcome: ...
 
 
+class FailsOver(Protocol[Row]):
+    """A move whose rows can go to another provider when theirs was unreachable (``Charges``)."""
+
+    def fail_over(self, session: Session, security: Security, row: Row, error: Exception) -> str | None:
+        """In a transaction: fail ``row`` and start its next attempt elsewhere (the new row's id),
+        or None (nowhere to go: ``row`` stays pending)."""
+
+    def again(self) -> Move[Row]:
+        """A new move of the same kind, for the next attempts."""
+
+
 def run(
     sessions: sessionmaker[Session],
     security: Security,
@@ -411,6 +442,8 @@ def run(
     the provider about each, with no transaction open; record every answer in one transaction,
     which ``after`` joins (an API stores its answer under the Idempotency-Key there: a run of one
     row). A row the provider did not answer about is not recorded: its outcome is ``UNKNOWN``.
+    A row whose request never reached the provider is failed over when the move can
+    (``FailsOver``): its outcome is then its next attempt's, run the same way.
 
     Should the one transaction fail for several rows (a deadlock, a bug one row trips), each is
     recorded in a transaction of its own instead, so one cannot hold back the others; a row whose
@@ -433,6 +466,13 @@ def run(
             heard.append((row, move.ask(adapters[provider_id] if provider_id is not None else None, row)))
         except (ProviderUnavailable, IdempotencyMismatch) as error:
             unknown.append(move.unknown(row, error))
+    unsent = [(row, answer) for row, answer in heard if answer is not None and answer.unsent]
+    if unsent:
+        heard = [(row, answer) for row, answer in heard if answer is None or not answer.unsent]
+        followed = _fail_over(sessions, security, move, unsent, unknown)
+        if followed:
+            again: Move[Any] = move.again()  # type: ignore[attr-defined]
+            unknown += run(sessions, security, again, followed, after=after if not heard else None)
     if not heard:
         return unknown
     try:
@@ -448,6 +488,32 @@ def run(
             log.warning("outcome of %s not recorded, left pending: %s", one[0].id, error)
             outcomes.append(move.unknown(one[0], error))
     return outcomes + unknown
+
+
+def _fail_over(
+    sessions: sessionmaker[Session], security: Security, move: Move[Any], unsent: list[tuple[Any, Answer]],
+    unknown: list[Outcome],
+) -> list[str]:
+    """Each row whose request never reached its provider failed over in one transaction (the next
+    attempts' ids); a row with nowhere to go is ``UNKNOWN`` (added to ``unknown``), left pending."""
+    fail_over = getattr(move, "fail_over", None)
+    followed: list[tuple[Any, str | None]] = []
+    if fail_over is not None:
+        try:
+            with transaction(sessions) as session:
+                followed = [
+                    (row, fail_over(session, security, row, answer.error))
+                    for row, answer in sorted(unsent, key=lambda one: one[0].id)
+                ]
+        except Exception as error:  # noqa: BLE001  (logged; the rows stay pending for the sweep)
+            log.warning("failover of %s not recorded, left pending: %s", [row.id for row, _ in unsent], error)
+            followed = []
+    next_ids = {row.id: next_id for row, next_id in followed}
+    for row, answer in unsent:
+        if next_ids.get(row.id) is None:
+            assert answer.error is not None
+            unknown.append(move.unknown(row, answer.error))
+    return [next_id for next_id in next_ids.values() if next_id is not None]
 
 
 def _record(
@@ -518,7 +584,49 @@ class Charges:
         return outcomes
 
     def unknown(self, row: Payment, error: Exception) -> Outcome:
+        if isinstance(error, ProviderUnavailable) and not error.sent:
+            tried = routing.tried_providers(row)
+            error = ProviderUnavailable(
+                f"no payment provider could be reached (tried {', '.join(tried)}); nothing was charged, "
+                "try again later", sent=False, providers_tried=tried, payment_id=row.id,
+            )
         return outcome_of(row, Result.UNKNOWN, error=error)
+
+    def again(self) -> Charges:
+        return Charges(charge, self.settings, self.by)
+
+    def fail_over(self, session: Session, security: Security, row: Payment, error: Exception) -> str | None:
+        """The payment (locked) failed ``provider_unavailable`` and a new one of the same order or
+        invoice started with the next provider where the customer has a usable saved method (its
+        id); None, changing nothing, when there is none or the payment was settled meanwhile."""
+        statement = for_update(sa.select(Payment).where(Payment.id == row.id), session)
+        payment = session.scalars(statement.execution_options(populate_existing=True)).one()
+        if payment.status != "pending" or payment.provider_payment_id is not None:
+            return None
+        about = self._about.get(payment.id)
+        found = routing.next_attempt(session, security, payment, off_session=about.off_session if about else False)
+        if found is None:
+            return None
+        provider, method, customer_id = found
+        details = PaymentDetails.of(payment)
+        following = start_payment(
+            session, amount_cents=payment.amount_cents, currency=payment.currency, provider_id=provider.id,
+            method=method, user_id=payment.user_id, organization_id=payment.organization_id,
+            order_id=payment.order_id, subscription_id=payment.subscription_id, customer_id=customer_id,
+            details=PaymentDetails(
+                invoice_id=details.invoice_id, purpose=details.purpose, revert=details.revert,
+                others={"tried_providers": routing.tried_providers(payment)},
+            ),
+            by=self.by,
+        )
+        details.but(failure=routing.FAILED_OVER).write(payment)
+        payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
+        PAYMENT.move(
+            session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,
+            next_provider_id=provider.id,
+        )
+        session.flush()
+        return following.id
 
 
 def settle_charge(

@@ -422,9 +422,9 @@ class Move(Protocol[Row]):
 class FailsOver(Protocol[Row]):
     """A move whose rows can go to another provider when theirs was unreachable (``Charges``)."""
 
-    def fail_over(self, session: Session, security: Security, row: Row, error: Exception) -> str | None:
-        """In a transaction: fail ``row`` and start its next attempt elsewhere (the new row's id),
-        or None (nowhere to go: ``row`` stays pending)."""
+    def fail_over(self, session: Session, security: Security, heard: list[tuple[Row, Exception]]) -> dict[str, str]:
+        """In one transaction: fail each row that can go elsewhere and start its next attempt there
+        (row id → the new row's id); a row left out stays pending (nowhere to go)."""
 
     def again(self) -> Move[Row]:
         """A new move of the same kind, for the next attempts."""
@@ -494,26 +494,22 @@ def _fail_over(
     sessions: sessionmaker[Session], security: Security, move: Move[Any], unsent: list[tuple[Any, Answer]],
     unknown: list[Outcome],
 ) -> list[str]:
-    """Each row whose request never reached its provider failed over in one transaction (the next
+    """The rows whose request never reached their provider failed over in one transaction (the next
     attempts' ids); a row with nowhere to go is ``UNKNOWN`` (added to ``unknown``), left pending."""
     fail_over = getattr(move, "fail_over", None)
-    followed: list[tuple[Any, str | None]] = []
+    followed: dict[str, str] = {}
     if fail_over is not None:
         try:
             with transaction(sessions) as session:
-                followed = [
-                    (row, fail_over(session, security, row, answer.error))
-                    for row, answer in sorted(unsent, key=lambda one: one[0].id)
-                ]
+                followed = fail_over(session, security, [(row, answer.error) for row, answer in unsent])
         except Exception as error:  # noqa: BLE001  (logged; the rows stay pending for the sweep)
             log.warning("failover of %s not recorded, left pending: %s", [row.id for row, _ in unsent], error)
-            followed = []
-    next_ids = {row.id: next_id for row, next_id in followed}
+            followed = {}
     for row, answer in unsent:
-        if next_ids.get(row.id) is None:
+        if row.id not in followed:
             assert answer.error is not None
             unknown.append(move.unknown(row, answer.error))
-    return [next_id for next_id in next_ids.values() if next_id is not None]
+    return [followed[row.id] for row, _ in unsent if row.id in followed]
 
 
 def _record(
@@ -595,38 +591,45 @@ class Charges:
     def again(self) -> Charges:
         return Charges(charge, self.settings, self.by)
 
-    def fail_over(self, session: Session, security: Security, row: Payment, error: Exception) -> str | None:
-        """The payment (locked) failed ``provider_unavailable`` and a new one of the same order or
-        invoice started with the next provider where the customer has a usable saved method (its
-        id); None, changing nothing, when there is none or the payment was settled meanwhile."""
-        statement = for_update(sa.select(Payment).where(Payment.id == row.id), session)
-        payment = session.scalars(statement.execution_options(populate_existing=True)).one()
-        if payment.status != "pending" or payment.provider_payment_id is not None:
-            return None
-        about = self._about.get(payment.id)
-        found = routing.next_attempt(session, security, payment, off_session=about.off_session if about else False)
-        if found is None:
-            return None
-        provider, method, customer_id = found
-        details = PaymentDetails.of(payment)
-        following = start_payment(
-            session, amount_cents=payment.amount_cents, currency=payment.currency, provider_id=provider.id,
-            method=method, user_id=payment.user_id, organization_id=payment.organization_id,
-            order_id=payment.order_id, subscription_id=payment.subscription_id, customer_id=customer_id,
-            details=PaymentDetails(
-                invoice_id=details.invoice_id, purpose=details.purpose, revert=details.revert,
-                others={"tried_providers": routing.tried_providers(payment)},
-            ),
-            by=self.by,
-        )
-        details.but(failure=routing.FAILED_OVER).write(payment)
-        payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
-        PAYMENT.move(
-            session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,
-            next_provider_id=provider.id,
-        )
+    def fail_over(self, session: Session, security: Security, heard: list[tuple[Payment, Exception]]) -> dict[str, str]:
+        """Each payment (locked, still pending with no charge) that has a next provider (a saved
+        method of the customer there: routing.Failover) failed ``provider_unavailable``, and a new
+        payment of the same order or invoice started there: old id → new id."""
+        errors = {row.id: error for row, error in heard}
+        statement = for_update(sa.select(Payment).where(Payment.id.in_(sorted(errors))).order_by(Payment.id), session)
+        locked = [
+            p for p in session.scalars(statement.execution_options(populate_existing=True))
+            if p.status == "pending" and p.provider_payment_id is None
+        ]
+        where = routing.Failover(session, security, locked)
+        followed: dict[str, str] = {}
+        for payment in locked:
+            about = self._about.get(payment.id)
+            found = where.next_attempt(payment, off_session=about.off_session if about else False)
+            if found is None:
+                continue
+            provider_id, method, customer_id = found
+            details = PaymentDetails.of(payment)
+            following = start_payment(
+                session, amount_cents=payment.amount_cents, currency=payment.currency, provider_id=provider_id,
+                method=method, user_id=payment.user_id, organization_id=payment.organization_id,
+                order_id=payment.order_id, subscription_id=payment.subscription_id, customer_id=customer_id,
+                details=PaymentDetails(
+                    invoice_id=details.invoice_id, purpose=details.purpose, revert=details.revert,
+                    others={"tried_providers": routing.tried_providers(payment)},
+                ),
+                by=self.by,
+            )
+            error = errors[payment.id]
+            details.but(failure=routing.FAILED_OVER).write(payment)
+            payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
+            PAYMENT.move(
+                session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,
+                next_provider_id=provider_id,
+            )
+            followed[payment.id] = following.id
         session.flush()
-        return following.id
+        return followed
 
 
 def settle_charge(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -40,10 +41,11 @@ from billfold.models import (
     PaymentMethod,
     PaymentProvider,
     Product,
+    ProviderCustomer,
     RoutingRule,
     Subscription,
 )
-from billfold.payments import customers, methods, provider_config
+from billfold.payments import methods, provider_config
 from billfold.payments.details import PaymentDetails
 from billfold.providers.base import Capabilities, ProviderAdapter
 
@@ -231,6 +233,22 @@ def route(
     return Route(method, provider, adapter, (provider.id,))
 
 
+def require_charge(capabilities: Capabilities, provider_id: str, currency: str, *, token: str | None = None) -> None:
+    """NotSupported (422) unless the provider takes ``currency``; InvalidToken (422) unless
+    ``token`` has the provider's token shape."""
+    capabilities.require_currency(currency, provider_id)
+    if token is not None:
+        capabilities.require_token(token, provider_id)
+
+
+def require_refund(capabilities: Capabilities, payment: Payment, amount_cents: int) -> None:
+    """NotSupported (422) unless the provider can refund ``amount_cents`` of this payment."""
+    capabilities.require("refunds", payment.provider_id)
+    if amount_cents != payment.amount_cents:
+        capabilities.require("partial_refunds", payment.provider_id)
+    capabilities.require_currency(payment.currency, payment.provider_id)
+
+
 # Failover
 
 
@@ -280,58 +298,83 @@ def tried_providers(payment: Payment) -> list[str]:
     return [*tried, payment.provider_id]
 
 
-def usable_method(session: Session, owner: Owner, provider_id: str) -> PaymentMethod | None:
-    """The owner's saved method at the provider to charge instead: the default one first, then
-    the newest; an expired card is not usable."""
-    now = clock.now()
-    rows = session.scalars(
-        sa.select(PaymentMethod)
-        .where(owner.owns(PaymentMethod), PaymentMethod.provider_id == provider_id)
-        .order_by(PaymentMethod.is_default.desc(), PaymentMethod.created_at.desc(), PaymentMethod.id.desc())
-    )
-    for method in rows:
-        if method.expiry_year and method.expiry_month and method.expiry_year.isdigit() and method.expiry_month.isdigit():
-            if (int(method.expiry_year), int(method.expiry_month)) < (now.year, now.month):
-                continue
-        return method
-    return None
+def _usable(method: PaymentMethod, now: datetime) -> bool:
+    """Whether a saved card can be charged: not expired (a method without an expiry can)."""
+    year, month = method.expiry_year or "", method.expiry_month or ""
+    return not (year.isdigit() and month.isdigit()) or (int(year), int(month)) >= (now.year, now.month)
 
 
-def next_attempt(
-    session: Session, security: Security, payment: Payment, *, off_session: bool
-) -> tuple[PaymentProvider, PaymentMethod, str] | None:
-    """Where a payment whose provider was unreachable goes next: the first candidate not tried yet
-    at which the customer has a usable saved method and a customer record already (none is made
+class Failover:
+    """Where payments whose provider was unreachable go next, for a batch in one transaction: the
+    rules, the providers, and the customers' saved methods and provider customers read once.
+
+    ``next_attempt``: the first candidate not tried yet at which the customer has a usable saved
+    method (the default one first, then the newest) and a customer record already (none is made
     here: that would ask a provider with a transaction open); None when there is none. A payment
-    with a one-time token fails over to nothing: the token is the first provider's."""
-    if PaymentDetails.of(payment).token:
+    with a one-time token fails over to nothing: the token is its first provider's."""
+
+    def __init__(self, session: Session, security: Security, payments: Sequence[Payment]) -> None:
+        self.session, self.security = session, security
+        self.rules = active_rules(session)
+        self._default: list[str] | None = None
+        self._capable: dict[tuple[str, str, bool], bool] = {}
+        subscription_ids = {p.subscription_id for p in payments if p.subscription_id}
+        if subscription_ids:
+            held = session.scalars(sa.select(Subscription).where(Subscription.id.in_(subscription_ids))).all()
+            session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()
+        owners = {owner_of(p) for p in payments}
+        self.methods: dict[tuple[Owner, str], list[PaymentMethod]] = {}
+        self.customers: dict[tuple[Owner, str], str] = {}
+        if owners:
+            now = clock.now()
+            rows = session.scalars(
+                sa.select(PaymentMethod).where(sa.or_(*(owner.owns(PaymentMethod) for owner in owners)))
+                .order_by(PaymentMethod.is_default.desc(), PaymentMethod.created_at.desc(), PaymentMethod.id.desc())
+            )
+            for method in rows:
+                if _usable(method, now):
+                    self.methods.setdefault((owner_of(method), method.provider_id), []).append(method)
+            for customer in session.scalars(
+                sa.select(ProviderCustomer).where(sa.or_(*(owner.owns(ProviderCustomer) for owner in owners)))
+                .order_by(ProviderCustomer.id)
+            ):
+                self.customers.setdefault((owner_of(customer), customer.provider_id), customer.provider_customer_id)
+
+    def _order(self, facts: Facts) -> list[str]:
+        rule = pick_rule(self.rules, facts)
+        if rule is not None:
+            return list(dict.fromkeys(p for p in rule.provider_ids if isinstance(p, str)))
+        if self._default is None:
+            self._default = provider_order(self.session, self.security, facts)  # no rule: the same for all
+        return self._default
+
+    def _can(self, provider_id: str, currency: str, off_session: bool) -> bool:
+        key = (provider_id, currency, off_session)
+        if key not in self._capable:
+            provider = self.session.get(PaymentProvider, provider_id)
+            able = provider is not None and provider.is_active and provider.supports_saved_methods
+            if able:
+                try:
+                    capabilities = provider_config.adapter_for_provider(self.session, self.security, provider_id).capabilities
+                    require_charge(capabilities, provider_id, currency)
+                    capabilities.require("saved_methods", provider_id)
+                    if off_session:
+                        capabilities.require("off_session_charges", provider_id)
+                except BillfoldError:
+                    able = False
+            self._capable[key] = able
+        return self._capable[key]
+
+    def next_attempt(self, payment: Payment, *, off_session: bool) -> tuple[str, PaymentMethod, str] | None:
+        """(provider id, saved method, provider customer id) of the payment's next attempt, or None."""
+        if PaymentDetails.of(payment).token:
+            return None
+        owner, tried = owner_of(payment), tried_providers(payment)
+        for provider_id in self._order(facts_of(self.session, payment)):
+            if provider_id in tried or not self._can(provider_id, payment.currency, off_session):
+                continue
+            found = self.methods.get((owner, provider_id))
+            customer_id = self.customers.get((owner, provider_id))
+            if found and customer_id:
+                return provider_id, found[0], customer_id
         return None
-    owner = owner_of(payment)
-    for provider, _ in usable_providers(
-        session, security, facts_of(session, payment), saved_methods=True, off_session=off_session,
-        skip=tried_providers(payment),
-    ):
-        method = usable_method(session, owner, provider.id)
-        if method is None:
-            continue
-        customer = customers.provider_customers_of(session, provider.id, [owner]).get(owner)
-        if customer is None:
-            continue
-        return provider, method, customer.provider_customer_id
-    return None
-
-
-def require_charge(capabilities: Capabilities, provider_id: str, currency: str, *, token: str | None = None) -> None:
-    """NotSupported (422) unless the provider takes ``currency``; InvalidToken (422) unless
-    ``token`` has the provider's token shape."""
-    capabilities.require_currency(currency, provider_id)
-    if token is not None:
-        capabilities.require_token(token, provider_id)
-
-
-def require_refund(capabilities: Capabilities, payment: Payment, amount_cents: int) -> None:
-    """NotSupported (422) unless the provider can refund ``amount_cents`` of this payment."""
-    capabilities.require("refunds", payment.provider_id)
-    if amount_cents != payment.amount_cents:
-        capabilities.require("partial_refunds", payment.provider_id)
-    capabilities.require_currency(payment.currency, payment.provider_id)

@@ -16,6 +16,7 @@ from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
+from billfold.kit.inputs import QueryDigits
 from billfold.idempotency_http import Answer, Idempotent, IdempotentRequest, idempotently
 from billfold.models import PaymentMethod, PaymentProvider, Refund
 from billfold.orders.schemas import RefundIn, RefundOut
@@ -100,7 +101,7 @@ def create_routing_rule(body: RoutingRuleIn, principal: Admin, session: DbSessio
 def preview_routing(
     principal: Admin, session: DbSession, security: SecurityDep,
     currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
-    amount: Annotated[int, Query(ge=0, le=10**15, description="Minor units of currency.")],
+    amount: Annotated[int, Query(ge=0, le=10**15, description="Minor units of currency."), QueryDigits],
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
     product_type: Annotated[str | None, Query(pattern=r"^(physical|digital|service|subscription)$")] = None,
     key: Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_\-]+$", description="What a weighted split hashes: an order's or invoice's id.")] = None,

@@ -319,9 +319,10 @@ class Failover:
         self._default: list[str] | None = None
         self._capable: dict[tuple[str, str, bool], bool] = {}
         subscription_ids = {p.subscription_id for p in payments if p.subscription_id}
+        self._held: list[object] = []  # referenced, so facts_of finds them in the (weak) identity map
         if subscription_ids:
             held = session.scalars(sa.select(Subscription).where(Subscription.id.in_(subscription_ids))).all()
-            session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()
+            self._held += [*held, *session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()]
         owners = {owner_of(p) for p in payments}
         self.methods: dict[tuple[Owner, str], list[PaymentMethod]] = {}
         self.customers: dict[tuple[Owner, str], str] = {}

@@ -183,9 +183,12 @@ def test_a_checkout_whose_provider_is_down_is_paid_through_the_next_provider_wit
         try:
             with api.client(buyer.token) as client:
                 made = order(api, buyer.token, (item, 1))
-                paid = client.post(f"/v1/orders/{made['id']}/checkout", json={"payment_method_id": on_a})
+                key = {"Idempotency-Key": new_id("k")}
+                paid = client.post(f"/v1/orders/{made['id']}/checkout", json={"payment_method_id": on_a}, headers=key)
                 assert paid.status_code == 200, paid.text
                 assert paid.json()["order"]["status"] == "paid" and paid.json()["payment"]["provider_id"] == B
+                again = client.post(f"/v1/orders/{made['id']}/checkout", json={"payment_method_id": on_a}, headers=key)
+                assert (again.status_code, again.json()) == (200, paid.json()), "the key answers the payment that paid"
 
                 # A one-time token belongs to its provider: it cannot go elsewhere; the problem names
                 # the providers tried, and nothing was charged.
@@ -234,16 +237,19 @@ def test_a_charge_whose_outcome_is_unknown_never_goes_to_another_provider(api: A
 RENEWALS, CUSTOMERS, BATCH = 1000, 25, sweeps.BATCH
 
 
-def seed_renewals(engine: Engine, settings: Settings, tag: str) -> list[str]:
-    """``CUSTOMERS`` people with a saved card at A (their subscriptions' method) and at B, and
-    ``RENEWALS`` monthly subscriptions in CHF among them, all due now."""
+def seed_renewals(
+    engine: Engine, settings: Settings, tag: str, renewals: int = RENEWALS, people_count: int = CUSTOMERS,
+    card_at_a: str = "tok_sandbox_visa",
+) -> list[str]:
+    """``people_count`` people with a saved card at A (their subscriptions' method) and at B, and
+    ``renewals`` monthly subscriptions in CHF among them, all due now."""
     security = Security.from_settings(settings)
     sessions = session_factory(engine)
     now = clock.now()
     with transaction(sessions) as session:
         product_id = make.product(session, price_cents=1200, currency=CURRENCY, billing_interval="monthly").id
     people: list[tuple[str, str]] = []
-    for n in range(CUSTOMERS):
+    for n in range(people_count):
         with transaction(sessions) as session:
             user = User(name="Renewing", last_name=str(n), email=f"renew.{tag}.{n}@example.com", user_type="individual", is_verified=True)
             session.add(user)
@@ -251,13 +257,13 @@ def seed_renewals(engine: Engine, settings: Settings, tag: str) -> list[str]:
             session.add(Address(user_id=user.id, address_type="both", is_default=True, name="Renewing", line1="1 Bahnhofstrasse",
                                 city="Zurich", postal_code="8001", country="CH"))
             owner = Owner.user(user.id)
-            on_a = methods.save_method(session, security, owner, token="tok_sandbox_visa", provider_id=A, make_default=True)
+            on_a = methods.save_method(session, security, owner, token=card_at_a, provider_id=A, make_default=True)
             methods.save_method(session, security, owner, token="tok_sandbox_mastercard", provider_id=B)
             people.append((user.id, on_a.id))
     start = now - timedelta(days=31)
     subscriptions, billing = [], []
-    for n in range(RENEWALS):
-        user_id, method_id = people[n % CUSTOMERS]
+    for n in range(renewals):
+        user_id, method_id = people[n % people_count]
         subscription_id = new_id("sub")
         subscriptions.append({
             "id": subscription_id, "user_id": user_id, "product_id": product_id, "payment_method_id": method_id,
@@ -330,3 +336,34 @@ def test_a_thousand_renewals_with_one_provider_down_for_part_of_the_run_are_each
         assert {(c.status, c.amount.amount) for c in theirs} == {(ChargeStatus.SUCCEEDED, 1200)}
         assert {completed[c.metadata["payment_id"]].provider_payment_id for c in theirs} == {c.id for c in theirs}
     print(f"\n{RENEWALS} renewals, {len(through_b)} failed over, in {elapsed:.1f} s ({RENEWALS / elapsed:.0f}/s) on {engine.dialect.name}")
+
+
+def test_a_dunning_retry_whose_provider_is_down_is_paid_through_the_next_provider(api: Api, engine: Engine, admin_token: str) -> None:
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=api.data_dir)
+    context = Context(session_factory(engine), settings, Security.from_settings(settings))
+    with api.client(admin_token) as admin:
+        sandbox_provider(admin, api, A)
+        sandbox_provider(admin, api, B)
+        assert admin.post("/v1/routing-rules", json={"currency": CURRENCY, "provider_ids": [A, B]}).status_code == 201
+        [mine] = seed_renewals(engine, settings, new_id("t").lower(), 1, 1, card_at_a="tok_sandbox_insufficient_funds")
+        while sweeps.renew_due_subscriptions(context):
+            pass
+        with session_factory(engine)() as session:
+            assert session.get(Subscription, mine).status == "past_due", "declined at A: dunning"  # type: ignore[union-attr]
+        sandbox_provider(admin, api, A, down=True)
+        try:
+            with later(timedelta(days=4)):  # the first retry is due 3 days after the failure
+                while sweeps.retry_past_due_subscriptions(context):
+                    pass
+        finally:
+            sandbox_provider(admin, api, A)
+    with session_factory(engine)() as session:
+        subscription = session.get(Subscription, mine)
+        [invoice] = session.scalars(sa.select(Invoice).where(Invoice.subscription_id == mine)).all()
+        tries = session.scalars(sa.select(Payment).where(Payment.subscription_id == mine).order_by(Payment.created_at, Payment.id)).all()
+    assert subscription is not None and (subscription.status, invoice.status) == ("active", "paid")
+    assert [(p.provider_id, p.status, PaymentDetails.of(p).purpose) for p in tries] == [
+        (A, "failed", "renewal"), (A, "failed", "retry"), (B, "completed", "retry"),
+    ]
+    assert PaymentDetails.of(tries[1]).failure == "provider_unavailable"
+    assert [c.metadata["payment_id"] for c in provider_charges(api, B) if c.metadata.get("subscription_id") == mine] == [tries[2].id]

@@ -171,7 +171,10 @@ def checkout(
         # A retry of this key: its own payment, whatever became of it meanwhile.
         payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
         with reading(sessions) as session:
-            payment_for(session, principal, payment_id)
+            payment = payment_for(session, principal, payment_id)
+            while (following := routing.followed_by(payment)) is not None:  # failed over: its successor's outcome
+                payment = payment_for(session, principal, following)
+            payment_id = payment.id
         return _drive(sessions, security, principal, payment_id, engine.ask, claim=claim, respond=respond)
 
     def prepare(claim: Claim | None) -> tuple[str, bool, Claim | None]:

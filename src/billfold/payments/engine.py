@@ -621,7 +621,7 @@ class Charges:
                 by=self.by,
             )
             error = errors[payment.id]
-            details.but(failure=routing.FAILED_OVER).write(payment)
+            details.but(failure=routing.FAILED_OVER, others={**details.others, "next_payment_id": following.id}).write(payment)
             payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
             PAYMENT.move(
                 session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,

@@ -190,7 +190,7 @@ def route(
     """The route of a payment of ``currency`` by ``owner``: the method named (404 unless the
     owner's) or the owner's default, unless a token is given; its provider, or the one named, or
     the first usable candidate of the routing rules for ``facts`` (when given), or the default
-    provider; and what that provider can do (``require_charge``).
+    provider (also when no rule matches); and what that provider can do (``require_charge``).
 
     ``without_method``: what to ask for (422 naming ``payment_method_id``) when the customer has
     no saved method and gave no token; None when paying needs no method yet (a trial).
@@ -218,9 +218,9 @@ def route(
             errors=[{"field": "provider_id", "message": "not the method's provider"}],
         )
     provider_id = method.provider_id if method else pay.provider_id
-    if provider_id is None and facts is not None:
+    if provider_id is None and facts is not None and pick_rule(active_rules(session), facts) is not None:
         routed = usable_providers(session, security, facts, token=pay.token)
-        if routed:
+        if routed:  # else as without a rule: the default provider, or why it cannot take this
             provider, adapter = routed[0]
             return Route(method, provider, adapter, tuple(p.id for p, _ in routed))
     provider = (
@@ -289,6 +289,13 @@ def facts_of(session: Session, payment: Payment) -> Facts:
                 product_types.add(product.product_type)
         key = details.invoice_id or payment.subscription_id or payment.id
     return Facts(payment.currency, payment.amount_cents, country, frozenset(product_types), key)
+
+
+def followed_by(payment: Payment) -> str | None:
+    """The payment that took over from a payment failed over (``provider_unavailable``), if any."""
+    details = PaymentDetails.of(payment)
+    following = details.others.get("next_payment_id")
+    return following if details.failure == FAILED_OVER and isinstance(following, str) else None
 
 
 def tried_providers(payment: Payment) -> list[str]:

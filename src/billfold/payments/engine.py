@@ -621,12 +621,12 @@ class Charges:
                 by=self.by,
             )
             error = errors[payment.id]
-            details.but(failure=routing.FAILED_OVER, others={**details.others, "next_payment_id": following.id}).write(payment)
-            payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
-            PAYMENT.move(
+            PAYMENT.move(  # first, as in record_charge: the machine reads the row as it was
                 session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,
                 next_provider_id=provider_id,
             )
+            details.but(failure=routing.FAILED_OVER, others={**details.others, "next_payment_id": following.id}).write(payment)
+            payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
             followed[payment.id] = following.id
         session.flush()
         return followed

@@ -209,6 +209,26 @@ def test_a_checkout_whose_provider_is_down_is_paid_through_the_next_provider_wit
     assert pending.status == "pending" and charged(api, A, pending.id) == [], "the token's payment waits; nothing was charged"
 
 
+def test_a_token_checkout_goes_to_the_first_usable_provider_of_the_matching_rule(api: Api, engine: Engine, admin_token: str) -> None:
+    buyer = customer(api, engine, "routed")  # billed in GB
+    item = product(engine, 900, CURRENCY)
+    with api.client(admin_token) as admin:
+        sandbox_provider(admin, api, A)
+        sandbox_provider(admin, api, B)
+        for rule_body in (
+            {"currency": CURRENCY, "country": "GB", "provider_ids": [B, A], "position": 1},
+            {"currency": CURRENCY, "country": "FR", "provider_ids": [A], "position": 0},  # first, but not for GB
+            {"currency": CURRENCY, "max_amount_cents": 899, "provider_ids": [A], "position": 0},  # too small a payment
+        ):
+            assert admin.post("/v1/routing-rules", json=rule_body).status_code == 201
+    made = order(api, buyer.token, (item, 1))
+    with api.client(buyer.token) as client:
+        paid = client.post(f"/v1/orders/{made['id']}/checkout", json={"token": "tok_sandbox_visa"})
+    assert paid.status_code == 200, paid.text
+    payment = paid.json()["payment"]
+    assert payment["provider_id"] == B and len(charged(api, B, payment["id"])) == 1 and charged(api, A, payment["id"]) == []
+
+
 def test_a_charge_whose_outcome_is_unknown_never_goes_to_another_provider(api: Api, engine: Engine, admin_token: str) -> None:
     buyer = customer(api, engine, "unknown")
     item = product(engine, 1500, CURRENCY)

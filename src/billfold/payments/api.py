@@ -33,6 +33,7 @@ from billfold.payments.schemas import (
     RoutingRuleIn,
     RoutingRuleOut,
     RoutingRuleUpdate,
+    MAX_AMOUNT,
 )
 
 router = APIRouter(prefix="/v1", responses=problems(400, 422))
@@ -101,7 +102,7 @@ def create_routing_rule(body: RoutingRuleIn, principal: Admin, session: DbSessio
 def preview_routing(
     principal: Admin, session: DbSession, security: SecurityDep,
     currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
-    amount: Annotated[int, Query(ge=0, le=10**15, description="Minor units of currency."), QueryDigits],
+    amount: Annotated[int, Query(ge=0, le=MAX_AMOUNT, description="Minor units of currency."), QueryDigits],
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
     product_type: Annotated[str | None, Query(pattern=r"^(physical|digital|service|subscription)$")] = None,
     key: Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_\-]+$", description="What a weighted split hashes: an order's or invoice's id.")] = None,

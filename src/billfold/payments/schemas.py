@@ -189,10 +189,14 @@ class PaymentMethodOut(BaseModel):
 
 # Routing rules (docs/payments.md#routing)
 
+MAX_AMOUNT = 999_999_999_999
+"""Twelve digits at most: a longer number could pass for a card number, which the card guard
+refuses anywhere in a request."""
+
 RuleName = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case: USD, EUR.")]
 Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case: US, DE.")]
-AmountBound = Annotated[int, Field(ge=0, le=10**15, strict=True, description="Minor units of `currency`, inclusive.")]
+AmountBound = Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True, description="Minor units of `currency`, inclusive.")]
 RuleProductType = Annotated[
     str, Field(pattern=r"^(physical|digital|service|subscription)$", description="A product type of the catalog.")
 ]

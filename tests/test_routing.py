@@ -387,3 +387,19 @@ def test_a_dunning_retry_whose_provider_is_down_is_paid_through_the_next_provide
     ]
     assert PaymentDetails.of(tries[1]).failure == "provider_unavailable"
     assert [c.metadata["payment_id"] for c in provider_charges(api, B) if c.metadata.get("subscription_id") == mine] == [tries[2].id]
+
+
+def test_a_trial_without_a_payment_method_is_routed_by_the_rules(api: Api, engine: Engine, admin_token: str) -> None:
+    buyer = customer(api, engine, "trialist")
+    with transaction(session_factory(engine)) as session:
+        trial = make.product(session, price_cents=700, currency=CURRENCY, billing_interval="monthly", trial_days=14).id
+    with api.client(admin_token) as admin:
+        sandbox_provider(admin, api, A)
+        sandbox_provider(admin, api, B)
+        assert admin.post("/v1/routing-rules", json={"product_type": "subscription", "currency": CURRENCY, "provider_ids": [B]}).status_code == 201
+    with api.client(buyer.token) as client:
+        made = client.post("/v1/subscriptions", json={"product_id": trial})
+    assert made.status_code == 201, made.text
+    with session_factory(engine)() as session:
+        subscription = session.get(Subscription, made.json()["id"])
+    assert subscription is not None and (subscription.status, subscription.provider_id) == ("trialing", B)

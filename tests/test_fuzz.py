@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.api_keys import create_api_key
@@ -31,6 +32,7 @@ from billfold.api import create_app
 from billfold.config import Settings
 from billfold.kit.db import session_factory
 from billfold.kit.ids import new_id
+from billfold.models import RoutingRule
 from tests import databases
 from tests.accounts import Api
 
@@ -47,7 +49,8 @@ GROUPS = {
     "organizations": r"^/v1/organizations(/|$)",
     "people": r"^/v1/(users|auth|invitations|api-keys|admin)(/|$)|^/(?!v1/)",
     "commerce": r"^/v1/(products|categories|membership-types|memberships|orders|payments|payment-providers"
-                r"|payment-methods|invoices|credit-notes|subscriptions|webhooks|webhook-endpoints|webhook-deliveries)(/|$)",
+                r"|payment-methods|invoices|credit-notes|subscriptions|webhooks|webhook-endpoints|webhook-deliveries"
+                r"|routing-rules)(/|$)",
 }
 ROLES = ("admin", "customer")
 
@@ -76,7 +79,11 @@ def _run(api: Api, engine: Engine, tmp_path: Path, role: str, group: str, *phase
     if role == "admin":
         with session_factory(engine).begin() as session:
             _, token = create_api_key(session, name="fuzzer", scopes=["read", "write"], created_by=None)
-        fuzz(api.url, token, tmp_path, *only, *phase, seed=seed)
+        try:
+            fuzz(api.url, token, tmp_path, *only, *phase, seed=seed)
+        finally:  # the routing rules it made would route the other tests' payments (the database is shared)
+            with session_factory(engine).begin() as session:
+                session.execute(sa.delete(RoutingRule))
     else:
         address = f"fuzzed.{group}.{phase[-1].split(',')[0]}.{new_id('fz').lower()}@example.com"
         api.sign_up(address)

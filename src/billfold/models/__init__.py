@@ -17,6 +17,7 @@ from billfold.models.notify import WebhookDelivery, WebhookDeliveryAttempt, Webh
 from billfold.models.orders import Order, OrderItem
 from billfold.models.payments import Payment
 from billfold.models.providers import PaymentMethod, PaymentProvider, ProviderCustomer
+from billfold.models.routing import RoutingRule
 from billfold.models.subscriptions import Subscription, SubscriptionBilling
 from billfold.models.webhooks import PaymentEvent, PaymentWebhook
 
@@ -52,6 +53,7 @@ __all__ = [
     "ProductCategory",
     "ProviderCustomer",
     "Refund",
+    "RoutingRule",
     "Subscription",
     "SubscriptionBilling",
     "User",

@@ -141,7 +141,10 @@ def _prepare(
             )
         return under_way.id, True
     owner = owner_of(order)
-    route = routing.route(session, security, owner, order.currency, pay, without_method="give payment_method_id or token")
+    route = routing.route(
+        session, security, owner, order.currency, pay, without_method="give payment_method_id or token",
+        facts=routing.order_facts(session, order),
+    )
     customer = customers.ensure_provider_customer(session, route.adapter, owner) if route.method else None
     payment = engine.start_payment(
         session, amount_cents=order.total_cents, currency=order.currency, provider_id=route.provider.id,
@@ -169,7 +172,10 @@ def checkout(
         # A retry of this key: its own payment, whatever became of it meanwhile.
         payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
         with reading(sessions) as session:
-            payment_for(session, principal, payment_id)
+            payment = payment_for(session, principal, payment_id)
+            while (following := routing.followed_by(payment)) is not None:  # failed over: its successor's outcome
+                payment = payment_for(session, principal, following)
+            payment_id = payment.id
         return _drive(sessions, security, principal, payment_id, engine.ask, claim=claim, respond=respond)
 
     def prepare(claim: Claim | None) -> tuple[str, bool, Claim | None]:

@@ -5,9 +5,9 @@ orders/api.py and subscriptions/api.py."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
@@ -16,10 +16,11 @@ from billfold.accounts.access import Owner, me, organization_owner, user_owner
 from billfold.accounts.auth import Admin, Authenticated, SecurityDep, User
 from billfold.accounts.security import Principal
 from billfold.kit.http import DbSession, Page, PageQuery, Paging, paginate, problems, require
+from billfold.kit.inputs import QueryDigits
 from billfold.idempotency_http import Answer, Idempotent, IdempotentRequest, idempotently
 from billfold.models import PaymentMethod, PaymentProvider, Refund
 from billfold.orders.schemas import RefundIn, RefundOut
-from billfold.payments import methods, provider_config, refunds
+from billfold.payments import methods, provider_config, refunds, routing, routing_rules
 from billfold.payments.engine import Outcome, Result
 from billfold.payments.schemas import (
     PaymentMethodIn,
@@ -28,6 +29,11 @@ from billfold.payments.schemas import (
     ProviderIn,
     ProviderOut,
     ProviderUpdate,
+    RoutingPreviewOut,
+    RoutingRuleIn,
+    RoutingRuleOut,
+    RoutingRuleUpdate,
+    MAX_AMOUNT,
 )
 
 router = APIRouter(prefix="/v1", responses=problems(400, 422))
@@ -39,6 +45,7 @@ theirs = APIRouter(
 )
 users = APIRouter(prefix="/users/{user_id}/payment-methods", tags=["payment methods"], responses=problems(401, 403, 404))
 payments = APIRouter(prefix="/payments", tags=["payments"], responses=problems(401, 403, 404))
+rules = APIRouter(prefix="/routing-rules", tags=["routing rules"], responses=problems(401, 403, 404))
 NO_CONTENT: dict[str, Any] = {"status_code": status.HTTP_204_NO_CONTENT, "response_class": Response}
 
 
@@ -74,6 +81,51 @@ def update_provider(
     refer to them)."""
     changes = body.model_dump(exclude_unset=True)
     return ProviderOut.of(provider_config.update_provider(session, security, provider_id, changes))
+
+
+# Routing rules (admins; a read-only key may look): which providers a payment goes to, and where
+# it fails over (docs/payments.md#routing)
+
+
+@rules.get("", response_model=list[RoutingRuleOut])
+def list_routing_rules(principal: Admin, session: DbSession) -> list[RoutingRuleOut]:
+    """Every rule, in the order routing reads them (position, then id)."""
+    return [RoutingRuleOut.model_validate(rule) for rule in routing_rules.list_rules(session)]
+
+
+@rules.post("", status_code=status.HTTP_201_CREATED, response_model=RoutingRuleOut)
+def create_routing_rule(body: RoutingRuleIn, principal: Admin, session: DbSession) -> RoutingRuleOut:
+    return RoutingRuleOut.model_validate(routing_rules.create_rule(session, body.model_dump()))
+
+
+@rules.get("/preview", response_model=RoutingPreviewOut)
+def preview_routing(
+    principal: Admin, session: DbSession, security: SecurityDep,
+    currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
+    amount: Annotated[int, Query(ge=0, le=MAX_AMOUNT, description="Minor units of currency."), QueryDigits],
+    country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
+    product_type: Annotated[str | None, Query(pattern=r"^(physical|digital|service|subscription)$")] = None,
+    key: Annotated[str | None, Query(max_length=255, pattern=r"^[A-Za-z0-9_\-]+$", description="What a weighted split hashes: an order's or invoice's id.")] = None,
+) -> RoutingPreviewOut:
+    """A dry run: where a payment with these facts would go. Changes nothing."""
+    facts = routing.Facts(currency, amount, country, frozenset([product_type] if product_type else []), key or "")
+    return RoutingPreviewOut(**routing_rules.preview(session, security, facts))
+
+
+@rules.get("/{rule_id}", response_model=RoutingRuleOut)
+def get_routing_rule(rule_id: str, principal: Admin, session: DbSession) -> RoutingRuleOut:
+    return RoutingRuleOut.model_validate(routing_rules.get_rule(session, rule_id))
+
+
+@rules.patch("/{rule_id}", response_model=RoutingRuleOut)
+def update_routing_rule(rule_id: str, body: RoutingRuleUpdate, principal: Admin, session: DbSession) -> RoutingRuleOut:
+    """Change a rule: a field given replaces it (null clears a condition), a field left out is kept."""
+    return RoutingRuleOut.model_validate(routing_rules.update_rule(session, rule_id, body.model_dump(exclude_unset=True)))
+
+
+@rules.delete("/{rule_id}", **NO_CONTENT)
+def delete_routing_rule(rule_id: str, principal: Admin, session: DbSession) -> None:
+    routing_rules.delete_rule(session, rule_id)
 
 
 # Payment methods: the same five endpoints for the signed-in user, an organization, and (for
@@ -276,3 +328,4 @@ router.include_router(mine)
 router.include_router(theirs)
 router.include_router(users)
 router.include_router(payments)
+router.include_router(rules)

@@ -23,6 +23,13 @@ under this key) leaves the row ``pending`` with its outcome ``UNKNOWN``. It is a
 with the same key, by a retry or by a sweep, ``STALE_AFTER`` after it began, and so never charged
 or refunded twice.
 
+One exception, failover (routing.py): when a payment's first charge request certainly never
+reached its provider (``ProviderUnavailable.sent`` False: the connection was refused), nothing can
+have happened there, so ``run`` fails the payment (``provider_unavailable``) and starts a new one
+of the same order or invoice with the next provider at which the customer has a usable saved
+method, in one transaction, then charges that one (again with no transaction open). Without such
+a provider the payment stays pending as above.
+
 Services answer with an ``Outcome`` (a domain result); the routes turn it into an HTTP answer.
 """
 
@@ -48,7 +55,7 @@ from billfold.kit.errors import BillfoldError, Conflict
 from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import Payment, PaymentMethod
-from billfold.payments import provider_config
+from billfold.payments import provider_config, routing
 from billfold.payments.details import WAITING_FOR_CUSTOMER, PaymentDetails
 from billfold.payments.states import PAYMENT, WAITING
 from billfold.providers.base import ChargeResult, ChargeStatus, CreatesBeforeCharging, ProviderAdapter, RefundResult
@@ -137,6 +144,7 @@ class Answer:
 
     result: ChargeResult | RefundResult | None
     error: Exception | None = None
+    unsent: bool = False  # the request certainly never reached the provider (``error`` says why)
 
 
 # What payments pay for
@@ -266,7 +274,18 @@ Call = Callable[[ProviderAdapter | None, Payment, ChargeFor], Answer]
 
 
 def charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
-    """Charge the payment's saved method or token, with its own key (asking again gets the first answer)."""
+    """Charge the payment's saved method or token, with its own key (asking again gets the first
+    answer). A first request that certainly never reached the provider answers ``unsent`` (the
+    runner may fail the payment over to another provider)."""
+    try:
+        return _charge(adapter, payment, about)
+    except ProviderUnavailable as error:
+        if error.sent:
+            raise
+        return Answer(None, error, unsent=True)
+
+
+def _charge(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> Answer:
     details = PaymentDetails.of(payment)
     if adapter is None or not details.chargeable:
         return Answer(None, Declined("the customer has no payment method to charge", "generic_decline"))
@@ -354,7 +373,8 @@ def ask(adapter: ProviderAdapter | None, payment: Payment, about: ChargeFor) -> 
                 f"the provider made no charge for payment {payment.id}, and its request never heard an answer; "
                 "pay the order again"
             ))
-        return charge(adapter, payment, about)
+        # An earlier request for this payment may still reach the provider: never failed over from here.
+        return _charge(adapter, payment, about)
     if found.status == ChargeStatus.FAILED:
         return Answer(found, Declined(found.failure_message or "The payment was declined.", found.failure_code or "generic_decline", charge=found))
     return Answer(found)
@@ -456,6 +476,17 @@ class Move(Protocol[Row]):
     def unknown(self, row: Row, error: Exception) -> Outcome: ...
 
 
+class FailsOver(Protocol[Row]):
+    """A move whose rows can go to another provider when theirs was unreachable (``Charges``)."""
+
+    def fail_over(self, session: Session, security: Security, heard: list[tuple[Row, Exception]]) -> dict[str, str]:
+        """In one transaction: fail each row that can go elsewhere and start its next attempt there
+        (row id → the new row's id); a row left out stays pending (nowhere to go)."""
+
+    def again(self) -> Move[Row]:
+        """A new move of the same kind, for the next attempts."""
+
+
 def run(
     sessions: sessionmaker[Session],
     security: Security,
@@ -468,6 +499,8 @@ def run(
     the provider about each, with no transaction open; record every answer in one transaction,
     which ``after`` joins (an API stores its answer under the Idempotency-Key there: a run of one
     row). A row the provider did not answer about is not recorded: its outcome is ``UNKNOWN``.
+    A row whose request never reached the provider is failed over when the move can
+    (``FailsOver``): its outcome is then its next attempt's, run the same way.
 
     Should the one transaction fail for several rows (a deadlock, a bug one row trips), each is
     recorded in a transaction of its own instead, so one cannot hold back the others; a row whose
@@ -490,6 +523,13 @@ def run(
             heard.append((row, move.ask(adapters[provider_id] if provider_id is not None else None, row)))
         except (ProviderUnavailable, IdempotencyMismatch) as error:
             unknown.append(move.unknown(row, error))
+    unsent = [(row, answer) for row, answer in heard if answer is not None and answer.unsent]
+    if unsent:
+        heard = [(row, answer) for row, answer in heard if answer is None or not answer.unsent]
+        followed = _fail_over(sessions, security, move, unsent, unknown)
+        if followed:
+            again: Move[Any] = move.again()  # type: ignore[attr-defined]
+            unknown += run(sessions, security, again, followed, after=after if not heard else None)
     if not heard:
         return unknown
     try:
@@ -505,6 +545,28 @@ def run(
             log.warning("outcome of %s not recorded, left pending: %s", one[0].id, error)
             outcomes.append(move.unknown(one[0], error))
     return outcomes + unknown
+
+
+def _fail_over(
+    sessions: sessionmaker[Session], security: Security, move: Move[Any], unsent: list[tuple[Any, Answer]],
+    unknown: list[Outcome],
+) -> list[str]:
+    """The rows whose request never reached their provider failed over in one transaction (the next
+    attempts' ids); a row with nowhere to go is ``UNKNOWN`` (added to ``unknown``), left pending."""
+    fail_over = getattr(move, "fail_over", None)
+    followed: dict[str, str] = {}
+    if fail_over is not None:
+        try:
+            with transaction(sessions) as session:
+                followed = fail_over(session, security, [(row, answer.error) for row, answer in unsent])
+        except Exception as error:  # noqa: BLE001  (logged; the rows stay pending for the sweep)
+            log.warning("failover of %s not recorded, left pending: %s", [row.id for row, _ in unsent], error)
+            followed = {}
+    for row, answer in unsent:
+        if row.id not in followed:
+            assert answer.error is not None
+            unknown.append(move.unknown(row, answer.error))
+    return [followed[row.id] for row, _ in unsent if row.id in followed]
 
 
 def _record(
@@ -580,7 +642,56 @@ class Charges:
         return outcomes
 
     def unknown(self, row: Payment, error: Exception) -> Outcome:
+        if isinstance(error, ProviderUnavailable) and not error.sent:
+            tried = routing.tried_providers(row)
+            error = ProviderUnavailable(
+                f"no payment provider could be reached (tried {', '.join(tried)}); nothing was charged, "
+                "try again later", sent=False, providers_tried=tried, payment_id=row.id,
+            )
         return outcome_of(row, Result.UNKNOWN, error=error)
+
+    def again(self) -> Charges:
+        return Charges(charge, self.settings, self.by)
+
+    def fail_over(self, session: Session, security: Security, heard: list[tuple[Payment, Exception]]) -> dict[str, str]:
+        """Each payment (locked, still pending with no charge) that has a next provider (a saved
+        method of the customer there: routing.Failover) failed ``provider_unavailable``, and a new
+        payment of the same order or invoice started there: old id → new id."""
+        errors = {row.id: error for row, error in heard}
+        statement = for_update(sa.select(Payment).where(Payment.id.in_(sorted(errors))).order_by(Payment.id), session)
+        locked = [
+            p for p in session.scalars(statement.execution_options(populate_existing=True))
+            if p.status == "pending" and p.provider_payment_id is None
+        ]
+        where = routing.Failover(session, security, locked)
+        followed: dict[str, str] = {}
+        for payment in locked:
+            about = self._about.get(payment.id)
+            found = where.next_attempt(payment, off_session=about.off_session if about else False)
+            if found is None:
+                continue
+            provider_id, method, customer_id = found
+            details = PaymentDetails.of(payment)
+            following = start_payment(
+                session, amount_cents=payment.amount_cents, currency=payment.currency, provider_id=provider_id,
+                method=method, user_id=payment.user_id, organization_id=payment.organization_id,
+                order_id=payment.order_id, subscription_id=payment.subscription_id, customer_id=customer_id,
+                details=PaymentDetails(
+                    invoice_id=details.invoice_id, purpose=details.purpose, revert=details.revert,
+                    others={"tried_providers": routing.tried_providers(payment)},
+                ),
+                by=self.by,
+            )
+            error = errors[payment.id]
+            PAYMENT.move(  # first, as in record_charge: the machine reads the row as it was
+                session, payment, "failed", by=self.by, reason=routing.FAILED_OVER, next_payment_id=following.id,
+                next_provider_id=provider_id,
+            )
+            details.but(failure=routing.FAILED_OVER, others={**details.others, "next_payment_id": following.id}).write(payment)
+            payment.error_message = (error.detail if isinstance(error, BillfoldError) else str(error))[:1000]
+            followed[payment.id] = following.id
+        session.flush()
+        return followed
 
 
 def settle_charge(

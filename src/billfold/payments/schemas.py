@@ -185,3 +185,74 @@ class PaymentMethodOut(BaseModel):
     billing_address_id: str | None
     created_at: datetime
     updated_at: datetime
+
+
+# Routing rules (docs/payments.md#routing)
+
+MAX_AMOUNT = 999_999_999_999
+"""Twelve digits at most: a longer number could pass for a card number, which the card guard
+refuses anywhere in a request."""
+
+RuleName = Annotated[str, Field(min_length=1, max_length=255), SingleLine]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217, upper case: USD, EUR.")]
+Country = Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case: US, DE.")]
+AmountBound = Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True, description="Minor units of `currency`, inclusive.")]
+RuleProductType = Annotated[
+    str, Field(pattern=r"^(physical|digital|service|subscription)$", description="A product type of the catalog.")
+]
+Position = Annotated[int, Field(ge=0, le=1_000_000, strict=True, description="Lower first; rules of one position split by weight.")]
+Weight = Annotated[int, Field(ge=0, le=1_000_000, strict=True, description="The share of payments among the matching rules of one position; 0: never picked while another has weight.")]
+ProviderIds = Annotated[
+    list[ProviderId],
+    Field(min_length=1, max_length=20, description="The primary provider, then the fallbacks, in order."),
+]
+
+
+class RoutingRuleIn(In):
+    name: RuleName | None = None
+    position: Position = 0
+    currency: Currency | None = None
+    country: Country | None = None
+    min_amount_cents: AmountBound | None = None
+    max_amount_cents: AmountBound | None = None
+    product_type: RuleProductType | None = None
+    weight: Weight = 1
+    provider_ids: ProviderIds
+    is_active: StrictBool = True
+
+
+class RoutingRuleUpdate(In):
+    name: RuleName | None = None
+    position: Position = keep()
+    currency: Currency | None = None
+    country: Country | None = None
+    min_amount_cents: AmountBound | None = None
+    max_amount_cents: AmountBound | None = None
+    product_type: RuleProductType | None = None
+    weight: Weight = keep()
+    provider_ids: ProviderIds = keep()
+    is_active: StrictBool = keep()
+
+
+class RoutingRuleOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str | None
+    position: int
+    currency: str | None
+    country: str | None
+    min_amount_cents: int | None
+    max_amount_cents: int | None
+    product_type: str | None
+    weight: int
+    provider_ids: list[str]
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class RoutingPreviewOut(BaseModel):
+    rule_id: str | None = Field(description="The rule the payment would follow; null: the default order.")
+    provider_ids: list[str] = Field(description="The providers in the order they would be tried.")
+    usable_provider_ids: list[str] = Field(description="Those of them that could take the payment now.")

@@ -234,6 +234,7 @@ class SubscriptionCharges:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._locked: dict[str, tuple[Subscription, SubscriptionBilling]] = {}
+        self._held: list[object] = []
 
     def read(self, session: Session, payments: Sequence[Payment]) -> None:
         """Nothing more to read: the payment says what it charges for."""
@@ -264,9 +265,13 @@ class SubscriptionCharges:
         # Held in the identity map for record_outcome, the receipts and the dunning mails.
         invoice_ids = [i for i in (PaymentDetails.of(p).invoice_id for p in payments) if i]
         held = [subscription for subscription, _ in self._locked.values()]
-        session.scalars(sa.select(Invoice).where(Invoice.id.in_(invoice_ids))).all()
-        session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all()
-        session.scalars(sa.select(User).where(User.id.in_({s.user_id for s in held if s.user_id}))).all()
+        # Kept referenced here: the identity map holds unchanged rows only weakly, so a list read
+        # and dropped would be gone again (and each later get a query, and an autoflush).
+        self._held = [
+            *session.scalars(sa.select(Invoice).where(Invoice.id.in_(invoice_ids))).all(),
+            *session.scalars(sa.select(Product).where(Product.id.in_({s.product_id for s in held}))).all(),
+            *session.scalars(sa.select(User).where(User.id.in_({s.user_id for s in held if s.user_id}))).all(),
+        ]
 
     def charged(self, session: Session, payment: Payment, error: Exception | None, *, by: str | None) -> None:
         if payment.status in ("completed", "failed"):

@@ -137,14 +137,20 @@ def subscribe(
     if not 1 <= quantity <= MAX_QUANTITY:
         raise InvalidInput(f"quantity is 1 to {MAX_QUANTITY}", errors=[{"field": "quantity", "message": "out of range"}])
     trial_days = product.trial_days or 0
+    billing_address_id = defaults_of(session, owner).get("billing")
+    address = session.get(Address, billing_address_id) if billing_address_id else None
+    # The routing rules choose the provider only for a trial without a method (a method fixes it).
+    facts = routing.Facts(
+        product.currency, product.price_cents * quantity, address.country if address else None,
+        frozenset({product.product_type}), f"{owner.id}:{product.id}",
+    )
     route = routing.route(
         session, security, owner, product.currency, routing.PayWith(payment_method_id=payment_method_id),
         without_method="save one first, or name payment_method_id" if trial_days <= 0 else None, provider_field=None,
+        facts=facts,
     )
     method, provider = route.method, route.provider
     now = clock.now()
-    billing_address_id = defaults_of(session, owner).get("billing")
-    address = session.get(Address, billing_address_id) if billing_address_id else None
     trial_end = now + timedelta(days=trial_days) if trial_days > 0 else None
     subscription = Subscription(
         user_id=owner.user_id,

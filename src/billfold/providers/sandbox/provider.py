@@ -123,7 +123,9 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
 class SandboxProvider:
     """The sandbox adapter. ``config``: ``state_path`` (a SQLite file; absent: memory of this
     adapter only), ``webhook_secret`` (``whsec_…``), ``disable``, ``currencies`` and ``two_step``
-    (see ``sandbox_capabilities``)."""
+    (see ``sandbox_capabilities``), and ``down`` (true: the provider cannot be reached, so every call
+    raises ``ProviderUnavailable`` with ``sent=False``, as a refused connection would; a test
+    switches a whole provider off and on with it)."""
 
     kind = "sandbox"
 
@@ -135,6 +137,16 @@ class SandboxProvider:
         self.webhook_secret: str = config.get("webhook_secret") or DEFAULT_WEBHOOK_SECRET
         standard_webhooks.secret_key(self.webhook_secret)  # a malformed secret fails now, not at delivery
         self.capabilities = sandbox_capabilities(config)
+        down = config.get("down", False)
+        if not isinstance(down, bool):
+            raise ValueError("sandbox config 'down' must be true or false")
+        self.down = down
+
+    def _reach(self) -> None:
+        """Refuse every call while the provider is ``down``: nothing reaches it, nothing happens there."""
+        if self.down:
+            raise ProviderUnavailable(f"the sandbox provider {self.provider_id} is down (config down: true); "
+                                      "the request never reached it", provider=self.provider_id, sent=False)
 
     def close(self) -> None:
         self.store.close()
@@ -196,6 +208,7 @@ class SandboxProvider:
         payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
         capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
     ) -> ChargeResult:
+        self._reach()
         self._check_charge(amount, payment_method_id, off_session, capture)
         params = {
             "amount": [amount.amount, amount.currency], "customer_id": customer_id,
@@ -386,10 +399,12 @@ class SandboxProvider:
     # ---- reading --------------------------------------------------------------------------------
 
     def get_charge(self, charge_id: str) -> ChargeResult:
+        self._reach()
         with self.store.read() as db:
             return _charge(_get(db, "charges", charge_id))
 
     def find_charge(self, *, idempotency_key: str) -> ChargeResult | None:
+        self._reach()
         with self.store.read() as db:
             stored = db.execute("SELECT outcome FROM idempotency_keys WHERE operation = 'charge' AND key = ?",
                                 (idempotency_key,)).fetchone()
@@ -398,6 +413,7 @@ class SandboxProvider:
             return _charge(_get(db, "charges", _Outcome.from_json(stored["outcome"]).object["id"]))
 
     def get_refund(self, refund_id: str) -> RefundResult:
+        self._reach()
         with self.store.read() as db:
             return _refund(_get(db, "refunds", refund_id))
 
@@ -459,10 +475,12 @@ class SandboxProvider:
             return method
 
     def get_customer(self, customer_id: str) -> CustomerResult:
+        self._reach()
         with self.store.read() as db:
             return _customer(_get(db, "customers", customer_id))
 
     def get_payment_method(self, payment_method_id: str) -> PaymentMethodResult:
+        self._reach()
         with self.store.read() as db:
             return _method(_get(db, "payment_methods", payment_method_id))
 
@@ -475,11 +493,13 @@ class SandboxProvider:
         return [_refund(row) for row in self._list("refunds", created_from, created_to)]
 
     def list_refunds_of(self, charge_id: str) -> list[RefundResult]:
+        self._reach()
         with self.store.read() as db:
             rows = db.execute("SELECT * FROM refunds WHERE charge_id = ? ORDER BY created_at, id", (charge_id,))
             return [_refund(row) for row in rows]
 
     def _list(self, table: str, start: datetime | None, end: datetime | None) -> list[sqlite3.Row]:
+        self._reach()
         order = "seq" if table == "events" else "created_at, id"
         with self.store.read() as db:
             return db.execute(
@@ -520,6 +540,7 @@ class SandboxProvider:
         refuse other parameters. Outcomes are stored in the same transaction as the work, so a
         crash leaves either both or neither. Refusals (InvalidProviderRequest) and
         ProviderUnavailable roll back and store nothing, so they may be retried."""
+        self._reach()
         _check_key(key)
         request_hash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         with self.store.write() as db:

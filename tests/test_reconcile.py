@@ -101,7 +101,7 @@ def url(engine: Engine) -> str:
 
 
 def sandbox_world(api: Api, engine: Engine, tmp_path: Path) -> World:
-    provider_id = new_id("rc").lower()[:20]
+    provider_id = "rc_" + new_id("x")[-14:].lower()  # the random end of the id: its start is the time
     state = tmp_path / f"{provider_id}.sqlite3"
     with transaction(session_factory(engine)) as session:
         session.add(PaymentProvider(id=provider_id, display_name="Reconciled sandbox",

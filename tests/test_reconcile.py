@@ -524,3 +524,16 @@ def test_bad_input_is_one_line_and_exit_2_and_changes_nothing(engine: Engine, tm
     cli.assert_one_line_error(unreachable, broken)
     with session_factory(engine)() as session:
         assert session.scalars(sa.select(sa.func.count()).select_from(PaymentEvent)).one() == before
+
+
+def test_a_payment_refunded_in_full_agrees(world: World, admin_token: str) -> None:
+    """Refunded through Billfold, nothing lost: the provider's charge and refund agree with ours
+    (Authorize.net voids a charge not yet settled: its refund is the void, its charge canceled)."""
+    order_id, payment_id = world.pay(price=900)
+    with world.api.client(admin_token) as admin:
+        refunded = admin.post(f"/v1/payments/{payment_id}/refunds", json={"reason": "changed their mind"})
+    assert refunded.status_code == 201, refunded.text
+    assert row(world.engine, Order, order_id).status == "refunded"
+    code, report = world.report()
+    assert code == 0 and report["findings"] == [], report["findings"]
+    assert report["counts"]["agreed"] == 2

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,10 @@ class World:
         assert answer.status_code in ((200,) if retry or not lose_answer else (503,)), answer.text
         [payment] = payments_of(self.engine, made["id"])
         return made["id"], payment.id
+
+    @property
+    def start(self) -> datetime:
+        return datetime.fromisoformat(self.since)
 
     def reconcile(self, *args: str) -> cli.Result:
         return cli.run("reconcile", "--provider", self.provider_id, "--since", self.since, *args,
@@ -369,7 +373,7 @@ def sql(engine: Engine, statement: str, **params: object) -> None:
 @pytest.mark.every_database
 def test_a_checkout_whose_answer_and_webhook_were_lost_is_repaired_and_a_second_run_agrees(world: World) -> None:
     order_id, payment_id = world.pay(lose_answer=True)  # charged at the provider; Billfold heard nothing
-    [charge] = world.adapter().list_charges()
+    [charge] = world.adapter().list_charges(world.start)
     assert world.lose_webhooks(charge.id) >= 1  # and the webhooks that would have told it were lost
     pending = row(world.engine, Payment, payment_id)
     assert pending.status == "pending"
@@ -452,7 +456,7 @@ def test_amounts_and_states_changed_on_either_side_are_reported_and_nothing_is_r
     _, theirs_failed = world.pay(price=3000)
     _, theirs_lost = world.pay(price=4000)
     sql(world.engine, "UPDATE payments SET amount_cents = 1300 WHERE id = :id", id=ours_changed)
-    charges = {c.metadata["payment_id"]: c.id for c in world.adapter().list_charges()}
+    charges = {c.metadata["payment_id"]: c.id for c in world.adapter().list_charges(world.start)}
     world.alter_charge(charges[theirs_changed], amount=2500)
     world.alter_charge(charges[theirs_failed], failed=True)
     world.forget_charge(charges[theirs_lost])
@@ -482,7 +486,7 @@ def test_a_refund_whose_answer_and_webhook_were_lost_is_repaired(world: World, a
     with world.api.client(admin_token) as admin:
         lost = admin.post(f"/v1/payments/{payment_id}/refunds", json={"reason": "answer lost"})
         refund_id = assert_problem(lost, 503, "provider_unavailable")["refund_id"]
-    [made] = world.adapter().list_refunds()
+    [made] = world.adapter().list_refunds(world.start)
     assert world.lose_webhooks(made.id) >= 1
     assert row(world.engine, Refund, refund_id).status == "pending"
     code, report = world.report()

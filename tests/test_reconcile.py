@@ -33,7 +33,7 @@ from billfold.kit.ids import new_id
 from billfold.kit.money import Money
 from billfold.models import Order, Payment, PaymentEvent, PaymentProvider, PaymentWebhook, Refund
 from billfold.providers.authorizenet import AuthorizeNetProvider, opaque_token, sign_webhook
-from billfold.providers.base import ChargeResult, ProviderAdapter
+from billfold.providers.base import ChargeResult, ChargeStatus, ProviderAdapter
 from billfold.providers.paypal import PayPalProvider
 from billfold.providers.sandbox import SandboxProvider
 from billfold.providers.stripe import StripeProvider
@@ -71,6 +71,7 @@ class World:
     settle: Callable[[], None] = lambda: None  # the provider settles what it charged (before refunding)
     slow_token: str | None = None  # a token whose every answer is lost (the sandbox's way of lose_next)
     cannot_alter: str | None = None  # why the provider's records cannot be altered or lost, if they cannot
+    fake: Any = None  # the fake itself, for a provider's own test
 
     def lose_webhooks(self, object_id: str) -> int:
         """Deliver the provider's webhooks about ``object_id`` to Billfold's inbox, then delete the
@@ -280,7 +281,7 @@ def paypal_world(api: Api, engine: Engine, tmp_path: Path, admin_token: str) -> 
 
         try:
             yield World(api, engine, provider_id, started(), lambda: direct, lambda: None, approve, lose_next,
-                        behind, alter, forget, deliveries)
+                        behind, alter, forget, deliveries, fake=fake)
         finally:
             direct.close()
         assert fake.state.violations == [], "no request or answer broke PayPal's documents"
@@ -541,3 +542,27 @@ def test_a_payment_refunded_in_full_agrees(world: World, admin_token: str) -> No
     code, report = world.report()
     assert code == 0 and report["findings"] == [], report["findings"]
     assert report["counts"]["agreed"] == 2
+
+
+def test_paypal_lists_only_money_that_moved_and_may_lag(api: Api, engine: Engine, tmp_path: Path, admin_token: str) -> None:
+    """PayPal's Transaction Search lists captures and refunds only, and may lag (docs/operations.md):
+    an order the buyer never approved is not listed, a payment waiting for the buyer is no
+    disagreement, and a capture not listed yet is looked up by its order: not missing_theirs."""
+    with paypal_world(api, engine, tmp_path, admin_token) as world:
+        world.pay()
+        world.fake.state.transactions.clear()  # Transaction Search has not caught up with that capture yet
+        code, report = world.report()
+        assert code == 0 and report["checked"] == {"charges": 0, "refunds": 0}, report["findings"]
+        assert report["counts"]["agreed"] == 1
+
+        buyer = customer(api, engine)
+        made = order(api, buyer.token, (product(engine, 1000), 1))
+        with api.client(buyer.token) as client:
+            waiting = checkout(client, made["id"], provider_id=world.provider_id)
+        assert waiting.status_code == 202, waiting.text
+        order_id = waiting.json()["payment"]["provider_payment_id"]
+        assert world.adapter().get_charge(order_id).status == ChargeStatus.REQUIRES_ACTION  # PayPal has it
+        assert world.adapter().list_charges(world.start) == []  # but lists no money moved
+        code, report = world.report()
+        assert code == 0 and report["checked"] == {"charges": 0, "refunds": 0} and report["findings"] == []
+        assert report["counts"]["agreed"] == 1

@@ -10,6 +10,7 @@ does. It knows:
   settled minus refunded: error 55); the duplicate window (``transactionSettings``
   ``duplicateWindow``, default 120 s): the same type, amount, card or profile and invoice number
   within the window is refused with response code 3, error 11, and nothing is made;
+- ``userFields`` of a charge or refund, kept and shown in its details;
 - ``getTransactionDetailsRequest``, ``getUnsettledTransactionListRequest``,
   ``getSettledBatchListRequest``, ``getTransactionListRequest`` (paging by page number);
 - ``createCustomerProfileRequest`` (E00039 on a second ``merchantCustomerId``),
@@ -29,8 +30,9 @@ Accept.js opaque data values name the outcome (the descriptor is not checked):
 (Base64 ``=`` padding on a value is ignored: the compact token form leaves it off.)
 
 Test hooks, under ``/_fake/``: ``POST settle`` (a new batch settles every captured charge and
-refund), ``POST fail {"mode": "timeout"|"500", "when": "before"|"after", "count": 1}`` (the next
-calls stall past the client's timeout or answer 500, having done their work or not),
+refund), ``POST fail {"mode": "timeout"|"500", "when": "before"|"after", "count": 1, "root": null}`` (the next
+calls, or the next calls of that root, e.g. ``createTransactionRequest``, stall past the client's
+timeout or answer 500, having done their work or not),
 ``POST decline {"reason": 65}`` (the next transaction declines with it), ``GET transactions``,
 ``GET events``, ``POST deliver {"url", "notificationId"}`` (a recorded event, signed with
 X-ANET-Signature and POSTed to ``url``; answers the status and body).
@@ -115,7 +117,7 @@ class AuthorizeNetFake:
         self.customers: dict[str, dict[str, Any]] = {}
         self.batches: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
-        self.failures: list[tuple[str, str]] = []
+        self.failures: list[tuple[str, str, str | None]] = []  # (mode, when, only this root or any)
         self.next_decline: int | None = None
         self.requests: list[str] = []
         self._ids = itertools.count(60000000001)
@@ -149,7 +151,9 @@ class AuthorizeNetFake:
             return self._answer({"messages": _error("E00003", "An error occurred while parsing the request.")})
         with self._lock:
             self.requests.append(root)
-            failure = self.failures.pop(0) if self.failures else None
+            failure = next((f for f in self.failures if f[2] in (None, root)), None)
+            if failure is not None:
+                self.failures.remove(failure)
         if failure is not None and failure[1] == "before":
             return await self._fail(failure[0], None)
         auth = body.get("merchantAuthentication") or {}
@@ -230,6 +234,7 @@ class AuthorizeNetFake:
             "authAmount": amount, "settleAmount": amount if status == "capturedPendingSettlement" else Decimal(0),
             "order": {"invoiceNumber": order.get("invoiceNumber", ""), "description": order.get("description", "")},
             "card": card, "brand": brand, "profile": profile, "duplicate_key": duplicate_key,
+            "userFields": _user_fields(request),
         }
         if code == "1":
             self._event("net.authorize.payment.authcapture.created" if kind == "authCaptureTransaction"
@@ -285,6 +290,7 @@ class AuthorizeNetFake:
             "authAmount": amount, "settleAmount": amount,
             "order": {"invoiceNumber": order.get("invoiceNumber", ""), "description": order.get("description", "")},
             "card": original["card"], "brand": original["brand"], "profile": original["profile"],
+            "userFields": _user_fields(request),
         }
         self._event("net.authorize.payment.refund.created", trans_id, amount)
         return _transaction_answer("1", trans_id, 1, card=original["card"], brand=original["brand"])
@@ -312,6 +318,8 @@ class AuthorizeNetFake:
             details["profile"] = t["profile"]
         if t.get("batch"):
             details["batch"] = t["batch"]
+        if t.get("userFields"):
+            details["userFields"] = [dict(f) for f in t["userFields"]]
         return details
 
     def _summary(self, t: dict[str, Any]) -> dict[str, Any]:
@@ -453,7 +461,8 @@ class AuthorizeNetFake:
     async def hook_fail(self, request: Request) -> Response:
         wanted = await request.json()
         with self._lock:
-            self.failures.extend([(wanted.get("mode", "timeout"), wanted.get("when", "after"))] * int(wanted.get("count", 1)))
+            self.failures.extend([(wanted.get("mode", "timeout"), wanted.get("when", "after"), wanted.get("root"))]
+                                 * int(wanted.get("count", 1)))
         return JSONResponse({"queued": len(self.failures)})
 
     async def hook_decline(self, request: Request) -> Response:
@@ -487,6 +496,12 @@ def _ok() -> dict[str, Any]:
 
 def _error(code: str, text: str) -> dict[str, Any]:
     return {"resultCode": "Error", "message": [{"code": code, "text": text}]}
+
+
+def _user_fields(request: dict[str, Any]) -> list[dict[str, str]]:
+    """A request's merchant-defined fields (``userFields.userField``: one or a list), kept as sent."""
+    fields = (request.get("userFields") or {}).get("userField") or []
+    return [fields] if isinstance(fields, dict) else list(fields)
 
 
 def _setting(request: dict[str, Any], name: str, default: int) -> int:

@@ -516,6 +516,8 @@ class PayPalFake:
         }
         if body.get("note_to_payer"):
             refund["note_to_payer"] = body["note_to_payer"]
+        if body.get("custom_id"):
+            refund["custom_id"] = body["custom_id"]
         self.state.refunds[refund_id] = refund
         self._transaction(refund_id, record.order["id"], "T1107", money(-amount, currency), refund["create_time"])
         payments.setdefault("refunds", []).append(refund)

@@ -131,6 +131,7 @@ class LosingProxy:
         self.url = ""
         self.http = httpx.Client(base_url=target, timeout=10)
         self.lose: str | None = None  # a path ending: the next such request is forwarded, its answer lost
+        self.lose_method: str | None = None  # and only a request of this method (None: any)
         self.lost: list[str] = []
         # (path ending, status, body): the next request to such a path is answered so, not forwarded
         self.answers: list[tuple[str, int, dict[str, Any]]] = []
@@ -158,7 +159,8 @@ class LosingProxy:
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
                 answer = proxy.http.request(self.command, self.path, content=body, headers=headers)
-                if proxy.lose and self.path.split("?")[0].endswith(proxy.lose):
+                if (proxy.lose and self.path.split("?")[0].endswith(proxy.lose)
+                        and proxy.lose_method in (None, self.command)):
                     proxy.lost.append(self.path)
                     proxy.lose = None
                     self.close_connection = True

@@ -122,8 +122,11 @@ def test_the_token_takes_accept_js_opaque_data_and_never_a_card_number(anet: Aut
 
 def test_auth_capture_succeeds_with_our_references_and_is_read_back(anet: AuthorizeNetProvider, fake: AuthorizeNetFake) -> None:
     k = key()
-    charge = anet.charge(amount=usd(1250), token=opaque_token("approve"), idempotency_key=k, description="Order 17")
+    charge = anet.charge(amount=usd(1250), token=opaque_token("approve"), idempotency_key=k, description="Order 17",
+                         metadata={"payment_id": "pay_17", "order_id": "ord_17"})
     assert charge.status is ChargeStatus.SUCCEEDED and charge.provider_status == "capturedPendingSettlement"
+    # our ids travel as merchant-defined userFields, so the transaction names our payment when listed
+    assert charge.metadata == {"payment_id": "pay_17", "order_id": "ord_17", "invoice_number": short_reference(k)}
     assert charge.amount == charge.amount_captured == usd(1250) and charge.amount_refunded == usd(0)
     [made] = made_with(fake, k)
     assert charge.id == made["transId"] and len(short_reference(k)) == 20
@@ -193,8 +196,10 @@ def test_refunds_of_a_settled_charge_partial_then_the_rest_and_never_more(
 ) -> None:
     charge = anet.charge(amount=usd(10000), token=opaque_token("approve"), idempotency_key=key())
     settle(fake)
-    first = anet.refund(charge_id=charge.id, idempotency_key="ref-a-" + charge.id, amount=usd(3000), reason="damaged")
+    first = anet.refund(charge_id=charge.id, idempotency_key="ref-a-" + charge.id, amount=usd(3000), reason="damaged",
+                        metadata={"refund_id": "ref_1"})
     assert first.charge_id == charge.id and first.id != charge.id and first.amount == usd(3000)
+    assert first.metadata["refund_id"] == "ref_1" and [r.metadata.get("refund_id") for r in anet.list_refunds() if r.id == first.id] == ["ref_1"]
     assert first.status is RefundStatus.SUCCEEDED and first.provider_status == "refundPendingSettlement"
     assert fake.transactions[first.id]["transactionType"] == "refundTransaction"
     assert fake.transactions[first.id]["refTransId"] == charge.id

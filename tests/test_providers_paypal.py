@@ -272,7 +272,8 @@ def test_an_authorization_is_voided(adapter: PayPalProvider, buyer: Buyer) -> No
 def test_partial_and_full_refunds_and_an_over_refund_is_refused(adapter: PayPalProvider, buyer: Buyer) -> None:
     order_id = approved_order(adapter, buyer, Money(10000, "USD"))
     adapter.confirm(charge_id=order_id, idempotency_key=new_id("k"))
-    part = adapter.refund(charge_id=order_id, idempotency_key=new_id("k"), amount=Money(2500, "USD"), reason="one item back")
+    part = adapter.refund(charge_id=order_id, idempotency_key=new_id("k"), amount=Money(2500, "USD"), reason="one item back",
+                          metadata={"refund_id": "ref_01part"})
     assert part.charge_id == order_id and part.amount == Money(2500, "USD") and part.status == RefundStatus.SUCCEEDED
     with pytest.raises(InvalidProviderRequest) as over:
         adapter.refund(charge_id=order_id, idempotency_key=new_id("k"), amount=Money(7501, "USD"))
@@ -283,6 +284,7 @@ def test_partial_and_full_refunds_and_an_over_refund_is_refused(adapter: PayPalP
     assert charge.amount_refunded == Money(10000, "USD") and charge.amount_refundable == Money(0, "USD")
     fetched = adapter.get_refund(part.id)
     assert (fetched.id, fetched.charge_id, fetched.amount, fetched.status) == (part.id, order_id, part.amount, RefundStatus.SUCCEEDED)
+    assert fetched.metadata == {"refund_id": "ref_01part"}, "custom_id names our refund, read back from PayPal"
     with pytest.raises(ProviderObjectNotFound):
         adapter.get_refund("0NOSUCHREFUND00")
 

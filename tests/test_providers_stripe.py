@@ -167,6 +167,8 @@ def test_a_saved_card_is_charged_and_read_back(stripe: StripeProvider, localstri
     assert [c["status"] for c in localstripe.charges_of(paid.id)] == ["succeeded"]
     window = stripe.list_charges(paid.created, paid.created + timedelta(seconds=1))
     assert paid.id in [c.id for c in window]
+    # created is whole seconds: a window ending within the charge's second holds it
+    assert paid.id in [c.id for c in stripe.list_charges(paid.created, paid.created + timedelta(milliseconds=300))]
     assert paid.id not in [c.id for c in stripe.list_charges(paid.created + timedelta(seconds=1))]
     assert paid.id not in [c.id for c in stripe.list_charges(None, paid.created)]
     for _ in range(2):

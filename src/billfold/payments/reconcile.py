@@ -221,7 +221,9 @@ def _read_ours(
 _AGREE = {
     "pending": frozenset(set(ChargeStatus) - FINAL_CHARGE_STATUSES),
     "completed": frozenset({ChargeStatus.SUCCEEDED}),
-    "refunded": frozenset({ChargeStatus.SUCCEEDED}),
+    # A charge voided before it settled (Authorize.net refunds so in full) is canceled: the whole
+    # amount went back, which our refunds must add up to (compared below).
+    "refunded": frozenset({ChargeStatus.SUCCEEDED, ChargeStatus.CANCELED}),
     "failed": frozenset({ChargeStatus.FAILED, ChargeStatus.CANCELED}),
 }
 
@@ -284,10 +286,11 @@ def _compare_charge(ours: _Ours, charge: ChargeResult, into: _Comparison) -> str
     if charge.status in _AGREE.get(payment.status, frozenset()):
         if payment.status in ("completed", "refunded"):
             refunded = ours.refunded.get(payment.id, 0)
-            if charge.amount_refunded.amount != refunded:
+            theirs = charge.amount if charge.status == ChargeStatus.CANCELED else charge.amount_refunded
+            if theirs.amount != refunded:
                 into.findings.append(Finding(
                     "refunded", "charge", payment.id, charge.id,
-                    f"the provider has refunded {charge.amount_refunded.format()} of it, "
+                    f"the provider has refunded {theirs.format()} of it, "
                     f"Billfold's refunds add up to {_money(refunded, payment.currency)}",
                 ))
                 return payment.id

@@ -57,6 +57,7 @@ DEFAULT_API_BASE = "https://apitest.authorize.net/xml/v1/request.api"
 DEFAULT_DUPLICATE_WINDOW = 120  # seconds: Authorize.net's own default for duplicateWindow
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_LOOKUP_DAYS = 30  # how far back find_charge and refunds search the settled batches (<= 31: one call)
+USER_FIELDS = 20  # merchant-defined fields a transaction may carry
 REFERENCE_LENGTH = 20  # refId, order.invoiceNumber and merchantCustomerId hold at most 20 characters
 
 # The one-time token Billfold takes is the Accept.js opaque data, in one of two forms (see
@@ -468,6 +469,8 @@ class AuthorizeNetProvider:
         request["transactionSettings"] = {"setting": [
             {"settingName": "duplicateWindow", "settingValue": str(self.duplicate_window)},
         ]}
+        if metadata:
+            request["userFields"] = _user_fields(metadata)
         try:
             answer = self._call("createTransactionRequest", {"transactionRequest": request}, ref_id=reference)
         except ProviderUnavailable as unknown:
@@ -608,6 +611,8 @@ class AuthorizeNetProvider:
         request["refTransId"] = charge_id
         request["order"] = {"invoiceNumber": f"R{charge_id}"[:REFERENCE_LENGTH],
                             "description": (f"billfold refund {tag}" + (f": {reason}" if reason else ""))[:255]}
+        if metadata:
+            request["userFields"] = _user_fields(metadata)
         answer = self._call("createTransactionRequest", {"transactionRequest": request}, ref_id=tag)
         self._transaction_refused(answer, "refund")
         refund_id = str((answer.get("transactionResponse") or {}).get("transId"))
@@ -636,7 +641,7 @@ class AuthorizeNetProvider:
             str(details["transId"]), str(details.get("refTransId") or ""),
             _money(details.get("settleAmount") or details.get("authAmount"), self.currency),
             REFUND_STATUS.get(status, RefundStatus.PENDING), status, _time(details.get("submitTimeUTC")),
-            tag.group(2) if tag else None, {"reference": tag.group(1)} if tag else {},
+            tag.group(2) if tag else None, {**_read_user_fields(details), **({"reference": tag.group(1)} if tag else {})},
         )
 
     def _refunds_of(self, charge_id: str, details: Mapping[str, Any]) -> list[RefundResult]:
@@ -698,7 +703,8 @@ class AuthorizeNetProvider:
             amount_captured=captured, amount_refunded=Money(0, self.currency), created=_time(details.get("submitTimeUTC")),
             customer_id=customer_id, payment_method_id=method_id, capture=kind != "authOnlyTransaction",
             off_session=False, description=(details.get("order") or {}).get("description") or None,
-            metadata={"invoice_number": str((details.get("order") or {}).get("invoiceNumber") or "")},
+            metadata={**_read_user_fields(details),
+                      "invoice_number": str((details.get("order") or {}).get("invoiceNumber") or "")},
             failure_code=failure_code, failure_message=failure_message,
         )
 
@@ -784,6 +790,24 @@ class AuthorizeNetProvider:
             object_id = f"{payload['customerProfileId']}-{object_id}"
         data = json.loads(json.dumps(payload, default=str))
         return WebhookEvent(event_id, ours, object_type, object_id, _time(event.get("eventDate")), data)
+
+
+def _user_fields(metadata: Mapping[str, str]) -> dict[str, list[dict[str, str]]]:
+    """Our metadata as merchant-defined ``userFields`` (at most 20; names and values at most 255
+    characters): Authorize.net keeps them with the transaction and shows them in its details, so a
+    charge or refund whose answer was lost still names our payment or refund (reconciliation)."""
+    fields = [{"name": str(k)[:255], "value": str(v)[:255]} for k, v in sorted(metadata.items()) if v is not None]
+    return {"userField": fields[:USER_FIELDS]}
+
+
+def _read_user_fields(details: Mapping[str, Any]) -> dict[str, str]:
+    """The ``userFields`` of a transaction's details (a list, or ``{"userField": ...}``)."""
+    found = details.get("userFields") or []
+    if isinstance(found, dict):
+        found = found.get("userField") or []
+    if isinstance(found, dict):
+        found = [found]
+    return {str(f["name"]): str(f.get("value") or "") for f in found if isinstance(f, dict) and f.get("name")}
 
 
 def _replace_refunded(charge: ChargeResult, refunded: Money) -> ChargeResult:

@@ -458,6 +458,8 @@ class PayPalProvider:
             body["amount"] = {"currency_code": amount.currency, "value": paypal_value(amount)}
         if reason:
             body["note_to_payer"] = reason[:255]
+        if (metadata or {}).get("refund_id"):  # so a refund whose answer was lost still names ours (reconcile)
+            body["custom_id"] = str((metadata or {})["refund_id"])[:127]
         made = self._write("the refund", "POST", f"/v2/payments/captures/{capture['id']}/refund",
                            body=body, key=idempotency_key)
         return self._refund(made, charge_id, reason=reason, metadata=metadata)
@@ -641,7 +643,7 @@ class PayPalProvider:
             id=str(refund["id"]), charge_id=charge_id, amount=from_paypal(refund["amount"]),
             status=REFUND_STATUS.get(raw, RefundStatus.PENDING), provider_status=raw,
             created=_time(refund.get("create_time")), reason=reason or refund.get("note_to_payer"),
-            metadata=dict(metadata or {}),
+            metadata={**({"refund_id": str(refund["custom_id"])} if refund.get("custom_id") else {}), **(metadata or {})},
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -392,9 +393,11 @@ class StripeProvider:
 
     def _collect(self, list_call: Callable[[dict[str, Any]], Any], params: dict[str, Any],
                  start: datetime | None, end: datetime | None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Every page of a list, kept to [start, end) (second precision, as Stripe's ``created``)."""
+        """Every page of a list, kept to [start, end) at Stripe's precision: ``created`` is whole
+        seconds, so an object of the second ``start`` or ``end`` falls in is kept (one created at
+        12:00:05.3 says 12:00:05, and is in a window ending at 12:00:05.6)."""
         low = int(start.timestamp()) if start else None
-        high = int(end.timestamp()) if end else None
+        high = math.ceil(end.timestamp()) if end else None
         found: list[dict[str, Any]] = []
         with self._translated():
             for index, item in enumerate(list_call(params).auto_paging_iter()):

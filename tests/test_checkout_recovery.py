@@ -314,3 +314,26 @@ def test_checkouts_on_a_server_killed_mid_flight_are_settled_by_the_sweep_and_ch
         assert "pending" not in {p.status for p in payments}, "nothing left under way"
         completed = [p for p in payments if p.status == "completed"]
         assert [p.provider_payment_id for p in completed] == charged.get(order_id, [])
+
+
+def test_a_payment_left_waiting_is_asked_about_by_the_sweep_at_most_once_a_round(api: Api, engine: Engine) -> None:
+    """3-D Secure: one customer authenticates at the bank and never comes back, another never acts.
+    The sweep asks the provider about both: the first is completed; the second, still waiting, is
+    stamped, so the next round leaves it alone until it has been quiet ``STALE_AFTER`` again."""
+    ada = customer(api, engine)
+    item = product(engine)
+    came_back, gone = order(api, ada.token, (item, 1)), order(api, ada.token, (item, 1))
+    with api.client(ada.token) as client:
+        for made in (came_back, gone):
+            assert checkout(client, made["id"], token="tok_sandbox_3ds_success").status_code == 202
+    [authenticated] = payments_of(engine, came_back["id"])
+    sandbox = SandboxProvider("sandbox", {"state_path": str(Path(api.data_dir) / "sandbox.sqlite3")})
+    sandbox.confirm(charge_id=authenticated.provider_payment_id, idempotency_key="at-the-bank")
+    with later():
+        assert run_settle_sweep(engine, api.data_dir) >= 1
+        [waiting] = payments_of(engine, gone["id"])
+        stamped = waiting.updated_at
+        run_settle_sweep(engine, api.data_dir)
+        assert payments_of(engine, gone["id"])[0].updated_at == stamped, "not asked again this soon"
+    assert payments_of(engine, came_back["id"])[0].status == "completed"
+    assert waiting.status == "pending" and stamped > waiting.created_at

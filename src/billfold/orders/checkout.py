@@ -38,6 +38,7 @@ Every function answers an ``engine.Outcome``; the routes (orders/api.py) answer 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -233,11 +234,34 @@ def _drive(
     return outcome
 
 
+ASK_WAITING_FOR = timedelta(days=3)
+"""How long after it began a payment still waiting at the provider is asked about by the sweep."""
+
+
 def unknown_outcomes(session: Session, limit: int) -> list[str]:
-    """Order payments still pending ``engine.STALE_AFTER`` after they began with no charge recorded
-    (their request crashed or timed out before the provider's answer was written), oldest first."""
-    statement = sa.select(Payment.id).where(Payment.order_id.is_not(None), Payment.provider_payment_id.is_(None))
+    """Order payments still pending ``engine.STALE_AFTER`` after they began, oldest first: those with
+    no charge recorded (their request crashed or timed out before the provider's answer was
+    written), and, for ``ASK_WAITING_FOR``, those recorded under a provider's charge but left alone
+    for ``STALE_AFTER`` (waiting for the customer, or processing): a confirm whose answer was lost,
+    or a buyer who approved at the provider and never came back. The sweep stamps each of those it
+    asks, so one still waiting is asked again only ``STALE_AFTER`` later."""
+    now = clock.now()
+    quiet = sa.and_(
+        Payment.provider_payment_id.is_not(None),
+        Payment.updated_at <= now - engine.STALE_AFTER,
+        Payment.created_at >= now - ASK_WAITING_FOR,
+    )
+    statement = sa.select(Payment.id).where(
+        Payment.order_id.is_not(None), sa.or_(Payment.provider_payment_id.is_(None), quiet)
+    )
     return list(session.scalars(engine.stale_pending(statement).limit(limit)))
+
+
+def asked(session: Session, payment_id: str) -> None:
+    """Stamp a payment the sweep asked about and found still pending, so it waits its turn again."""
+    session.execute(
+        sa.update(Payment).where(Payment.id == payment_id, Payment.status == "pending").values(updated_at=clock.now())
+    )
 
 
 def visible_payments(session: Session, principal: Principal) -> sa.Select[tuple[Payment]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from billfold.kit.db import reading
+from billfold.kit.db import reading, transaction
 from billfold.kit.errors import BillfoldError
 from billfold.kit.sweeps import Context, sweep
 from billfold.orders import checkout
@@ -22,8 +22,9 @@ log = logging.getLogger("billfold.orders")
 
 @sweep("orders.settle_payments", every=timedelta(minutes=1))
 def settle_unknown_order_payments(context: Context) -> int:
-    """Order payments pending ``engine.STALE_AFTER`` with no charge recorded: each settled by the
-    provider's answer (paid, declined, waiting for the customer, or failed when no charge was made).
+    """Order payments pending ``engine.STALE_AFTER`` whose outcome was not heard
+    (``checkout.unknown_outcomes``): each settled by the provider's answer (paid, declined, or failed
+    when no charge was made; one still waiting for the customer is stamped and asked again later).
     How many were settled; one the provider does not answer about stays for the next run."""
     # A plain read, no claim: settling is idempotent (each payment is locked while its answer is
     # recorded, and one recorded already is left alone), so two workers at once do no harm.
@@ -44,6 +45,10 @@ def settle_unknown_order_payments(context: Context) -> int:
         if outcome.result is Result.UNKNOWN:  # the provider did not answer: try again later
             detail = outcome.error.detail if isinstance(outcome.error, BillfoldError) else outcome.error
             log.warning("order payment %s left pending: %s", payment_id, detail)
+            continue
+        if outcome.result is Result.PENDING:  # still waiting for the customer: asked again later
+            with transaction(context.sessions) as session:
+                checkout.asked(session, payment_id)
             continue
         settled += 1
     return settled

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -99,6 +101,8 @@ def in_order(expected: list[str], printed: list[str]) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_newcomer_follows_the_guide_to_buy_refund_and_renew(provider: str, backend: str, tmp_path: Path) -> None:
+    missing = [tool for tool in ("curl", "jq") if shutil.which(tool) is None]
+    assert not missing, f"the guide needs {missing} (scripts/test installs them when run as root)"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     url = databases.fresh_database(backend, f"billfold_guide_{worker}", tmp_path)
     ports = {port: free_port() for port in PORTS}
@@ -120,6 +124,7 @@ def test_a_newcomer_follows_the_guide_to_buy_refund_and_renew(provider: str, bac
                                              f"http://127.0.0.1:{ports[fake_port]}{fake}"))
             ran = subprocess.run(["bash", "-c", localised(script, ports)], cwd=ROOT, env=env, capture_output=True,
                                  text=True, timeout=180)
+            (tmp_path / "terminal.txt").write_text(ran.stdout)
             assert ran.returncode == 0, f"{ran.stdout[-4000:]}\n{ran.stderr[-4000:]}"
             printed = ran.stdout.splitlines()
             assert expected and not in_order(expected, printed), (in_order(expected, printed), ran.stdout)
@@ -140,10 +145,23 @@ def test_a_newcomer_follows_the_guide_to_buy_refund_and_renew(provider: str, bac
                 assert events, "the guide's webhook reached Billfold"
                 assert len({e["id"] for e in events}) == len(events)
             assert_at_the_fake(provider, f"http://127.0.0.1:{ports[fake_port]}", payment["provider_payment_id"])
+            if provider != "stripe":  # the fake printed the config the guide gives Billfold
+                printed = next(json.loads(line) for line in (tmp_path / "fake.log").read_text().splitlines()
+                               if line.startswith("{"))
+                documented = documented_provider(provider, ports)
+                assert (documented["id"], documented["kind"]) == (provider, printed.pop("kind"))
+                assert documented["config"] == printed
             log = (tmp_path / "billfold.log").read_text()
             assert not any(s in log for s in SECRETS)
     finally:
         databases.drop_database(backend, url)
+
+
+def documented_provider(provider: str, ports: dict[str, int]) -> dict[str, Any]:
+    """The body the guide POSTs to /v1/payment-providers for ``provider``."""
+    code = localised("".join(blocks(provider, serve=False)), ports)
+    [body] = re.findall(r"/v1/payment-providers -d '(\{.*?\}\})'", code, re.S)
+    return dict(json.loads(body))
 
 
 def assert_at_the_fake(provider: str, fake: str, charge_id: str) -> None:
@@ -163,3 +181,20 @@ def assert_at_the_fake(provider: str, fake: str, charge_id: str) -> None:
         refunds = [t for t in listed if t.get("refTransId") == charge_id]
         assert [(t["transactionType"], t["settleAmount"]) for t in refunds] == [
             ("refundTransaction", 50.0), ("refundTransaction", 200.0)], refunds
+
+
+def test_the_guide_gives_each_provider_every_step() -> None:
+    """Quick tier: the guide's blocks are where the slow test finds them, and each provider's part
+    configures that kind, buys, refunds, renews and shows a webhook, with what the reader sees."""
+    ports = {port: int(port) for port in PORTS}
+    assert len(blocks("common", serve=True)) == 1 and "apikey create" in "".join(blocks("common", serve=False))
+    for provider in PROVIDERS:
+        [_] = blocks(provider, serve=True)
+        code = "".join(blocks(provider, serve=False))
+        assert documented_provider(provider, ports)["kind"] == provider
+        for step in ("/checkout", "/refunds", "/payment-methods", "/v1/subscriptions", "/v1/admin/clock/advance"):
+            assert step in code, (provider, step)
+        seen = EXPECTED.findall(code)
+        assert '{"status":"refunded","refunded_cents":25000}' in seen, provider
+        renewed = [{"status": "completed", "amount_cents": 4900, "provider_id": provider}] * 2
+        assert json.dumps(renewed, separators=(",", ":")) in seen, provider

@@ -549,3 +549,36 @@ def running(login: str, transaction_key: str, signature_key: str, stall_seconds:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ---- run by hand: python -m tests.authorizenet_fake --port 8422 -----------------------------------
+
+GUIDE_LOGIN = "guide-login"
+GUIDE_TRANSACTION_KEY = "guide-transaction-key"
+GUIDE_SIGNATURE_KEY = "0123456789ABCDEF" * 8  # 128 hex characters, as the Merchant Interface shows one
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake on 127.0.0.1 until Ctrl-C, after printing the provider config Billfold needs
+    for it (docs/providers.md, "Getting started")."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.authorizenet_fake", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8422)
+    parser.add_argument("--api-login-id", default=GUIDE_LOGIN)
+    parser.add_argument("--transaction-key", default=GUIDE_TRANSACTION_KEY)
+    parser.add_argument("--signature-key", default=GUIDE_SIGNATURE_KEY)
+    given = parser.parse_args(argv)
+    fake = AuthorizeNetFake(given.api_login_id, given.transaction_key, given.signature_key)
+    fake.url = f"http://127.0.0.1:{given.port}"
+    config = {"kind": "authorizenet", "api_login_id": given.api_login_id, "transaction_key": given.transaction_key,
+              "signature_key": given.signature_key, "api_base": fake.api_base}
+    print(f"Authorize.net fake on {fake.url} (Ctrl-C stops it). Billfold's provider config for it:", flush=True)
+    print(json.dumps(config), flush=True)
+    print(f"Settle the day's batch: POST {fake.url}/_fake/settle; its webhooks: GET {fake.url}/_fake/events, "
+          f"POST {fake.url}/_fake/deliver", flush=True)
+    uvicorn.run(fake.app, host="127.0.0.1", port=given.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -726,3 +726,37 @@ class Buyer:
                                                         "resource_type": resource_type, "tamper": tamper})
         answer.raise_for_status()
         return dict(answer.json())
+
+
+# ---- run by hand: python -m tests.paypal_fake --port 8421 ----------------------------------------
+
+GUIDE_CLIENT_ID = "guide-client-id"
+GUIDE_CLIENT_SECRET = "guide-client-secret-0123456789"
+GUIDE_WEBHOOK_ID = "GUIDE0WEBHOOK0ID"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake on 127.0.0.1 until Ctrl-C, after printing the provider config Billfold needs
+    for it (docs/providers.md, "Getting started")."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.paypal_fake", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8421)
+    parser.add_argument("--client-id", default=GUIDE_CLIENT_ID)
+    parser.add_argument("--client-secret", default=GUIDE_CLIENT_SECRET)
+    parser.add_argument("--webhook-id", default=GUIDE_WEBHOOK_ID)
+    given = parser.parse_args(argv)
+    fake = PayPalFake(given.client_id, given.client_secret, given.webhook_id)
+    fake.url = f"http://127.0.0.1:{given.port}"
+    contracts()
+    config = {"kind": "paypal", "client_id": given.client_id, "client_secret": given.client_secret,
+              "webhook_id": given.webhook_id, "api_base": fake.url}
+    print(f"PayPal fake on {fake.url} (Ctrl-C stops it). Billfold's provider config for it:", flush=True)
+    print(json.dumps(config), flush=True)
+    print(f"The buyer approves an order: POST {fake.url}/_fake/orders/<order id>/approve; "
+          f"a vault setup token: POST {fake.url}/_fake/setup-tokens", flush=True)
+    uvicorn.run(fake.app, host="127.0.0.1", port=given.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

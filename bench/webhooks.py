@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checkout import serve  # noqa: E402
+from checkout import serve, server_pids  # noqa: E402
 
 from billfold.kit.db import create_engine, session_factory  # noqa: E402
 from billfold.models import PaymentProvider, PaymentWebhook  # noqa: E402
@@ -113,6 +114,18 @@ def ceiling(engine: sa.Engine, count: int, clients: int) -> float:
     return per * clients / (time.perf_counter() - started)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds used so far by these processes (from /proc, as `ps` reads it)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) >= 2 else (values[0] if values else 0.0)
 
@@ -137,9 +150,11 @@ def main() -> None:
 
     work = deliveries(args.events)
     warm = deliveries(200)
-    with serve(url.render_as_string(hide_password=False), data_dir, args.workers) as (_, base):
+    with serve(url.render_as_string(hide_password=False), data_dir, args.workers) as (server, base):
         post_all(base, warm, min(args.clients, 8))
+        before = cpu_seconds(server_pids(server))
         elapsed, latencies, statuses = post_all(base, work, args.clients)
+        server_ms = (cpu_seconds(server_pids(server)) - before) * 1000 / args.events
         again = work[: max(1, args.events // 10)]
         _, _, repeated = post_all(base, again, args.clients)
     with engine.connect() as connection:
@@ -150,6 +165,7 @@ def main() -> None:
     print(f"database {backend}, {args.events} events, {args.clients} clients, {args.workers} server workers")
     print(f"over HTTP: {rate:,.0f} events/s in {elapsed:.1f} s; latency p50 {percentile(latencies, 50) * 1000:.1f} ms, "
           f"p95 {percentile(latencies, 95) * 1000:.1f} ms, p99 {percentile(latencies, 99) * 1000:.1f} ms")
+    print(f"server CPU per event: {server_ms:.2f} ms (all its processes; {1000 / server_ms:,.0f} events/s per core at most)")
     print(f"answers: {dict(statuses)}; the same {len(again)} again: {dict(repeated)}")
     print(f"rows stored: {stored} for {args.events + len(warm)} distinct events")
     print(f"ceiling (INSERT + COMMIT per row, {args.clients} connections): {best:,.0f} rows/s; HTTP is {rate / best:.0%} of it")

@@ -8,7 +8,7 @@ The work is cut so that it spreads over the test workers and stays bounded:
   answers before the database is reached for nearly every case, so it runs once per role and
   group, on the database the test's name picks;
 - the **examples and fuzzing** phases (schema-valid data that reaches the database) run on every
-  database, ``BILLFOLD_FUZZ_EXAMPLES`` (default 7) per operation, with a seed of their own per
+  database, ``BILLFOLD_FUZZ_EXAMPLES`` (default 5) per operation, with a seed of their own per
   database, so the three databases see different data rather than the same data three times.
 
 A fixed seed keeps CI repeatable; for a longer hunt run, e.g.,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXAMPLES = os.environ.get("BILLFOLD_FUZZ_EXAMPLES", "7")
+EXAMPLES = os.environ.get("BILLFOLD_FUZZ_EXAMPLES", "5")
 SEED = os.environ.get("BILLFOLD_FUZZ_SEED", "20261127")
 
 # Every path falls in exactly one group (checked below), so the work spreads over the workers.

@@ -151,17 +151,16 @@ def test_a_thousand_events_delivered_three_times_shuffled_leave_the_books_as_one
     with its payment completed, every lost dispute one refund, every won one none; one row per event."""
     ada = customer(api, engine, "thousand")
     item = product(engine, 1500)
-    lost: list[str] = []
-    with api.client(ada.token) as client:
-        for _ in range(100):
-            made = order(api, ada.token, (item, 1))
-            assert checkout(client, made["id"], token="tok_sandbox_timeout_after_success").status_code == 503
-            lost.append(payments_of(engine, made["id"])[0].id)
-        completed = []
-        for _ in range(150):
-            made = order(api, ada.token, (item, 1))
-            assert checkout(client, made["id"], token="tok_sandbox_visa").status_code == 200
-            completed.append(payments_of(engine, made["id"])[0])
+
+    def bought(token: str, status: int) -> Payment:
+        made = order(api, ada.token, (item, 1))
+        with api.client(ada.token) as client:
+            assert checkout(client, made["id"], token=token).status_code == status
+        return payments_of(engine, made["id"])[0]
+
+    with ThreadPoolExecutor(4) as pool:  # four customers' browsers at once: the setup waits on commits
+        lost = [p.id for p in pool.map(lambda _: bought("tok_sandbox_timeout_after_success", 503), range(100))]
+        completed = list(pool.map(lambda _: bought("tok_sandbox_visa", 200), range(150)))
     refunded, disputed_lost, disputed_won = completed[:50], completed[50:100], completed[100:]
     provider = sandbox(api)
     with api.client(admin_token) as admin:

@@ -96,15 +96,20 @@ def test_the_groups_hold_every_path_once(tmp_path: Path) -> None:
         assert sum(bool(re.search(pattern, path)) for pattern in GROUPS.values()) == 1, path
 
 
-@pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("role", ROLES)
+# The coverage phase checks each parameter's validation, which is the same whoever asks; a customer
+# meets it where a customer can act (the admin-only and public paths of "people" answer a customer
+# 403, or the same as anyone). The random phases reach the database: the admin's on every database,
+# a customer's (a narrower set of operations) on the one its name picks.
+BOUNDARIES = [(role, group) for role in ROLES for group in GROUPS if (role, group) != ("customer", "people")]
+
+
+@pytest.mark.parametrize(("role", "group"), BOUNDARIES)
 def test_boundaries_and_invalid_input(api: Api, engine: Engine, tmp_path: Path, role: str, group: str) -> None:
     _run(api, engine, tmp_path, role, group, "--phases", "coverage")
 
 
-@pytest.mark.every_database
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", [pytest.param("admin", marks=pytest.mark.every_database), "customer"])
 def test_random_valid_requests(api: Api, engine: Engine, tmp_path: Path, backend: str, role: str, group: str) -> None:
     seed = SEED if SEED == "random" else str(int(SEED) + databases.ALL.index(backend))
     _run(api, engine, tmp_path, role, group, "--phases", "examples,fuzzing", seed=seed)

@@ -155,3 +155,24 @@ def test_a_providers_signed_delivery_is_not_read_as_card_data_and_an_unsigned_on
     assert_problem(listed, 422, "card_data_refused")  # everywhere else the guard stands
     [row] = stored(engine, provider_id)
     assert row.provider_event_id == described.id
+
+
+def test_a_new_webhook_secret_takes_effect_at_once_though_deliveries_reuse_their_adapter(
+    api: Api, engine: Engine, admin_token: str, provider_id: str, sandbox: SandboxProvider
+) -> None:
+    """Deliveries reuse the adapter built in the last second (provider_config.adapter_for_delivery);
+    a secret changed through the API is used from the next delivery on, in the process that took
+    the change."""
+    rotated = standard_webhooks.make_secret(b"the rotated secret of the inbound tests")
+    after = SandboxProvider("sandbox", {"webhook_secret": rotated})
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            assert deliver(client, provider_id, sandbox, a_charge_event(sandbox)).status_code == 200
+            with api.client(admin_token) as admin:
+                changed = admin.patch(f"/v1/payment-providers/{provider_id}", json={"config": {"webhook_secret": rotated}})
+                assert changed.status_code == 200, changed.text
+            assert_problem(deliver(client, provider_id, sandbox, a_charge_event(sandbox)), 400, "webhook_signature_invalid")
+            assert deliver(client, provider_id, after, a_charge_event(after)).status_code == 200
+    finally:
+        after.close()
+    assert len(stored(engine, provider_id)) == 2

@@ -44,7 +44,7 @@ def receive_webhook(
     for an unknown provider; WebhookSignatureInvalid (400) for a signature, timestamp or body that
     does not verify, and then nothing is stored. A provider that was switched off still has its
     events received: refunds and disputes of its payments go on."""
-    adapter = provider_config.adapter_for_provider(session, security, provider_id, require_active=False)
+    adapter = provider_config.adapter_for_delivery(session, security, provider_id)
     event = adapter.verify_webhook(body, headers)
     return store_event(session, provider_id, event, event.to_dict())
 

@@ -59,6 +59,11 @@ def part_of(amount: Money | None, limit: Money, verb: str) -> Money:
     return amount
 
 
+def text_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Metadata as a provider keeps it: text keys and text values."""
+    return {str(k): str(v) for k, v in (metadata or {}).items()}
+
+
 def _money_json(value: Money) -> dict[str, Any]:
     return {"amount": value.amount, "currency": value.currency}
 

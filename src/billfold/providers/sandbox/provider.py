@@ -22,6 +22,7 @@ from billfold.kit.money import CURRENCIES, Money
 from billfold.providers import standard_webhooks
 from billfold.providers.base import (
     part_of,
+    text_metadata,
     FEATURES,
     Capabilities,
     ChargeResult,
@@ -157,7 +158,7 @@ class SandboxProvider:
         self, *, email: str | None = None, name: str | None = None,
         metadata: Mapping[str, str] | None = None, idempotency_key: str,
     ) -> CustomerResult:
-        params = {"email": email, "name": name, "metadata": _metadata(metadata)}
+        params = {"email": email, "name": name, "metadata": text_metadata(metadata)}
 
         def act(db: sqlite3.Connection) -> _Outcome:
             customer_id, now = new_id("cus"), stamp()
@@ -213,7 +214,7 @@ class SandboxProvider:
         params = {
             "amount": [amount.amount, amount.currency], "customer_id": customer_id,
             "payment_method_id": payment_method_id, "token": token, "off_session": off_session,
-            "capture": capture, "description": description, "metadata": _metadata(metadata),
+            "capture": capture, "description": description, "metadata": text_metadata(metadata),
         }
 
         def act(db: sqlite3.Connection) -> _Outcome:
@@ -251,7 +252,7 @@ class SandboxProvider:
         params = {
             "amount": [amount.amount, amount.currency], "customer_id": customer_id,
             "payment_method_id": payment_method_id, "token": token, "off_session": off_session,
-            "capture": capture, "description": description, "metadata": _metadata(metadata), "two_step": True,
+            "capture": capture, "description": description, "metadata": text_metadata(metadata), "two_step": True,
         }
 
         def act(db: sqlite3.Connection) -> _Outcome:
@@ -365,7 +366,7 @@ class SandboxProvider:
     ) -> RefundResult:
         self.capabilities.require("refunds", self.provider_id)
         params = {"charge_id": charge_id, "amount": [amount.amount, amount.currency] if amount else None,
-                  "reason": reason, "metadata": _metadata(metadata)}
+                  "reason": reason, "metadata": text_metadata(metadata)}
 
         def act(db: sqlite3.Connection) -> _Outcome:
             row = _get(db, "charges", charge_id)
@@ -580,10 +581,6 @@ def _check_key(key: object) -> None:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidProviderRequest(f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters",
                                      code="invalid_idempotency_key")
-
-
-def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (metadata or {}).items()}
 
 
 def _card(token: str) -> TestCard:

@@ -30,6 +30,7 @@ from billfold.kit.errors import ConfigurationError
 from billfold.kit.money import Money
 from billfold.providers.base import (
     part_of,
+    text_metadata,
     FEATURES,
     Capabilities,
     ChargeResult,
@@ -119,7 +120,7 @@ class StripeProvider:
         self, *, email: str | None = None, name: str | None = None,
         metadata: Mapping[str, str] | None = None, idempotency_key: str,
     ) -> CustomerResult:
-        params: dict[str, Any] = {"metadata": _metadata(metadata)}
+        params: dict[str, Any] = {"metadata": text_metadata(metadata)}
         if email is not None:
             params["email"] = email
         if name is not None:
@@ -204,7 +205,7 @@ class StripeProvider:
             "amount": amount.amount, "currency": amount.currency.lower(),
             "capture_method": "automatic" if capture else "manual", "payment_method_types": ["card"],
             "payment_method": payment_method_id or token,
-            "metadata": {**_metadata(metadata), KEY_FIELD: idempotency_key,
+            "metadata": {**text_metadata(metadata), KEY_FIELD: idempotency_key,
                          OFF_SESSION_FIELD: "true" if off_session else "false"},
             "expand": ["latest_charge"],
         }
@@ -309,7 +310,7 @@ class StripeProvider:
         to_refund = part_of(amount, remaining, "refund")
         if to_refund != charge.amount_captured:
             self.capabilities.require("partial_refunds", self.provider_id)
-        meta = {**_metadata(metadata), KEY_FIELD: idempotency_key}
+        meta = {**text_metadata(metadata), KEY_FIELD: idempotency_key}
         params: dict[str, Any] = {"payment_intent": charge_id, "amount": to_refund.amount, "metadata": meta}
         if reason:
             if reason in STRIPE_REFUND_REASONS and not self.localstripe:
@@ -501,10 +502,6 @@ def _seconds(config: Mapping[str, Any], name: str, default: float, provider_id: 
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 300:
         raise ConfigurationError(f"Stripe provider {provider_id!r}: {name!r} must be a number of seconds, 0 to 300")
     return float(value)
-
-
-def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (metadata or {}).items()}
 
 
 def _created(start: datetime | None, end: datetime | None) -> dict[str, int]:

@@ -176,3 +176,49 @@ def test_a_new_webhook_secret_takes_effect_at_once_though_deliveries_reuse_their
     finally:
         after.close()
     assert len(stored(engine, provider_id)) == 2
+
+
+@pytest.mark.every_database  # many events a transaction: the dialect's multi-row insert-or-ignore
+def test_a_crowd_of_deliveries_stores_each_event_once_and_answers_each_with_its_own_row(
+    api: Api, engine: Engine, provider_id: str, sandbox: SandboxProvider
+) -> None:
+    """The API writes the deliveries arriving together in one transaction (billfold.webhooks.door):
+    40 events, each delivered twice, all at once from 40 connections; every answer names its event's
+    row, exactly one delivery of each is new, and nothing else is stored."""
+    events = [a_charge_event(sandbox) for _ in range(40)]
+    work = [event for event in events for _ in range(2)]
+    start = threading.Barrier(40)
+
+    def deliveries(share: list[WebhookEvent]) -> list[tuple[str, httpx.Response]]:
+        with api.client() as client:
+            start.wait(timeout=30)
+            return [(event.id, deliver(client, provider_id, sandbox, event)) for event in share]
+
+    with ThreadPoolExecutor(40) as pool:
+        answers = [a for share in pool.map(deliveries, [work[i::40] for i in range(40)]) for a in share]
+    assert [a.status_code for _, a in answers] == [200] * 80, [a.text for _, a in answers if a.status_code != 200]
+    rows = {r.provider_event_id: r.id for r in stored(engine, provider_id)}
+    assert sorted(rows) == sorted(e.id for e in events)
+    assert all(a.json()["id"] == rows[event_id] for event_id, a in answers)
+    new = sorted(event_id for event_id, a in answers if not a.json()["duplicate"])
+    assert new == sorted(rows), "exactly one delivery of each event is new"
+
+
+def test_the_delivery_door_refuses_what_the_endpoint_refuses(api: Api, engine: Engine, provider_id: str, sandbox: SandboxProvider) -> None:
+    """Deliveries are answered before FastAPI; the same checks stand there: a NUL character, a body
+    over the limit, a query parameter the route does not take (left to FastAPI), another method."""
+    body, headers = sandbox.build_webhook(a_charge_event(sandbox))
+    headers = {**headers, "content-type": "application/json"}
+    with api.client() as client:
+        nul = client.post(f"/v1/webhooks/{provider_id}", content=body.replace(b'"data"', b'"da\\u0000ta"'), headers=headers)
+        huge = client.post(f"/v1/webhooks/{provider_id}", content=b" " * 2_000_000 + body, headers=headers)
+        queried = client.post(f"/v1/webhooks/{provider_id}", params={"replay": "1"}, content=body, headers=headers)
+        read = client.get(f"/v1/webhooks/{provider_id}")
+        taken = client.post(f"/v1/webhooks/{provider_id}", content=body, headers=headers)
+    assert_problem(nul, 422, "invalid_input")
+    assert_problem(huge, 413, "request_too_large")
+    assert_problem(queried, 422, "invalid_input")
+    assert read.status_code == 405 and "POST" in read.headers["allow"]
+    assert taken.status_code == 200 and taken.json()["duplicate"] is False
+    assert taken.headers["x-content-type-options"] == "nosniff" and taken.headers["cache-control"] == "no-store"
+    assert len(stored(engine, provider_id)) == 1

@@ -43,6 +43,7 @@ from billfold.orders import api as orders_api
 from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.webhooks import api as webhooks_api
+from billfold.webhooks.door import WebhookDoor
 from billfold.notify import api as notify_api
 from billfold.config import Settings, get_settings
 from billfold import clock_api, instance
@@ -126,13 +127,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
         summary="Payments and billing: one-time products, subscriptions and memberships through several providers.",
         dependencies=[Depends(refuse_unknown_query_parameters)],
     )
-    # The last added runs first: the size limit, then the card-data guard, then the NUL guard,
+    # The last added runs first: the size limit, then providers' deliveries (answered there,
+    # billfold.webhooks.door), then the card-data guard, then the NUL guard,
     # then admission (a request is admitted with its body read), then the trimming of answers to
     # keys that may write but not read (innermost: it sees what the endpoint answered).
     app.add_middleware(AnswerWritesWithoutReading)
     app.add_middleware(AdmitRequests, limit=settings.api_threads)
     app.add_middleware(RefuseNulCharacters)
     app.add_middleware(RefuseCardData)
+    app.add_middleware(WebhookDoor)  # providers' deliveries, answered before the guards and FastAPI
     app.add_middleware(LimitRequestBody, max_bytes=settings.max_request_bytes)
     redact_access_log()
     app.add_middleware(ResponseHeaders)

@@ -111,16 +111,29 @@ class RefuseNulCharacters:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        target = scope.get("path", "").encode("utf-8", "surrogateescape") + b"?" + scope.get("query_string", b"")
-        refused = b"\x00" in target or b"%00" in target
+        refused = target_holds_nul(scope)
         if not refused:
             body, receive = await read_body(scope, receive)
-            refused = b"\x00" in body or _ESCAPED_NUL.search(body) is not None
+            refused = body_holds_nul(body)
         if refused:
-            detail = "text may not contain NUL characters (\\u0000)"
-            await send_problem(send, InvalidInput(detail, errors=[{"field": "", "message": detail}]))
+            await send_problem(send, nul_refused())
             return
         await self.app(scope, receive, send)
+
+
+def target_holds_nul(scope: dict[str, Any]) -> bool:
+    target = scope.get("path", "").encode("utf-8", "surrogateescape") + b"?" + scope.get("query_string", b"")
+    return b"\x00" in target or b"%00" in target
+
+
+def body_holds_nul(body: bytes) -> bool:
+    """A NUL byte, or JSON's escape of one, in a request body."""
+    return b"\x00" in body or _ESCAPED_NUL.search(body) is not None
+
+
+def nul_refused() -> InvalidInput:
+    detail = "text may not contain NUL characters (\\u0000)"
+    return InvalidInput(detail, errors=[{"field": "", "message": detail}])
 
 
 class AdmitRequests:

@@ -246,16 +246,27 @@ def adapter_for_delivery(session: Session, security: Security, provider_id: str)
     """``adapter_for_provider`` for verifying a provider's webhook delivery (switched off or not),
     reusing the adapter built in the last ``DELIVERY_CACHE_SECONDS``: a provider delivering hundreds
     of events a second is read once a second, not once an event."""
-    key = (provider_id, _resolved(str(security.settings.data_dir)), str(security.settings.database_url))
     started = time.monotonic()  # an age, not a time of day: the one clock is for business time
-    with _cache_lock:
-        recent = _deliveries.get(key)
-    if recent is not None and started - recent[0] < DELIVERY_CACHE_SECONDS:
-        return recent[1]
-    adapter = adapter_for_provider(session, security, provider_id, require_active=False)
-    with _cache_lock:
-        _deliveries[key] = (started, adapter)
+    adapter = recent_delivery_adapter(security, provider_id)
+    if adapter is None:
+        adapter = adapter_for_provider(session, security, provider_id, require_active=False)
+        with _cache_lock:
+            _deliveries[_delivery_key(security, provider_id)] = (started, adapter)
     return adapter
+
+
+def recent_delivery_adapter(security: Security, provider_id: str) -> ProviderAdapter | None:
+    """The adapter ``adapter_for_delivery`` built in the last ``DELIVERY_CACHE_SECONDS``, if any:
+    found without the database (the API's webhook door asks in the event loop)."""
+    with _cache_lock:
+        recent = _deliveries.get(_delivery_key(security, provider_id))
+    if recent is not None and time.monotonic() - recent[0] < DELIVERY_CACHE_SECONDS:
+        return recent[1]
+    return None
+
+
+def _delivery_key(security: Security, provider_id: str) -> tuple[str, str, str]:
+    return provider_id, _resolved(str(security.settings.data_dir)), str(security.settings.database_url)
 
 
 def forget(provider_id: str) -> None:

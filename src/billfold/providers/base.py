@@ -300,6 +300,10 @@ class Capabilities:
     # Paid with neither a token nor a saved method: the customer approves the payment on the
     # provider's own page (PayPal's approve link, as ``next_action``), then it is confirmed.
     buyer_approval: bool = False
+    # ``verify_webhook`` checks a digest over the body with a secret it holds, asking nobody (the
+    # sandbox, Stripe, Authorize.net): the API checks such deliveries in its event loop. PayPal's
+    # asks PayPal, so it is called on a thread.
+    webhooks_checked_offline: bool = False
     currencies: frozenset[str] | None = None  # None: every currency Billfold knows
     webhook_events: frozenset[str] = frozenset()
     # What the provider's one-time tokens look like (Stripe pm_…/tok_…, the sandbox's test tokens):

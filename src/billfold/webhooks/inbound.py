@@ -14,8 +14,9 @@ so processing reads every provider's events the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -43,26 +44,42 @@ def receive_webhook(
     """Verify a delivery to ``provider_id`` with its adapter and store the event once. NotFound
     for an unknown provider; WebhookSignatureInvalid (400) for a signature, timestamp or body that
     does not verify, and then nothing is stored. A provider that was switched off still has its
-    events received: refunds and disputes of its payments go on."""
+    events received: refunds and disputes of its payments go on. (The API answers deliveries in
+    ``billfold.webhooks.door``, which does the same in the event loop, many events a commit.)"""
     adapter = provider_config.adapter_for_delivery(session, security, provider_id)
     event = adapter.verify_webhook(body, headers)
-    return store_event(session, provider_id, event, event.to_dict())
+    (received,) = store_rows(session, [event_row(provider_id, event)])
+    return received
 
 
-def store_event(session: Session, provider_id: str, event: WebhookEvent, payload: object) -> Received:
-    """Insert the event's row unless the provider's event id is stored already (a concurrent
-    delivery waits for the first to commit, then finds its key taken)."""
+def event_row(provider_id: str, event: WebhookEvent) -> dict[str, Any]:
+    """The ``payment_webhooks`` row of a verified event, with a new id."""
     if len(event.id) > 255 or len(event.type) > 100:
         raise WebhookSignatureInvalid("the event's id or type is too long to be a provider's event")
-    row = {
+    return {
         "id": new_id("whk"), "provider_id": provider_id, "provider_event_id": event.id,
-        "event_type": event.type, "payload": payload,
+        "event_type": event.type, "payload": event.to_dict(),
     }
-    if insert_ignore(session, PaymentWebhook.__table__, [row], key=EVENT_KEY):
-        return Received(row["id"], duplicate=False)
-    stored = session.scalars(
-        sa.select(PaymentWebhook.id).where(
-            PaymentWebhook.provider_id == provider_id, PaymentWebhook.provider_event_id == event.id
+
+
+def store_rows(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[Received]:
+    """Insert each row unless its provider's event id is stored already (by an earlier delivery,
+    or by an earlier row of ``rows``: the same event delivered twice at once), one statement for
+    all. A row is new when the id stored under its key is its own; a concurrent delivery waits for
+    the first to commit, then finds its key taken."""
+    if insert_ignore(session, PaymentWebhook.__table__, rows, key=EVENT_KEY) == len(rows):
+        return [Received(row["id"], duplicate=False) for row in rows]
+    stored: dict[tuple[str, str], str] = {}
+    for provider_id in {row["provider_id"] for row in rows}:
+        event_ids = sorted({row["provider_event_id"] for row in rows if row["provider_id"] == provider_id})
+        found = session.execute(
+            sa.select(PaymentWebhook.provider_event_id, PaymentWebhook.id).where(
+                PaymentWebhook.provider_id == provider_id, PaymentWebhook.provider_event_id.in_(event_ids)
+            )
         )
-    ).one()
-    return Received(stored, duplicate=True)
+        stored.update(((provider_id, event_id), webhook_id) for event_id, webhook_id in found)
+    received = []
+    for row in rows:
+        webhook_id = stored[(row["provider_id"], row["provider_event_id"])]
+        received.append(Received(webhook_id, duplicate=webhook_id != row["id"]))
+    return received

@@ -107,7 +107,16 @@ def _insert_ignore_mysql(session: Session, table: sa.Table, rows: Sequence[Mappi
     # MariaDB has no ON CONFLICT DO NOTHING. INSERT IGNORE would also swallow NOT NULL and CHECK
     # failures, and ON DUPLICATE KEY UPDATE reports duplicates as affected rows (SQLAlchemy
     # connects with CLIENT_FOUND_ROWS), so each row gets a savepoint and only a duplicate key
-    # is forgiven.
+    # is forgiven. All rows go first in one statement (no key taken, the usual case: one round
+    # trip); only when a key was taken are they tried again one by one.
+    if len(rows) > 1:
+        try:
+            with session.begin_nested():
+                session.execute(sa.insert(table), list(rows))
+            return len(rows)
+        except sa.exc.IntegrityError as error:
+            if _mysql_error_code(error) != _MYSQL_DUPLICATE_KEY:
+                raise
     inserted = 0
     for row in rows:
         try:
@@ -115,10 +124,13 @@ def _insert_ignore_mysql(session: Session, table: sa.Table, rows: Sequence[Mappi
                 session.execute(sa.insert(table).values(**row))
             inserted += 1
         except sa.exc.IntegrityError as error:
-            code = error.orig.args[0] if error.orig is not None and error.orig.args else None
-            if code != _MYSQL_DUPLICATE_KEY:
+            if _mysql_error_code(error) != _MYSQL_DUPLICATE_KEY:
                 raise
     return inserted
+
+
+def _mysql_error_code(error: sa.exc.DBAPIError) -> object:
+    return error.orig.args[0] if error.orig is not None and error.orig.args else None
 
 
 def for_update(statement: Select[T], session: Session, *, skip_locked: bool = False) -> Select[T]:

@@ -272,7 +272,7 @@ class AuthorizeNetProvider:
             saved_methods=True, off_session_charges=True, separate_capture=True, partial_capture=True,
             refunds=True, partial_refunds=True, customer_actions=False, provider_subscriptions=False,
             creates_before_charging=False, disputes=False, currencies=frozenset({self.currency}),
-            webhook_events=EVENT_TYPES, token_pattern=TOKEN_PATTERN,
+            webhook_events=EVENT_TYPES, webhooks_checked_offline=True, token_pattern=TOKEN_PATTERN,
         )
 
     def close(self) -> None:

@@ -115,6 +115,7 @@ def sandbox_capabilities(config: Mapping[str, Any]) -> Capabilities:
         **features,
         currencies=frozenset(c.upper() for c in currencies) if currencies else frozenset(CURRENCIES),
         webhook_events=EVENT_TYPES,
+        webhooks_checked_offline=True,  # Standard Webhooks: an HMAC with the provider's secret
         # The shape of its tokens, as a real provider's (pm_…, tok_…): one of that shape it does not
         # know (an expired or made-up token) reaches it and is refused there, 400 unknown_token.
         token_pattern=r"tok_sandbox_[a-z0-9_]{1,64}",

@@ -71,7 +71,7 @@ def stripe_capabilities() -> Capabilities:
     features = dict.fromkeys(FEATURES, True)
     features["provider_subscriptions"] = False  # Billfold runs the billing schedule itself
     return Capabilities(**features, currencies=None, webhook_events=mapping.WEBHOOK_EVENTS,
-                        token_pattern=TOKEN_PATTERN)
+                        webhooks_checked_offline=True, token_pattern=TOKEN_PATTERN)
 
 
 class StripeProvider:

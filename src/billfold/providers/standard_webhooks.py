@@ -18,6 +18,7 @@ take any base64 and any length).
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import hmac
 from collections.abc import Mapping
@@ -52,7 +53,12 @@ def make_secret(key: bytes) -> str:
 def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """One ``v1,<base64>`` signature over ``id.timestamp.body`` (a UTF-8 body, as JSON is)."""
     at = datetime.fromtimestamp(timestamp, timezone.utc)
-    return Webhook(secret_key(secret)).sign(msg_id, at, body.decode("utf-8"))
+    return _webhook(secret).sign(msg_id, at, body.decode("utf-8"))
+
+
+@functools.lru_cache(maxsize=256)
+def _webhook(secret: str) -> Webhook:
+    return Webhook(secret_key(secret))  # a provider signs every delivery with the same secret
 
 
 def sign(secret: str, msg_id: str, body: bytes, at: datetime | None = None) -> dict[str, str]:

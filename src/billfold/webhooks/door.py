@@ -23,6 +23,7 @@ documents the route in the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ class WebhookDoor:
     def __init__(self, app: Any) -> None:
         self.app = app
         self._writer: GroupCommit[dict[str, Any], inbound.Received] | None = None
+        self._loading: dict[str, asyncio.Future[ProviderAdapter]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         match = (
@@ -84,9 +86,7 @@ class WebhookDoor:
         if body_holds_nul(body):
             raise nul_refused()
         state = scope["app"].state
-        adapter = provider_config.recent_delivery_adapter(state.security, provider_id)
-        if adapter is None:
-            adapter = await anyio.to_thread.run_sync(_delivery_adapter, state, provider_id)
+        adapter = provider_config.recent_delivery_adapter(state.security, provider_id) or await self._load(state, provider_id)
         headers = Headers(scope=scope)
         if adapter.capabilities.webhooks_checked_offline and len(body) < _CHECKED_IN_LOOP:
             event = adapter.verify_webhook(body, headers)
@@ -95,6 +95,16 @@ class WebhookDoor:
         if self._writer is None:
             self._writer = GroupCommit(state.sessions, inbound.store_rows)
         return await self._writer.submit(inbound.event_row(provider_id, event))
+
+    async def _load(self, state: Any, provider_id: str) -> ProviderAdapter:
+        """The provider's adapter read afresh, once for all the deliveries waiting for it (every
+        second, the deliveries arriving as the last one ages would otherwise each read it)."""
+        loading = self._loading.get(provider_id)
+        if loading is None:
+            loading = asyncio.ensure_future(anyio.to_thread.run_sync(_delivery_adapter, state, provider_id))
+            self._loading[provider_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(provider_id, None))
+        return await asyncio.shield(loading)
 
 
 def _delivery_adapter(state: Any, provider_id: str) -> ProviderAdapter:

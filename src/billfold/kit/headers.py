@@ -54,6 +54,11 @@ def content_security_policy(path: str, html: bytes) -> str:
     return "; ".join(policy)
 
 
+API_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
+"""What an API answer carries when its endpoint set no Cache-Control (``ResponseHeaders``; the
+webhook door, which answers in front of it, adds them itself)."""
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return next((v for k, v in headers if k.lower() == name), None)
 
@@ -75,9 +80,10 @@ class ResponseHeaders:
         async def send_with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", [])]
-                headers.append((b"x-content-type-options", b"nosniff"))
+                nosniff, no_store = API_HEADERS
+                headers.append(nosniff)
                 if path.startswith("/v1/") and _header(headers, b"cache-control") is None:
-                    headers.append((b"cache-control", b"no-store"))
+                    headers.append(no_store)
                 message = {**message, "headers": headers}
                 if (_header(headers, b"content-type") or b"").lower().startswith(b"text/html"):
                     held["start"] = message  # the policy hashes the page: wait for its body

@@ -6,7 +6,8 @@ delivery does little: check a signature over the raw body, store the event once,
 FastAPI each one cost about 2.3 ms of CPU (routing, dependencies, two thread hops, the ORM, a
 commit of its own), so a 2-core machine stored about 400 a second. Here:
 
-- the route is matched by one regular expression, before the app's routing and dependencies;
+- the app hands the request over before its middleware, routing and dependencies
+  (``billfold.api.BillfoldApp``), matched by one regular expression;
 - the adapter verifying the provider's signature is the one ``adapter_for_delivery`` built in the
   last second (no database read); a signature checked by a digest (the sandbox, Stripe,
   Authorize.net: ``Capabilities.webhooks_checked_offline``) is checked in the event loop, one that
@@ -17,7 +18,7 @@ commit of its own), so a 2-core machine stored about 400 a second. Here:
 Everything else is the endpoint's behaviour, unchanged: the same checks (a body with NUL, an
 unknown provider, a signature or timestamp that does not verify), the same problem documents, the
 same answer (``{"id", "duplicate"}``). A request this door does not take (a query string, another
-method) goes on to FastAPI, whose endpoint (``billfold.webhooks.api``) answers it the same way and
+method, a body without a Content-Length or over the limit) goes on through the middleware to FastAPI, whose endpoint (``billfold.webhooks.api``) answers it the same way and
 documents the route in the OpenAPI document.
 """
 
@@ -36,48 +37,53 @@ from starlette.datastructures import Headers
 from billfold.kit.db import one_line
 from billfold.kit.db.group_commit import GroupCommit
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable
+from billfold.kit.headers import API_HEADERS
 from billfold.kit.http import body_holds_nul, nul_refused, read_body, send_problem
 from billfold.payments import provider_config
 from billfold.providers.base import ProviderAdapter
 from billfold.webhooks import inbound
 
-_DELIVERY = re.compile(r"/v1/webhooks/([A-Za-z0-9_.-]{1,50})")
+_DELIVERY = re.compile(r"/v1/webhooks/[A-Za-z0-9_.-]{1,50}")
 _DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 _log = logging.getLogger("billfold.webhooks")
 _CHECKED_IN_LOOP = 65536  # a larger body takes a while to hash and parse: on a thread, so other requests go on
 
 
 class WebhookDoor:
-    """ASGI middleware answering providers' deliveries (see the module's docstring). It stands
-    inside the body-size limit and the response headers, and in front of everything else: the
-    card-data guard leaves deliveries alone anyway, and admission control limits requests waiting
-    for threads, which these do not take."""
+    """Answers providers' deliveries (see the module's docstring) in front of the whole app: the
+    app (``billfold.api.BillfoldApp``) hands it the requests it ``takes`` before any middleware.
+    It takes only a plain ``POST /v1/webhooks/{provider_id}`` whose Content-Length is within
+    ``max_bytes``; anything else (a chunked or oversized body, a query string) goes the usual way,
+    through the size limit and the guards to the endpoint. Its answers carry the headers every API
+    answer does (``kit.headers.API_HEADERS``). The card-data guard leaves deliveries alone anyway,
+    and admission control limits requests waiting for threads, which these do not take."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self._writer: GroupCommit[dict[str, Any], inbound.Received] | None = None
         self._loading: dict[str, asyncio.Future[ProviderAdapter]] = {}
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        match = (
-            _DELIVERY.fullmatch(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("query_string")
-            else None
-        )
-        if match is None:
-            await self.app(scope, receive, send)
-            return
+    def takes(self, scope: dict[str, Any]) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
+            return False
+        if _DELIVERY.fullmatch(scope["path"]) is None:
+            return False
+        declared = [value for name, value in scope["headers"] if name == b"content-length"]
+        return len(declared) == 1 and declared[0].isdigit() and int(declared[0]) <= self.max_bytes
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        provider_id = scope["path"].rsplit("/", 1)[1]
         try:
-            received = await self._receive(scope, receive, match.group(1))
+            received = await self._receive(scope, receive, provider_id)
         except BillfoldError as error:
-            await send_problem(send, error)
+            await send_problem(send, error, API_HEADERS)
             return
         except _DATABASE_ERRORS as error:
             _log.warning("database error storing a delivery to %s: %s", scope["path"], one_line(error))
-            await send_problem(send, DatabaseUnavailable("the database is busy or unreachable; retry shortly"))
+            await send_problem(send, DatabaseUnavailable("the database is busy or unreachable; retry shortly"), API_HEADERS)
             return
         answer = json.dumps({"id": received.webhook_id, "duplicate": received.duplicate}, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *API_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 

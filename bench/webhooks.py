@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from checkout import serve, server_pids  # noqa: E402
+from checkout import free_port, serve, server_pids  # noqa: E402
 
 from billfold.kit.db import create_engine, session_factory  # noqa: E402
 from billfold.models import PaymentProvider, PaymentWebhook  # noqa: E402
@@ -160,6 +161,47 @@ def post_with_wrk(base: str, work: list[tuple[bytes, dict[str, str]]], clients: 
     return total, latency, int(failed.group(1)) if failed else 0, text
 
 
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"id":"whk_01KBARE0000000000000000000","duplicate":false}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def bare_ceiling(work: list[tuple[bytes, dict[str, str]]], clients: int, seconds: float, workers: int,
+                 folder: Path) -> float:
+    """Requests/s of an ASGI app that reads each delivery and answers a constant, on uvicorn with
+    the same workers, posted by wrk alike: what the HTTP server and the load generator allow on
+    these cores, before any of Billfold's work."""
+    (folder / "bare_app.py").write_text(BARE_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--port", str(port), "--workers", str(workers),
+         "--no-access-log", "--log-level", "warning"], cwd=folder, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bare app did not start in 30 s") from None
+                time.sleep(0.1)
+        sent, _, _, _ = post_with_wrk(f"http://127.0.0.1:{port}", work, clients, seconds, folder)
+        return sent / seconds
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait()
+
+
 def commits(engine: sa.Engine) -> int:
     """Transactions committed in the bench's database so far (PostgreSQL's statistics)."""
     with engine.connect() as connection:
@@ -260,6 +302,7 @@ def main() -> None:
         again = work[skipped: skipped + max(1, min(len(work), new_rows) // 10)]
         _, _, repeated = post_all(base, again, min(args.clients, 32))
     rows_after = stored()
+    bare = bare_ceiling(work, args.clients, args.seconds, args.workers, data_dir) if args.load == "wrk" else None
     rate = new_rows / elapsed
     one_by_one = ceiling(engine, max(2000, min(new_rows, 20000)), args.clients)
     grouped = ceiling(engine, max(10000, min(new_rows * 2, 100000)), args.workers, per_commit=50)
@@ -273,6 +316,9 @@ def main() -> None:
     print(f"{len(again)} of the first events again: {dict(repeated)}; rows after: {rows_after} (before the repeat: {rows_before + new_rows})")
     print(f"ceiling, INSERT + COMMIT per row, {args.clients} connections: {one_by_one:,.0f} rows/s; HTTP is {rate / one_by_one:.0%} of it")
     print(f"ceiling, 50 rows per INSERT + COMMIT, {args.workers} connections: {grouped:,.0f} rows/s; HTTP is {rate / grouped:.0%} of it")
+    if bare is not None:
+        print(f"ceiling, a bare ASGI app answering a constant on uvicorn, {args.workers} workers, wrk alike: "
+              f"{bare:,.0f} requests/s; HTTP is {rate / bare:.0%} of it")
     engine.dispose()
     databases.drop_database(backend, url)
 

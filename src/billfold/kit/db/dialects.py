@@ -95,9 +95,11 @@ def insert_ignore(
     dialect = session.get_bind().dialect.name
     if dialect in ("mysql", "mariadb"):
         return _insert_ignore_mysql(session, table, rows)
-    statement = _insert_for(dialect, table).values(list(rows))
-    statement = statement.on_conflict_do_nothing(index_elements=list(key)).returning(table.c[key[0]])
-    return len(session.execute(statement).all())  # rowcount is not reliable for multi-row VALUES
+    # One statement built the same for any number of rows, so compiled once; SQLAlchemy sends the
+    # rows as one multi-row VALUES ("insertmanyvalues"). RETURNING counts what was new: rowcount
+    # is not reliable for a multi-row insert.
+    statement = _insert_for(dialect, table).on_conflict_do_nothing(index_elements=list(key)).returning(table.c[key[0]])
+    return len(session.execute(statement, list(rows)).all())
 
 
 _MYSQL_DUPLICATE_KEY = 1062

@@ -32,6 +32,9 @@ refused.
 A keyed retry resumes from its recovery point (``payment:<id>``): it answers what its own payment
 became, even when another request or the sweep finished it meanwhile.
 
+``buy`` is a checkout in one request (``POST /v1/checkouts``): phase 1 also writes the order, in
+the same transaction, so a refusal before the provider leaves nothing; the rest is the above.
+
 Every function answers an ``engine.Outcome``; the routes (orders/api.py) answer it.
 """
 

@@ -4,6 +4,7 @@ moves money takes an optional ``Idempotency-Key`` (see docs/api.md)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
@@ -146,13 +147,14 @@ def buy(body: BuyIn, request: Request, principal: Authenticated, idempotent: Ide
     sessions = request.app.state.sessions
     settings = _settings(request)
 
-    def place(session: Session) -> str:
+    def place(session: Session, then: Callable[[Order], None]) -> Order:
         return service.create_order(
             session, settings, principal,
             items=[service.ItemIn(i.product_id, i.quantity) for i in body.items],
             user_id=body.user_id, organization_id=body.organization_id,
             billing_address_id=body.billing_address_id, shipping_address_id=body.shipping_address_id,
-        ).id
+            before_numbering=then,
+        )
 
     return idempotently(
         request, idempotent, principal.idempotency_scope, body, answer,

@@ -201,22 +201,25 @@ def buy(
     sessions: sessionmaker[Session],
     security: Security,
     principal: Principal,
-    place: Callable[[Session], str],
+    place: Callable[[Session, Callable[[Order], None]], Order],
     pay: routing.PayWith,
     *,
     claim: Claim | None = None,
     respond: Any = None,
 ) -> Outcome:
-    """Place an order and pay it in one request (``POST /v1/checkouts``): ``place(session)`` writes
-    the order (``service.create_order``) and answers its id; phase 1 starts its payment in the same
-    transaction, with the key's recovery point, so everything is recorded before the provider is
-    called, and a refusal before it (a bad item, an unknown method or provider) leaves nothing.
-    Phases 2 and 3, a retry of the key, a crash and the sweep are exactly a checkout's."""
+    """Place an order and pay it in one request (``POST /v1/checkouts``): ``place(session, then)``
+    writes the order (``service.create_order`` with ``before_numbering=then``); phase 1 starts its
+    payment in the same transaction, before the order's number is taken (so the number's row lock
+    is held no longer than for an order alone), with the key's recovery point: everything is
+    recorded before the provider is called, and a refusal before it (a bad item, an unknown method
+    or provider) leaves nothing. Phases 2 and 3, a retry of the key, a crash and the sweep are
+    exactly a checkout's."""
     if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
         return _resume(sessions, security, principal, claim, respond)
     with transaction(sessions) as session:
-        order_id = place(session)
-        payment_id, taken_up = _prepare(session, security, principal, order_id, pay)
+        started: list[tuple[str, bool]] = []
+        place(session, lambda order: started.append(_prepare(session, security, principal, order.id, pay)))
+        [(payment_id, taken_up)] = started
         assert not taken_up, "a new order has no payment under way"
         if claim is not None:
             claim = advance(session, claim, f"{RECOVERY_POINT}{payment_id}")

@@ -102,8 +102,13 @@ def order_body(seeds: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
-def one_checkout(client: httpx.Client, seeds: dict[str, Any], n: int) -> str | None:
-    """A complete checkout; None if it went as it should, else what went wrong."""
+def one_checkout(client: httpx.Client, seeds: dict[str, Any], n: int, one_request: bool = False) -> str | None:
+    """A complete checkout; None if it went as it should, else what went wrong. ``one_request``:
+    the same sale as one ``POST /v1/checkouts`` (the order's fields and the token together)."""
+    if one_request:
+        bought = client.post("/v1/checkouts", json={**order_body(seeds, n), "token": "tok_sandbox_visa"},
+                             headers={"Idempotency-Key": str(uuid.uuid4())})
+        return None if bought.status_code == 200 else f"one-request checkout {bought.status_code}: {bought.text[:200]}"
     made = client.post("/v1/orders", json=order_body(seeds, n), headers={"Idempotency-Key": str(uuid.uuid4())})
     if made.status_code != 201:
         return f"order {made.status_code}: {made.text[:200]}"
@@ -117,7 +122,7 @@ def one_checkout(client: httpx.Client, seeds: dict[str, Any], n: int) -> str | N
 # ---- 2. trace: what one checkout asks of the database ------------------------------------------
 
 
-def trace(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path) -> list[list[str]]:
+def trace(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, one_request: bool = False) -> list[list[str]]:
     """The statements of one complete checkout (after one to warm up), grouped by transaction;
     a group whose first entry is "-" ran outside a transaction we began (pre-ping)."""
     from fastapi.testclient import TestClient
@@ -148,9 +153,9 @@ def trace(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path) -> list[list
                         secret_key=SECRET_KEY)
     app = create_app(settings, traced)
     with TestClient(app, headers={"Authorization": f"Bearer {seeds['api_key']}"}) as client:
-        assert one_checkout(client, seeds, 0) is None
+        assert one_checkout(client, seeds, 0, one_request) is None
         recording = True
-        assert one_checkout(client, seeds, 1) is None
+        assert one_checkout(client, seeds, 1, one_request) is None
         recording = False
     traced.dispose()
     return groups
@@ -295,7 +300,9 @@ class WaitSampler(threading.Thread):
         return [(what, n / max(self.samples, 1)) for what, n in self.counts.most_common(8)]
 
 
-def run_clients(base: str, seeds: dict[str, Any], clients: int, checkouts: int) -> tuple[float, list[float], list[str]]:
+def run_clients(
+    base: str, seeds: dict[str, Any], clients: int, checkouts: int, one_request: bool = False
+) -> tuple[float, list[float], list[str]]:
     latencies: list[float] = []
     errors: list[str] = []
     counter = iter(range(checkouts))
@@ -314,7 +321,7 @@ def run_clients(base: str, seeds: dict[str, Any], clients: int, checkouts: int) 
                     return
                 t0 = time.perf_counter()
                 try:
-                    error = one_checkout(client, seeds, n)
+                    error = one_checkout(client, seeds, n, one_request)
                 except httpx.HTTPError as failure:
                     error = f"{type(failure).__name__}: {failure}"
                 elapsed = time.perf_counter() - t0
@@ -448,10 +455,12 @@ def pgbench(url: sa.URL, clients: int, seconds: int, customers: int, seeds: dict
 # ---- main --------------------------------------------------------------------------------------
 
 
-def measure(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argparse.Namespace, one_request: bool = False
+) -> dict[str, Any]:
     url = engine.url.render_as_string(hide_password=False)
     with serve(url, data_dir, args.workers) as (server, base):
-        warm = run_clients(base, seeds, args.clients, args.warmup)
+        warm = run_clients(base, seeds, args.clients, args.warmup, one_request)
         if warm[2]:
             raise RuntimeError(f"warm-up failed: {warm[2][:3]}")
         meter = CpuMeter(engine, server) if psutil is not None else None
@@ -468,7 +477,7 @@ def measure(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argp
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
         sampler = WaitSampler(engine)
         sampler.start()
-        elapsed, latencies, errors = run_clients(base, seeds, args.clients, args.checkouts)
+        elapsed, latencies, errors = run_clients(base, seeds, args.clients, args.checkouts, one_request)
         cpu = meter.stop() if meter else {}
         waits = sampler.stop()
         for p in profiler or []:
@@ -479,6 +488,19 @@ def measure(engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argp
     return {"rate": done / elapsed, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
             "errors": errors, "rss": rss, "cpu": {k: v / max(done, 1) * 1000 for k, v in cpu.items()},
             "cpu_total": cpu, "elapsed": elapsed, "waits": waits}
+
+
+def report(run: int, args: argparse.Namespace, r: dict[str, Any], label: str) -> None:
+    cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
+    print(f"run {run + 1}{f' ({label})' if label else ''}: {args.clients} clients, {args.workers} workers, {args.checkouts} checkouts: "
+          f"{r['rate']:7.1f} checkouts/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   "
+          f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB")
+    if cpu:
+        print(f"       CPU ms per checkout: {cpu}")
+    print("       PostgreSQL sessions of the server, on average: " +
+          "; ".join(f"{n:.1f} {what}" for what, n in r["waits"]))
+    for error in collections.Counter(r["errors"]).most_common(3):
+        print(f"       error x{error[1]}: {error[0]}")
 
 
 def main() -> None:
@@ -496,6 +518,8 @@ def main() -> None:
     parser.add_argument("--profile-gil", action="store_true",
                         help="sample only the thread holding the GIL (where the CPU goes), not every thread (where requests wait)")
     parser.add_argument("--trace", action="store_true", help="print every statement of one checkout")
+    parser.add_argument("--one-request", action="store_true",
+                        help="also time the same sale as one POST /v1/checkouts, in each run after the two-request sale (the baseline)")
     args = parser.parse_args()
 
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
@@ -513,23 +537,23 @@ def main() -> None:
                     print(f"  transaction {n}:")
                     for statement in group:
                         print(f"    {statement}")
+            if args.one_request:
+                print(f"one checkout in one request: {summarise(trace(engine, seeds, data_dir, one_request=True))}")
             results = []
+            single: list[dict[str, Any]] = []
             for run in range(args.runs):
-                r = measure(engine, seeds, data_dir, args)
-                results.append(r)
-                cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
-                print(f"run {run + 1}: {args.clients} clients, {args.workers} workers, {args.checkouts} checkouts: "
-                      f"{r['rate']:7.1f} checkouts/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   "
-                      f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB")
-                if cpu:
-                    print(f"       CPU ms per checkout: {cpu}")
-                print("       PostgreSQL sessions of the server, on average: " +
-                      "; ".join(f"{n:.1f} {what}" for what, n in r["waits"]))
-                for error in collections.Counter(r["errors"]).most_common(3):
-                    print(f"       error x{error[1]}: {error[0]}")
+                for one_request in (False, True) if args.one_request else (False,):
+                    r = measure(engine, seeds, data_dir, args, one_request)
+                    (single if one_request else results).append(r)
+                    report(run, args, r, "one request" if one_request else "two requests" if args.one_request else "")
             best = max(r["rate"] for r in results)
             rates = sorted(r["rate"] for r in results)
             print(f"ours: best {best:.1f} checkouts/s, spread {rates[0]:.1f}–{rates[-1]:.1f} over {len(rates)} runs")
+            if single:
+                one = sorted(r["rate"] for r in single)
+                p50 = (statistics.median(r["p50"] for r in results), statistics.median(r["p50"] for r in single))
+                print(f"one request: best {one[-1]:.1f} checkouts/s, spread {one[0]:.1f}–{one[-1]:.1f} over {len(one)} runs; "
+                      f"best one request / best two requests: {one[-1] / best:.2f}; median p50 {p50[1]:.1f} ms against {p50[0]:.1f} ms")
             if args.pgbench_seconds:
                 tps, latency, _ = pgbench(engine.url, args.clients, args.pgbench_seconds, args.customers, seeds, data_dir)
                 print(f"ceiling: pgbench, the same database work per checkout, {args.clients} clients, "

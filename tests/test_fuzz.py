@@ -48,7 +48,7 @@ GROUPS = {
     "me": r"^/v1/me(/|$)",
     "organizations": r"^/v1/organizations(/|$)",
     "people": r"^/v1/(users|auth|invitations|api-keys|admin)(/|$)|^/(?!v1/)",
-    "commerce": r"^/v1/(products|categories|membership-types|memberships|orders|payments|payment-providers"
+    "commerce": r"^/v1/(products|categories|membership-types|memberships|orders|checkouts|payments|payment-providers"
                 r"|payment-methods|invoices|credit-notes|subscriptions|webhooks|webhook-endpoints|webhook-deliveries"
                 r"|routing-rules)(/|$)",
 }

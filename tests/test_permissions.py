@@ -343,6 +343,13 @@ ACTIONS: dict[str, Action] = {
         "POST /v1/orders/{order_id}/checkout",
         lambda c, s: c.post(f"/v1/orders/{s.order}/checkout", json={"provider_id": PROVIDER, "token": "tok_sandbox_visa"}),
     ),
+    "Buy for it and pay in one request": Action(
+        "POST /v1/checkouts",
+        lambda c, s: c.post(
+            "/v1/checkouts",
+            json={"items": [{"product_id": s.product}], "organization_id": s.organization, "provider_id": PROVIDER, "token": "tok_sandbox_visa"},
+        ),
+    ),
     "Cancel one of its orders": Action(
         "POST /v1/orders/{order_id}/cancel", lambda c, s: c.post(f"/v1/orders/{s.order}/cancel", json={})
     ),

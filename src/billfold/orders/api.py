@@ -4,6 +4,7 @@ moves money takes an optional ``Idempotency-Key`` (see docs/api.md)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
@@ -21,7 +22,7 @@ from billfold.idempotency_http import Answer, Idempotent, idempotently
 from billfold.models import Order, Payment
 from billfold.orders import checkout as checkout_service
 from billfold.orders import service
-from billfold.orders.schemas import CancelIn, CheckoutIn, CheckoutOut, OrderIn, OrderOut, PaymentOut
+from billfold.orders.schemas import BuyIn, CancelIn, CheckoutIn, CheckoutOut, OrderIn, OrderOut, PaymentOut
 from billfold.payments import refunds as refund_service
 from billfold.payments.engine import Outcome, Result
 from billfold.payments.routing import PayWith
@@ -30,6 +31,7 @@ from billfold.providers.errors import Declined
 router = APIRouter(prefix="/v1", responses=problems(400, 401, 403, 404, 422))
 orders = APIRouter(prefix="/orders", tags=["orders"])
 payments = APIRouter(prefix="/payments", tags=["payments"])
+checkouts = APIRouter(prefix="/checkouts", tags=["orders"])
 
 
 def order_out(session: Session, order: Order) -> OrderOut:
@@ -50,6 +52,12 @@ def payment_out(session: Session, payment: Payment) -> PaymentOut:
 
 def _settings(request: Request) -> Settings:
     return request.app.state.security.settings
+
+
+_CHECKOUT_ANSWERS = {
+    **problems(402, 409, 503),
+    202: {"model": CheckoutOut, "description": "Waiting for the customer's action (see payment.next_action) or for the provider."},
+}
 
 
 # Orders
@@ -108,11 +116,7 @@ def _checkout_answer(session: Session, outcome: Outcome) -> tuple[int, Any]:
     return (202 if outcome.result is Result.PENDING else 200), jsonable_encoder(body)
 
 
-@orders.post(
-    "/{order_id}/checkout",
-    response_model=CheckoutOut,
-    responses={**problems(402, 409, 503), 202: {"model": CheckoutOut, "description": "Waiting for the customer's action (see payment.next_action) or for the provider."}},
-)
+@orders.post("/{order_id}/checkout", response_model=CheckoutOut, responses=_CHECKOUT_ANSWERS)
 def checkout(
     order_id: str, body: CheckoutIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep
 ) -> JSONResponse:
@@ -128,6 +132,33 @@ def checkout(
     return idempotently(
         request, idempotent, principal.idempotency_scope, body, answer,
         lambda claimed: checkout_service.checkout(sessions, security, principal, order_id, pay, claim=claimed, respond=answer),
+    )
+
+
+@checkouts.post("", response_model=CheckoutOut, responses=_CHECKOUT_ANSWERS)
+def buy(body: BuyIn, request: Request, principal: Authenticated, idempotent: Idempotent, security: SecurityDep) -> JSONResponse:
+    """Place an order and pay it in one request: the fields of `POST /v1/orders` and of its
+    checkout together, answered as the checkout answers (200 paid, 202 waiting for the customer,
+    402 declined with `order_id`: the order stays and can be paid again). A refusal before the
+    provider is called (a bad item, address, method or provider) leaves no order. 503: the provider
+    did not answer; retry with the same Idempotency-Key: it never makes a second order or charge."""
+    pay = PayWith(body.payment_method_id, body.token, body.provider_id)
+    answer = Answer(_checkout_answer)
+    sessions = request.app.state.sessions
+    settings = _settings(request)
+
+    def place(session: Session, then: Callable[[Order], None]) -> Order:
+        return service.create_order(
+            session, settings, principal,
+            items=[service.ItemIn(i.product_id, i.quantity) for i in body.items],
+            user_id=body.user_id, organization_id=body.organization_id,
+            billing_address_id=body.billing_address_id, shipping_address_id=body.shipping_address_id,
+            before_numbering=then,
+        )
+
+    return idempotently(
+        request, idempotent, principal.idempotency_scope, body, answer,
+        lambda claimed: checkout_service.buy(sessions, security, principal, place, pay, claim=claimed, respond=answer),
     )
 
 
@@ -212,3 +243,4 @@ def cancel_payment(
 
 router.include_router(orders)
 router.include_router(payments)
+router.include_router(checkouts)

@@ -32,12 +32,15 @@ refused.
 A keyed retry resumes from its recovery point (``payment:<id>``): it answers what its own payment
 became, even when another request or the sweep finished it meanwhile.
 
+``buy`` is a checkout in one request (``POST /v1/checkouts``): phase 1 also writes the order, in
+the same transaction, so a refusal before the provider leaves nothing; the rest is the above.
+
 Every function answers an ``engine.Outcome``; the routes (orders/api.py) answer it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -170,14 +173,7 @@ def checkout(
     """Pay an order (see the module's docstring). ``claim`` and ``respond`` (outcome → (status,
     body)) store the answer under the caller's ``Idempotency-Key`` in the recording transaction."""
     if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
-        # A retry of this key: its own payment, whatever became of it meanwhile.
-        payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
-        with reading(sessions) as session:
-            payment = payment_for(session, principal, payment_id)
-            while (following := routing.followed_by(payment)) is not None:  # failed over: its successor's outcome
-                payment = payment_for(session, principal, following)
-            payment_id = payment.id
-        return _drive(sessions, security, principal, payment_id, engine.ask, claim=claim, respond=respond)
+        return _resume(sessions, security, principal, claim, respond)
 
     def prepare(claim: Claim | None) -> tuple[str, bool, Claim | None]:
         with transaction(sessions) as session:
@@ -199,6 +195,46 @@ def checkout(
         payment_id, taken_up, claim = prepare(claim)
     call = engine.ask if taken_up else engine.charge
     return _drive(sessions, security, principal, payment_id, call, claim=claim, respond=respond)
+
+
+def buy(
+    sessions: sessionmaker[Session],
+    security: Security,
+    principal: Principal,
+    place: Callable[[Session, Callable[[Order], None]], Order],
+    pay: routing.PayWith,
+    *,
+    claim: Claim | None = None,
+    respond: Any = None,
+) -> Outcome:
+    """Place an order and pay it in one request (``POST /v1/checkouts``): ``place(session, then)``
+    writes the order (``service.create_order`` with ``before_numbering=then``); phase 1 starts its
+    payment in the same transaction, before the order's number is taken (so the number's row lock
+    is held no longer than for an order alone), with the key's recovery point: everything is
+    recorded before the provider is called, and a refusal before it (a bad item, an unknown method
+    or provider) leaves nothing. Phases 2 and 3, a retry of the key, a crash and the sweep are
+    exactly a checkout's."""
+    if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
+        return _resume(sessions, security, principal, claim, respond)
+    with transaction(sessions) as session:
+        started: list[tuple[str, bool]] = []
+        place(session, lambda order: started.append(_prepare(session, security, principal, order.id, pay)))
+        [(payment_id, taken_up)] = started
+        assert not taken_up, "a new order has no payment under way"
+        if claim is not None:
+            claim = advance(session, claim, f"{RECOVERY_POINT}{payment_id}")
+    return _drive(sessions, security, principal, payment_id, engine.charge, claim=claim, respond=respond)
+
+
+def _resume(sessions: sessionmaker[Session], security: Security, principal: Principal, claim: Claim, respond: Any) -> Outcome:
+    """A retry of a key that reached its payment: its own payment, whatever became of it meanwhile."""
+    payment_id = claim.recovery_point.removeprefix(RECOVERY_POINT)
+    with reading(sessions) as session:
+        payment = payment_for(session, principal, payment_id)
+        while (following := routing.followed_by(payment)) is not None:  # failed over: its successor's outcome
+            payment = payment_for(session, principal, following)
+        payment_id = payment.id
+    return _drive(sessions, security, principal, payment_id, engine.ask, claim=claim, respond=respond)
 
 
 def _stale_payment(sessions: sessionmaker[Session], payment_id: str) -> bool:

@@ -40,6 +40,10 @@ class CheckoutIn(In):
     provider_id: str | None = Field(None, min_length=1, max_length=50, pattern=r"^[a-z][a-z0-9_]*$", description="Which provider to use with a token; default: the shop's default provider.")
 
 
+class BuyIn(OrderIn, CheckoutIn):
+    """``POST /v1/checkouts``: an order's fields and a checkout's, in one request."""
+
+
 class RefundIn(In):
     amount_cents: Integer | None = Field(None, ge=1, le=10**15, description="Default: everything not yet refunded.")
     reason: Reason | None = None

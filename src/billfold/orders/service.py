@@ -12,6 +12,7 @@ invoice; the address ids stay as the spec has them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,7 +150,11 @@ def create_order(
     billing_address_id: str | None = None,
     shipping_address_id: str | None = None,
     metadata: dict[str, Any] | None = None,
+    before_numbering: Callable[[Order], None] | None = None,
 ) -> Order:
+    """A new ``pending`` order. ``before_numbering(order)`` does more in the same transaction once
+    the order and its items are flushed, before the number's row is locked (the one-request
+    checkout starts the order's payment there)."""
     owner = buyer(session, principal, user_id=user_id, organization_id=organization_id)
     if not 1 <= len(items) <= MAX_ITEMS:
         raise InvalidInput(
@@ -195,6 +200,8 @@ def create_order(
         for line, product in zip(lines, products, strict=True)
     )
     session.flush()
+    if before_numbering is not None:
+        before_numbering(order)
     # The number last: its row stays locked until this transaction commits (gapless numbers), so
     # the less that happens after it, the more orders per second.
     order.order_number = numbering.order_number(session, clock.now().year, settings.order_number_prefix)

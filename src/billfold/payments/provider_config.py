@@ -178,6 +178,13 @@ def _adapter_config(security: Security, provider: PaymentProvider) -> dict[str, 
         data_dir = Path(security.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         config["state_path"] = str(data_dir.resolve() / SANDBOX_STATE_FILE)
+    if kind_of(provider) == "sandbox":
+        # The installation's default latency (a whole server slowed for a bench); a provider's own wins.
+        settings = security.settings
+        if settings.sandbox_latency_ms and "latency_ms" not in config:
+            config["latency_ms"] = settings.sandbox_latency_ms
+        if settings.sandbox_latency_jitter_ms and "latency_jitter_ms" not in config:
+            config["latency_jitter_ms"] = settings.sandbox_latency_jitter_ms
     return config
 
 

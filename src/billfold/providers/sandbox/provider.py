@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -126,7 +128,10 @@ class SandboxProvider:
     adapter only), ``webhook_secret`` (``whsec_…``), ``disable``, ``currencies`` and ``two_step``
     (see ``sandbox_capabilities``), and ``down`` (true: the provider cannot be reached, so every call
     raises ``ProviderUnavailable`` with ``sent=False``, as a refused connection would; a test
-    switches a whole provider off and on with it)."""
+    switches a whole provider off and on with it), ``latency_ms`` and ``latency_jitter_ms`` (every
+    call that reaches the provider first waits ``latency_ms`` plus up to ``latency_jitter_ms`` more,
+    uniformly, in real time and outside the store's locks: a remote provider's 200-600 ms is
+    ``{"latency_ms": 200, "latency_jitter_ms": 400}``; 0 by default)."""
 
     kind = "sandbox"
 
@@ -142,8 +147,17 @@ class SandboxProvider:
         if not isinstance(down, bool):
             raise ValueError("sandbox config 'down' must be true or false")
         self.down = down
+        self.latency = _milliseconds(config, "latency_ms") / 1000
+        self.jitter = _milliseconds(config, "latency_jitter_ms") / 1000
 
     def _reach(self) -> None:
+        """A call on its way to the provider: refused if it is ``down``, else delayed by its latency."""
+        self._refuse_if_down()
+        if self.latency or self.jitter:
+            # Real time, not the billing clock: the network's delay. No lock of the store is held here.
+            time.sleep(self.latency + random.random() * self.jitter)  # noqa: S311 (not a secret)
+
+    def _refuse_if_down(self) -> None:
         """Refuse every call while the provider is ``down``: nothing reaches it, nothing happens there."""
         if self.down:
             raise ProviderUnavailable(f"the sandbox provider {self.provider_id} is down (config down: true); "
@@ -209,7 +223,7 @@ class SandboxProvider:
         payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
         capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
     ) -> ChargeResult:
-        self._reach()
+        self._refuse_if_down()  # before the checks below; _run waits out the latency
         self._check_charge(amount, payment_method_id, off_session, capture)
         params = {
             "amount": [amount.amount, amount.currency], "customer_id": customer_id,
@@ -579,6 +593,20 @@ class SandboxProvider:
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+MAX_LATENCY_MS = 60_000
+
+
+def _milliseconds(config: Mapping[str, Any], name: str) -> int:
+    """A delay from the config: a whole number of milliseconds, 0 to MAX_LATENCY_MS."""
+    value = config.get(name, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LATENCY_MS:
+        raise ValueError(f"sandbox config {name!r} must be a whole number of milliseconds from 0 to {MAX_LATENCY_MS}, "
+                         f"not {value!r}")
+    return value
 
 
 def _check_key(key: object) -> None:

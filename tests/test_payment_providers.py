@@ -163,6 +163,8 @@ def test_a_sandbox_with_latency_is_that_slow_and_a_bad_latency_is_refused(
                        422, "invalid_provider_config", "config")
     security = Security.from_settings(Settings(database_url="sqlite://", data_dir=tmp_path))
     server_wide = Security.from_settings(Settings(database_url="sqlite://", data_dir=tmp_path, sandbox_latency_ms=150))
+    with transaction(session_factory(engine)) as session:  # kept by the process, but not for other settings
+        provider_config.adapter_for_provider(session, security, plain)
     for provider_id, where in ((slow, security), (plain, server_wide)):
         with transaction(session_factory(engine)) as session:
             adapter = provider_config.adapter_for_provider(session, where, provider_id)

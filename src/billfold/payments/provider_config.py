@@ -222,8 +222,10 @@ def adapter_for_provider(
     that was switched off. Adapters are kept per process, keyed by the provider and a digest of its
     stored row, so a change takes effect at once."""
     provider = active_provider(session, provider_id) if require_active else get_provider(session, provider_id)
+    settings = security.settings  # the sandbox's latency defaults are part of what an adapter is built from
     digest = hashlib.sha256(
-        json.dumps([provider.config, str(provider.updated_at)], sort_keys=True, default=str).encode()
+        json.dumps([provider.config, str(provider.updated_at), settings.sandbox_latency_ms,
+                    settings.sandbox_latency_jitter_ms], sort_keys=True, default=str).encode()
     ).hexdigest()
     key = (provider.id, _resolved(str(security.settings.data_dir)))
     with _cache_lock:

@@ -8,8 +8,8 @@ keeps its own connection to the file (opening one per call cost more than the ch
 
 Writers queue for the file on an ``flock`` of ``<file>.lock`` before ``BEGIN IMMEDIATE``: the
 kernel wakes the next one the moment the last lets go, where SQLite's busy handler would have it
-sleep and poll (1, 2, 5 … 100 ms), which under 32 concurrent writers put a p99 of about 100 ms on
-a charge of 0.2 ms (``bench/sandbox.py``). Commits use ``synchronous = OFF``: the state survives
+sleep and poll (1, 2, 5 … 100 ms): under 32 concurrent writers that left the lock idle between
+writers and kept some callers of a 0.2 ms charge waiting seconds (``bench/sandbox.py``). Commits use ``synchronous = OFF``: the state survives
 a crash of any process (the OS has the pages), not of the machine, which is all a pretend
 provider needs, and neither commits nor WAL checkpoints wait for an fsync.
 """

@@ -19,8 +19,14 @@ Steps, all in one run:
    time, on the same database; printed with the ratio ours / ceiling;
 5. optionally (``--profile SECONDS``) py-spy samples the server's workers during a second run.
 
+``--provider-latency-ms L --provider-jitter-ms J`` slow the server's sandbox down to a remote
+provider's pace (``BILLFOLD_SANDBOX_LATENCY_MS``: each call waits L ms plus up to J more). During
+every timed run a prober asks ``GET /healthz`` every 100 ms on a connection of its own, and its
+p50/p99/max are printed: what a load balancer's health check sees while the threads are busy.
+
     .venv/bin/python bench/checkout.py --clients 16 --checkouts 2000 --workers 2
     .venv/bin/python bench/checkout.py --clients 16 --checkouts 1000 --profile 20 --profile-out /tmp/checkout.txt
+    .venv/bin/python bench/checkout.py --clients 512 --checkouts 5000 --provider-latency-ms 250 --provider-jitter-ms 50
 """
 
 from __future__ import annotations
@@ -66,9 +72,9 @@ BILLFOLD = str(Path(sys.executable).with_name("billfold"))
 # ---- the database ------------------------------------------------------------------------------
 
 
-def setup_database(server: str, customers: int) -> tuple[sa.Engine, dict[str, Any]]:
+def setup_database(server: str, customers: int, name: str = DATABASE) -> tuple[sa.Engine, dict[str, Any]]:
     databases.SERVER_URLS["postgresql"] = server
-    engine = create_engine(databases.fresh_database("postgresql", DATABASE, Path(tempfile.gettempdir())))
+    engine = create_engine(databases.fresh_database("postgresql", name, Path(tempfile.gettempdir())))
     databases.migrate(engine)
     from billfold.accounts.api_keys import create_api_key
 
@@ -179,11 +185,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(url: str, data_dir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def serve(url: str, data_dir: Path, workers: int, latency_ms: int = 0,
+          jitter_ms: int = 0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
     env.update(BILLFOLD_DATABASE_URL=url, BILLFOLD_DATA_DIR=str(data_dir), BILLFOLD_SECRET_KEY=SECRET_KEY,
-               BILLFOLD_PUBLIC_URL=f"http://127.0.0.1:{port}")
+               BILLFOLD_PUBLIC_URL=f"http://127.0.0.1:{port}", BILLFOLD_SANDBOX_LATENCY_MS=str(latency_ms),
+               BILLFOLD_SANDBOX_LATENCY_JITTER_MS=str(jitter_ms))
     log = open(data_dir / "serve.log", "wb")
     server = subprocess.Popen(
         [BILLFOLD, "serve", "--port", str(port), "--workers", str(workers), "--no-access-log"],
@@ -298,6 +306,41 @@ class WaitSampler(threading.Thread):
         self.done.set()
         self.join()
         return [(what, n / max(self.samples, 1)) for what, n in self.counts.most_common(8)]
+
+
+class HealthProber:
+    """``GET /healthz`` every 100 ms on a connection of its own, timed, until stopped."""
+
+    def __init__(self, base: str) -> None:
+        self.base, self.latencies, self.failures = base, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self._stop.wait(0.1):
+                t0 = time.perf_counter()
+                try:
+                    ok = client.get("/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.latencies.append(time.perf_counter() - t0)
+                else:
+                    self.failures += 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        ms = sorted(x * 1000 for x in self.latencies)
+        if not ms:
+            return f"no answer ({self.failures} failures)"
+        p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+        return (f"p50 {statistics.median(ms):.1f} ms  p99 {p99:.1f} ms  max {ms[-1]:.1f} ms  "
+                f"({len(ms)} probes, {self.failures} failed)")
 
 
 def run_clients(
@@ -459,7 +502,7 @@ def measure(
     engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argparse.Namespace, one_request: bool = False
 ) -> dict[str, Any]:
     url = engine.url.render_as_string(hide_password=False)
-    with serve(url, data_dir, args.workers) as (server, base):
+    with serve(url, data_dir, args.workers, args.provider_latency_ms, args.provider_jitter_ms) as (server, base):
         warm = run_clients(base, seeds, args.clients, args.warmup, one_request)
         if warm[2]:
             raise RuntimeError(f"warm-up failed: {warm[2][:3]}")
@@ -477,7 +520,10 @@ def measure(
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
         sampler = WaitSampler(engine)
         sampler.start()
+        prober = HealthProber(base)
+        prober.start()
         elapsed, latencies, errors = run_clients(base, seeds, args.clients, args.checkouts, one_request)
+        health = prober.stop()
         cpu = meter.stop() if meter else {}
         waits = sampler.stop()
         for p in profiler or []:
@@ -487,7 +533,7 @@ def measure(
     done = len(latencies)
     return {"rate": done / elapsed, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
             "errors": errors, "rss": rss, "cpu": {k: v / max(done, 1) * 1000 for k, v in cpu.items()},
-            "cpu_total": cpu, "elapsed": elapsed, "waits": waits}
+            "cpu_total": cpu, "elapsed": elapsed, "waits": waits, "health": health}
 
 
 def report(run: int, args: argparse.Namespace, r: dict[str, Any], label: str) -> None:
@@ -497,6 +543,7 @@ def report(run: int, args: argparse.Namespace, r: dict[str, Any], label: str) ->
           f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB")
     if cpu:
         print(f"       CPU ms per checkout: {cpu}")
+    print(f"       GET /healthz during the run: {r['health']}")
     print("       PostgreSQL sessions of the server, on average: " +
           "; ".join(f"{n:.1f} {what}" for what, n in r["waits"]))
     for error in collections.Counter(r["errors"]).most_common(3):
@@ -520,10 +567,16 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="print every statement of one checkout")
     parser.add_argument("--one-request", action="store_true",
                         help="also time the same sale as one POST /v1/checkouts, in each run after the two-request sale (the baseline)")
+    parser.add_argument("--provider-latency-ms", type=int, default=0,
+                        help="the server's sandbox waits this long per call (BILLFOLD_SANDBOX_LATENCY_MS)")
+    parser.add_argument("--provider-jitter-ms", type=int, default=0, help="and up to this much more, at random")
+    parser.add_argument("--database-name", default=DATABASE, help="the database this run drops and creates")
     args = parser.parse_args()
+    if args.provider_latency_ms or args.provider_jitter_ms:
+        print(f"sandbox latency: {args.provider_latency_ms} ms + up to {args.provider_jitter_ms} ms per call")
 
     print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
-    engine, seeds = setup_database(args.database, args.customers)
+    engine, seeds = setup_database(args.database, args.customers, args.database_name)
     try:
         with tempfile.TemporaryDirectory(prefix="billfold-bench-") as folder:
             data_dir = Path(folder)
@@ -555,8 +608,9 @@ def main() -> None:
                 print(f"one request: best {one[-1]:.1f} checkouts/s, spread {one[0]:.1f}–{one[-1]:.1f} over {len(one)} runs; "
                       f"best one request / best two requests: {one[-1] / best:.2f}; median p50 {p50[1]:.1f} ms against {p50[0]:.1f} ms")
             if args.pgbench_seconds:
-                tps, latency, _ = pgbench(engine.url, args.clients, args.pgbench_seconds, args.customers, seeds, data_dir)
-                print(f"ceiling: pgbench, the same database work per checkout, {args.clients} clients, "
+                pg_clients = min(args.clients, 32)  # PostgreSQL's max_connections is 100, shared with others
+                tps, latency, _ = pgbench(engine.url, pg_clients, args.pgbench_seconds, args.customers, seeds, data_dir)
+                print(f"ceiling: pgbench, the same database work per checkout, {pg_clients} clients, "
                       f"{args.pgbench_seconds} s: {tps:.1f} checkouts/s (latency average {latency:.1f} ms)")
                 print(f"ratio ours / ceiling: {best / tps:.1%}")
             if args.profile:

@@ -2,6 +2,11 @@
 one worker and with two worker processes, beside a raw-driver ceiling measured in the same run.
 
     .venv/bin/python bench/renewals.py --subscriptions 100000 [--customers 500]
+    .venv/bin/python bench/renewals.py --subscriptions 2000 --provider-latency-ms 250 --provider-jitter-ms 50
+
+``--provider-latency-ms L --provider-jitter-ms J`` make the workers' sandbox wait L ms plus up to
+J more per charge (``BILLFOLD_SANDBOX_LATENCY_MS``), as a remote provider would; seeding does not
+wait.
 
 Each renewal is what the sweep does for real: claim the subscription (FOR UPDATE SKIP LOCKED),
 issue its invoice with a line, create the payment, advance the period, write the events, charge
@@ -37,17 +42,18 @@ SERVER = os.environ.get("BILLFOLD_BENCH_POSTGRESQL_URL", "postgresql://postgres@
 NAME = "billfold_bench_renewals"
 
 
-def fresh_database() -> str:
+def fresh_database(name: str = NAME) -> str:
     with psycopg.connect(SERVER, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{NAME}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{NAME}"')
-    return SERVER.rsplit("/", 1)[0] + f"/{NAME}"
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return SERVER.rsplit("/", 1)[0] + f"/{name}"
 
 
-def settings_for(url: str, data_dir: Path):  # noqa: ANN201
+def settings_for(url: str, data_dir: Path, latency_ms: int = 0, jitter_ms: int = 0):  # noqa: ANN201
     from billfold.config import Settings
 
-    return Settings(database_url=url, data_dir=data_dir, secret_key="bench-" + "k" * 40)
+    return Settings(database_url=url, data_dir=data_dir, secret_key="bench-" + "k" * 40,
+                    sandbox_latency_ms=latency_ms, sandbox_latency_jitter_ms=jitter_ms)
 
 
 def seed(url: str, data_dir: Path, customers: int, subscriptions: int, tag: str) -> None:
@@ -108,17 +114,18 @@ def seed(url: str, data_dir: Path, customers: int, subscriptions: int, tag: str)
     engine.dispose()
 
 
-def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, list[float], int, float]]") -> None:
+def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, list[float], int, float]]",
+            latency_ms: int = 0, jitter_ms: int = 0) -> None:
     import resource
 
     import billfold.invoices  # noqa: F401  (registers reactions)
     import billfold.memberships  # noqa: F401
     from billfold.accounts.security import Security
     from billfold.kit.db import create_engine, session_factory
-    from billfold.kit.jobs import Context
+    from billfold.kit.sweeps import Context
     from billfold.subscriptions.sweeps import renew_due_subscriptions
 
-    settings = settings_for(url, Path(data_dir))
+    settings = settings_for(url, Path(data_dir), latency_ms, jitter_ms)
     engine = create_engine(url)
     context = Context(session_factory(engine), settings, Security.from_settings(settings))
     done, batches = 0, []
@@ -135,9 +142,10 @@ def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, l
     engine.dispose()
 
 
-def renew(url: str, data_dir: Path, workers: int) -> dict[str, float]:
+def renew(url: str, data_dir: Path, workers: int, latency_ms: int = 0, jitter_ms: int = 0) -> dict[str, float]:
     counts: multiprocessing.Queue[tuple[int, list[float], int, float]] = multiprocessing.Queue()
-    processes = [multiprocessing.Process(target=_worker, args=(url, str(data_dir), counts)) for _ in range(workers)]
+    processes = [multiprocessing.Process(target=_worker, args=(url, str(data_dir), counts, latency_ms, jitter_ms))
+                 for _ in range(workers)]
     started = time.perf_counter()
     for process in processes:
         process.start()
@@ -269,9 +277,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument("--ceiling", type=int, default=5000, help="renewals each raw ceiling writes")
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2 or 2")
+    parser.add_argument("--provider-latency-ms", type=int, default=0, help="the workers' sandbox waits this long per call")
+    parser.add_argument("--provider-jitter-ms", type=int, default=0, help="and up to this much more, at random")
+    parser.add_argument("--database-name", default=NAME, help="the database this run drops and creates")
     args = parser.parse_args()
+    if args.provider_latency_ms or args.provider_jitter_ms:
+        print(f"sandbox latency: {args.provider_latency_ms} ms + up to {args.provider_jitter_ms} ms per call")
     counts = [int(w) for w in args.workers.split(",")]
-    url = fresh_database()
+    url = fresh_database(args.database_name)
     from billfold.kit.db import create_engine
     from billfold.migrations import alembic_config
 
@@ -284,7 +297,7 @@ def main() -> None:
     for workers in counts:
         seed(url, data_dir, args.customers, args.subscriptions, f"w{workers}")
         print(f"  seeded {args.subscriptions:,} due subscriptions; load average {os.getloadavg()[0]:.2f}")
-        r = renew(url, data_dir, workers)
+        r = renew(url, data_dir, workers, args.provider_latency_ms, args.provider_jitter_ms)
         results[workers] = r
         print(f"{workers} worker{'s' if workers > 1 else ''}: {r['done']:,} renewals in {r['elapsed']:.1f} s = {r['rate']:,.0f} renewals/s; "
               f"a sweep of 50: p50 {r['p50'] * 1000:.0f} ms, p95 {r['p95'] * 1000:.0f} ms; worker CPU {r['cpu_ms']:.2f} ms/renewal; "

@@ -4,6 +4,7 @@ config are encrypted at rest and never come back, and the adapters follow the ro
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ from billfold.accounts.security import Security
 from billfold.config import Settings
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
+from billfold.kit.money import Money
 from billfold.models import PaymentEvent, PaymentProvider
 from billfold.payments import provider_config
 from billfold.providers import standard_webhooks
@@ -137,3 +139,36 @@ def test_a_switched_off_provider_gives_no_adapter_and_the_default_follows_the_se
             assert error.status == 409
         else:
             raise AssertionError("an inactive provider gave an adapter")
+
+
+def test_a_sandbox_with_latency_is_that_slow_and_a_bad_latency_is_refused(
+    api: Api, engine: Engine, admin_token: str, tmp_path: Path
+) -> None:
+    """The latency knob (docs/providers.md): a charge waits at least latency_ms, given in the
+    provider's config or, for a whole server, by BILLFOLD_SANDBOX_LATENCY_MS. Adds about 0.4 s."""
+    slow, plain = slug(), slug()
+    with api.client(admin_token) as admin:
+        def post(provider_id: str, config: dict) -> object:
+            return admin.post("/v1/payment-providers",
+                              json={"id": provider_id, "kind": "sandbox", "display_name": "S", "config": config})
+
+        for bad in ({"latency_ms": -1}, {"latency_ms": "250"}, {"latency_ms": True}, {"latency_ms": 2.5},
+                    {"latency_jitter_ms": 60_001}):
+            refused = post(slug(), bad)
+            assert_problem(refused, 422, "invalid_provider_config", "config")
+            assert "milliseconds" in refused.json()["detail"]
+        assert post(slow, {"latency_ms": 150, "latency_jitter_ms": 50}).status_code == 201
+        assert post(plain, {}).status_code == 201
+        assert_problem(admin.patch(f"/v1/payment-providers/{plain}", json={"config": {"latency_ms": -5}}),
+                       422, "invalid_provider_config", "config")
+    security = Security.from_settings(Settings(database_url="sqlite://", data_dir=tmp_path))
+    server_wide = Security.from_settings(Settings(database_url="sqlite://", data_dir=tmp_path, sandbox_latency_ms=150))
+    with transaction(session_factory(engine)) as session:  # kept by the process, but not for other settings
+        provider_config.adapter_for_provider(session, security, plain)
+    for provider_id, where in ((slow, security), (plain, server_wide)):
+        with transaction(session_factory(engine)) as session:
+            adapter = provider_config.adapter_for_provider(session, where, provider_id)
+        started = time.perf_counter()
+        charge = adapter.charge(amount=Money(500, "USD"), token="tok_sandbox_visa", idempotency_key=new_id("key"))
+        assert charge.status == "succeeded"
+        assert time.perf_counter() - started >= 0.15

@@ -110,6 +110,16 @@ class Settings(BaseSettings):
         "POST /v1/admin/clock/advance) for the whole system, to simulate renewals, retries and expiry. "
         "Off by default; never turn it on for a shop that takes real money.",
     )
+    sandbox_latency_ms: int = Field(
+        0, ge=0, le=60_000,
+        description="Milliseconds every call to a sandbox provider waits, as a remote provider's network would "
+        "(real time, outside every lock), for benches and tests; a provider's own config `latency_ms` wins.",
+    )
+    sandbox_latency_jitter_ms: int = Field(
+        0, ge=0, le=60_000,
+        description="Up to this many milliseconds more, uniformly at random, on each sandbox call (config "
+        "`latency_jitter_ms` wins): 200 and 400 give a real provider's 200-600 ms.",
+    )
     worker: Literal["embedded", "off", "external"] | None = Field(
         None,
         description="Where the background sweeps run. embedded: in a thread of `billfold serve`; external: "

@@ -178,6 +178,13 @@ def _adapter_config(security: Security, provider: PaymentProvider) -> dict[str, 
         data_dir = Path(security.settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         config["state_path"] = str(data_dir.resolve() / SANDBOX_STATE_FILE)
+    if kind_of(provider) == "sandbox":
+        # The installation's default latency (a whole server slowed for a bench); a provider's own wins.
+        settings = security.settings
+        if settings.sandbox_latency_ms and "latency_ms" not in config:
+            config["latency_ms"] = settings.sandbox_latency_ms
+        if settings.sandbox_latency_jitter_ms and "latency_jitter_ms" not in config:
+            config["latency_jitter_ms"] = settings.sandbox_latency_jitter_ms
     return config
 
 
@@ -215,8 +222,10 @@ def adapter_for_provider(
     that was switched off. Adapters are kept per process, keyed by the provider and a digest of its
     stored row, so a change takes effect at once."""
     provider = active_provider(session, provider_id) if require_active else get_provider(session, provider_id)
+    settings = security.settings  # the sandbox's latency defaults are part of what an adapter is built from
     digest = hashlib.sha256(
-        json.dumps([provider.config, str(provider.updated_at)], sort_keys=True, default=str).encode()
+        json.dumps([provider.config, str(provider.updated_at), settings.sandbox_latency_ms,
+                    settings.sandbox_latency_jitter_ms], sort_keys=True, default=str).encode()
     ).hexdigest()
     key = (provider.id, _resolved(str(security.settings.data_dir)))
     with _cache_lock:

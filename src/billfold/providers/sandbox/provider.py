@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,7 +129,10 @@ class SandboxProvider:
     adapter only), ``webhook_secret`` (``whsec_…``), ``disable``, ``currencies`` and ``two_step``
     (see ``sandbox_capabilities``), and ``down`` (true: the provider cannot be reached, so every call
     raises ``ProviderUnavailable`` with ``sent=False``, as a refused connection would; a test
-    switches a whole provider off and on with it)."""
+    switches a whole provider off and on with it), ``latency_ms`` and ``latency_jitter_ms`` (every
+    call that reaches the provider first waits ``latency_ms`` plus up to ``latency_jitter_ms`` more,
+    uniformly, in real time and outside the store's locks: a remote provider's 200-600 ms is
+    ``{"latency_ms": 200, "latency_jitter_ms": 400}``; 0 by default)."""
 
     kind = "sandbox"
 
@@ -143,8 +148,17 @@ class SandboxProvider:
         if not isinstance(down, bool):
             raise ValueError("sandbox config 'down' must be true or false")
         self.down = down
+        self.latency = _milliseconds(config, "latency_ms") / 1000
+        self.jitter = _milliseconds(config, "latency_jitter_ms") / 1000
 
     def _reach(self) -> None:
+        """A call on its way to the provider: refused if it is ``down``, else delayed by its latency."""
+        self._refuse_if_down()
+        if self.latency or self.jitter:
+            # Real time, not the billing clock: the network's delay. No lock of the store is held here.
+            time.sleep(self.latency + random.random() * self.jitter)  # noqa: S311 (not a secret)
+
+    def _refuse_if_down(self) -> None:
         """Refuse every call while the provider is ``down``: nothing reaches it, nothing happens there."""
         if self.down:
             raise ProviderUnavailable(f"the sandbox provider {self.provider_id} is down (config down: true); "
@@ -210,7 +224,7 @@ class SandboxProvider:
         payment_method_id: str | None = None, token: str | None = None, off_session: bool = False,
         capture: bool = True, description: str | None = None, metadata: Mapping[str, str] | None = None,
     ) -> ChargeResult:
-        self._reach()
+        self._refuse_if_down()  # before the checks below; _run waits out the latency
         self._check_charge(amount, payment_method_id, off_session, capture)
         params = {
             "amount": [amount.amount, amount.currency], "customer_id": customer_id,
@@ -218,11 +232,14 @@ class SandboxProvider:
             "capture": capture, "description": description, "metadata": text_metadata(metadata),
         }
 
+        # Ids made before the store's write lock is taken (making one costs about a third of the
+        # work done under it); a replayed key wastes them, which costs nothing.
+        charge_id, event_id = new_id("ch"), new_id("evt")
+
         def act(db: sqlite3.Connection) -> _Outcome:
             card, customer = _charge_source(db, customer_id, payment_method_id, token, off_session)
             if card.behaviour is Behaviour.UNAVAILABLE:
                 raise ProviderUnavailable("the sandbox provider did not answer (test token)", provider=self.provider_id, sent=False)
-            charge_id = new_id("ch")
             status, decline = _first_status(card, off_session, capture)
             now = stamp()
             db.execute(
@@ -236,7 +253,7 @@ class SandboxProvider:
                  json.dumps(_next_action(charge_id)) if status is ChargeStatus.REQUIRES_ACTION else None,
                  decline, DECLINE_MESSAGES.get(decline) if decline else None, now, now),
             )
-            charge = self._charge_changed(db, charge_id)
+            charge = self._charge_changed(db, charge_id, event_id)
             return _Outcome(charge.to_dict(), decline, timeout=card.behaviour is Behaviour.TIMEOUT_AFTER_SUCCESS)
 
         return ChargeResult.from_dict(self._run("charge", idempotency_key, params, act))
@@ -565,17 +582,32 @@ class SandboxProvider:
             raise Declined(charge.failure_message or "The payment was declined.", outcome.decline, charge=charge)
         return outcome.object
 
-    def _charge_changed(self, db: sqlite3.Connection, charge_id: str) -> ChargeResult:
+    def _charge_changed(self, db: sqlite3.Connection, charge_id: str, event_id: str | None = None) -> ChargeResult:
         charge = _charge(_get(db, "charges", charge_id))
-        self._event(db, f"charge.{charge.status}", "charge", charge.to_dict())
+        self._event(db, f"charge.{charge.status}", "charge", charge.to_dict(), event_id)
         return charge
 
-    def _event(self, db: sqlite3.Connection, type: str, object_type: str, data: dict[str, Any]) -> None:
+    def _event(self, db: sqlite3.Connection, type: str, object_type: str, data: dict[str, Any],
+               event_id: str | None = None) -> None:
         db.execute("INSERT INTO events (id, type, object_type, object_id, data, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                   (new_id("evt"), type, object_type, data["id"], json.dumps(data, sort_keys=True), stamp()))
+                   (event_id or new_id("evt"), type, object_type, data["id"], json.dumps(data, sort_keys=True), stamp()))
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+MAX_LATENCY_MS = 60_000
+
+
+def _milliseconds(config: Mapping[str, Any], name: str) -> int:
+    """A delay from the config: a whole number of milliseconds, 0 to MAX_LATENCY_MS."""
+    value = config.get(name, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LATENCY_MS:
+        raise ValueError(f"sandbox config {name!r} must be a whole number of milliseconds from 0 to {MAX_LATENCY_MS}, "
+                         f"not {value!r}")
+    return value
 
 
 def _check_key(key: object) -> None:

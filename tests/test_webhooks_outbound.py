@@ -33,7 +33,7 @@ from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit import sweeps as registry
 from billfold.kit.db import session_factory, transaction
-from billfold.models import Order, Payment, Subscription, WebhookDelivery
+from billfold.models import Order, Payment, Subscription, WebhookDelivery, WebhookDeliveryAttempt
 from billfold.notify import endpoints, outbox
 from billfold.notify.delivery import SCHEDULE
 from billfold.orders.states import ORDER
@@ -420,3 +420,28 @@ def test_two_workers_deliver_each_event_once(shop: Shop, receiver: Receiver) -> 
     ids = [r.headers["webhook-id"] for r in receiver.received]
     assert len(ids) == len(set(ids)) == 12, "each event sent once"
     assert {d["status"] for d in shop.deliveries(made["id"])} == {"delivered"}
+
+
+def test_ended_deliveries_are_purged_after_thirty_days_and_pending_ones_never(shop: Shop, receiver: Receiver) -> None:
+    made = shop.register(receiver.url)
+    shop.paid_order()
+    assert shop.sweep() == 1
+    receiver.default = 500
+    shop.paid_order()
+    assert shop.sweep() == 1
+    delivered, pending = sorted(shop.deliveries(made["id"]), key=lambda d: d["status"])
+    assert (delivered["status"], pending["status"]) == ("delivered", "pending")
+
+    def kept() -> tuple[list[str], int]:  # read from the tables: the admin's session ends long before 30 days
+        with shop.engine.connect() as connection:
+            ids = connection.scalars(sa.select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == made["id"]))
+            attempts = connection.scalar(sa.select(sa.func.count()).select_from(WebhookDeliveryAttempt)
+                                         .where(WebhookDeliveryAttempt.delivery_id == delivered["id"]))
+            return sorted(ids), attempts
+
+    shop.frozen.advance(timedelta(days=29))
+    shop.sweep("webhooks.purge")
+    assert kept() == (sorted([delivered["id"], pending["id"]]), 1), "kept for 30 days after it ended"
+    shop.frozen.advance(timedelta(days=2))
+    shop.sweep("webhooks.purge")
+    assert kept() == ([pending["id"]], 0), "a pending delivery is never purged; the attempts go with their delivery"

@@ -322,16 +322,18 @@ def customer_erase(
 @app.command()
 def purge() -> None:
     """Delete what has ended: used or expired sign-in challenges, long-ended sessions, closed
-    throttle windows, invitations that ended a month ago, Idempotency-Keys older than 72 hours.
-    Safe to run at any time."""
+    throttle windows, invitations that ended a month ago, Idempotency-Keys older than 72 hours,
+    outgoing webhook deliveries that ended 30 days ago. Safe to run at any time."""
     from billfold.accounts.housekeeping import purge as purge_accounts
     from billfold import idempotency
+    from billfold.notify import delivery
 
     engine = _engine()
     _require_migrated(engine)
     with transaction(session_factory(engine)) as session:
         removed = purge_accounts(session)
         removed["idempotency_keys"] = idempotency.purge(session)
+        removed["webhook_deliveries"] = delivery.purge(session)
     out.print(", ".join(f"{n} {table}" for table, n in removed.items()) + " deleted")
 
 

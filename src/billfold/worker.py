@@ -43,6 +43,7 @@ from billfold.idempotency import purge_sweep as purge_idempotency_keys
 from billfold.kit.sweeps import Context, Sweep
 from billfold.mailer import deliver_mail
 from billfold.notify.delivery import deliver_webhooks
+from billfold.notify.delivery import purge_deliveries as purge_webhook_deliveries
 from billfold.memberships.sweeps import expire as expire_memberships
 from billfold.orders.sweeps import settle_unknown_order_payments
 from billfold.payments.refunds import settle_pending_refunds
@@ -58,6 +59,7 @@ log = logging.getLogger("billfold.worker")
 SWEEPS: tuple[Callable[[Context], int], ...] = (
     purge_accounts,
     purge_idempotency_keys,
+    purge_webhook_deliveries,
     expire_memberships,
     settle_unknown_order_payments,
     settle_pending_refunds,

@@ -267,3 +267,28 @@ def tell_admins(session: Session, endpoint: WebhookEndpoint, reason: str) -> int
             ),
         ))
     return len(addresses)
+
+
+DELIVERIES_KEPT = timedelta(days=30)
+"""How long a delivery that ended (delivered, failed or cancelled) stays listed, with its attempts,
+for an admin to look at or redeliver; ``purge`` deletes it after that."""
+
+ENDED = ("delivered", "failed", "cancelled")
+
+
+def purge(session: Session) -> int:
+    """Delete the deliveries that ended more than ``DELIVERIES_KEPT`` ago, and their attempts (the
+    foreign key cascades); how many deliveries went. A pending one is never deleted, however old."""
+    deleted = session.execute(
+        sa.delete(WebhookDelivery).where(
+            WebhookDelivery.status.in_(ENDED), WebhookDelivery.updated_at <= clock.now() - DELIVERIES_KEPT
+        )
+    )
+    return deleted.rowcount or 0
+
+
+@sweep("webhooks.purge", every=timedelta(hours=1))
+def purge_deliveries(context: Context) -> int:
+    """``purge`` in a transaction of its own."""
+    with transaction(context.sessions) as session:
+        return purge(session)

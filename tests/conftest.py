@@ -120,38 +120,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.quick)
-    items[:] = heavy_first(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-
-
-def heavy_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
-    """The order that keeps the workers busy to the end. xdist's worksteal hands each worker a
-    contiguous share of the list (the first half to one of two, the second to the other), and an
-    idle worker takes the tail of another's queue. So each share starts with its part of the
-    modules that hold slow tests (the fuzzer, the bursts, histories: up to a minute each; each module
-    kept whole for its module fixtures, dealt so that the shares get about as many slow tests),
-    and the short tests come after: the run ends on short tests instead of one worker idling
-    while the other finishes a long one it started last."""
-    modules: dict[str, list[pytest.Item]] = {}
-    for item in items:
-        modules.setdefault(item.module.__name__, []).append(item)
-    heavy = {name: sum(bool(i.get_closest_marker("slow")) for i in group) for name, group in modules.items()}
-    heavy = {name: count for name, count in heavy.items() if count}
-    shares: list[list[pytest.Item]] = [[] for _ in range(max(workers, 1))]
-    weights = [0] * len(shares)
-    for name in sorted(heavy, key=lambda n: -heavy[n]):
-        lightest = weights.index(min(weights))
-        shares[lightest] += modules[name]
-        weights[lightest] += heavy[name]
-    quick = [item for item in items if item.module.__name__ not in heavy]
-    ordered: list[pytest.Item] = []
-    left = len(items)
-    for n, share in enumerate(shares):  # the sizes worksteal gives: what is left over the workers left
-        size = left // (len(shares) - n)
-        fill = max(size - len(share), 0) if n < len(shares) - 1 else len(quick)
-        ordered += share + quick[:fill]
-        quick = quick[fill:]
-        left -= len(share) + fill
-    return ordered
+    # The modules holding slow tests (the fuzzer, the bursts, histories: up to a minute each) go
+    # first, each kept whole for its module fixtures: a worker then ends the run on short tests
+    # instead of one worker idling while the other finishes a long one it started last.
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in heavy)
 
 
 @pytest.fixture(scope="session")

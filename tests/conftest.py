@@ -120,11 +120,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.quick)
-    # The modules holding slow tests (the fuzzer, the bursts, histories: up to a minute each) go
-    # first, each kept whole for its module fixtures: a worker then ends the run on short tests
-    # instead of one worker idling while the other finishes a long one it started last.
-    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in heavy)
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,15 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from argon2 import PasswordHasher
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session
 
+from billfold.accounts import security
 from billfold.kit import clock
 from billfold.kit.db import create_engine
 from billfold.wiring import wire
@@ -20,6 +23,23 @@ from tests.server import serving
 DATABASES = databases.selected()
 
 wire()  # the test process is an entry point too: tests pay orders through the services directly
+
+# Passwords hashed in this process (the in-process servers, the CLI through Click's runner) use
+# Argon2id with the smallest work factors: the production parameters cost ~0.15 s of CPU per hash
+# and check (four threads each), and the suite signs people up and in thousands of times, the
+# fuzzer most of all. The algorithm and code path are the same; the production parameters are
+# kept by every `billfold` process a test starts (tests/test_serve.py checks a stored hash's
+# parameters), and by tests that compare timings (`production_password_hashing`).
+PRODUCTION_HASHER, PRODUCTION_DUMMY_HASH = security._hasher, security._DUMMY_HASH
+_CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+security._hasher, security._DUMMY_HASH = _CHEAP_HASHER, _CHEAP_HASHER.hash("billfold-no-such-user")
+
+
+@pytest.fixture
+def production_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passwords hashed and checked with the production Argon2 parameters during the test."""
+    monkeypatch.setattr(security, "_hasher", PRODUCTION_HASHER)
+    monkeypatch.setattr(security, "_DUMMY_HASH", PRODUCTION_DUMMY_HASH)
 
 
 def worker_id() -> str:
@@ -35,18 +55,20 @@ class MigratedDatabases:
     HTTP tests commit to, and a clean one where every test's work is rolled back, so tests that
     need an empty database (the demo loader) never see another test's rows."""
 
-    def __init__(self, tmp: os.PathLike[str]) -> None:
+    def __init__(self, tmp: Path, run_dir: Path) -> None:
         self.tmp = tmp
+        self.run_dir = run_dir
         self.engines: dict[tuple[str, str], Engine] = {}
 
     def engine(self, backend: str, kind: str = "shared") -> Engine:
         if (backend, kind) not in self.engines:
             name = f"billfold_test_{worker_id()}" if kind == "shared" else f"billfold_{kind}_{worker_id()}"
-            url = databases.fresh_database(backend, name, self.tmp)
-            engine = create_engine(url)
-            databases.migrate(engine)
-            self.engines[backend, kind] = engine
+            self.engines[backend, kind] = create_engine(self.copy(backend, name))
         return self.engines[backend, kind]
+
+    def copy(self, backend: str, name: str) -> URL:
+        """A new database called ``name``, migrated (a copy of the run's migrated template)."""
+        return databases.migrated_copy(backend, name, self.tmp, self.run_dir)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -55,7 +77,9 @@ class MigratedDatabases:
 
 @pytest.fixture(scope="session")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigratedDatabases]:
-    holder = MigratedDatabases(tmp_path_factory.mktemp("sqlite"))
+    base = tmp_path_factory.getbasetemp()
+    run_dir = base.parent if worker_id() != "main" else base  # under xdist, every worker's basetemp is in the run's folder
+    holder = MigratedDatabases(tmp_path_factory.mktemp("sqlite"), run_dir)
     yield holder
     holder.close()
 

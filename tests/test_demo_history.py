@@ -23,6 +23,7 @@ from billfold.models import Invoice, InvoiceLine, OutboxEmail, Payment, PaymentE
 from billfold.subscriptions.periods import add_months
 from tests import cli, databases
 from tests.accounts import Api
+from tests.conftest import MigratedDatabases
 from tests.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -30,12 +31,11 @@ pytestmark = pytest.mark.slow
 MONTHS = 3
 
 
-def test_three_months_of_history_end_now_leave_nothing_due_and_add_up(backend: str, tmp_path: Path) -> None:
+def test_three_months_of_history_end_now_leave_nothing_due_and_add_up(backend: str, tmp_path: Path, migrated: MigratedDatabases) -> None:
     name = f"billfold_history_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    url = databases.fresh_database(backend, name, tmp_path)
+    url = migrated.copy(backend, name)
     engine = create_engine(url)
     try:
-        databases.migrate(engine)
         # An SMTP server is configured (nothing listens there): the history must not use it.
         settings = Settings(database_url=url.render_as_string(hide_password=False), data_dir=tmp_path / "data",
                             smtp_host="127.0.0.1", smtp_port=free_port(), smtp_starttls=False)

@@ -20,14 +20,14 @@ from sqlalchemy.engine import Engine
 from billfold.kit import clock
 from billfold.kit.db import create_engine
 from tests import cli, databases
+from tests.conftest import MigratedDatabases, worker_id
 from tests.server import serving
 
 
 @pytest.fixture
-def fresh(backend: str, tmp_path: Path) -> Iterator[Engine]:
-    url = databases.fresh_database(backend, "health", tmp_path)
+def fresh(backend: str, migrated: MigratedDatabases) -> Iterator[Engine]:
+    url = migrated.copy(backend, f"billfold_health_{worker_id()}")
     engine = create_engine(url)
-    databases.migrate(engine)
     yield engine
     engine.dispose()
     databases.drop_database(backend, url)

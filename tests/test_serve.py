@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
+import argon2
 import httpx
 import psutil
 import pytest
@@ -43,6 +45,15 @@ def test_serve_runs_the_asked_number_of_workers_without_an_access_log(tmp_path: 
                 time.sleep(0.1)
             for _ in range(20):
                 assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["database"] == "ok"
+            if workers == 1:  # the suite's own processes hash with cheap parameters (tests/conftest.py); a real one does not
+                signed_up = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/auth/register", timeout=30,
+                    json={"email": "argon@example.com", "password": "correct horse battery", "name": "A", "last_name": "B"},
+                )
+                assert signed_up.status_code == 202, signed_up.text
+                with sqlite3.connect(tmp_path / "billfold.db") as db:
+                    (stored,) = db.execute("SELECT password_hash FROM users WHERE email = 'argon@example.com'").fetchone()
+                assert argon2.extract_parameters(stored) == argon2.profiles.RFC_9106_LOW_MEMORY
             if workers > 1:
                 # uvicorn's supervisor, and one process per worker (multiprocessing may add a helper)
                 deadline = time.monotonic() + 20

@@ -265,6 +265,7 @@ def _median_seconds(send: Callable[[int], httpx.Response], expected: int, times:
     return statistics.median(took)
 
 
+@pytest.mark.usefixtures("production_password_hashing")  # the suite's cheap hashing would hide the difference
 def test_signing_in_takes_as_long_whether_or_not_the_account_exists_or_is_locked(engine: Engine, tmp_path: Path, address: str) -> None:
     """An unknown address or a locked account answered in 6-10 ms, a wrong password in 120-300 ms:
     the timing told who has an account. Now each costs one Argon2 check (an order of magnitude
@@ -290,6 +291,7 @@ def test_signing_in_takes_as_long_whether_or_not_the_account_exists_or_is_locked
     assert locked_out >= slow / 2, f"locked account {locked_out * 1000:.0f} ms, an open one {slow * 1000:.0f} ms"
 
 
+@pytest.mark.usefixtures("production_password_hashing")
 def test_registering_takes_as_long_whether_or_not_the_address_has_an_account(api: Api, address: str) -> None:
     api.sign_up(address)
     with api.client() as client:

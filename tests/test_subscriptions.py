@@ -314,16 +314,16 @@ def test_a_batch_of_renewals_charges_at_once_and_each_subscription_once(shop: Sh
 
     plan = shop.product(900)
     ada = shop.customer("overlap")
-    subs = [shop.subscribe(ada, plan)["id"] for _ in range(8)]
+    subs = [shop.subscribe(ada, plan)["id"] for _ in range(6)]
     frozen_clock.set(when(shop.get(ada, subs[0])["current_period_end"]))
     settings = shop.context.settings.model_copy(update={"sandbox_latency_ms": 200, "provider_calls_at_once": 16})
     context = replace(shop.context, settings=settings, security=Security.from_settings(settings))
 
-    assert SWEEPS["renew"](context) == 8, "one batch"
+    assert SWEEPS["renew"](context) == 6, "one batch"
 
     with reading(context.sessions) as session:
         sandbox = provider_config.adapter_for_provider(session, context.security, "sandbox")
-    assert sandbox.most_calls_in_flight >= 4, f"the batch's 8 charges overlapped: {sandbox.most_calls_in_flight} at most at once"
+    assert sandbox.most_calls_in_flight >= 4, f"the batch's 6 charges overlapped: {sandbox.most_calls_in_flight} at most at once"
     for sub in subs:
         assert [p.status for p in shop.payments(sub)] == ["completed", "completed"]
         assert [i.status for i in shop.invoices(sub)] == ["paid", "paid"]

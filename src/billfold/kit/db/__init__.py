@@ -118,13 +118,6 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = sa.create_engine(parsed, **options)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:
         raise ConfigurationError(f"cannot use database URL {_redact(parsed)!r}: {error}") from error
-    # Rows of one table flushed together (a batch's invoices, lines, payments and events, whose ids
-    # are given up front) go as one multi-row INSERT ... VALUES per table (up to the dialect's
-    # page and parameter limits) instead of a driver executemany that sends each row on its own
-    # (psycopg: one Bind/Execute per row). All three dialects render it; SQLAlchemy does it for
-    # inserts with RETURNING already, this turns it on for those without.
-    if engine.dialect.use_insertmanyvalues:
-        engine.dialect.use_insertmanyvalues_wo_returning = True
     if backend == "sqlite":
         _configure_sqlite(engine)
     elif backend in ("mysql", "mariadb"):

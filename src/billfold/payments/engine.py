@@ -6,7 +6,8 @@ money the same way, in three phases around the one call to the provider (referen
    payment (``start_payment``) or refund. The row's id makes the provider's idempotency key
    (``provider_key``).
 2. **ask** (``run``): read the rows and build the adapters in a short read, then, with no
-   transaction open, one call to the provider per row with the row's own key.
+   transaction open, one call to the provider per row with the row's own key (a batch's calls
+   overlap, up to ``concurrency`` at once: ``_ask_all``).
 3. **record** (``run``), with the rows locked: the answer moves the row by its state machine
    (states.py), and what the payment pays for follows in the same transaction (its ``Payable``:
    the order becomes paid, the invoice paid, the subscription active or past due). An outcome

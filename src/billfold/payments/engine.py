@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
@@ -548,18 +549,20 @@ def run(
     return outcomes + unknown
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
     """This process's pool of ``size`` threads for the provider calls of batches, kept for the
     process's life: an adapter may keep a connection per thread (the sandbox's store does), which
-    threads made afresh for each batch would open again every time."""
+    threads made afresh for each batch would open again every time. Keyed by the process id too:
+    a forked child has none of its parent's threads."""
+    key = (os.getpid(), size)
     with _pools_lock:
-        pool = _pools.get(size)
+        pool = _pools.get(key)
         if pool is None:
-            pool = _pools[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="billfold-provider-call")
+            pool = _pools[key] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="billfold-provider-call")
         return pool
 
 
@@ -584,7 +587,9 @@ def _ask_all(
     asked = sum(1 for row in rows if move.asks(row))
     if concurrency <= 1 or asked <= 1:
         return [one(row) for row in rows]
-    return list(_pool(concurrency).map(one, rows))
+    calls = [_pool(concurrency).submit(one, row) for row in rows]
+    wait(calls)  # all of them ended before any error is raised: none is still asking when a caller retries
+    return [call.result() for call in calls]
 
 
 def _fail_over(

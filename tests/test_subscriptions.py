@@ -301,3 +301,30 @@ def test_a_subscription_without_a_billing_row_is_listed_and_refused_changes_not_
     for answer in changes:
         assert answer.status_code == 409, (answer.request.url, answer.text)
         assert "no billing record" in answer.json()["detail"]
+
+
+def test_a_batch_of_renewals_charges_at_once_and_each_subscription_once(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
+    """With the provider 200 ms away, the renewal sweep's calls for a batch overlap (the sandbox
+    counts its calls in flight), and each renewal is still charged once, under its own key."""
+    from dataclasses import replace
+
+    from billfold.accounts.security import Security
+    from billfold.kit.db import reading
+    from billfold.payments import provider_config
+
+    plan = shop.product(900)
+    ada = shop.customer("overlap")
+    subs = [shop.subscribe(ada, plan)["id"] for _ in range(6)]
+    frozen_clock.set(when(shop.get(ada, subs[0])["current_period_end"]))
+    settings = shop.context.settings.model_copy(update={"sandbox_latency_ms": 200, "provider_calls_at_once": 16})
+    context = replace(shop.context, settings=settings, security=Security.from_settings(settings))
+
+    assert SWEEPS["renew"](context) == 6, "one batch"
+
+    with reading(context.sessions) as session:
+        sandbox = provider_config.adapter_for_provider(session, context.security, "sandbox")
+    assert sandbox.most_calls_in_flight >= 4, f"the batch's 6 charges overlapped: {sandbox.most_calls_in_flight} at most at once"
+    for sub in subs:
+        assert [p.status for p in shop.payments(sub)] == ["completed", "completed"]
+        assert [i.status for i in shop.invoices(sub)] == ["paid", "paid"]
+        assert [c.status for c in shop.charges(sub)] == ["succeeded", "succeeded"], "charged once a period"

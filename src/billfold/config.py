@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         description="Requests one API process works on at once (the thread pool of its endpoints). Each "
         "may use two database connections at a time, so the connection pool holds up to twice this many.",
     )
+    provider_calls_at_once: int = Field(
+        50, ge=1, le=256,
+        description="Calls to payment providers one sweep of a batch (renewals, retries, trial ends) makes at "
+        "once, on a pool of this many threads per process that holds no database connection. The default is "
+        "a sweep's batch, so a batch of 50 at 250 ms a call waits about one round trip, not 50. 1: one call "
+        "after another.",
+    )
     sandbox: bool = Field(
         False,
         description="Sandbox mode: the billing clock may be moved forward (`billfold clock advance 30d`, "

@@ -6,7 +6,8 @@ money the same way, in three phases around the one call to the provider (referen
    payment (``start_payment``) or refund. The row's id makes the provider's idempotency key
    (``provider_key``).
 2. **ask** (``run``): read the rows and build the adapters in a short read, then, with no
-   transaction open, one call to the provider per row with the row's own key.
+   transaction open, one call to the provider per row with the row's own key (a batch's calls
+   overlap, up to ``concurrency`` at once: ``_ask_all``).
 3. **record** (``run``), with the rows locked: the answer moves the row by its state machine
    (states.py), and what the payment pays for follows in the same transaction (its ``Payable``:
    the order becomes paid, the invoice paid, the subscription active or past due). An outcome
@@ -37,7 +38,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
@@ -494,9 +498,11 @@ def run(
     ids: Sequence[str],
     *,
     after: Callable[[Session, list[Outcome]], None] | None = None,
+    concurrency: int = 1,
 ) -> list[Outcome]:
     """Phases 2 and 3 for the rows ``ids``: read them and build their adapters in a short read; ask
-    the provider about each, with no transaction open; record every answer in one transaction,
+    the provider about each, with no transaction open (up to ``concurrency`` asks at once, each
+    with its own key: ``_ask_all``); record every answer in one transaction,
     which ``after`` joins (an API stores its answer under the Idempotency-Key there: a run of one
     row). A row the provider did not answer about is not recorded: its outcome is ``UNKNOWN``.
     A row whose request never reached the provider is failed over when the move can
@@ -514,22 +520,18 @@ def run(
                 adapters[provider_id] = provider_config.adapter_for_provider(session, security, provider_id)
     heard: list[tuple[Any, Answer | None]] = []
     unknown: list[Outcome] = []
-    for row in rows:
-        if not move.asks(row):
-            heard.append((row, None))
-            continue
-        provider_id = move.provider(row)
-        try:
-            heard.append((row, move.ask(adapters[provider_id] if provider_id is not None else None, row)))
-        except (ProviderUnavailable, IdempotencyMismatch) as error:
-            unknown.append(move.unknown(row, error))
+    for row, answer in zip(rows, _ask_all(move, adapters, rows, concurrency), strict=True):
+        if isinstance(answer, Exception):
+            unknown.append(move.unknown(row, answer))
+        else:
+            heard.append((row, answer))
     unsent = [(row, answer) for row, answer in heard if answer is not None and answer.unsent]
     if unsent:
         heard = [(row, answer) for row, answer in heard if answer is None or not answer.unsent]
         followed = _fail_over(sessions, security, move, unsent, unknown)
         if followed:
             again: Move[Any] = move.again()  # type: ignore[attr-defined]
-            unknown += run(sessions, security, again, followed, after=after if not heard else None)
+            unknown += run(sessions, security, again, followed, after=after if not heard else None, concurrency=concurrency)
     if not heard:
         return unknown
     try:
@@ -545,6 +547,49 @@ def run(
             log.warning("outcome of %s not recorded, left pending: %s", one[0].id, error)
             outcomes.append(move.unknown(one[0], error))
     return outcomes + unknown
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    """This process's pool of ``size`` threads for the provider calls of batches, kept for the
+    process's life: an adapter may keep a connection per thread (the sandbox's store does), which
+    threads made afresh for each batch would open again every time. Keyed by the process id too:
+    a forked child has none of its parent's threads."""
+    key = (os.getpid(), size)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="billfold-provider-call")
+        return pool
+
+
+def _ask_all(
+    move: Move[Any], adapters: dict[str, ProviderAdapter], rows: Sequence[Any], concurrency: int,
+) -> list[Answer | None | ProviderUnavailable | IdempotencyMismatch]:
+    """Phase 2 for ``rows``, in their order: each row's answer, None when it is not asked about, or
+    the error that leaves its outcome unknown. With ``concurrency`` above 1 the calls overlap, up
+    to that many at once, on threads that hold no transaction or connection of ours: a batch waits
+    about one provider round trip, not one per row. Each call still carries its row's own key, so
+    what a crash or a timeout leaves is what a call made alone would leave."""
+
+    def one(row: Any) -> Answer | None | ProviderUnavailable | IdempotencyMismatch:
+        if not move.asks(row):
+            return None
+        provider_id = move.provider(row)
+        try:
+            return move.ask(adapters[provider_id] if provider_id is not None else None, row)
+        except (ProviderUnavailable, IdempotencyMismatch) as error:
+            return error
+
+    asked = sum(1 for row in rows if move.asks(row))
+    if concurrency <= 1 or asked <= 1:
+        return [one(row) for row in rows]
+    calls = [_pool(concurrency).submit(one, row) for row in rows]
+    wait(calls)  # all of them ended before any error is raised: none is still asking when a caller retries
+    return [call.result() for call in calls]
 
 
 def _fail_over(

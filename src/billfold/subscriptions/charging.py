@@ -295,13 +295,15 @@ def settle(
 def settle_many(
     sessions: sessionmaker[Session], security: Security, settings: Settings, payment_ids: list[str], *, by: str | None = None,
 ) -> list[Outcome]:
-    """:func:`settle` for a batch (``engine.run``): each payment charged with its own key, then
+    """:func:`settle` for a batch (``engine.run``): each payment charged with its own key, up to
+    ``settings.provider_calls_at_once`` at a time, with no transaction open; then
     every outcome recorded in one transaction (or, should that fail, each in its own); an outcome
     that cannot be recorded leaves its payment pending for the stale-payment sweep, which asks the
     provider again with the same key."""
     if not payment_ids:
         return []
-    return engine.run(sessions, security, engine.Charges(engine.charge, settings, by, sessions), payment_ids)
+    return engine.run(sessions, security, engine.Charges(engine.charge, settings, by, sessions), payment_ids,
+                      concurrency=settings.provider_calls_at_once)
 
 
 def record_outcome(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -150,13 +151,24 @@ class SandboxProvider:
         self.down = down
         self.latency = _milliseconds(config, "latency_ms") / 1000
         self.jitter = _milliseconds(config, "latency_jitter_ms") / 1000
+        # Calls of this adapter waiting out their latency now, and the most seen at once: how far a
+        # caller's calls overlap (a test of the renewal sweep reads it).
+        self._waiting = threading.Lock()
+        self.calls_in_flight = self.most_calls_in_flight = 0
 
     def _reach(self) -> None:
         """A call on its way to the provider: refused if it is ``down``, else delayed by its latency."""
         self._refuse_if_down()
         if self.latency or self.jitter:
             # Real time, not the billing clock: the network's delay. No lock of the store is held here.
-            time.sleep(self.latency + random.random() * self.jitter)  # noqa: S311 (not a secret)
+            with self._waiting:
+                self.calls_in_flight += 1
+                self.most_calls_in_flight = max(self.most_calls_in_flight, self.calls_in_flight)
+            try:
+                time.sleep(self.latency + random.random() * self.jitter)  # noqa: S311 (not a secret)
+            finally:
+                with self._waiting:
+                    self.calls_in_flight -= 1
 
     def _refuse_if_down(self) -> None:
         """Refuse every call while the provider is ``down``: nothing reaches it, nothing happens there."""

@@ -1,0 +1,111 @@
+"""The entitlement door (``billfold.memberships.door``): checks answered in front of FastAPI with
+the endpoints' rules and answers. A revoked API key and a signed-out session are refused on the
+very next check; a membership granted or cancelled is seen by the very next check, also by
+another app on the same database; and the door answers every request it takes (and lets the odd
+ones through) exactly as the FastAPI endpoints do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from billfold.api import create_app
+from billfold.config import Settings
+from billfold.memberships.door import EntitlementDoor
+from tests.accounts import Api
+from tests.test_memberships import membership_type
+from tests.test_organizations import api_key, assert_problem, person
+
+
+def test_a_revoked_key_and_a_signed_out_session_are_refused_on_the_next_check(api: Api, engine: Engine, admin_token: str) -> None:
+    ada = person(engine, "ada")
+    key = api_key(api, admin_token, "read")
+    with api.client(key) as backend:
+        assert backend.get(f"/v1/users/{ada.id}/entitlements/reports").json()["allowed"] is False
+    with api.client(admin_token) as admin:
+        [made] = [k for k in admin.get("/v1/api-keys", params={"limit": 100}).json()["data"] if key.startswith(k["key_prefix"])]
+        assert admin.delete(f"/v1/api-keys/{made['id']}").status_code == 200
+    with api.client(key) as backend:
+        assert_problem(backend.get(f"/v1/users/{ada.id}/entitlements/reports"), 401, "unauthorized")
+    with api.client(ada.token) as client:
+        assert client.get("/v1/me/entitlements/reports").status_code == 200
+        assert client.post("/v1/auth/sign-out").status_code == 204
+        assert_problem(client.get("/v1/me/entitlements/reports"), 401, "unauthorized")
+
+
+def test_a_membership_change_is_seen_by_the_next_check_in_any_app(
+    api: Api, engine: Engine, admin_token: str, tmp_path: Path
+) -> None:
+    ada = person(engine, "ada")
+    kind = membership_type(engine, "fixed", 30, ["reports"])
+    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path)
+    with api.client(ada.token) as client, TestClient(create_app(settings, engine)) as other:
+        other.headers["authorization"] = f"Bearer {ada.token}"
+        assert client.get("/v1/me/entitlements/reports").json()["allowed"] is False
+        with api.client(admin_token) as admin:
+            granted = admin.post(f"/v1/users/{ada.id}/memberships", json={"membership_type_id": kind})
+            assert granted.status_code == 201, granted.text
+        assert client.get("/v1/me/entitlements/reports").json()["allowed"] is True
+        assert other.get("/v1/me/entitlements/reports").json()["membership_id"] == granted.json()["id"]
+        with api.client(admin_token) as admin:
+            assert admin.post(f"/v1/memberships/{granted.json()['id']}/cancel", json={}).status_code == 200
+        assert other.get("/v1/me/entitlements/reports").json()["allowed"] is False
+        assert client.get("/v1/me/entitlements/reports").json()["allowed"] is False
+
+
+def test_the_door_answers_as_the_endpoints_do(api: Api, engine: Engine, admin_token: str, tmp_path: Path) -> None:
+    """Each request through the app (door first) and through FastAPI alone: the same status,
+    document and headers; the plain checks go through the door, the odd ones do not."""
+    ada = person(engine, "ada")
+    key = api_key(api, admin_token, "read")
+    write_only = api_key(api, admin_token, "write")
+    with api.client(admin_token) as admin:
+        granted = admin.post(f"/v1/users/{ada.id}/memberships", json={"membership_type_id": membership_type(engine, "fixed", 30, ["reports"])})
+        assert granted.status_code == 201, granted.text
+    app = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path), engine)
+    [door] = [d for d in app.doors if isinstance(d, EntitlementDoor)]
+
+    async def without_doors(scope, receive, send):  # type: ignore[no-untyped-def]
+        await FastAPI.__call__(app, scope, receive, send)
+
+    cases = [  # (credential, path, whether the door takes it)
+        (ada.token, "/v1/me/entitlements/reports", True),
+        (ada.token, "/v1/me/entitlements/payroll", True),
+        (ada.token, "/v1/me/entitlements/reports?organization_id=org_nothing", True),
+        (ada.token, "/v1/me/entitlements/reports?organization_id=", False),
+        (ada.token, "/v1/me/entitlements/reports?organization_id=org_a&organization_id=org_b", False),
+        (ada.token, "/v1/me/entitlements/reports?colour=blue", False),
+        (ada.token, "/v1/me/entitlements/" + "x" * 101, False),
+        (ada.token, "/v1/me/entitlements/4111%201111%201111%201111", False),
+        (ada.token, f"/v1/users/{ada.id}/entitlements/reports", True),
+        (key, f"/v1/users/{ada.id}/entitlements/reports", True),
+        (key, "/v1/users/usr_nothing/entitlements/reports", True),
+        (key, "/v1/users/someone/entitlements/reports", True),
+        (write_only, f"/v1/users/{ada.id}/entitlements/reports", True),
+        (key, "/v1/me/entitlements/reports", True),
+        (admin_token, f"/v1/users/{ada.id}/entitlements/reports?organization_id=org_nothing", True),
+        ("bfk_nothing", "/v1/me/entitlements/reports", True),
+        ("", "/v1/me/entitlements/reports", True),
+        (None, "/v1/me/entitlements/reports", False),
+    ]
+    with TestClient(app) as through_door, TestClient(without_doors) as through_fastapi:
+        for credential, path, taken in cases:
+            headers = {} if credential is None else {"authorization": f"Bearer {credential}".rstrip()}
+            one, other = through_door.get(path, headers=headers), through_fastapi.get(path, headers=headers)
+            assert (one.status_code, one.json()) == (other.status_code, other.json()), path
+            for name in ("content-type", "cache-control", "x-content-type-options", "retry-after"):
+                assert one.headers.get(name) == other.headers.get(name), (path, name)
+            raw, _, query = path.partition("?")
+            asked = {"type": "http", "method": "GET", "path": unquote(raw), "query_string": query.encode(),
+                     "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+            assert door.takes(asked) is taken, path
+        basic = through_door.get("/v1/me/entitlements/reports", headers={"authorization": "Basic YWRhOnB3"})
+        assert basic.json() == through_fastapi.get("/v1/me/entitlements/reports", headers={"authorization": "Basic YWRhOnB3"}).json()
+        assert basic.status_code == 401
+        head = through_door.head("/v1/me/entitlements/reports", headers={"authorization": f"Bearer {ada.token}"})
+        assert head.status_code == 200 and head.content == b""
+        assert through_door.get("/v1/me/entitlements/reports", headers={"authorization": f"Bearer {ada.token}"}).json()["allowed"] is True

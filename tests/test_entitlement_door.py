@@ -6,15 +6,20 @@ ones through) exactly as the FastAPI endpoints do."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
+import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from billfold.api import create_app
 from billfold.config import Settings
+from billfold.kit import clock
+from billfold.kit.db import session_factory, transaction
+from billfold.models import AuthSession, User
 from billfold.memberships.door import EntitlementDoor
 from tests.accounts import Api
 from tests.test_memberships import membership_type
@@ -66,6 +71,10 @@ def test_the_door_answers_as_the_endpoints_do(api: Api, engine: Engine, admin_to
     with api.client(admin_token) as admin:
         granted = admin.post(f"/v1/users/{ada.id}/memberships", json={"membership_type_id": membership_type(engine, "fixed", 30, ["reports"])})
         assert granted.status_code == 201, granted.text
+    locked, expired = person(engine, "locked"), person(engine, "expired")
+    with transaction(session_factory(engine)) as session:
+        session.execute(sa.update(User).where(User.id == locked.id).values(is_locked=True))
+        session.execute(sa.update(AuthSession).where(AuthSession.user_id == expired.id).values(expires_at=clock.now() - timedelta(seconds=1)))
     app = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path), engine)
     [door] = [d for d in app.doors if isinstance(d, EntitlementDoor)]
 
@@ -89,6 +98,9 @@ def test_the_door_answers_as_the_endpoints_do(api: Api, engine: Engine, admin_to
         (key, "/v1/me/entitlements/reports", True),
         (admin_token, f"/v1/users/{ada.id}/entitlements/reports?organization_id=org_nothing", True),
         ("bfk_nothing", "/v1/me/entitlements/reports", True),
+        ("bfs_nothing", "/v1/me/entitlements/reports", True),
+        (locked.token, "/v1/me/entitlements/reports", True),
+        (expired.token, "/v1/me/entitlements/reports", True),
         ("", "/v1/me/entitlements/reports", True),
         (None, "/v1/me/entitlements/reports", False),
     ]

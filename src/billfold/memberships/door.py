@@ -8,12 +8,13 @@ endpoint), several milliseconds of CPU for a millisecond of database work. Here:
 
 - the app hands the request over before its middleware, routing and dependencies
   (``billfold.api.BillfoldApp``), matched by one regular expression;
-- one hop to a worker thread and one session does the whole check: the credential
-  (``sessions.principal_for_token``, the same function the endpoints' authentication calls, so a
-  revoked API key, a signed-out, expired or locked session is refused on the very next check, in
-  every process: nothing about a credential is cached), the permission checks, and the
-  entitlement query (``entitlements.entitlement``, nothing cached either: a membership change
-  committed anywhere is seen by the next check);
+- one hop to a worker thread and one session does the whole check, each step one prebuilt
+  statement of SQLAlchemy Core (no row loaded as an object): the credential
+  (``sessions.credential_for_token``, ``principal_for_token``'s rules, so a revoked API key, a
+  signed-out, expired or locked session is refused on the very next check, in every process:
+  nothing about a credential is cached), the user or organization named, and the entitlement
+  query (``entitlements.entitlement``, nothing cached either: a membership change committed
+  anywhere is seen by the next check);
 - the answer is the endpoint's, serialized by the same model (``EntitlementOut``).
 
 Everything else is the endpoints' behaviour, unchanged: the same rules (a bearer credential, an
@@ -37,15 +38,15 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 import sqlalchemy as sa
 
-from billfold.accounts.access import user_owner
-from billfold.accounts.organizations import service as organizations
-from billfold.accounts.sessions import principal_for_token
+from billfold.accounts.sessions import credential_for_token
 from billfold.kit.db import one_line
-from billfold.kit.errors import BillfoldError, DatabaseUnavailable, Forbidden, Unauthorized
+from billfold.kit.errors import BillfoldError, DatabaseUnavailable, Forbidden, NotFound, Unauthorized
 from billfold.kit.headers import API_HEADERS
 from billfold.kit.http import end_step, send_problem, target_holds_nul
+from billfold.kit.ids import has_prefix
 from billfold.memberships import entitlements
 from billfold.memberships.schemas import EntitlementOut
+from billfold.models import Organization, OrganizationUser, User
 from billfold.payments.card_guard import request_card_fields
 
 _CHECK = re.compile(r"/v1/(?:me|users/(?P<user_id>[^/]+))/entitlements/(?P<feature>[^/]{1,100})")
@@ -93,34 +94,50 @@ class EntitlementDoor:
         await send({"type": "http.response.body", "body": answer})
 
 
+_USER = sa.select(User.__table__.c.id).where(User.__table__.c.id == sa.bindparam("user_id", type_=sa.String))
+_ou = OrganizationUser.__table__
+_ORGANIZATION_AND_MEMBER = (
+    sa.select(Organization.__table__.c.id, _ou.c.id.label("member"))
+    .select_from(Organization.__table__.outerjoin(_ou, sa.and_(
+        _ou.c.organization_id == Organization.__table__.c.id, _ou.c.user_id == sa.bindparam("user_id", type_=sa.String),
+    )))
+    .where(Organization.__table__.c.id == sa.bindparam("organization_id", type_=sa.String))
+)
+
+
 def _check(state: Any, header: str, user_id: str | None, feature: str, organization_id: str | None) -> bytes:
-    """The endpoints' dependencies and body in one session (``accounts.auth`` and
-    ``memberships.api``): the same functions, in the same order."""
+    """The endpoints' dependencies and body (``accounts.auth``, ``memberships.api``) in one
+    session, the same checks in the same order, each one statement of SQLAlchemy Core."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use `Authorization: Bearer <token>`")
     security = state.security
     with state.sessions() as session:
         try:
-            principal = principal_for_token(session, security, token.strip())
-            if principal is None:
+            who = credential_for_token(session, security, token.strip())
+            if who is None:
                 raise Unauthorized("the token is not valid, has expired or was revoked")
-            if user_id is None:  # /me: a signed-in user
-                if principal.user is None:
+            if user_id is None:  # /me: a signed-in user (auth.signed_in_user)
+                if who.user_id is None:
                     raise Forbidden("this needs a signed-in user, not an API key")
-                user_id = principal.user.id
-            else:  # /users/{user_id}: the shop's admins and API keys that may read
-                principal.require_admin()
-                principal.require_scope("read")
-                user_owner(session, user_id)
-            if organization_id is not None:
-                organizations.access(session, principal, organization_id)  # 404 unless one's own (or an admin)
+                user_id = who.user_id
+            else:  # /users/{user_id}: the shop's admins and API keys that may read (auth.admin, access.user_owner)
+                who.require_admin()
+                who.require_scope("read")
+                if not has_prefix(user_id, "usr") or session.execute(_USER, {"user_id": user_id}).first() is None:
+                    raise NotFound(f"no user {user_id}")
+            if organization_id is not None:  # organizations.access: 404 unless one's own (or an admin)
+                found = None
+                if has_prefix(organization_id, "org"):
+                    found = session.execute(_ORGANIZATION_AND_MEMBER, {"organization_id": organization_id, "user_id": who.user_id}).first()
+                if found is None or (found.member is None and not who.is_admin):
+                    raise NotFound(f"no organization {organization_id}")
             grace = timedelta(days=security.settings.membership_grace_days)
-            found = entitlements.entitlement(
+            answer = entitlements.entitlement(
                 session, user_id=user_id, feature=feature, organization_id=organization_id, grace=grace,
             )
-            end_step(session)  # the credential's last use, when it is due (principal_for_token)
+            end_step(session)  # the credential's last use, when it is due (credential_for_token)
         except BaseException:
             session.rollback()
             raise
-    return EntitlementOut.model_validate(found).model_dump_json().encode()
+    return EntitlementOut.model_validate(answer).model_dump_json().encode()

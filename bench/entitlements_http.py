@@ -115,6 +115,13 @@ def checks(tokens: dict[str, str], key: str, organization_of: dict[str, str], co
     return made
 
 
+def sessions_opened(engine: sa.Engine) -> int:
+    """Connections (sessions) the database has opened so far (PostgreSQL 14+'s statistics)."""
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+        return int(connection.scalar(sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")))
+
+
 def start(target: str, folder: Path, env: dict[str, str], workers: int, factory: bool = True) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     server = subprocess.Popen(
@@ -196,9 +203,10 @@ def main() -> None:
             for path, authorization in work[:200]:
                 answer = client.get(path, headers={"authorization": authorization})
                 assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        before = cpu_seconds(server_pids(server))
+        before, opened = cpu_seconds(server_pids(server)), sessions_opened(engine)
         sent, latency, failed = load(base, folder, args.clients, args.seconds)
         server_cpu = cpu_seconds(server_pids(server)) - before
+        opened = sessions_opened(engine) - opened
     finally:
         stop(server)
     bare_server, bare_base = start("bench_apps:bare", folder, env, args.workers, factory=False)
@@ -211,7 +219,8 @@ def main() -> None:
           f"{args.clients} connections, {args.workers} server workers, {args.seconds:.0f} s")
     print(f"over HTTP: {rate:,.0f} checks/s ({sent} requests, {failed} not 2xx); latency p50 {latency.get('50', 0):.2f} ms, "
           f"p90 {latency.get('90', 0):.2f} ms, p99 {latency.get('99', 0):.2f} ms")
-    print(f"server CPU per check: {server_cpu * 1000 / max(sent, 1):.3f} ms (all its processes)")
+    print(f"server CPU per check: {server_cpu * 1000 / max(sent, 1):.3f} ms (all its processes); "
+          f"database connections opened: {opened} ({opened / max(sent, 1):.2f} a check)")
     print(f"ceiling, a bare ASGI app answering a constant on uvicorn, {args.workers} workers, wrk alike: {bare:,.0f} requests/s "
           f"(p50 {bare_latency.get('50', 0):.2f} ms, p99 {bare_latency.get('99', 0):.2f} ms); the checks are {rate / bare:.0%} of it")
     engine.dispose()

@@ -8,7 +8,8 @@ endpoint), several milliseconds of CPU for a millisecond of database work. Here:
 
 - the app hands the request over before its middleware, routing and dependencies
   (``billfold.api.BillfoldApp``), matched by one regular expression;
-- one hop to a worker thread and one session does the whole check, each step one prebuilt
+- one hop to a worker thread (at most as many at once as the pool keeps connections, so no
+  check opens a connection of its own) and one session does the whole check, each step one prebuilt
   statement of SQLAlchemy Core (no row loaded as an object): the credential
   (``sessions.credential_for_token``, ``principal_for_token``'s rules, so a revoked API key, a
   signed-out, expired or locked session is refused on the very next check, in every process:
@@ -60,6 +61,9 @@ class EntitlementDoor:
     """Answers entitlement checks (see the module's docstring) in front of the whole app: the app
     (``billfold.api.BillfoldApp``) hands it the requests it ``takes`` before any middleware."""
 
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
     def takes(self, scope: dict[str, Any]) -> bool:
         if scope["type"] != "http" or scope["method"] != "GET":
             return False
@@ -78,9 +82,11 @@ class EntitlementDoor:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         header = next(value for name, value in scope["headers"] if name == b"authorization").decode("latin-1")
         state = scope["app"].state
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(_connections_kept(state))
         try:
             answer = await anyio.to_thread.run_sync(
-                _check, state, header, match["user_id"], match["feature"], query.get("organization_id"),
+                _check, state, header, match["user_id"], match["feature"], query.get("organization_id"), limiter=self._limiter,
             )
         except BillfoldError as error:
             await send_problem(send, error, API_HEADERS)
@@ -92,6 +98,15 @@ class EntitlementDoor:
         headers = [(b"content-length", str(len(answer)).encode()), _JSON, *API_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+
+
+def _connections_kept(state: Any) -> int:
+    """How many checks run at once: as many as the pool keeps connections open
+    (``kit.db.pool_options``). A check holds its connection for a few round trips; more at once
+    would open and close a connection beyond those kept for nearly every check, for no more
+    checks a second on a few cores (docs/performance.md, "over HTTP (issue 13)")."""
+    size = getattr(state.engine.pool, "size", None)
+    return max(1, min(size() if callable(size) else state.settings.api_threads, state.settings.api_threads))
 
 
 _USER = sa.select(User.__table__.c.id).where(User.__table__.c.id == sa.bindparam("user_id", type_=sa.String))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
+import anyio
+import httpx
 import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
-from starlette.testclient import TestClient
 
 from billfold.api import create_app
 from billfold.config import Settings
@@ -24,6 +26,16 @@ from billfold.memberships.door import EntitlementDoor
 from tests.accounts import Api
 from tests.test_memberships import membership_type
 from tests.test_organizations import api_key, assert_problem, person
+
+
+def in_process(app: Any, *requests: tuple[str, str, dict[str, str]]) -> list[httpx.Response]:
+    """``requests`` (method, path, headers) answered by the ASGI ``app`` in this process, in order."""
+
+    async def ask() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billfold.test") as client:
+            return [await client.request(method, path, headers=headers) for method, path, headers in requests]
+
+    return anyio.run(ask)
 
 
 def test_a_revoked_key_and_a_signed_out_session_are_refused_on_the_next_check(api: Api, engine: Engine, admin_token: str) -> None:
@@ -47,18 +59,20 @@ def test_a_membership_change_is_seen_by_the_next_check_in_any_app(
 ) -> None:
     ada = person(engine, "ada")
     kind = membership_type(engine, "fixed", 30, ["reports"])
-    settings = Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path)
-    with api.client(ada.token) as client, TestClient(create_app(settings, engine)) as other:
-        other.headers["authorization"] = f"Bearer {ada.token}"
+    other = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path), engine)
+    mine = {"authorization": f"Bearer {ada.token}"}
+    with api.client(ada.token) as client:
         assert client.get("/v1/me/entitlements/reports").json()["allowed"] is False
         with api.client(admin_token) as admin:
             granted = admin.post(f"/v1/users/{ada.id}/memberships", json={"membership_type_id": kind})
             assert granted.status_code == 201, granted.text
         assert client.get("/v1/me/entitlements/reports").json()["allowed"] is True
-        assert other.get("/v1/me/entitlements/reports").json()["membership_id"] == granted.json()["id"]
+        [seen] = in_process(other, ("GET", "/v1/me/entitlements/reports", mine))
+        assert seen.json()["membership_id"] == granted.json()["id"], "another app on the database sees it at once"
         with api.client(admin_token) as admin:
             assert admin.post(f"/v1/memberships/{granted.json()['id']}/cancel", json={}).status_code == 200
-        assert other.get("/v1/me/entitlements/reports").json()["allowed"] is False
+        [seen] = in_process(other, ("GET", "/v1/me/entitlements/reports", mine))
+        assert seen.json()["allowed"] is False
         assert client.get("/v1/me/entitlements/reports").json()["allowed"] is False
 
 
@@ -104,20 +118,18 @@ def test_the_door_answers_as_the_endpoints_do(api: Api, engine: Engine, admin_to
         ("", "/v1/me/entitlements/reports", True),
         (None, "/v1/me/entitlements/reports", False),
     ]
-    with TestClient(app) as through_door, TestClient(without_doors) as through_fastapi:
-        for credential, path, taken in cases:
-            headers = {} if credential is None else {"authorization": f"Bearer {credential}".rstrip()}
-            one, other = through_door.get(path, headers=headers), through_fastapi.get(path, headers=headers)
-            assert (one.status_code, one.json()) == (other.status_code, other.json()), path
-            for name in ("content-type", "cache-control", "x-content-type-options", "retry-after"):
-                assert one.headers.get(name) == other.headers.get(name), (path, name)
-            raw, _, query = path.partition("?")
-            asked = {"type": "http", "method": "GET", "path": unquote(raw), "query_string": query.encode(),
-                     "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-            assert door.takes(asked) is taken, path
-        basic = through_door.get("/v1/me/entitlements/reports", headers={"authorization": "Basic YWRhOnB3"})
-        assert basic.json() == through_fastapi.get("/v1/me/entitlements/reports", headers={"authorization": "Basic YWRhOnB3"}).json()
-        assert basic.status_code == 401
-        head = through_door.head("/v1/me/entitlements/reports", headers={"authorization": f"Bearer {ada.token}"})
-        assert head.status_code == 200 and head.content == b""
-        assert through_door.get("/v1/me/entitlements/reports", headers={"authorization": f"Bearer {ada.token}"}).json()["allowed"] is True
+    asked = [("GET", path, {} if credential is None else {"authorization": f"Bearer {credential}".rstrip()}) for credential, path, _ in cases]
+    basic = ("GET", "/v1/me/entitlements/reports", {"authorization": "Basic YWRhOnB3"})
+    head = ("HEAD", "/v1/me/entitlements/reports", {"authorization": f"Bearer {ada.token}"})
+    through_door = in_process(app, *asked, basic, head)
+    through_fastapi = in_process(without_doors, *asked, basic, head)
+    for (_, path, headers), taken, one, other in zip(asked + [basic, head], [c[2] for c in cases] + [True, False], through_door, through_fastapi):
+        assert one.status_code == other.status_code and one.content == other.content, path
+        for name in ("content-type", "content-length", "cache-control", "x-content-type-options", "retry-after"):
+            assert one.headers.get(name) == other.headers.get(name), (path, name)
+        raw, _, query = path.partition("?")
+        scope = {"type": "http", "method": one.request.method, "path": unquote(raw), "query_string": query.encode(),
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        assert door.takes(scope) is taken, path
+    assert [a.status_code for a in through_door[-2:]] == [401, 200] and through_door[-1].content == b""
+    assert through_door[0].json()["allowed"] is True and through_door[0].json()["membership_id"] == granted.json()["id"]

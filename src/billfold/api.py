@@ -14,7 +14,7 @@ from html import escape
 from http import HTTPStatus
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio.to_thread
 import fastapi_offline
@@ -44,6 +44,7 @@ from billfold.payments import api as payments_api
 from billfold.subscriptions import api as subscriptions_api
 from billfold.webhooks import api as webhooks_api
 from billfold.webhooks.door import WebhookDoor
+from billfold.memberships.door import EntitlementDoor
 from billfold.notify import api as notify_api
 from billfold.config import Settings, get_settings
 from billfold import clock_api, instance
@@ -87,18 +88,29 @@ class Health(BaseModel):
     worker: WorkerHealth
 
 
-class BillfoldApp(FastAPI):
-    """The app, with providers' webhook deliveries answered in front of it (``webhooks.door``):
-    the busiest route, and the one that needs none of the middleware, routing or dependencies."""
+class Door(Protocol):
+    """A lean route in front of the app: ``takes`` a request (a cheap look at its scope) that
+    ``answer`` then answers exactly as the FastAPI endpoint of the same route would."""
 
-    door: WebhookDoor
+    def takes(self, scope: dict[str, Any]) -> bool: ...
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None: ...
+
+
+class BillfoldApp(FastAPI):
+    """The app, with its busiest routes answered in front of it by ``doors``, asked in order:
+    providers' webhook deliveries (``webhooks.door``) and entitlement checks
+    (``memberships.door``), which need none of the middleware, routing or dependency solving."""
+
+    doors: tuple[Door, ...] = ()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.door.takes(scope):
-            scope["app"] = self
-            await self.door.answer(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+        for door in self.doors:
+            if door.takes(scope):
+                scope["app"] = self
+                await door.answer(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *, run_worker: bool = False) -> FastAPI:
@@ -152,7 +164,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     redact_access_log()
     app.add_middleware(ResponseHeaders)
     app.add_middleware(HeadAsGet)  # outermost: everything inside sees a GET, and hashes the whole page
-    app.door = WebhookDoor(settings.max_request_bytes)
+    app.doors = (WebhookDoor(settings.max_request_bytes), EntitlementDoor())
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)

@@ -49,13 +49,49 @@ def password_matches(password_hash: str | None, password: str) -> bool:
         return False
 
 
+class Requirements:
+    """What an endpoint may require of whoever asks: to be one of the shop's admins, to hold a
+    scope (an API key's; a signed-in user holds them all)."""
+
+    api_key: object | None
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        raise NotImplementedError
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("only the shop's admins may do this")
+
+    def require_scope(self, scope: str) -> None:
+        if self.api_key is not None and scope not in self.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
+
+
+@dataclass(frozen=True)
+class Credential(Requirements):
+    """Who a bearer credential names, read without loading its rows as objects
+    (``sessions.credential_for_token``): for a request that needs only to know who asks and what
+    they may do (the entitlement door). ``api_key``: the key's id."""
+
+    user_id: str | None
+    user_type: str | None
+    api_key: str | None
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.api_key is not None or self.user_type == "admin"
+
+
 @dataclass
-class Principal:
+class Principal(Requirements):
     """Who a request acts as: a signed-in user (by session) or the merchant's backend (by API key)."""
 
     user: User | None = None
     auth_session: AuthSession | None = None
-    api_key: ApiKey | None = None
+    api_key: ApiKey | None = None  # type: ignore[assignment]
     scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -70,11 +106,3 @@ class Principal:
             return self.api_key.id
         assert self.user is not None, "a principal is an API key or a user"
         return self.user.id
-
-    def require_admin(self) -> None:
-        if not self.is_admin:
-            raise Forbidden("only the shop's admins may do this")
-
-    def require_scope(self, scope: str) -> None:
-        if self.api_key is not None and scope not in self.scopes:
-            raise Forbidden(f"this API key lacks the {scope!r} scope")

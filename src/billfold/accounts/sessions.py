@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.accounts.two_factor import service as two_factor
-from billfold.accounts.security import Principal, Security, password_matches
+from billfold.accounts.security import Credential, Principal, Security, password_matches
 from billfold.accounts.service import normalize_email, user_by_email
 from billfold.audit import audit
 from billfold.kit import clock
@@ -288,7 +288,8 @@ def csrf_token(security: Security, auth_session: AuthSession) -> str:
 
 
 def principal_for_token(session: Session, security: Security, token: str) -> Principal | None:
-    """Who a session token or API key names, or None if it names no one (unknown, expired, revoked)."""
+    """Who a session token or API key names, or None if it names no one (unknown, expired, revoked).
+    The same rules as ``credential_for_token``: a change to one is a change to both."""
     now = clock.now()
     if token.startswith(f"{API_KEY_PREFIX}_"):
         key = session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == hash_token(token))).one_or_none()
@@ -308,6 +309,41 @@ def principal_for_token(session: Session, security: Security, token: str) -> Pri
             auth_session.last_used_at = now
             auth_session.expires_at = now + timedelta(days=security.settings.session_days)
         return Principal(user=user, auth_session=auth_session, scopes=frozenset({"read", "write"}))
+    return None
+
+
+_api_keys, _auth_sessions, _users = ApiKey.__table__, AuthSession.__table__, User.__table__
+_KEY_BY_DIGEST = sa.select(_api_keys.c.id, _api_keys.c.revoked_at, _api_keys.c.last_used_at, _api_keys.c.scopes).where(
+    _api_keys.c.key_hash == sa.bindparam("digest", type_=sa.String)
+)
+_SESSION_BY_DIGEST = (
+    sa.select(_auth_sessions.c.id, _auth_sessions.c.user_id, _auth_sessions.c.revoked_at, _auth_sessions.c.expires_at,
+              _auth_sessions.c.last_used_at, _users.c.user_type, _users.c.is_locked)
+    .select_from(_auth_sessions.join(_users, _users.c.id == _auth_sessions.c.user_id))
+    .where(_auth_sessions.c.token_hash == sa.bindparam("digest", type_=sa.String))
+)
+
+
+def credential_for_token(session: Session, security: Security, token: str) -> Credential | None:
+    """``principal_for_token``'s answer for a request that needs only to know who asks: the same
+    rules (unknown, revoked, expired, a locked or deleted user: None) and the same note of the
+    credential's last use, in one statement of SQLAlchemy Core, no row loaded as an object."""
+    now = clock.now()
+    if token.startswith(f"{API_KEY_PREFIX}_"):
+        key = session.execute(_KEY_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
+        if key is None or key.revoked_at is not None:
+            return None
+        if key.last_used_at is None or now - key.last_used_at >= TOUCH_EVERY:
+            session.execute(sa.update(_api_keys).where(_api_keys.c.id == key.id).values(last_used_at=now))
+        return Credential(user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes))
+    if token.startswith(f"{SESSION_PREFIX}_"):
+        row = session.execute(_SESSION_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
+        if row is None or row.revoked_at is not None or row.expires_at <= now or row.is_locked:
+            return None
+        if now - row.last_used_at >= TOUCH_EVERY:
+            touched = {"last_used_at": now, "expires_at": now + timedelta(days=security.settings.session_days)}
+            session.execute(sa.update(_auth_sessions).where(_auth_sessions.c.id == row.id).values(**touched))
+        return Credential(user_id=row.user_id, user_type=row.user_type, api_key=None, scopes=frozenset({"read", "write"}))
     return None
 
 

@@ -178,11 +178,14 @@ class Busy(BillfoldError):
 
 async def send_problem(send: Any, error: BillfoldError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer with ``error``'s problem document straight from an ASGI middleware (and
-    Retry-After when it has one), as the app's error handler would."""
-    payload = json.dumps(error.to_problem()).encode()
+    Retry-After when a retry may succeed later), as the app's error handler
+    (``billfold.api.problem_response``) would, to the byte: JSON rendered as Starlette's
+    ``JSONResponse`` renders it."""
+    payload = json.dumps(error.to_problem(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     start = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode()), *headers]
-    if error.retry_after:
-        start.append((b"retry-after", str(error.retry_after).encode()))
+    retry_after = error.retry_after or (1 if error.status == 503 else None)
+    if retry_after:
+        start.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": start})
     await send({"type": "http.response.body", "body": payload})
 

@@ -188,12 +188,21 @@ def _joined(start: Any) -> Any:
 def candidates(user_id: str, organization_id: str | None) -> sa.Select[Any] | sa.CompoundSelect:
     """The memberships that may grant something to the user: by ``idx_user_memberships_user_id``,
     and for an organization through its members (the unique index on organization_users) to their
-    rows, then the orders and subscriptions by primary key."""
+    rows, then the orders and subscriptions by primary key. (The statements are built once, with
+    bound parameters; pass ``candidate_parameters`` with them.)"""
+    return _OWN if organization_id is None else _WITH_ORGANIZATION
+
+
+def candidate_parameters(user_id: str, organization_id: str | None) -> dict[str, str]:
+    return {"user_id": user_id} if organization_id is None else {"user_id": user_id, "organization_id": organization_id}
+
+
+def _candidates() -> tuple[sa.Select[Any], sa.CompoundSelect]:
     # No condition on status here: it would tempt a planner onto idx_user_memberships_status,
     # which nearly every row matches; a user has few rows, and standing() drops the rest.
+    # Built once: building this statement and its cache key cost more CPU than running it.
+    user_id, organization_id = sa.bindparam("user_id", type_=sa.String), sa.bindparam("organization_id", type_=sa.String)
     own = sa.select(*_COLUMNS).select_from(_joined(_um)).where(_um.c.user_id == user_id)
-    if organization_id is None:
-        return own
     me = _ou.alias("me")
     mates = _ou.alias("mates")
     theirs = (
@@ -205,7 +214,10 @@ def candidates(user_id: str, organization_id: str | None) -> sa.Select[Any] | sa
             sa.or_(_ord.c.organization_id == organization_id, _sub.c.organization_id == organization_id),
         )
     )
-    return sa.union_all(own, theirs)
+    return own, sa.union_all(own, theirs)
+
+
+_OWN, _WITH_ORGANIZATION = _candidates()
 
 
 def entitlement(
@@ -225,7 +237,7 @@ def entitlement(
 
         grace = timedelta(days=get_settings().membership_grace_days)
     best: Entitlement | None = None
-    for row in session.execute(candidates(user_id, organization_id)).all():
+    for row in session.execute(candidates(user_id, organization_id), candidate_parameters(user_id, organization_id)).all():
         if row.organization_id is not None and row.organization_id != organization_id:
             continue  # an organization's membership held by this user counts only for it
         place = standing(

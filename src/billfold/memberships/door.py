@@ -1,0 +1,159 @@
+"""The API's door for entitlement checks: ``GET /v1/me/entitlements/{feature}`` and
+``GET /v1/users/{user_id}/entitlements/{feature}``, answered in the event loop's app before FastAPI.
+
+A merchant's backend (or a customer's app) asks "may this user use X?" on every page or call, so
+the check is the API's most frequent request. Through FastAPI each one went through seven
+middleware layers, routing, dependency solving and two thread hops (authentication, then the
+endpoint), several milliseconds of CPU for a millisecond of database work. Here:
+
+- the app hands the request over before its middleware, routing and dependencies
+  (``billfold.api.BillfoldApp``), matched by one regular expression;
+- one hop to a worker thread (at most as many at once as the pool keeps connections, so no
+  check opens a connection of its own) and one session does the whole check, each step one prebuilt
+  statement of SQLAlchemy Core (no row loaded as an object): the credential
+  (``sessions.credential_for_token``, ``principal_for_token``'s rules, so a revoked API key, a
+  signed-out, expired or locked session is refused on the very next check, in every process:
+  nothing about a credential is cached), the user or organization named, and the entitlement
+  query (``entitlements.entitlement``, nothing cached either: a membership change committed
+  anywhere is seen by the next check);
+- the answer is the endpoint's, serialized by the same model (``EntitlementOut``).
+
+Everything else is the endpoints' behaviour, unchanged: the same rules (a bearer credential, an
+API key refused on ``/me``, admins and keys with the ``read`` scope on ``/users``, a user or
+organization one may not see answered 404), the same problem documents, and the headers every API
+answer carries (``kit.headers.API_HEADERS``). A request this door does not take goes on through the
+middleware to FastAPI, whose endpoints (``billfold.memberships.api``) answer it and document the
+routes: another method (HEAD), no ``Authorization`` header (a cookie, or no credential), a query
+string other than one plain ``organization_id``, a feature longer than 100 characters, or anything
+the guards would look at twice (a NUL, a card-number-like run of digits).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import sqlalchemy as sa
+
+from billfold.accounts.sessions import credential_for_token
+from billfold.kit.db import one_line
+from billfold.kit.errors import BillfoldError, DatabaseUnavailable, Forbidden, NotFound, Unauthorized
+from billfold.kit.headers import API_HEADERS
+from billfold.kit.http import end_step, send_problem, target_holds_nul
+from billfold.kit.ids import has_prefix
+from billfold.memberships import entitlements
+from billfold.memberships.schemas import EntitlementOut
+from billfold.models import Organization, OrganizationUser, User
+from billfold.payments.card_guard import request_card_fields
+
+_CHECK = re.compile(r"/v1/(?:me|users/(?P<user_id>[^/]+))/entitlements/(?P<feature>[^/]{1,100})")
+_ORGANIZATION = re.compile(r"organization_id=[A-Za-z0-9_-]{1,255}")
+_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+_log = logging.getLogger("billfold.memberships")
+_JSON = (b"content-type", b"application/json")
+
+
+class EntitlementDoor:
+    """Answers entitlement checks (see the module's docstring) in front of the whole app: the app
+    (``billfold.api.BillfoldApp``) hands it the requests it ``takes`` before any middleware."""
+
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def takes(self, scope: dict[str, Any]) -> bool:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return False
+        if _CHECK.fullmatch(scope["path"]) is None:
+            return False
+        query = scope.get("query_string", b"")
+        if query and _ORGANIZATION.fullmatch(query.decode("latin-1")) is None:
+            return False
+        if sum(1 for name, _ in scope["headers"] if name == b"authorization") != 1:
+            return False
+        return not target_holds_nul(scope) and not request_card_fields(scope)
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        match = _CHECK.fullmatch(scope["path"])
+        assert match is not None
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        header = next(value for name, value in scope["headers"] if name == b"authorization").decode("latin-1")
+        state = scope["app"].state
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(_connections_kept(state))
+        try:
+            answer = await anyio.to_thread.run_sync(
+                _check, state, header, match["user_id"], match["feature"], query.get("organization_id"), limiter=self._limiter,
+            )
+        except BillfoldError as error:
+            await send_problem(send, error, API_HEADERS)
+            return
+        except _DATABASE_ERRORS as error:
+            _log.warning("database error on %s: %s", scope["path"], one_line(error))
+            await send_problem(send, DatabaseUnavailable("the database is busy or unreachable; retry shortly"), API_HEADERS)
+            return
+        headers = [(b"content-length", str(len(answer)).encode()), _JSON, *API_HEADERS]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _connections_kept(state: Any) -> int:
+    """How many checks run at once: as many as the pool keeps connections open
+    (``kit.db.pool_options``). A check holds its connection for a few round trips; more at once
+    (the 16 threads of the API's pool) opened and closed connections beyond those kept (0.15 a
+    check) and contended for the interpreter: 274 checks/s at 2.3 ms of CPU each, against 888/s
+    at 1.2 ms with this limit (docs/performance.md, "over HTTP (issue 13)")."""
+    size = getattr(state.engine.pool, "size", None)
+    return max(1, min(size() if callable(size) else state.settings.api_threads, state.settings.api_threads))
+
+
+_USER = sa.select(User.__table__.c.id).where(User.__table__.c.id == sa.bindparam("user_id", type_=sa.String))
+_ou = OrganizationUser.__table__
+_ORGANIZATION_AND_MEMBER = (
+    sa.select(Organization.__table__.c.id, _ou.c.id.label("member"))
+    .select_from(Organization.__table__.outerjoin(_ou, sa.and_(
+        _ou.c.organization_id == Organization.__table__.c.id, _ou.c.user_id == sa.bindparam("user_id", type_=sa.String),
+    )))
+    .where(Organization.__table__.c.id == sa.bindparam("organization_id", type_=sa.String))
+)
+
+
+def _check(state: Any, header: str, user_id: str | None, feature: str, organization_id: str | None) -> bytes:
+    """The endpoints' dependencies and body (``accounts.auth``, ``memberships.api``) in one
+    session, the same checks in the same order, each one statement of SQLAlchemy Core."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use `Authorization: Bearer <token>`")
+    security = state.security
+    with state.sessions() as session:
+        try:
+            who = credential_for_token(session, security, token.strip())
+            if who is None:
+                raise Unauthorized("the token is not valid, has expired or was revoked")
+            if user_id is None:  # /me: a signed-in user (auth.signed_in_user)
+                if who.user_id is None:
+                    raise Forbidden("this needs a signed-in user, not an API key")
+                user_id = who.user_id
+            else:  # /users/{user_id}: the shop's admins and API keys that may read (auth.admin, access.user_owner)
+                who.require_admin()
+                who.require_scope("read")
+                if not has_prefix(user_id, "usr") or session.execute(_USER, {"user_id": user_id}).first() is None:
+                    raise NotFound(f"no user {user_id}")
+            if organization_id is not None:  # organizations.access: 404 unless one's own (or an admin)
+                found = None
+                if has_prefix(organization_id, "org"):
+                    found = session.execute(_ORGANIZATION_AND_MEMBER, {"organization_id": organization_id, "user_id": who.user_id}).first()
+                if found is None or (found.member is None and not who.is_admin):
+                    raise NotFound(f"no organization {organization_id}")
+            grace = timedelta(days=security.settings.membership_grace_days)
+            answer = entitlements.entitlement(
+                session, user_id=user_id, feature=feature, organization_id=organization_id, grace=grace,
+            )
+            end_step(session)  # the credential's last use, when it is due (credential_for_token)
+        except BaseException:
+            session.rollback()
+            raise
+    return EntitlementOut.model_validate(answer).model_dump_json().encode()

@@ -101,3 +101,16 @@ def test_an_escaped_backslash_before_u0000_is_ordinary_text(base_url: str) -> No
     """``"\\\\u0000"`` in JSON is a backslash and the letters u0000, not a NUL: it goes through."""
     answer = httpx.post(f"{base_url}/v1/auth/sign-in", content='{"email": "nul@example.com", "password": "a\\\\u0000"}', headers={"content-type": "application/json"})
     assert answer.status_code == 401
+
+
+def test_the_doors_in_front_of_the_app_answer_an_unreachable_database_as_a_problem() -> None:
+    """Provider deliveries and entitlement checks are answered before FastAPI (webhooks.door,
+    memberships.door): a database they cannot reach is a 503 to retry, never a 500 or a hang."""
+    with serving(create_engine("postgresql://postgres@127.0.0.1:1/nothing")) as url:
+        delivery = httpx.post(f"{url}/v1/webhooks/sandbox", content=b'{"id":"evt_1"}',
+                              headers={"content-type": "application/json"}, timeout=30)
+        check = httpx.get(f"{url}/v1/me/entitlements/pro", headers={"Authorization": "Bearer bfs_unknown"}, timeout=30)
+    for answer in (delivery, check):
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "database_unavailable" and answer.headers["retry-after"] == "1"

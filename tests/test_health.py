@@ -92,3 +92,34 @@ def test_the_openapi_document_describes_the_workers_health(tmp_path: Path) -> No
     schema = document["components"]["schemas"]["WorkerHealth"]
     assert set(schema["properties"]) == {"status", "last_seen", "lag_seconds"}
     assert set(schema["properties"]["status"]["enum"]) == {"ok", "late", "never", "unknown"}
+
+
+def test_health_answers_while_every_request_thread_waits_for_a_slow_provider(engine: Engine, tmp_path: Path) -> None:
+    """A plain GET /healthz is answered in front of the app on threads of its own (api.HealthDoor):
+    with the one request thread of this server held by a checkout whose provider takes 3 s, a load
+    balancer's check is answered before that checkout is (through FastAPI it queued behind it)."""
+    import threading
+
+    from tests.accounts import Api
+    from tests.test_checkout import checkout, customer, order, product
+
+    with serving(engine, tmp_path, api_threads=1, sandbox_latency_ms=3000) as url:
+        api = Api(url, tmp_path)
+        buyer = customer(api, engine)
+        made = order(api, buyer.token, (product(engine), 1))
+        paid: list[int] = []
+
+        def slow_checkout() -> None:
+            with api.client(buyer.token) as client:
+                paid.append(checkout(client, made["id"]).status_code)
+
+        slow = threading.Thread(target=slow_checkout)
+        slow.start()
+        time.sleep(1)  # the checkout holds the request thread, waiting out the provider's 3 s
+        health = httpx.get(f"{url}/healthz", timeout=30)
+        answered_first = not paid
+        slow.join(timeout=30)
+    assert health.status_code == 200 and health.json()["database"] == "ok", health.text
+    assert health.headers["x-content-type-options"] == "nosniff"
+    assert answered_first, "the health check waited for the checkout's request thread"
+    assert paid == [200]

@@ -6,6 +6,7 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -51,8 +52,8 @@ from billfold import clock_api, instance
 from billfold.kit import clock
 from billfold import mailer
 from billfold.kit.db import create_engine, one_line, pool_options, session_factory
-from billfold.kit.headers import HeadAsGet, ResponseHeaders
-from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters
+from billfold.kit.headers import API_HEADERS, HeadAsGet, ResponseHeaders
+from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters, send_problem
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
@@ -86,6 +87,47 @@ class Health(BaseModel):
     database: str
     version: str
     worker: WorkerHealth
+
+
+def health_of(engine: Engine, worker_tick: float) -> Health:
+    """``GET /healthz``'s answer; DatabaseUnavailable when the database cannot be reached."""
+    try:
+        with engine.connect() as connection:  # one short transaction for both reads
+            connection.execute(sa.text("SELECT 1"))
+            worker = _worker_health(connection, worker_tick)
+    except sa.exc.SQLAlchemyError as error:
+        raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
+    return Health(status="ok", database="ok", version=__version__, worker=worker)
+
+
+class HealthDoor:
+    """A plain ``GET /healthz`` answered in front of the app, on a thread pool of its own (two
+    threads): the request threads may all be waiting for a slow provider (their number is
+    ``api_threads``, and admission control queues requests for them), and a load balancer asking
+    whether the service is up must not queue behind them. The same answer as the endpoint, which
+    stays for the OpenAPI document, HEAD, and anything with a query string."""
+
+    def __init__(self) -> None:
+        self._threads: anyio.CapacityLimiter | None = None
+
+    def takes(self, scope: dict[str, Any]) -> bool:
+        return scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/healthz" \
+            and not scope.get("query_string")
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(2)
+        state = scope["app"].state
+        nosniff, _ = API_HEADERS  # what ResponseHeaders gives every answer outside /v1/
+        try:
+            health = await anyio.to_thread.run_sync(health_of, state.engine, state.settings.worker_tick, limiter=self._threads)
+        except BillfoldError as error:
+            await send_problem(send, error, [nosniff])
+            return
+        body = json.dumps(health.model_dump(mode="json"), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), nosniff]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class Door(Protocol):
@@ -164,7 +206,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     redact_access_log()
     app.add_middleware(ResponseHeaders)
     app.add_middleware(HeadAsGet)  # outermost: everything inside sees a GET, and hashes the whole page
-    app.doors = (WebhookDoor(settings.max_request_bytes), EntitlementDoor())
+    app.doors = (WebhookDoor(settings.max_request_bytes), EntitlementDoor(), HealthDoor())
     app.state.engine = engine
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
@@ -232,14 +274,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     def healthz(request: Request) -> Health:
         """Is the service up, can it reach its database, and is a worker running (renewals, dunning
         and expiry happen only while one does)? A worker that is late or never ran does not make
-        this fail: the API still serves."""
-        try:
-            with request.app.state.engine.connect() as connection:  # one short transaction for both reads
-                connection.execute(sa.text("SELECT 1"))
-                worker = _worker_health(connection, request.app.state.settings.worker_tick)
-        except sa.exc.SQLAlchemyError as error:
-            raise DatabaseUnavailable(f"cannot reach the database: {one_line(error)}") from error
-        return Health(status="ok", database="ok", version=__version__, worker=worker)
+        this fail: the API still serves. (A plain GET is answered by ``HealthDoor`` in front of the
+        app, on threads of its own, so a server whose request threads all wait for a slow
+        provider still answers this at once.)"""
+        return health_of(request.app.state.engine, request.app.state.settings.worker_tick)
 
     _reference_pages(app)
 

@@ -6,7 +6,6 @@ validation, naming the field that was wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -51,22 +50,21 @@ from billfold.config import Settings, get_settings
 from billfold import clock_api, instance
 from billfold.kit import clock
 from billfold import mailer
-from billfold.kit.db import create_engine, one_line, pool_options, session_factory
+from billfold.kit.db import DATABASE_FAILURES, create_engine, one_line, pool_options, session_factory
 from billfold.kit.headers import API_HEADERS, HeadAsGet, ResponseHeaders
-from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters, send_problem
+from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters, database_busy, json_bytes, send_json, send_problem
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
 from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput
 from billfold.models import Organization, Product, User
 from billfold.wiring import wire
 
 PROBLEM_JSON = "application/problem+json"
-_log = logging.getLogger("billfold.api")
 
 
 def problem_response(error: BillfoldError) -> JSONResponse:
     """The problem document of ``error``, with Retry-After when a retry may succeed later."""
-    retry_after = error.retry_after or (1 if error.status == 503 else None)
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    retry_in = error.retry_in()
+    headers = {"Retry-After": str(retry_in)} if retry_in else None
     return JSONResponse(error.to_problem(), status_code=error.status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -124,10 +122,7 @@ class HealthDoor:
         except BillfoldError as error:
             await send_problem(send, error, [nosniff])
             return
-        body = json.dumps(health.model_dump(mode="json"), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), nosniff]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, json_bytes(health.model_dump(mode="json")), [nosniff])
 
 
 class Door(Protocol):
@@ -231,14 +226,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     async def _billfold_error(request: Request, error: BillfoldError) -> JSONResponse:
         return problem_response(error)
 
-    @app.exception_handler(sa.exc.OperationalError)
-    @app.exception_handler(sa.exc.InterfaceError)
-    @app.exception_handler(sa.exc.TimeoutError)
     async def _database_busy(request: Request, error: Exception) -> JSONResponse:
-        # A lost connection, a full pool, a lock or deadlock timeout: the transaction was rolled
-        # back, nothing happened, and the same request can be sent again.
-        _log.warning("database error on %s %s: %s", request.method, request.url.path, one_line(error))
-        return problem_response(DatabaseUnavailable("the database is busy or unreachable; retry shortly"))
+        return problem_response(database_busy(request.method, request.url.path, error))
+
+    for failure in DATABASE_FAILURES:
+        app.add_exception_handler(failure, _database_busy)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

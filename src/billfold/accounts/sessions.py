@@ -289,27 +289,44 @@ def csrf_token(security: Security, auth_session: AuthSession) -> str:
 
 def principal_for_token(session: Session, security: Security, token: str) -> Principal | None:
     """Who a session token or API key names, or None if it names no one (unknown, expired, revoked).
-    The same rules as ``credential_for_token``: a change to one is a change to both."""
+    The rules are ``_key_usable``/``_session_usable`` and ``_touch_due``, shared with
+    ``credential_for_token``."""
     now = clock.now()
     if token.startswith(f"{API_KEY_PREFIX}_"):
         key = session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == hash_token(token))).one_or_none()
-        if key is None or key.revoked_at is not None:
+        if key is None or not _key_usable(key.revoked_at):
             return None
-        if key.last_used_at is None or now - key.last_used_at >= TOUCH_EVERY:
+        if _touch_due(now, key.last_used_at):
             key.last_used_at = now
         return Principal(api_key=key, scopes=frozenset(key.scopes))
     if token.startswith(f"{SESSION_PREFIX}_"):
         auth_session = session.scalars(sa.select(AuthSession).where(AuthSession.token_hash == hash_token(token))).one_or_none()
-        if auth_session is None or auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        user = session.get(User, auth_session.user_id) if auth_session is not None else None
+        if user is None or not _session_usable(now, auth_session.revoked_at, auth_session.expires_at, user.is_locked):
             return None
-        user = session.get(User, auth_session.user_id)
-        if user is None or user.is_locked:
-            return None
-        if now - auth_session.last_used_at >= TOUCH_EVERY:
-            auth_session.last_used_at = now
-            auth_session.expires_at = now + timedelta(days=security.settings.session_days)
+        if _touch_due(now, auth_session.last_used_at):
+            auth_session.last_used_at, auth_session.expires_at = now, _renewed_until(security, now)
         return Principal(user=user, auth_session=auth_session, scopes=frozenset({"read", "write"}))
     return None
+
+
+def _key_usable(revoked_at: datetime | None) -> bool:
+    return revoked_at is None
+
+
+def _session_usable(now: datetime, revoked_at: datetime | None, expires_at: datetime, user_locked: bool) -> bool:
+    """A session names its user while it is neither revoked nor expired and the user not locked."""
+    return revoked_at is None and expires_at > now and not user_locked
+
+
+def _touch_due(now: datetime, last_used_at: datetime | None) -> bool:
+    """A credential's last use is written at most once per ``TOUCH_EVERY``."""
+    return last_used_at is None or now - last_used_at >= TOUCH_EVERY
+
+
+def _renewed_until(security: Security, now: datetime) -> datetime:
+    """A session in use is kept for ``session_days`` from its last use."""
+    return now + timedelta(days=security.settings.session_days)
 
 
 _api_keys, _auth_sessions, _users = ApiKey.__table__, AuthSession.__table__, User.__table__
@@ -326,22 +343,22 @@ _SESSION_BY_DIGEST = (
 
 def credential_for_token(session: Session, security: Security, token: str) -> Credential | None:
     """``principal_for_token``'s answer for a request that needs only to know who asks: the same
-    rules (unknown, revoked, expired, a locked or deleted user: None) and the same note of the
-    credential's last use, in one statement of SQLAlchemy Core, no row loaded as an object."""
+    rules (the same functions) and the same note of the credential's last use, in one statement
+    of SQLAlchemy Core, no row loaded as an object."""
     now = clock.now()
     if token.startswith(f"{API_KEY_PREFIX}_"):
         key = session.execute(_KEY_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
-        if key is None or key.revoked_at is not None:
+        if key is None or not _key_usable(key.revoked_at):
             return None
-        if key.last_used_at is None or now - key.last_used_at >= TOUCH_EVERY:
+        if _touch_due(now, key.last_used_at):
             session.execute(sa.update(_api_keys).where(_api_keys.c.id == key.id).values(last_used_at=now))
         return Credential(user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes))
     if token.startswith(f"{SESSION_PREFIX}_"):
         row = session.execute(_SESSION_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
-        if row is None or row.revoked_at is not None or row.expires_at <= now or row.is_locked:
+        if row is None or not _session_usable(now, row.revoked_at, row.expires_at, row.is_locked):
             return None
-        if now - row.last_used_at >= TOUCH_EVERY:
-            touched = {"last_used_at": now, "expires_at": now + timedelta(days=security.settings.session_days)}
+        if _touch_due(now, row.last_used_at):
+            touched = {"last_used_at": now, "expires_at": _renewed_until(security, now)}
             session.execute(sa.update(_auth_sessions).where(_auth_sessions.c.id == row.id).values(**touched))
         return Credential(user_id=row.user_id, user_type=row.user_type, api_key=None, scopes=frozenset({"read", "write"}))
     return None

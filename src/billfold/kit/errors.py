@@ -23,6 +23,10 @@ class BillfoldError(Exception):
         self.detail = detail
         self.extra = extra
 
+    def retry_in(self) -> int | None:
+        """The Retry-After of the answer: ``retry_after``, and a second for any 503 without one."""
+        return self.retry_after or (1 if self.status == 503 else None)
+
     def to_problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Generic, TypeVar
@@ -17,7 +18,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from billfold.kit.errors import BillfoldError, InvalidInput, RequestTooLarge
+from billfold.kit.db import one_line
+from billfold.kit.errors import BillfoldError, DatabaseUnavailable, InvalidInput, RequestTooLarge
 from billfold.kit.inputs import QueryDigits
 
 
@@ -93,6 +95,8 @@ async def read_body(scope: dict[str, Any], receive: Any) -> tuple[bytes, Any]:
 
     return body, replayed
 
+
+_log = logging.getLogger("billfold.api")
 
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
@@ -176,18 +180,35 @@ class Busy(BillfoldError):
     retry_after = 1
 
 
+def json_bytes(content: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` renders it (compact, UTF-8), so an answer sent straight
+    from ASGI is the app's to the byte."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def send_json(
+    send: Any, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = (),
+    content_type: bytes = b"application/json",
+) -> None:
+    """A whole answer straight from ASGI (a middleware, or a door in front of the app)."""
+    start = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_problem(send: Any, error: BillfoldError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer with ``error``'s problem document straight from an ASGI middleware (and
-    Retry-After when a retry may succeed later), as the app's error handler
-    (``billfold.api.problem_response``) would, to the byte: JSON rendered as Starlette's
-    ``JSONResponse`` renders it."""
-    payload = json.dumps(error.to_problem(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    start = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(payload)).encode()), *headers]
-    retry_after = error.retry_after or (1 if error.status == 503 else None)
-    if retry_after:
-        start.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": error.status, "headers": start})
-    await send({"type": "http.response.body", "body": payload})
+    """Answer with ``error``'s problem document straight from ASGI, with its Retry-After, as the
+    app's error handler (``billfold.api.problem_response``) would, to the byte."""
+    retry_in = error.retry_in()
+    extra = [*headers, (b"retry-after", str(retry_in).encode())] if retry_in else headers
+    await send_json(send, error.status, json_bytes(error.to_problem()), extra, b"application/problem+json")
+
+
+def database_busy(method: str, path: str, error: BaseException) -> DatabaseUnavailable:
+    """What a request that met a database failure (``kit.db.DATABASE_FAILURES``) answers: logged
+    in one line, then 503 to retry."""
+    _log.warning("database error on %s %s: %s", method, path, one_line(error))
+    return DatabaseUnavailable("the database is busy or unreachable; retry shortly")
 
 
 def _declared_query(route: APIRoute) -> frozenset[str]:

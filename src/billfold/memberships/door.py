@@ -30,7 +30,6 @@ the guards would look at twice (a NUL, a card-number-like run of digits).
 
 from __future__ import annotations
 
-import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -40,10 +39,10 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from billfold.accounts.sessions import credential_for_token
-from billfold.kit.db import one_line
-from billfold.kit.errors import BillfoldError, DatabaseUnavailable, Forbidden, NotFound, Unauthorized
+from billfold.kit.db import DATABASE_FAILURES
+from billfold.kit.errors import BillfoldError, Forbidden, NotFound, Unauthorized
 from billfold.kit.headers import API_HEADERS
-from billfold.kit.http import end_step, send_problem, target_holds_nul
+from billfold.kit.http import database_busy, end_step, send_json, send_problem, target_holds_nul
 from billfold.kit.ids import has_prefix
 from billfold.memberships import entitlements
 from billfold.memberships.schemas import EntitlementOut
@@ -52,9 +51,6 @@ from billfold.payments.card_guard import request_card_fields
 
 _CHECK = re.compile(r"/v1/(?:me|users/(?P<user_id>[^/]+))/entitlements/(?P<feature>[^/]{1,100})")
 _ORGANIZATION = re.compile(r"organization_id=[A-Za-z0-9_-]{1,255}")
-_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
-_log = logging.getLogger("billfold.memberships")
-_JSON = (b"content-type", b"application/json")
 
 
 class EntitlementDoor:
@@ -91,13 +87,10 @@ class EntitlementDoor:
         except BillfoldError as error:
             await send_problem(send, error, API_HEADERS)
             return
-        except _DATABASE_ERRORS as error:
-            _log.warning("database error on %s: %s", scope["path"], one_line(error))
-            await send_problem(send, DatabaseUnavailable("the database is busy or unreachable; retry shortly"), API_HEADERS)
+        except DATABASE_FAILURES as error:
+            await send_problem(send, database_busy("GET", scope["path"], error), API_HEADERS)
             return
-        headers = [(b"content-length", str(len(answer)).encode()), _JSON, *API_HEADERS]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await send_json(send, 200, answer, API_HEADERS)
 
 
 def _connections_kept(state: Any) -> int:

@@ -26,28 +26,23 @@ documents the route in the OpenAPI document.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import re
 from typing import Any
 
 import anyio.to_thread
-import sqlalchemy as sa
 from starlette.datastructures import Headers
 
 from billfold.kit import clock
-from billfold.kit.db import one_line
+from billfold.kit.db import DATABASE_FAILURES
 from billfold.kit.db.group_commit import GroupCommit
-from billfold.kit.errors import BillfoldError, DatabaseUnavailable
+from billfold.kit.errors import BillfoldError
 from billfold.kit.headers import API_HEADERS
-from billfold.kit.http import body_holds_nul, nul_refused, read_body, send_problem
+from billfold.kit.http import body_holds_nul, database_busy, json_bytes, nul_refused, read_body, send_json, send_problem
 from billfold.payments import provider_config
 from billfold.providers.base import ProviderAdapter
 from billfold.webhooks import inbound
 
 _DELIVERY = re.compile(r"/v1/webhooks/[A-Za-z0-9_.-]{1,50}")
-_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
-_log = logging.getLogger("billfold.webhooks")
 _CHECKED_IN_LOOP = 65536  # a larger body takes a while to hash and parse: on a thread, so other requests go on
 
 
@@ -80,14 +75,10 @@ class WebhookDoor:
         except BillfoldError as error:
             await send_problem(send, error, API_HEADERS)
             return
-        except _DATABASE_ERRORS as error:
-            _log.warning("database error storing a delivery to %s: %s", scope["path"], one_line(error))
-            await send_problem(send, DatabaseUnavailable("the database is busy or unreachable; retry shortly"), API_HEADERS)
+        except DATABASE_FAILURES as error:
+            await send_problem(send, database_busy("POST", scope["path"], error), API_HEADERS)
             return
-        answer = json.dumps({"id": received.webhook_id, "duplicate": received.duplicate}, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *API_HEADERS]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await send_json(send, 200, json_bytes({"id": received.webhook_id, "duplicate": received.duplicate}), API_HEADERS)
 
     async def _receive(self, scope: dict[str, Any], receive: Any, provider_id: str) -> inbound.Received:
         body, _ = await read_body(scope, receive)

@@ -194,6 +194,11 @@ def check_connection(engine: Engine) -> None:
         ) from error
 
 
+DATABASE_FAILURES = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+"""A lost connection, a database down, a full pool, a lock or deadlock timeout: the transaction
+was rolled back, nothing happened, and the same request can be sent again (503)."""
+
+
 def one_line(error: BaseException) -> str:
     """A driver's error message on one line, without SQLAlchemy's background link."""
     text = " ".join(str(error).split())

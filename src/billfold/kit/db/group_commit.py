@@ -22,14 +22,13 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio.to_thread
-import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+
+from billfold.kit.db import DATABASE_FAILURES
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# Lost connection, database down, pool exhausted: every item would fail alike, so none is retried alone.
-_DATABASE_FAILURES = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
 class GroupCommit(Generic[Item, Result]):
@@ -84,7 +83,7 @@ class GroupCommit(Generic[Item, Result]):
     def _write_batch(self, items: list[Item]) -> list[Result | BaseException]:
         try:
             results = self._commit(items)
-        except _DATABASE_FAILURES as error:
+        except DATABASE_FAILURES as error:  # every item would fail alike: none is retried alone
             return [error] * len(items)
         except Exception as error:
             if len(items) == 1:

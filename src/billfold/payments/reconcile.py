@@ -31,10 +31,10 @@ After repairs the repaired rows are read and compared again, so the report says 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -250,21 +250,33 @@ class _Comparison:
     repairs: list[_Repair] = field(default_factory=list)
 
 
-def _payment_for(ours: _Ours, charge: ChargeResult) -> tuple[Payment | None, str | None]:
-    """Our payment charged as ``charge`` (by its id, else by the payment its metadata names); or
-    None and why it is no one's."""
-    found = ours.by_charge.get(charge.id)
+Row = TypeVar("Row", Payment, Refund)
+
+
+def _ours_for(
+    provider_id: str, metadata: Mapping[str, Any] | None, by_provider: dict[str, str], rows: dict[str, Row],
+    noun: str, recorded_as: Callable[[Row], str | None], unnamed: str, second: str,
+) -> tuple[Row | None, str | None]:
+    """Our row (payment or refund) the provider's object ``provider_id`` is: by the id recorded on
+    it, else by the row its metadata names (``<noun>_id``); or None and why it is no one's."""
+    found = by_provider.get(provider_id)
     if found is not None:
-        return ours.payments[found], None
-    named = (charge.metadata or {}).get("payment_id")
+        return rows[found], None
+    named = (metadata or {}).get(f"{noun}_id")
     if not named:
-        return None, "names no payment of Billfold's"
-    payment = ours.payments.get(named)
-    if payment is None:
-        return None, f"names payment {named}, which Billfold does not have"
-    if payment.provider_payment_id and payment.provider_payment_id != charge.id:
-        return None, f"names payment {named}, which was charged as {payment.provider_payment_id} (a second charge)"
-    return payment, None
+        return None, unnamed
+    row = rows.get(named)
+    if row is None:
+        return None, f"names {noun} {named}, which Billfold does not have"
+    recorded = recorded_as(row)
+    if recorded and recorded != provider_id:
+        return None, f"names {noun} {named}, which was {second.format(recorded)}"
+    return row, None
+
+
+def _payment_for(ours: _Ours, charge: ChargeResult) -> tuple[Payment | None, str | None]:
+    return _ours_for(charge.id, charge.metadata, ours.by_charge, ours.payments, "payment",
+                     lambda p: p.provider_payment_id, "names no payment of Billfold's", "charged as {} (a second charge)")
 
 
 def _compare_charge(ours: _Ours, charge: ChargeResult, into: _Comparison) -> str | None:
@@ -313,18 +325,9 @@ def _compare_charge(ours: _Ours, charge: ChargeResult, into: _Comparison) -> str
 
 
 def _refund_for(ours: _Ours, made: RefundResult) -> tuple[Refund | None, str | None]:
-    found = ours.by_refund.get(made.id)
-    if found is not None:
-        return ours.refunds[found], None
-    named = (made.metadata or {}).get("refund_id")
-    if not named:
-        return None, "names no refund of Billfold's (made at the provider itself?)"
-    row = ours.refunds.get(named)
-    if row is None:
-        return None, f"names refund {named}, which Billfold does not have"
-    if row.provider_refund_id and row.provider_refund_id != made.id:
-        return None, f"names refund {named}, which was made as {row.provider_refund_id} (a second refund)"
-    return row, None
+    return _ours_for(made.id, made.metadata, ours.by_refund, ours.refunds, "refund",
+                     lambda r: r.provider_refund_id, "names no refund of Billfold's (made at the provider itself?)",
+                     "made as {} (a second refund)")
 
 
 def _compare_refund(ours: _Ours, made: RefundResult, into: _Comparison) -> str | None:

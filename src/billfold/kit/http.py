@@ -98,6 +98,10 @@ async def read_body(scope: dict[str, Any], receive: Any) -> tuple[bytes, Any]:
 
 _log = logging.getLogger("billfold.api")
 
+IN_LOOP_BODY_BYTES = 65536
+"""A body up to this size is read through (scanned, hashed, parsed) in the event loop; a larger
+one takes a while, so that work goes to a thread and other requests go on."""
+
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote_plus
 import anyio.to_thread
 from starlette.datastructures import Headers, QueryParams
 
-from billfold.kit.http import read_body, send_problem
+from billfold.kit.http import IN_LOOP_BODY_BYTES, read_body, send_problem
 from billfold.kit.errors import InvalidInput
 
 
@@ -247,7 +247,7 @@ class RefuseCardData:
             return request_card_fields(scope) + body_card_fields(body)
 
         # A large body takes a while to read through: off the event loop, so other requests go on.
-        fields = scan() if len(body) < 65536 else await anyio.to_thread.run_sync(scan)
+        fields = scan() if len(body) < IN_LOOP_BODY_BYTES else await anyio.to_thread.run_sync(scan)
         if fields:
             await send_problem(send, card_data_refused(list(dict.fromkeys(fields))))
             return

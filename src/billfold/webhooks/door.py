@@ -37,13 +37,12 @@ from billfold.kit.db import DATABASE_FAILURES
 from billfold.kit.db.group_commit import GroupCommit
 from billfold.kit.errors import BillfoldError
 from billfold.kit.headers import API_HEADERS
-from billfold.kit.http import body_holds_nul, database_busy, json_bytes, nul_refused, read_body, send_json, send_problem
+from billfold.kit.http import IN_LOOP_BODY_BYTES, body_holds_nul, database_busy, json_bytes, nul_refused, read_body, send_json, send_problem
 from billfold.payments import provider_config
 from billfold.providers.base import ProviderAdapter
 from billfold.webhooks import inbound
 
 _DELIVERY = re.compile(r"/v1/webhooks/[A-Za-z0-9_.-]{1,50}")
-_CHECKED_IN_LOOP = 65536  # a larger body takes a while to hash and parse: on a thread, so other requests go on
 
 
 class WebhookDoor:
@@ -90,7 +89,7 @@ class WebhookDoor:
         # In the event loop only what asks nobody: a digest (not PayPal's call to PayPal), over a
         # body of ordinary size, on a clock that reads no database (the sandbox's billing clock
         # re-reads its offset now and then: the signature's window and the row's id ask it).
-        if adapter.capabilities.webhooks_checked_offline and len(body) < _CHECKED_IN_LOOP \
+        if adapter.capabilities.webhooks_checked_offline and len(body) < IN_LOOP_BODY_BYTES \
                 and not isinstance(clock.get_clock(), clock.DatabaseClock):
             row = _event_row(adapter, provider_id, body, headers)
         else:

@@ -147,3 +147,37 @@ def test_sqlite_files_use_wal_and_enforce_foreign_keys(tmp_path) -> None:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_and_a_busy_one_is_not_pinged(
+    backend: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ping at a checkout right after a checkin (a sale checks out about eight times); a
+    connection idle past IDLE_BEFORE_PING_SECONDS that the server has dropped is replaced unseen."""
+    if backend == "sqlite":
+        pytest.skip("an embedded database has no server to drop a connection")
+    import billfold.kit.db as kit_db
+
+    pool_engine = create_engine(engine.url)
+    pings: list[object] = []
+    original_ping = pool_engine.dialect.do_ping
+    monkeypatch.setattr(pool_engine.dialect, "do_ping", lambda connection: pings.append(connection) or original_ping(connection))
+    try:
+        with pool_engine.connect() as connection:
+            own_id = connection.scalar(sa.text("SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()"))
+        for _ in range(3):  # back a moment ago: handed out as it is
+            with pool_engine.connect() as connection:
+                assert connection.scalar(sa.text("SELECT 1")) == 1
+        assert pings == []
+
+        with engine.connect() as admin:  # the server drops the idle connection
+            admin.execute(sa.text(f"SELECT pg_terminate_backend({own_id})" if backend == "postgresql" else f"KILL {own_id}"))
+            if backend == "postgresql":
+                admin.commit()
+        monkeypatch.setattr(kit_db, "IDLE_BEFORE_PING_SECONDS", 0.0)
+        with pool_engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT 1")) == 1
+            new_id = connection.scalar(sa.text("SELECT pg_backend_pid()" if backend == "postgresql" else "SELECT CONNECTION_ID()"))
+        assert len(pings) == 1 and new_id != own_id
+    finally:
+        pool_engine.dispose()

@@ -60,8 +60,8 @@ MAX_ATTEMPTS = 12
 BATCH = 20
 
 _DELIVERS = "billfold_mail_delivers"  # a session of a process that sends right after commit
-_QUEUED = "billfold_mail_queued"  # ids written in the open transaction
-_COMMITTED = "billfold_mail_committed"  # ids whose transaction committed, to send when it ends
+_QUEUED = "billfold_mail_queued"  # rows written in the open transaction
+_COMMITTED = "billfold_mail_committed"  # rows whose transaction committed, to send when it ends
 _PUBLIC_URL = "billfold_public_url"
 
 
@@ -182,18 +182,18 @@ def queue(session: Session, email: Email) -> str:
     )
     session.add(row)
     if delivers:
-        session.info.setdefault(_QUEUED, []).append(row.id)
+        session.info.setdefault(_QUEUED, []).append(row)
     return row.id
 
 
 # --- sending ---------------------------------------------------------------------------------------
 
 
-def _email(row: OutboxEmail) -> Email:
+def _email(row: OutboxEmail | _Leased) -> Email:
     return Email(to=row.to_address, subject=row.subject, body=row.body, id=row.id, date=row.created_at)
 
 
-def _send(mailer: Mailer, row: OutboxEmail) -> str | None:
+def _send(mailer: Mailer, row: OutboxEmail | _Leased) -> str | None:
     """Send one row's message; None when it went, else why not (logged, never the body, which
     may carry a token)."""
     try:
@@ -207,7 +207,7 @@ def _send(mailer: Mailer, row: OutboxEmail) -> str | None:
     return None
 
 
-def _record(session: Session, rows: Sequence[OutboxEmail], outcomes: dict[str, str | None]) -> None:
+def _record(session: Session, rows: Sequence[OutboxEmail | _Leased], outcomes: dict[str, str | None]) -> None:
     """Mark each row tried sent, or due again after its backoff (failed for good after the last
     attempt); a row not tried goes back to being due now, its attempt not counted."""
     now = clock.now()
@@ -276,25 +276,31 @@ def deliver_after_commit(sessions: sessionmaker[Session], mailer: Mailer) -> Non
         if ended.parent is not None:
             return
         session.info.pop(_QUEUED, None)  # rolled back: the rows are gone too
-        ids = session.info.pop(_COMMITTED, None)
-        if ids:
-            _deliver_now(sessions, mailer, ids)
+        committed = session.info.pop(_COMMITTED, None)
+        if committed:
+            _deliver_now(sessions, mailer, committed)
 
 
-def _deliver_now(sessions: sessionmaker[Session], mailer: Mailer, ids: list[str]) -> None:
-    # The request has committed: nothing here may turn it into an error.
+@dataclass
+class _Leased:
+    """A row this process wrote leased to itself, as it was committed: sent from memory, with no
+    read of the outbox (sessions keep their objects' values after a commit)."""
+
+    id: str
+    to_address: str
+    subject: str
+    body: str
+    created_at: datetime
+    attempts: int = 1
+
+
+def _deliver_now(sessions: sessionmaker[Session], mailer: Mailer, committed: list[OutboxEmail]) -> None:
+    # The request has committed: nothing here may turn it into an error. The rows are leased to
+    # this process (next_attempt_at = now + LEASE), so no worker sends them meanwhile.
+    rows = [_Leased(r.id, r.to_address, r.subject, r.body, r.created_at) for r in committed]
     try:
-        with sessions() as session:
-            rows = session.scalars(
-                sa.select(OutboxEmail).where(OutboxEmail.id.in_(ids), OutboxEmail.status == "pending").order_by(OutboxEmail.id)
-            ).all()
-            session.expunge_all()
-            session.rollback()
-        outcomes: dict[str, str | None] = {}
-        for row in rows:
-            row.attempts += 1
-            outcomes[row.id] = _send(mailer, row)
+        outcomes = {row.id: _send(mailer, row) for row in rows}
         with transaction(sessions) as session:
             _record(session, rows, outcomes)
     except Exception as error:  # e.g. the database went away: the worker sends them after the lease
-        log.error("mail %s left to the worker: %s", ", ".join(ids), one_line(error))
+        log.error("mail %s left to the worker: %s", ", ".join(row.id for row in rows), one_line(error))

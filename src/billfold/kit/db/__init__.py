@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import time
+
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
@@ -92,7 +94,7 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for ``url`` with Billfold's per-database settings. Connects lazily."""
     parsed = parse_database_url(url)
     backend = parsed.get_backend_name()
-    options: dict[str, Any] = {"pool_pre_ping": True, **pool_options()}
+    options: dict[str, Any] = dict(pool_options())
     if backend == "sqlite":
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
@@ -118,11 +120,38 @@ def create_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = sa.create_engine(parsed, **options)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:
         raise ConfigurationError(f"cannot use database URL {_redact(parsed)!r}: {error}") from error
+    _ping_after_idle(engine)
     if backend == "sqlite":
         _configure_sqlite(engine)
     elif backend in ("mysql", "mariadb"):
         event.listen(engine, "handle_error", _mysql_check_failure_is_integrity_error)
     return engine
+
+
+IDLE_BEFORE_PING_SECONDS = 2.0
+"""A pooled connection unused for longer than this is pinged before it is handed out."""
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    # SQLAlchemy's pool_pre_ping costs a round trip at every checkout: a sale checks a connection
+    # out about eight times. A connection that went back to the pool a moment ago is as alive as a
+    # ping would show; one that sat idle (a restarted server, a proxy's idle timeout) is pinged and,
+    # if dead, replaced before anyone uses it (DisconnectionError: the pool retries the checkout).
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["billfold_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("billfold_returned_at")
+        if returned is None or time.monotonic() - returned < IDLE_BEFORE_PING_SECONDS:
+            return  # new (just connected) or back from a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            raise sa.exc.DisconnectionError(f"a pooled connection idle for a while is gone: {error}") from error
+        if not alive:
+            raise sa.exc.DisconnectionError("a pooled connection idle for a while is gone")
 
 
 _MYSQL_CONSTRAINT_FAILED = 4025

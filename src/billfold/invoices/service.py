@@ -295,11 +295,8 @@ def lines_of_many(session: Session, invoice_ids: list[str]) -> dict[str, list[In
 
 def _order_lines(session: Session, order: Order) -> list[LineIn]:
     items = session.scalars(sa.select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id)).all()
-    names = dict(
-        session.execute(
-            sa.select(Product.id, Product.name).where(Product.id.in_([i.product_id for i in items]))
-        ).all()
-    ) if items else {}
+    unnamed = [i.product_id for i in items if not (i.metadata_ or {}).get("name")]  # an item keeps its name since issue 10
+    names = dict(session.execute(sa.select(Product.id, Product.name).where(Product.id.in_(unnamed))).all()) if unnamed else {}
     return [
         LineIn(
             description=((item.metadata_ or {}).get("name") or names.get(item.product_id) or item.product_id)[:MAX_DESCRIPTION],
@@ -313,13 +310,21 @@ def _order_lines(session: Session, order: Order) -> list[LineIn]:
     ]
 
 
+_ORDER_INVOICES = "billfold_order_invoices"  # session.info: order id → its invoice's id, once known
+
+
 def invoice_for_order(session: Session, order: Order) -> Invoice:
     """The order's invoice; made if missing (open, then paid when the order is paid or refunded).
-    Idempotent: an order has at most one invoice."""
-    existing = session.scalars(
-        sa.select(Invoice).where(Invoice.order_id == order.id).order_by(Invoice.created_at, Invoice.id).limit(1)
-    ).first()
+    Idempotent: an order has at most one invoice. Asked twice in one session (the paid order's
+    invoice, then its receipt), the second answer comes from the session."""
+    known = session.info.setdefault(_ORDER_INVOICES, {})
+    existing = session.get(Invoice, known[order.id]) if order.id in known else None
+    if existing is None:
+        existing = session.scalars(
+            sa.select(Invoice).where(Invoice.order_id == order.id).order_by(Invoice.created_at, Invoice.id).limit(1)
+        ).first()
     if existing is not None:
+        known[order.id] = existing.id
         return existing
     provider_id = session.scalar(
         sa.select(Payment.provider_id)
@@ -327,22 +332,17 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
         .order_by(Payment.completed_at.desc(), Payment.id.desc())
         .limit(1)
     )
-    lines = _order_lines(session, order)
-    invoice = issue_invoice(
-        session,
-        currency=order.currency,
-        lines=lines,
-        user_id=order.user_id,
-        organization_id=order.organization_id,
-        order_id=order.id,
-        billing_address_id=order.billing_address_id,
-        tax_cents=order.tax_cents,
-        discount_cents=order.discount_cents,
-        provider_id=provider_id,
-        by="system",
+    wanted = InvoiceIn(
+        currency=order.currency, lines=_order_lines(session, order), user_id=order.user_id,
+        organization_id=order.organization_id, order_id=order.id, billing_address_id=order.billing_address_id,
+        tax_cents=order.tax_cents, discount_cents=order.discount_cents, due_in=timedelta(0), provider_id=provider_id,
     )
+    [invoice] = draft_invoices(session, [wanted], by="system")
+    open_invoices(session, [invoice], by="system")
     if order.status in ("paid", "refunded"):
-        mark_paid(session, invoice, by="system")
+        mark_paid(session, invoice, by="system")  # before the flush: numbered and paid in one UPDATE
+    session.flush()
+    known[order.id] = invoice.id
     return invoice
 
 

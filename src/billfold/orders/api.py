@@ -110,9 +110,10 @@ def _checkout_answer(session: Session, outcome: Outcome) -> tuple[int, Any]:
         error = outcome.error if isinstance(outcome.error, BillfoldError) else Declined("the payment was declined", "generic_decline")
         return error.status, {**error.to_problem(), "payment_id": outcome.payment_id, "order_id": outcome.order_id or ""}
     order = session.get(Order, outcome.order_id)
-    payment = session.get(Payment, outcome.payment_id)
-    assert order is not None and payment is not None
-    body = CheckoutOut(order=order_out(session, order), payment=payment_out(session, payment))
+    assert order is not None
+    order_body = order_out(session, order)
+    [payment_body] = [p for p in order_body.payments if p.id == outcome.payment_id]  # the same answer, read once
+    body = CheckoutOut(order=order_body, payment=payment_body)
     return (202 if outcome.result is Result.PENDING else 200), jsonable_encoder(body)
 
 

@@ -175,14 +175,15 @@ def checkout(
     if claim is not None and claim.recovery_point.startswith(RECOVERY_POINT):
         return _resume(sessions, security, principal, claim, respond)
 
-    def prepare(claim: Claim | None) -> tuple[str, bool, Claim | None]:
+    def prepare(claim: Claim | None) -> tuple[str, bool, Claim | None, Any]:
         with transaction(sessions) as session:
             payment_id, taken_up = _prepare(session, security, principal, order_id, pay)
             if claim is not None:  # the key's recovery point: the payment this request is driving
                 claim = advance(session, claim, f"{RECOVERY_POINT}{payment_id}")
-        return payment_id, taken_up, claim
+            read = None if taken_up else _read_new(sessions, session, security, principal, payment_id)
+        return payment_id, taken_up, claim, read
 
-    payment_id, taken_up, claim = prepare(claim)
+    payment_id, taken_up, claim, read = prepare(claim)
     if taken_up and _stale_payment(sessions, payment_id):
         # An attempt whose request is gone: settle it by asking the provider. Unless the provider
         # made no charge, what it made is this request's answer; if it made none, pay anew.
@@ -192,9 +193,9 @@ def checkout(
                 with transaction(sessions) as session:
                     finish(session, claim, *respond(session, settled))
             return settled
-        payment_id, taken_up, claim = prepare(claim)
+        payment_id, taken_up, claim, read = prepare(claim)
     call = engine.ask if taken_up else engine.charge
-    return _drive(sessions, security, principal, payment_id, call, claim=claim, respond=respond)
+    return _drive(sessions, security, principal, payment_id, call, claim=claim, respond=respond, read=read)
 
 
 def buy(
@@ -223,7 +224,15 @@ def buy(
         assert not taken_up, "a new order has no payment under way"
         if claim is not None:
             claim = advance(session, claim, f"{RECOVERY_POINT}{payment_id}")
-    return _drive(sessions, security, principal, payment_id, engine.charge, claim=claim, respond=respond)
+        read = _read_new(sessions, session, security, principal, payment_id)  # after the number: the charge names it
+    return _drive(sessions, security, principal, payment_id, engine.charge, claim=claim, respond=respond, read=read)
+
+
+def _read_new(
+    sessions: sessionmaker[Session], session: Session, security: Security, principal: Principal, payment_id: str
+) -> tuple[engine.Charges, engine.Read]:
+    """Phase 2's read of a payment this transaction has just started, made before it commits."""
+    return engine.charges_read(sessions, session, security, payment_id, engine.charge, by=actor(principal))
 
 
 def _resume(sessions: sessionmaker[Session], security: Security, principal: Principal, claim: Claim, respond: Any) -> Outcome:
@@ -253,6 +262,7 @@ def _drive(
     claim: Claim | None,
     respond: Any,
     by: str | None = None,
+    read: tuple[engine.Charges, engine.Read] | None = None,
 ) -> Outcome:
     """Phases 2 and 3 for ``payment_id`` (``engine.run``): ``call`` the provider (unless the
     payment is settled already: then it answers what it became) and record its answer.
@@ -263,6 +273,7 @@ def _drive(
         after = lambda session, outcome: finish(session, claim, *respond(session, outcome))  # noqa: E731
     outcome = engine.settle_charge(
         sessions, security, security.settings, payment_id, call, by=by if by is not None else actor(principal), after=after,
+        read=read,
     )
     if outcome.result is Result.UNKNOWN:
         assert outcome.error is not None

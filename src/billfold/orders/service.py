@@ -108,10 +108,30 @@ def _product(session: Session, product_id: str, field: str) -> Product:
     return product
 
 
-def _address(session: Session, owner: Owner, address_id: str | None, kind: str, needed: bool) -> Address | None:
+class _AddressBook:
+    """The owner's addresses as one order asks for them: the defaults read once, each address
+    once (billing and shipping are often the same one)."""
+
+    def __init__(self, session: Session, owner: Owner) -> None:
+        self.session, self.owner = session, owner
+        self._defaults: dict[str, str] | None = None
+        self._found: dict[str, Address] = {}
+
+    def default(self, kind: str) -> str | None:
+        if self._defaults is None:
+            self._defaults = defaults_of(self.session, self.owner)
+        return self._defaults.get(kind)
+
+    def get(self, address_id: str) -> Address:
+        if address_id not in self._found:
+            self._found[address_id] = get_address(self.session, self.owner, address_id)
+        return self._found[address_id]
+
+
+def _address(book: _AddressBook, address_id: str | None, kind: str, needed: bool) -> Address | None:
     field = f"{kind}_address_id"
     if address_id is None:
-        address_id = defaults_of(session, owner).get(kind)
+        address_id = book.default(kind)
         if address_id is None:
             if not needed:
                 return None
@@ -120,7 +140,7 @@ def _address(session: Session, owner: Owner, address_id: str | None, kind: str, 
                 errors=[{"field": field, "message": "required"}],
             )
     try:
-        address = get_address(session, owner, address_id)
+        address = book.get(address_id)
     except NotFound as error:
         raise NotFound(
             f"the customer has no address {address_id}", errors=[{"field": field, "message": "not the customer's"}]
@@ -167,9 +187,10 @@ def create_order(
             f"one order is paid in one currency; these products are priced in {', '.join(currencies)}",
             errors=[{"field": "items", "message": "mixed currencies"}],
         )
-    billing = _address(session, owner, billing_address_id, "billing", needed=True)
+    book = _AddressBook(session, owner)
+    billing = _address(book, billing_address_id, "billing", needed=True)
     physical = any(p.product_type == "physical" for p in products)
-    shipping = _address(session, owner, shipping_address_id, "shipping", needed=physical)
+    shipping = _address(book, shipping_address_id, "shipping", needed=physical)
     lines = [totals.Line(p.id, item.quantity, p.price_cents) for p, item in zip(products, items, strict=True)]
     sums = totals.compute(lines, currencies[0], billing.country if billing else None, tax=tax.calculator(settings))
     extra = {"billing_address": _snapshot(billing), "shipping_address": _snapshot(shipping)}

@@ -499,8 +499,10 @@ def run(
     *,
     after: Callable[[Session, list[Outcome]], None] | None = None,
     concurrency: int = 1,
+    read: Read | None = None,
 ) -> list[Outcome]:
-    """Phases 2 and 3 for the rows ``ids``: read them and build their adapters in a short read; ask
+    """Phases 2 and 3 for the rows ``ids``: read them and build their adapters in a short read
+    (or take ``read``, made by ``read_rows`` in the transaction that started them); ask
     the provider about each, with no transaction open (up to ``concurrency`` asks at once, each
     with its own key: ``_ask_all``); record every answer in one transaction,
     which ``after`` joins (an API stores its answer under the Idempotency-Key there: a run of one
@@ -511,13 +513,10 @@ def run(
     Should the one transaction fail for several rows (a deadlock, a bug one row trips), each is
     recorded in a transaction of its own instead, so one cannot hold back the others; a row whose
     answer still cannot be recorded stays pending, ``UNKNOWN``, for the sweep."""
-    with reading(sessions) as session:
-        rows = move.read(session, ids)
-        adapters: dict[str, ProviderAdapter] = {}
-        for row in rows:
-            provider_id = move.provider(row) if move.asks(row) else None
-            if provider_id is not None and provider_id not in adapters:
-                adapters[provider_id] = provider_config.adapter_for_provider(session, security, provider_id)
+    if read is None:
+        with reading(sessions) as session:
+            read = read_rows(session, security, move, ids)
+    rows, adapters = read.rows, read.adapters
     heard: list[tuple[Any, Answer | None]] = []
     unknown: list[Outcome] = []
     for row, answer in zip(rows, _ask_all(move, adapters, rows, concurrency), strict=True):
@@ -547,6 +546,27 @@ def run(
             log.warning("outcome of %s not recorded, left pending: %s", one[0].id, error)
             outcomes.append(move.unknown(one[0], error))
     return outcomes + unknown
+
+
+@dataclass
+class Read:
+    """What phase 2 needs of its rows: the rows as read, and an adapter for each provider asked."""
+
+    rows: list[Any]
+    adapters: dict[str, ProviderAdapter]
+
+
+def read_rows(session: Session, security: Security, move: Move[Any], ids: Sequence[str]) -> Read:
+    """The rows ``ids`` and their adapters, read in ``session``. A caller that has just started
+    the rows reads them in that same transaction, before its commit (``checkout.buy``): what it
+    reads is what it commits, and phase 2 needs no transaction of its own."""
+    rows = move.read(session, ids)
+    adapters: dict[str, ProviderAdapter] = {}
+    for row in rows:
+        provider_id = move.provider(row) if move.asks(row) else None
+        if provider_id is not None and provider_id not in adapters:
+            adapters[provider_id] = provider_config.adapter_for_provider(session, security, provider_id)
+    return Read(rows, adapters)
 
 
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
@@ -638,7 +658,11 @@ class Charges:
     _about: dict[str, ChargeFor] = field(default_factory=dict)
 
     def read(self, session: Session, ids: Sequence[str]) -> list[Payment]:
-        found = {p.id: p for p in session.scalars(sa.select(Payment).where(Payment.id.in_(list(ids))))}
+        # Rows this transaction holds already (it started them) are not read again.
+        found = {i: p for i in ids if isinstance(p := session.identity_map.get(Session.identity_key(Payment, i)), Payment)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            found.update({p.id: p for p in session.scalars(sa.select(Payment).where(Payment.id.in_(missing)))})
         rows = [found[payment_id] for payment_id in ids]
         for kind, payments in _by_kind(p for p in rows if self.asks(p)).items():
             payable = payable_for(kind, self.settings)
@@ -741,12 +765,15 @@ class Charges:
 
 def settle_charge(
     sessions: sessionmaker[Session], security: Security, settings: Settings, payment_id: str, call: Call, *,
-    by: str | None, after: Callable[[Session, Outcome], None] | None = None,
+    by: str | None, after: Callable[[Session, Outcome], None] | None = None, read: tuple[Charges, Read] | None = None,
 ) -> Outcome:
-    """``run`` for one payment: its outcome (``UNKNOWN`` when the provider did not answer)."""
+    """``run`` for one payment: its outcome (``UNKNOWN`` when the provider did not answer).
+    ``read``: the move and what it read in the transaction that started the payment
+    (``charges_read``), so phase 2 begins with no read of its own."""
+    move, rows = read if read is not None else (Charges(call, settings, by, sessions), None)
     [outcome] = run(
-        sessions, security, Charges(call, settings, by, sessions), [payment_id],
-        after=(lambda session, outcomes: after(session, outcomes[0])) if after is not None else None,
+        sessions, security, move, [payment_id],
+        after=(lambda session, outcomes: after(session, outcomes[0])) if after is not None else None, read=rows,
     )
     return outcome
 
@@ -756,3 +783,14 @@ def stale_pending(statement: sa.Select[Any]) -> sa.Select[Any]:
     first: their outcome was never heard (what the sweeps settle)."""
     return statement.where(Payment.status == "pending", Payment.created_at <= clock.now() - STALE_AFTER).order_by(Payment.id)
 
+
+
+def charges_read(
+    sessions: sessionmaker[Session], session: Session, security: Security, payment_id: str, call: Call, *,
+    by: str | None,
+) -> tuple[Charges, Read]:
+    """For ``settle_charge(read=...)``: the move for ``payment_id`` and its read, made in
+    ``session``, the transaction (of ``sessions``) that has just started the payment, before its
+    commit."""
+    move = Charges(call, security.settings, by, sessions)
+    return move, read_rows(session, security, move, [payment_id])

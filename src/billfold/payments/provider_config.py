@@ -127,10 +127,12 @@ def get_provider(session: Session, provider_id: str, *, field: str | None = None
     """The provider row; NotFound (naming ``field`` when it came from a request body)."""
     provider = None
     if isinstance(provider_id, str) and provider_id and "\x00" not in provider_id:
-        statement = sa.select(PaymentProvider).where(PaymentProvider.id == provider_id)
         if lock:
+            statement = sa.select(PaymentProvider).where(PaymentProvider.id == provider_id)
             statement = statement.with_for_update() if session.get_bind().dialect.name != "sqlite" else statement
-        provider = session.scalars(statement).one_or_none()
+            provider = session.scalars(statement).one_or_none()
+        else:  # a transaction that has read the row already (routing, then its adapter) reads it once
+            provider = session.get(PaymentProvider, provider_id)
     if provider is None:
         detail = f"no payment provider {provider_id}"
         raise NotFound(detail, **({"errors": [{"field": field, "message": detail}]} if field else {}))

@@ -155,9 +155,9 @@ def rebuild(session: Session) -> dict[str, int]:
             sa.literal(cohort_type).label("cohort_type"),
             sa.literal(now, moment.type).label("created_at"),
         )
-        written[cohort_type] = session.execute(
-            sa.insert(UserCohort).from_select(["id", "user_id", "cohort_month", "cohort_type", "created_at"], select)
-        ).rowcount
+        session.execute(sa.insert(UserCohort).from_select(["id", "user_id", "cohort_month", "cohort_type", "created_at"], select))
+        # (Counted: an INSERT ... SELECT's rowcount is not reported by every driver.)
+        written[cohort_type] = session.scalar(sa.select(sa.func.count()).where(UserCohort.cohort_type == cohort_type)) or 0
     return written
 
 

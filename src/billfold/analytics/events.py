@@ -49,10 +49,13 @@ to changed), engagement (access began or ended)."""
 
 
 def _loaded(session: Session, model: type[Any], row_id: Any) -> dict[str, Any]:
-    """The row's loaded attributes from the identity map, or {} (never a query, never a refresh)."""
+    """The row's loaded attributes from the session (the identity map, else its rows not yet
+    flushed), or {}: never a query, never a refresh."""
     if not row_id:
         return {}
     row = session.identity_map.get(identity_key(model, row_id))
+    if row is None:
+        row = next((new for new in session.new if type(new) is model and new.id == row_id), None)
     return dict(row.__dict__) if row is not None else {}
 
 

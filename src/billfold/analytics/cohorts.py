@@ -229,8 +229,10 @@ def retention(
         .group_by(UserCohort.cohort_month)
     ).all())
 
-    # The month is worked out in a subquery and grouped on outside it: PostgreSQL would not see a
-    # CASE written twice (with its bind parameters numbered twice) as the same expression.
+    # The month is worked out in a subquery and grouped on outside it (PostgreSQL would not see a
+    # CASE written twice, its bind parameters numbered twice, as the same expression); each user's
+    # month is summed first, so the customers are a COUNT(*), not a COUNT(DISTINCT). (Summing the
+    # payments per user before the join instead measured slower on PostgreSQL.)
     payments = (
         sa.select(UserCohort.cohort_month, _bucket(Payment.completed_at, months, sa.Integer()).label("month"),
                   Payment.user_id, Payment.amount_cents.label("cents"))
@@ -238,9 +240,14 @@ def retention(
         .where(in_cohort, paid_here, Payment.completed_at >= low)
         .subquery()
     )
+    per_user = (
+        sa.select(payments.c.cohort_month, payments.c.month, sa.func.sum(payments.c.cents).label("cents"))
+        .group_by(payments.c.cohort_month, payments.c.month, payments.c.user_id)
+        .subquery()
+    )
     paid = session.execute(
-        sa.select(payments.c.cohort_month, payments.c.month, sa.func.count(sa.distinct(payments.c.user_id)), sa.func.sum(payments.c.cents))
-        .group_by(payments.c.cohort_month, payments.c.month)
+        sa.select(per_user.c.cohort_month, per_user.c.month, sa.func.count(), sa.func.sum(per_user.c.cents))
+        .group_by(per_user.c.cohort_month, per_user.c.month)
     ).all()
     refunds = (
         sa.select(UserCohort.cohort_month, _bucket(Refund.completed_at, months, sa.Integer()).label("month"),

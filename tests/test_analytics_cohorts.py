@@ -235,3 +235,35 @@ def test_month_arithmetic_crosses_years() -> None:
     assert cohorts.add_months(date(2025, 11, 1), 3) == date(2026, 2, 1)
     assert cohorts.months_between(date(2025, 11, 1), date(2026, 2, 1)) == 3
     assert cohorts.month_of(datetime(2024, 2, 29, 23, 59, tzinfo=clock.UTC)) == date(2024, 2, 1)
+
+
+def test_the_worked_example_in_the_docs(session: Session) -> None:
+    """docs/analytics.md, "Retention matrix": ann, bob and cat, January to March."""
+    def at(day: str) -> datetime:
+        return datetime.fromisoformat(f"2026-{day}T12:00:00+00:00")
+
+    with clock.using(clock.FrozenClock(at("01-01"))) as frozen:
+        history = History(session, frozen)
+        ann, bob, cat = (make.user(session).id for _ in range(3))
+        subs = {u: history.subscribe(u, "USD", 2000) for u in (ann, bob, cat)}
+        paid = {}
+        for day, user, cents in [("01-10", ann, 2000), ("01-20", bob, 3000), ("02-05", cat, 2500), ("02-10", ann, 2000),
+                                 ("03-05", cat, 2500), ("03-10", ann, 2000)]:
+            frozen.set(at(day))
+            paid[(day, user)] = history.pay(user, subs[user], "USD", cents)
+            session.commit()
+        frozen.set(at("02-15"))
+        history.refund(paid[("02-10", ann)], "USD", 500)
+        session.commit()
+    matrix = cohorts.retention(session, date(2026, 1, 1), date(2026, 3, 1), "USD")
+    shown = [(c.cohort_month.month, c.month_index, c.cohort_size, c.customers, c.revenue_cents, str(c.customer_share), str(c.revenue_share))
+             for c in matrix]
+    assert shown == [
+        (1, 0, 2, 2, 5000, "1.0000", "1.0000"),
+        (1, 1, 2, 1, 1500, "0.5000", "0.3000"),
+        (1, 2, 2, 1, 2000, "0.5000", "0.4000"),
+        (2, 0, 1, 1, 2500, "1.0000", "1.0000"),
+        (2, 1, 1, 1, 2500, "1.0000", "1.0000"),
+    ], "no one's first purchase is in March: no March cohort"
+    rows = cohorts.retention_cell(session, date(2026, 1, 1), 1, "USD")
+    assert (rows.user_ids, rows.payment_ids, len(rows.refund_ids)) == ([ann], [paid[("02-10", ann)]], 1)

@@ -2,10 +2,11 @@
 
 A user's cohorts: ``first_purchase``, the month of their first completed payment, and
 ``first_subscription``, the month their first subscription was created (a trial included). The
-analytics events that define them (``billfold.analytics.events``) note them here; every row noted
-in a transaction is written once, just before it commits, by one insert-ignore
-(``kit.db.dialects.insert_ignore``): the unique (user, type) key decides, so a user's row is never
-changed once written, and two first purchases committing side by side both succeed.
+analytics events that define them (``billfold.analytics.events``) note them here; just before the
+transaction commits, one read finds which of the noted users have their rows already, and the
+others are written by one insert-ignore (``kit.db.dialects.insert_ignore``): the unique (user,
+type) key decides, so a user's row is never changed once written, and two first purchases
+committing side by side both succeed.
 
 ``rebuild`` derives the table from the payments and subscriptions, for history from before this
 feature. ``retention`` and ``retention_cell`` read the matrix and the rows behind any cell.
@@ -107,10 +108,20 @@ def _write_noted(session: Session) -> None:
     memo = session.info.pop(_NOTED, None)
     if memo is None or memo[0] is not _root(session):
         return
+    noted: dict[tuple[str, str], date] = memo[1]
+    # Nearly every user noted has their rows already (a renewal, a second purchase): one read leaves
+    # them out, so the insert-ignore (on MariaDB a savepoint per row once one key is taken) is rare.
+    users = sorted({user_id for user_id, _ in noted})
+    for chunk in range(0, len(users), 500):
+        known = session.execute(
+            sa.select(UserCohort.user_id, UserCohort.cohort_type).where(UserCohort.user_id.in_(users[chunk:chunk + 500]))
+        )
+        for user_id, cohort_type in known:
+            noted.pop((user_id, cohort_type), None)
     now = clock.now()
     rows = [
         {"id": new_id("coh"), "user_id": user_id, "cohort_type": cohort_type, "cohort_month": month, "created_at": now}
-        for (user_id, cohort_type), month in sorted(memo[1].items())  # one order: no deadlock between two writers
+        for (user_id, cohort_type), month in sorted(noted.items())  # one order: no deadlock between two writers
     ]
     insert_ignore(session, UserCohort.__table__, rows, key=["user_id", "cohort_type"])
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
+from billfold.kit.ids import new_id
 from billfold.memberships import sweeps as memberships
 from billfold.models import AnalyticsEvent, Payment, UserCohort
 from billfold.payments.states import PAYMENT
@@ -204,3 +206,35 @@ def test_a_rolled_back_payment_writes_no_event_and_no_cohort(engine: Engine) -> 
     [bought] = recorded(engine, user_id=user_id)
     assert (bought["type"], bought["revenue_cents"], bought["currency"]) == ("payment_completed", 700, "EUR")
     assert cohorts_of(engine, user_id) == {"first_purchase": date(clock.now().year, clock.now().month, 1)}
+
+
+@pytest.mark.every_database  # how the driver batches an executemany differs by database
+def test_a_batch_of_payments_costs_one_insert_of_events_and_one_read_of_cohorts(engine: Engine) -> None:
+    """The hot paths (a batch of renewals) pay for analytics per transaction, not per payment."""
+    with transaction(session_factory(engine)) as session:
+        users = [make.user(session) for _ in range(3)]
+        orders = [(u.id, make.order(session, user=u, status="pending").id) for u in users for _ in range(10)]
+        make.provider(session)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    with session_factory(engine)() as session:
+        payments = [Payment(id=new_id("pay"), user_id=u, order_id=o, provider_id="sandbox", amount_cents=100, currency="USD",
+                            status="pending") for u, o in orders]
+        session.add_all(payments)
+        for payment in payments:
+            PAYMENT.start(session, payment, "pending", by="test")
+        session.flush()
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            for payment in payments:
+                PAYMENT.move(session, payment, "completed", by="test")
+            session.commit()
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+    assert statements.count("INSERT INTO analytics_events") == 1, statements
+    assert statements.count("SELECT user_cohorts.user_id, user_cohorts.cohort_type") == 1, statements
+    assert len(recorded(engine, event_type="payment_completed", user_id=users[0].id)) == 10
+    assert all(cohorts_of(engine, u.id) == {"first_purchase": date(clock.now().year, clock.now().month, 1)} for u in users)

@@ -15,8 +15,8 @@ from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
 from billfold.memberships import sweeps as memberships
-from billfold.models import AnalyticsEvent, Payment, UserCohort
-from billfold.payments.states import PAYMENT
+from billfold.models import AnalyticsEvent, Payment, Refund, UserCohort
+from billfold.payments.states import PAYMENT, REFUND
 from tests import factories as make
 from tests.accounts import Api
 from tests.subscribing import Shop, shop  # noqa: F401  (fixture)
@@ -238,3 +238,28 @@ def test_a_batch_of_payments_costs_one_insert_of_events_and_one_read_of_cohorts(
     assert statements.count("SELECT user_cohorts.user_id, user_cohorts.cohort_type") == 1, statements
     assert len(recorded(engine, event_type="payment_completed", user_id=users[0].id)) == 10
     assert all(cohorts_of(engine, u.id) == {"first_purchase": date(clock.now().year, clock.now().month, 1)} for u in users)
+
+
+def test_a_refund_that_fails_after_succeeding_gives_the_revenue_back_once(engine: Engine) -> None:
+    with transaction(session_factory(engine)) as session:
+        user = make.user(session)
+        user_id, order_id = user.id, make.order(session, user=user, status="pending").id
+        make.provider(session)
+    with transaction(session_factory(engine)) as session:
+        payment = Payment(id=new_id("pay"), user_id=user_id, order_id=order_id, provider_id="sandbox", amount_cents=900,
+                          currency="GBP", status="pending")
+        session.add(payment)
+        PAYMENT.start(session, payment, "pending", by="test")
+        PAYMENT.move(session, payment, "completed", by="test")
+        session.flush()  # (no relationship orders the two inserts)
+        refund = Refund(id=new_id("re"), payment_id=payment.id, provider_id="sandbox", amount_cents=900, currency="GBP", status="pending")
+        session.add(refund)
+        REFUND.start(session, refund, "pending", by="test")
+        REFUND.move(session, refund, "succeeded", by="test")
+        PAYMENT.move(session, payment, "refunded", by="test")
+    with transaction(session_factory(engine)) as session:  # the provider says the refund failed after all
+        refund, payment = session.get(Refund, refund.id), session.get(Payment, payment.id)
+        REFUND.move(session, refund, "failed", by="test")
+        PAYMENT.move(session, payment, "completed", by="test", reason="refund_failed")
+    kinds = [(e["type"], e["revenue_cents"], e["currency"]) for e in recorded(engine, user_id=user_id)]
+    assert sorted(kinds) == [("payment_completed", 900, "GBP"), ("refund_completed", -900, "GBP"), ("refund_reversed", 900, "GBP")]

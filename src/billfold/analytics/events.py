@@ -118,7 +118,7 @@ def _subscription(session: Session, subscription_id: str, event_type: str, data:
     currency = row.get("currency")
     plan = _props(**owner, product_id=row.get("product_id"), price_cents=row.get("price_cents"),
                   provider_id=row.get("provider_id"))
-    if event_type == "subscription.trialing" and data.get("from") is None:
+    if event_type in ("subscription.trialing", "subscription.active") and data.get("from") is None:
         trial_end = row.get("trial_end")
         started = [(SUBSCRIPTION_CREATED, user_id, currency, 0, plan)]
         if trial_end is not None:

@@ -235,13 +235,20 @@ def server_pids(server: subprocess.Popen[bytes]) -> list[int]:
 
 def peak_rss_mib(pids: list[int]) -> float:
     """VmHWM (the high-water mark of resident memory) summed over the processes."""
-    total = 0
+    return sum(peak_rss_each(pids)) / 1024
+
+
+def peak_rss_each(pids: list[int]) -> list[int]:
+    """Each process's VmHWM in KiB (0 for one that is gone)."""
+    peaks = []
     for pid in pids:
+        peak = 0
         with contextlib.suppress(FileNotFoundError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
+                    peak = int(line.split()[1])
+        peaks.append(peak)
+    return peaks
 
 
 class CpuMeter:
@@ -528,11 +535,13 @@ def measure(
         waits = sampler.stop()
         for p in profiler or []:
             p.wait()
-        rss = peak_rss_mib(server_pids(server))
+        peaks = peak_rss_each(server_pids(server))
+        rss = sum(peaks) / 1024
+        worker_rss = max(peaks[1:] or peaks) / 1024  # the supervisor first, then its workers
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     done = len(latencies)
     return {"rate": done / elapsed, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
-            "errors": errors, "rss": rss, "cpu": {k: v / max(done, 1) * 1000 for k, v in cpu.items()},
+            "errors": errors, "rss": rss, "worker_rss": worker_rss, "cpu": {k: v / max(done, 1) * 1000 for k, v in cpu.items()},
             "cpu_total": cpu, "elapsed": elapsed, "waits": waits, "health": health}
 
 
@@ -540,7 +549,8 @@ def report(run: int, args: argparse.Namespace, r: dict[str, Any], label: str) ->
     cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
     print(f"run {run + 1}{f' ({label})' if label else ''}: {args.clients} clients, {args.workers} workers, {args.checkouts} checkouts: "
           f"{r['rate']:7.1f} checkouts/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   "
-          f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB")
+          f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB "
+          f"(the largest API worker {r['worker_rss']:.0f} MiB)")
     if cpu:
         print(f"       CPU ms per checkout: {cpu}")
     print(f"       GET /healthz during the run: {r['health']}")

@@ -23,6 +23,7 @@ class Subscription(Base):
         sa.Index("idx_subscriptions_user_id", "user_id"),
         # Not in the spec: the renewal and trial sweeps claim the oldest due first (migration 0009).
         sa.Index("idx_subscriptions_current_period_end", "current_period_end", "id"),
+        sa.Index("idx_subscriptions_trial_end", "trial_end"),  # trials in force and ended, for analytics (migration 0018)
     )
 
     id: Mapped[str] = id_column("sub")

@@ -1,0 +1,498 @@
+"""Every analytics number, defined once (docs/analytics.md "## Metrics"), computed set-based in SQL
+per currency, with a companion that lists the rows behind it. Instants are UTC; "on day D" means
+at the end of D (the instant D+1 00:00:00). Date maths stays in Python bind parameters, so the same
+SQL runs on SQLite, PostgreSQL and MariaDB.
+
+MRR is read from what was billed: a subscription's MRR at instant T is the monthly rate of the
+``item`` line of its paid invoice (paid by T) whose service period covers T, less that invoice's
+discount, unless the subscription was cancelled or paused by T. A yearly line counts a twelfth,
+rounded half up to the cent, per line. Trials have no paid line, so they count zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from billfold.kit import clock, money
+from billfold.models import (
+    Invoice,
+    InvoiceLine,
+    MembershipType,
+    Payment,
+    Product,
+    Refund,
+    Subscription,
+    SubscriptionBilling,
+    UserMembership,
+)
+
+MOVEMENT_KINDS = ("new", "expansion", "contraction", "churned", "reactivation")
+
+
+def end_of(day: date) -> datetime:
+    """The instant a day's figures are taken at: the next midnight, UTC."""
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=clock.UTC)
+
+
+def start_of(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=clock.UTC)
+
+
+def ratio(numerator: int, denominator: int) -> Decimal | None:
+    """A rate to four decimals (half up); None when there is nothing to divide by."""
+    if denominator == 0:
+        return None
+    return (Decimal(numerator) / Decimal(denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def half_up(numerator: int, denominator: int) -> int:
+    sign = -1 if numerator < 0 else 1
+    whole, rest = divmod(abs(numerator), denominator)
+    return sign * (whole + (1 if 2 * rest >= denominator else 0))
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One figure, shaped for an ``analytics_snapshots`` row. ``unit`` is ``cents`` (an integer in
+    the currency's minor unit), ``count`` or ``ratio`` (a Decimal, None when undefined)."""
+
+    metric_type: str
+    currency: str | None
+    value: int | Decimal | None
+    unit: str
+    breakdown: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric_value(self) -> Decimal | None:
+        """The value as stored: major units for money (DECIMAL(20,2)), else the count or rate."""
+        if self.value is None:
+            return None
+        if self.unit == "cents" and self.currency:
+            return (Decimal(self.value) / (Decimal(10) ** money.exponent(self.currency))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        return Decimal(self.value)
+
+
+# Revenue per day
+
+
+def _day_bounds(day: date) -> tuple[datetime, datetime]:
+    return start_of(day), end_of(day)
+
+
+def revenue_rows(session: Session, day: date) -> dict[str, list[tuple[str, str, int]]]:
+    """The rows behind a day's revenue: (id, currency, amount) of payments completed, refunds
+    succeeded, and payments failed that day."""
+    start, end = _day_bounds(day)
+    paid = session.execute(
+        sa.select(Payment.id, Payment.currency, Payment.amount_cents)
+        .where(Payment.completed_at >= start, Payment.completed_at < end, Payment.status.in_(("completed", "refunded")))
+        .order_by(Payment.id)
+    ).all()
+    refunded = session.execute(
+        sa.select(Refund.id, Refund.currency, Refund.amount_cents)
+        .where(Refund.completed_at >= start, Refund.completed_at < end, Refund.status == "succeeded")
+        .order_by(Refund.id)
+    ).all()
+    failed = session.execute(
+        sa.select(Payment.id, Payment.currency, Payment.amount_cents)
+        .where(Payment.created_at >= start, Payment.created_at < end, Payment.status == "failed")
+        .order_by(Payment.id)
+    ).all()
+    return {"payments": [tuple(r) for r in paid], "refunds": [tuple(r) for r in refunded], "failed": [tuple(r) for r in failed]}
+
+
+def revenue(session: Session, day: date) -> list[MetricValue]:
+    """Gross (payments completed that day, including ones refunded since), refunds (refunds that
+    succeeded that day), net = gross − refunds, and failed payments: count of payments created that
+    day that failed, and their rate among that day's payments that reached an outcome."""
+    start, end = _day_bounds(day)
+    gross = dict(session.execute(
+        sa.select(Payment.currency, sa.func.sum(Payment.amount_cents))
+        .where(Payment.completed_at >= start, Payment.completed_at < end, Payment.status.in_(("completed", "refunded")))
+        .group_by(Payment.currency)
+    ).all())
+    refunds = dict(session.execute(
+        sa.select(Refund.currency, sa.func.sum(Refund.amount_cents))
+        .where(Refund.completed_at >= start, Refund.completed_at < end, Refund.status == "succeeded")
+        .group_by(Refund.currency)
+    ).all())
+    attempts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for currency, status, n in session.execute(
+        sa.select(Payment.currency, Payment.status, sa.func.count())
+        .where(Payment.created_at >= start, Payment.created_at < end, Payment.status.in_(("completed", "refunded", "failed")))
+        .group_by(Payment.currency, Payment.status)
+    ):
+        attempts[currency][0] += n
+        if status == "failed":
+            attempts[currency][1] += n
+    out: list[MetricValue] = []
+    for currency in sorted(set(gross) | set(refunds) | set(attempts)):
+        g, r = int(gross.get(currency) or 0), int(refunds.get(currency) or 0)
+        total, failed = attempts[currency] if currency in attempts else (0, 0)
+        out += [
+            MetricValue("revenue_gross", currency, g, "cents"),
+            MetricValue("revenue_refunds", currency, r, "cents"),
+            MetricValue("revenue_net", currency, g - r, "cents"),
+            MetricValue("payments_failed", currency, failed, "count", {"attempts": total}),
+            MetricValue("payment_failure_rate", currency, ratio(failed, total), "ratio", {"failed": failed, "attempts": total}),
+        ]
+    return out
+
+
+# Recurring revenue
+
+
+def _customer() -> sa.ColumnElement[str]:
+    return sa.func.coalesce(Subscription.user_id, Subscription.organization_id)
+
+
+def _line_rate() -> sa.ColumnElement[int]:
+    """A line's monthly rate in cents: its amount less its invoice's discount, a twelfth of it for a
+    yearly plan (rounded half up: (a + 6) // 12 for a ≥ 0)."""
+    amount = InvoiceLine.amount_cents - Invoice.discount_cents
+    return sa.case((Product.billing_interval == "yearly", (amount + 6) // 12), else_=amount)
+
+
+def _covering(at: datetime) -> list[sa.ColumnElement[bool]]:
+    """The recurring lines in force at ``at``: paid by then, their period covering it, their
+    subscription neither cancelled nor paused by then."""
+    return [
+        InvoiceLine.kind == "item",
+        InvoiceLine.period_start <= at,
+        InvoiceLine.period_end > at,
+        Invoice.status == "paid",
+        Invoice.paid_date <= at,
+        sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at),
+        sa.or_(SubscriptionBilling.paused_at.is_(None), SubscriptionBilling.paused_at > at),
+    ]
+
+
+def _recurring_lines(*columns: Any) -> sa.Select[Any]:
+    return (
+        sa.select(*columns)
+        .select_from(InvoiceLine)
+        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .join(Subscription, Subscription.id == Invoice.subscription_id)
+        .join(Product, Product.id == InvoiceLine.product_id)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+    )
+
+
+@dataclass(frozen=True)
+class MrrRow:
+    subscription_id: str
+    customer_id: str
+    currency: str
+    product_id: str
+    invoice_line_id: str
+    mrr_cents: int
+
+
+def mrr_rows(session: Session, at: datetime, currency: str | None = None) -> list[MrrRow]:
+    """The lines that make up MRR at ``at``, one per subscription in force."""
+    query = _recurring_lines(
+        Subscription.id, _customer(), Invoice.currency, InvoiceLine.product_id, InvoiceLine.id, _line_rate()
+    ).where(*_covering(at))
+    if currency:
+        query = query.where(Invoice.currency == currency)
+    return [MrrRow(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in session.execute(query.order_by(Subscription.id, InvoiceLine.id))]
+
+
+def mrr(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int]]]:
+    """MRR per currency at ``at``: (total cents, cents by plan)."""
+    out: dict[str, tuple[int, dict[str, int]]] = {}
+    for currency, product_id, cents in session.execute(
+        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()))
+        .where(*_covering(at))
+        .group_by(Invoice.currency, InvoiceLine.product_id)
+    ):
+        total, by_plan = out.get(currency, (0, {}))
+        by_plan[product_id] = int(cents)
+        out[currency] = (total + int(cents), by_plan)
+    return out
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One customer's MRR change between two instants, in one currency."""
+
+    customer_id: str
+    currency: str
+    kind: str
+    before_cents: int
+    after_cents: int
+    subscription_ids: tuple[str, ...]
+
+    @property
+    def change_cents(self) -> int:
+        return self.after_cents - self.before_cents
+
+
+def movement_rows(session: Session, start: datetime, end: datetime, currency: str | None = None) -> list[Movement]:
+    """Every customer whose MRR differs between ``start`` and ``end``, classified: **new** (0 before,
+    never billed a recurring period before ``start``), **reactivation** (0 before, billed earlier),
+    **churned** (0 after), **expansion** / **contraction** (up / down, both non-zero). Only customers
+    whose MRR changed come back from the database."""
+    in_force = lambda at: sa.and_(*_covering(at))  # noqa: E731
+    rate = _line_rate()
+    before = sa.func.sum(sa.case((in_force(start), rate), else_=0))
+    after = sa.func.sum(sa.case((in_force(end), rate), else_=0))
+    query = (
+        _recurring_lines(_customer(), Invoice.currency, before, after)
+        .where(InvoiceLine.kind == "item", sa.or_(in_force(start), in_force(end)))
+        .group_by(_customer(), Invoice.currency)
+        .having(before != after)
+    )
+    if currency:
+        query = query.where(Invoice.currency == currency)
+    changed = [(c, cur, int(b), int(a)) for c, cur, b, a in session.execute(query)]
+    starters = {(c, cur) for c, cur, b, _ in changed if b == 0}
+    earlier = _billed_before(session, start, starters)
+    subs = _subscriptions_of(session, start, end, {(c, cur) for c, cur, _, _ in changed})
+    out = []
+    for customer, cur, b, a in changed:
+        if b == 0:
+            kind = "reactivation" if (customer, cur) in earlier else "new"
+        elif a == 0:
+            kind = "churned"
+        else:
+            kind = "expansion" if a > b else "contraction"
+        out.append(Movement(customer, cur, kind, b, a, tuple(sorted(subs.get((customer, cur), ())))))
+    return sorted(out, key=lambda m: (m.currency, m.kind, m.customer_id))
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _billed_before(session: Session, at: datetime, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (customer, currency) had a paid recurring period starting before ``at``."""
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(sorted({c for c, _ in pairs})):
+        found |= {
+            (c, cur) for c, cur in session.execute(
+                _recurring_lines(_customer(), Invoice.currency).distinct().where(
+                    InvoiceLine.kind == "item", InvoiceLine.period_start < at, Invoice.status == "paid",
+                    Invoice.paid_date <= at, _customer().in_(chunk),
+                )
+            )
+        }
+    return found & pairs
+
+
+def _subscriptions_of(session: Session, start: datetime, end: datetime, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
+    """The subscriptions in force at either end, per (customer, currency): the rows behind a movement."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for chunk in _chunks(sorted({c for c, _ in pairs})):
+        for c, cur, sub in session.execute(
+            _recurring_lines(_customer(), Invoice.currency, Subscription.id).distinct().where(
+                sa.or_(sa.and_(*_covering(start)), sa.and_(*_covering(end))), _customer().in_(chunk),
+            )
+        ):
+            found[c, cur].add(sub)
+    return found
+
+
+def movements(session: Session, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """MRR movements per currency: cents per kind, and ``net_new`` (their sum, which is exactly
+    MRR at ``end`` − MRR at ``start``)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in movement_rows(session, start, end):
+        kinds = out.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
+        kinds[m.kind] += m.change_cents
+        kinds["net_new"] += m.change_cents
+    return out
+
+
+def paying_customers(session: Session, at: datetime) -> dict[str, int]:
+    """Customers with MRR above zero at ``at``, per currency."""
+    inner = (
+        _recurring_lines(_customer().label("customer"), Invoice.currency.label("currency"), sa.func.sum(_line_rate()).label("cents"))
+        .where(*_covering(at))
+        .group_by(_customer(), Invoice.currency)
+        .subquery()
+    )
+    return {cur: int(n) for cur, n in session.execute(
+        sa.select(inner.c.currency, sa.func.count()).where(inner.c.cents > 0).group_by(inner.c.currency)
+    )}
+
+
+# Subscriptions
+
+
+def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, int]]:
+    """Per currency: **active** (a paid period in force, not paused or cancelled: the subscriptions
+    in MRR), **trialing** (created, trial not yet ended, not cancelled), **past_due** (a period in
+    force whose invoice was issued and not yet paid at ``at``, not cancelled)."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "trialing": 0, "past_due": 0})
+    not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
+    for cur, n in session.execute(
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Subscription.id))).where(*_covering(at)).group_by(Invoice.currency)
+    ):
+        out[cur]["active"] = int(n)
+    for cur, n in session.execute(
+        sa.select(Subscription.currency, sa.func.count())
+        .select_from(Subscription)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, not_cancelled)
+        .group_by(Subscription.currency)
+    ):
+        out[cur]["trialing"] = int(n)
+    for cur, n in session.execute(
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Subscription.id)))
+        .where(
+            InvoiceLine.kind == "item", InvoiceLine.period_start <= at, InvoiceLine.period_end > at,
+            Invoice.issue_date <= at, Invoice.status.in_(("open", "uncollectible", "paid")),
+            sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at), not_cancelled,
+        )
+        .group_by(Invoice.currency)
+    ):
+        out[cur]["past_due"] = int(n)
+    return dict(out)
+
+
+def trial_conversion(session: Session, start: datetime, end: datetime) -> dict[str, tuple[int, int, Decimal | None]]:
+    """Per currency, trials that ended in [start, end): (ended, converted, rate). Converted: the
+    subscription had a paid invoice by ``end``."""
+    paid = sa.exists().where(Invoice.subscription_id == Subscription.id, Invoice.status == "paid", Invoice.paid_date <= end)
+    out = {}
+    for cur, ended, converted in session.execute(
+        sa.select(Subscription.currency, sa.func.count(), sa.func.sum(sa.case((paid, 1), else_=0)))
+        .where(Subscription.trial_end.is_not(None), Subscription.trial_end >= start, Subscription.trial_end < end)
+        .group_by(Subscription.currency)
+    ):
+        out[cur] = (int(ended), int(converted or 0), ratio(int(converted or 0), int(ended)))
+    return out
+
+
+@dataclass(frozen=True)
+class Retention:
+    currency: str
+    customers_at_start: int
+    customers_churned: int
+    mrr_at_start: int
+    churned_cents: int  # ≤ 0
+    contraction_cents: int  # ≤ 0
+    expansion_cents: int  # ≥ 0
+
+    @property
+    def logo_churn_rate(self) -> Decimal | None:
+        return ratio(self.customers_churned, self.customers_at_start)
+
+    @property
+    def revenue_churn_rate(self) -> Decimal | None:
+        return ratio(-(self.churned_cents + self.contraction_cents), self.mrr_at_start)
+
+    @property
+    def net_revenue_retention(self) -> Decimal | None:
+        return ratio(self.mrr_at_start + self.expansion_cents + self.contraction_cents + self.churned_cents, self.mrr_at_start)
+
+
+def retention(session: Session, start: datetime, end: datetime) -> dict[str, Retention]:
+    """Churn and retention over [start, end] of the customers paying at ``start`` (new and
+    reactivated customers are not in it)."""
+    at_start = mrr(session, start)
+    customers = paying_customers(session, start)
+    moved = movement_rows(session, start, end)
+    out = {}
+    for cur in sorted(set(at_start) | {m.currency for m in moved}):
+        mine = [m for m in moved if m.currency == cur]
+        out[cur] = Retention(
+            cur, customers.get(cur, 0), sum(1 for m in mine if m.kind == "churned"), at_start.get(cur, (0, {}))[0],
+            sum(m.change_cents for m in mine if m.kind == "churned"),
+            sum(m.change_cents for m in mine if m.kind == "contraction"),
+            sum(m.change_cents for m in mine if m.kind == "expansion"),
+        )
+    return out
+
+
+def arpu_and_ltv(session: Session, at: datetime, churn: dict[str, Retention]) -> dict[str, tuple[int | None, int | None]]:
+    """ARPU = MRR / paying customers (cents, half up). LTV, an estimate, = ARPU / logo churn rate of
+    the period given (a month's churn gives a lifetime in months); None when churn is zero."""
+    totals, customers = mrr(session, at), paying_customers(session, at)
+    out: dict[str, tuple[int | None, int | None]] = {}
+    for cur, (cents, _) in totals.items():
+        n = customers.get(cur, 0)
+        arpu = half_up(cents, n) if n else None
+        lost = churn.get(cur)
+        ltv = None
+        if arpu is not None and lost and lost.customers_churned and lost.customers_at_start:
+            ltv = half_up(arpu * lost.customers_at_start, lost.customers_churned)
+        out[cur] = (arpu, ltv)
+    return out
+
+
+# Memberships
+
+
+def memberships(session: Session, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """Per membership type: **active** at ``end`` (started by then, not ended by then, not pending),
+    **started** and **expired** (its end date passed) in [start, end)."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "started": 0, "expired": 0})
+    real = UserMembership.status != "pending"
+    cases = {
+        "active": sa.and_(UserMembership.start_date <= end, sa.or_(UserMembership.end_date.is_(None), UserMembership.end_date > end)),
+        "started": sa.and_(UserMembership.start_date >= start, UserMembership.start_date < end),
+        "expired": sa.and_(UserMembership.end_date >= start, UserMembership.end_date < end),
+    }
+    columns = [sa.func.sum(sa.case((condition, 1), else_=0)) for condition in cases.values()]
+    for type_id, *counts in session.execute(
+        sa.select(MembershipType.id, *columns)
+        .join(UserMembership, UserMembership.membership_type_id == MembershipType.id)
+        .where(real, UserMembership.start_date < end)
+        .group_by(MembershipType.id)
+    ):
+        out[type_id] = {k: int(v or 0) for k, v in zip(cases, counts)}
+    return dict(out)
+
+
+# One day's full set
+
+
+def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[MetricValue]:
+    """Every figure for ``day``: revenue that day, MRR and ARR at its end (by plan), the day's MRR
+    movements, subscription counts, churn, retention, ARPU and LTV over the ``churn_days`` ending
+    with it, trial conversion over the same window, and memberships."""
+    at, previous = end_of(day), start_of(day)
+    window = at - timedelta(days=churn_days)
+    out = revenue(session, day)
+    totals = mrr(session, at)
+    moved = movements(session, previous, at)
+    counts = subscription_counts(session, at)
+    churn = retention(session, window, at)
+    value = arpu_and_ltv(session, at, churn)
+    trials = trial_conversion(session, window, at)
+    for cur in sorted(set(totals) | set(moved) | set(counts) | set(churn) | set(trials)):
+        cents, by_plan = totals.get(cur, (0, {}))
+        out += [
+            MetricValue("mrr", cur, cents, "cents", {"by_plan": by_plan}),
+            MetricValue("arr", cur, 12 * cents, "cents", {"by_plan": {k: 12 * v for k, v in by_plan.items()}}),
+            MetricValue("mrr_net_new", cur, moved.get(cur, {}).get("net_new", 0), "cents", {"movements": moved.get(cur, {})}),
+        ]
+        out += [MetricValue(f"subscriptions_{k}", cur, n, "count") for k, n in counts.get(cur, {"active": 0, "trialing": 0, "past_due": 0}).items()]
+        r = churn.get(cur)
+        if r:
+            basis = {"days": churn_days, "customers_at_start": r.customers_at_start, "customers_churned": r.customers_churned, "mrr_at_start": r.mrr_at_start}
+            out += [
+                MetricValue("logo_churn_rate", cur, r.logo_churn_rate, "ratio", basis),
+                MetricValue("revenue_churn_rate", cur, r.revenue_churn_rate, "ratio", basis),
+                MetricValue("net_revenue_retention", cur, r.net_revenue_retention, "ratio", basis),
+            ]
+        arpu, ltv = value.get(cur, (None, None))
+        out += [MetricValue("arpu", cur, arpu, "cents"), MetricValue("ltv_estimate", cur, ltv, "cents", {"estimate": True})]
+        if cur in trials:
+            ended, converted, rate = trials[cur]
+            out.append(MetricValue("trial_conversion_rate", cur, rate, "ratio", {"ended": ended, "converted": converted}))
+    types = memberships(session, previous, at)
+    for kind in ("active", "started", "expired"):
+        out.append(MetricValue(f"memberships_{kind}", None, sum(t[kind] for t in types.values()), "count", {"by_type": {k: t[kind] for k, t in types.items()}}))
+    return out

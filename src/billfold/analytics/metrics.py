@@ -33,6 +33,7 @@ from billfold.models import (
     SubscriptionBilling,
     UserMembership,
 )
+from billfold.subscriptions.proration import round_half_up as half_up
 
 MOVEMENT_KINDS = ("new", "expansion", "contraction", "churned", "reactivation")
 
@@ -51,12 +52,6 @@ def ratio(numerator: int, denominator: int) -> Decimal | None:
     if denominator == 0:
         return None
     return (Decimal(numerator) / Decimal(denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
-
-
-def half_up(numerator: int, denominator: int) -> int:
-    sign = -1 if numerator < 0 else 1
-    whole, rest = divmod(abs(numerator), denominator)
-    return sign * (whole + (1 if 2 * rest >= denominator else 0))
 
 
 @dataclass(frozen=True)
@@ -241,13 +236,13 @@ def movement_rows(session: Session, start: datetime, end: datetime, currency: st
     never billed a recurring period before ``start``), **reactivation** (0 before, billed earlier),
     **churned** (0 after), **expansion** / **contraction** (up / down, both non-zero). Only customers
     whose MRR changed come back from the database."""
-    in_force = lambda at: sa.and_(*_covering(at))  # noqa: E731
+    at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
     rate = _line_rate()
-    before = sa.func.sum(sa.case((in_force(start), rate), else_=0))
-    after = sa.func.sum(sa.case((in_force(end), rate), else_=0))
+    before = sa.func.sum(sa.case((at_start, rate), else_=0))
+    after = sa.func.sum(sa.case((at_end, rate), else_=0))
     query = (
         _recurring_lines(_customer(), Invoice.currency, before, after)
-        .where(InvoiceLine.kind == "item", sa.or_(in_force(start), in_force(end)))
+        .where(sa.or_(at_start, at_end))
         .group_by(_customer(), Invoice.currency)
         .having(before != after)
     )

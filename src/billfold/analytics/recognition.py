@@ -18,10 +18,9 @@ from datetime import date, datetime, time
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from billfold.analytics.metrics import half_up
 from billfold.kit import clock
 from billfold.models import CreditNote, Invoice, InvoiceLine
-from billfold.subscriptions.proration import seconds
+from billfold.subscriptions.proration import round_half_up as half_up, seconds
 
 
 def month_start(year: int, month: int) -> datetime:

@@ -309,12 +309,14 @@ def test_every_metric_equals_a_plain_computation_over_the_rows(shop: Shop, froze
             assert r.revenue_churn_rate == metrics.ratio(-(moved["churned"] + moved["contraction"]), start_mrr)
             assert r.net_revenue_retention == metrics.ratio(start_mrr + moved["expansion"] + moved["contraction"] + moved["churned"], start_mrr)
         assert kept["EUR"].customers_churned == 2 and kept["EUR"].logo_churn_rate == Decimal("1.0000"), "gus cancelled, hal paused"
-        value = metrics.arpu_and_ltv(session, metrics.end_of(day_of(b)), kept)
         end_paying = [v for k, v in customer_mrr(rows, metrics.end_of(day_of(b))).items() if v and k[1] == "USD"]
         arpu = int((Decimal(sum(end_paying)) / len(end_paying)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-        assert value["USD"][0] == arpu
         usd = kept["USD"]
-        assert value["USD"][1] == (None if not usd.customers_churned else int((Decimal(arpu) * usd.customers_at_start / usd.customers_churned).quantize(Decimal(1), rounding=ROUND_HALF_UP)))
+        assert (usd.customers_at_end, usd.mrr_at_end, usd.arpu_cents) == (len(end_paying), sum(end_paying), arpu)
+        assert usd.customers_churned == 1, "fay's first subscription ended"
+        assert usd.ltv_estimate_cents == int((Decimal(arpu) * usd.customers_at_start / usd.customers_churned).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        calm = metrics.retention(session, metrics.end_of(day_of(80)), metrics.end_of(day_of(81)))["USD"]
+        assert calm.customers_churned == 0 and calm.logo_churn_rate == 0 and calm.ltv_estimate_cents is None, "no churn: no lifetime, not a division by zero"
 
         # Trials: cy converted, dee did not.
         ended, converted, rate = metrics.trial_conversion(session, START, START + 30 * DAY)["USD"]

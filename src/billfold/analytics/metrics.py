@@ -12,14 +12,13 @@ rounded half up to the cent, per line. Trials have no paid line, so they count z
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from billfold.kit import clock, money
 from billfold.models import (
@@ -161,6 +160,7 @@ def _covering(at: datetime) -> list[sa.ColumnElement[bool]]:
     subscription neither cancelled nor paused by then."""
     return [
         InvoiceLine.kind == "item",
+        Invoice.subscription_id.is_not(None),
         InvoiceLine.period_start <= at,
         InvoiceLine.period_end > at,
         Invoice.status == "paid",
@@ -170,15 +170,15 @@ def _covering(at: datetime) -> list[sa.ColumnElement[bool]]:
     ]
 
 
-def _recurring_lines(*columns: Any) -> sa.Select[Any]:
-    return (
+def _recurring_lines(*columns: Any, owners: bool = True) -> sa.Select[Any]:
+    query = (
         sa.select(*columns)
         .select_from(InvoiceLine)
         .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
-        .join(Subscription, Subscription.id == Invoice.subscription_id)
         .join(Product, Product.id == InvoiceLine.product_id)
-        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Invoice.subscription_id)
     )
+    return query.join(Subscription, Subscription.id == Invoice.subscription_id) if owners else query
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def mrr(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int]]]
     """MRR per currency at ``at``: (total cents, cents by plan)."""
     out: dict[str, tuple[int, dict[str, int]]] = {}
     for currency, product_id, cents in session.execute(
-        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()))
+        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()), owners=False)
         .where(*_covering(at))
         .group_by(Invoice.currency, InvoiceLine.product_id)
     ):
@@ -231,69 +231,74 @@ class Movement:
         return self.after_cents - self.before_cents
 
 
-def movement_rows(session: Session, start: datetime, end: datetime, currency: str | None = None) -> list[Movement]:
+def movement_rows(
+    session: Session, start: datetime, end: datetime, currency: str | None = None, *, with_subscriptions: bool = True
+) -> list[Movement]:
     """Every customer whose MRR differs between ``start`` and ``end``, classified: **new** (0 before,
     never billed a recurring period before ``start``), **reactivation** (0 before, billed earlier),
     **churned** (0 after), **expansion** / **contraction** (up / down, both non-zero). Only customers
-    whose MRR changed come back from the database."""
+    whose MRR changed come back from the database; ``with_subscriptions`` adds the subscriptions in
+    force at either end (the rows behind each movement)."""
     at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
     rate = _line_rate()
     before = sa.func.sum(sa.case((at_start, rate), else_=0))
     after = sa.func.sum(sa.case((at_end, rate), else_=0))
-    query = (
-        _recurring_lines(_customer(), Invoice.currency, before, after)
-        .where(sa.or_(at_start, at_end))
-        .group_by(_customer(), Invoice.currency)
+    owner = (Subscription.user_id, Subscription.organization_id, Invoice.currency)
+    changed = (
+        _recurring_lines(*owner, before.label("before"), after.label("after"))
+        .where(sa.or_(at_start, at_end), *([Invoice.currency == currency] if currency else []))
+        .group_by(*owner)
         .having(before != after)
+        .subquery()
     )
-    if currency:
-        query = query.where(Invoice.currency == currency)
-    changed = [(c, cur, int(b), int(a)) for c, cur, b, a in session.execute(query)]
-    starters = {(c, cur) for c, cur, b, _ in changed if b == 0}
-    earlier = _billed_before(session, start, starters)
-    subs = _subscriptions_of(session, start, end, {(c, cur) for c, cur, _, _ in changed})
+    earlier = _billed_before(start, changed)
+    rows = session.execute(
+        sa.select(changed.c.user_id, changed.c.organization_id, changed.c.currency, changed.c.before, changed.c.after,
+                  sa.case((changed.c.before == 0, earlier), else_=sa.false()))
+    ).all()
+    subs = _subscriptions_of(session, start, end, [(u, o) for u, o, *_ in rows]) if with_subscriptions else {}
     out = []
-    for customer, cur, b, a in changed:
+    for user_id, organization_id, cur, b, a, was_billed in rows:
+        b, a = int(b), int(a)
         if b == 0:
-            kind = "reactivation" if (customer, cur) in earlier else "new"
+            kind = "reactivation" if was_billed else "new"
         elif a == 0:
             kind = "churned"
         else:
             kind = "expansion" if a > b else "contraction"
+        customer = user_id or organization_id
         out.append(Movement(customer, cur, kind, b, a, tuple(sorted(subs.get((customer, cur), ())))))
     return sorted(out, key=lambda m: (m.currency, m.kind, m.customer_id))
 
 
-def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _billed_before(at: datetime, changed: sa.Subquery) -> sa.Exists:
+    """Whether the customer of a ``changed`` row had a paid recurring period starting before ``at``
+    in that currency; evaluated only for customers at zero, by the owner's index."""
+    line, invoice, sub = aliased(InvoiceLine), aliased(Invoice), aliased(Subscription)
+    return (
+        sa.exists()
+        .where(
+            sa.or_(sub.user_id == changed.c.user_id, sub.organization_id == changed.c.organization_id),
+            invoice.subscription_id == sub.id, invoice.currency == changed.c.currency, invoice.status == "paid",
+            invoice.paid_date <= at, line.invoice_id == invoice.id, line.kind == "item", line.period_start < at,
+        )
+    )
 
 
-def _billed_before(session: Session, at: datetime, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (customer, currency) had a paid recurring period starting before ``at``."""
-    found: set[tuple[str, str]] = set()
-    for chunk in _chunks(sorted({c for c, _ in pairs})):
-        found |= {
-            (c, cur) for c, cur in session.execute(
-                _recurring_lines(_customer(), Invoice.currency).distinct().where(
-                    InvoiceLine.kind == "item", InvoiceLine.period_start < at, Invoice.status == "paid",
-                    Invoice.paid_date <= at, _customer().in_(chunk),
-                )
-            )
-        }
-    return found & pairs
-
-
-def _subscriptions_of(session: Session, start: datetime, end: datetime, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], set[str]]:
-    """The subscriptions in force at either end, per (customer, currency): the rows behind a movement."""
+def _subscriptions_of(
+    session: Session, start: datetime, end: datetime, owners: list[tuple[str | None, str | None]]
+) -> dict[tuple[str, str], set[str]]:
+    """The subscriptions in force at either end, per (customer, currency), for these owners."""
     found: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for chunk in _chunks(sorted({c for c, _ in pairs})):
-        for c, cur, sub in session.execute(
-            _recurring_lines(_customer(), Invoice.currency, Subscription.id).distinct().where(
-                sa.or_(sa.and_(*_covering(start)), sa.and_(*_covering(end))), _customer().in_(chunk),
-            )
-        ):
-            found[c, cur].add(sub)
+    for kind, column in ((0, Subscription.user_id), (1, Subscription.organization_id)):
+        ids = sorted({owner[kind] for owner in owners if owner[kind]})
+        for i in range(0, len(ids), 500):
+            for c, cur, sub in session.execute(
+                _recurring_lines(column, Invoice.currency, Subscription.id).distinct().where(
+                    sa.or_(sa.and_(*_covering(start)), sa.and_(*_covering(end))), column.in_(ids[i:i + 500]),
+                )
+            ):
+                found[c, cur].add(sub)
     return found
 
 
@@ -301,24 +306,11 @@ def movements(session: Session, start: datetime, end: datetime) -> dict[str, dic
     """MRR movements per currency: cents per kind, and ``net_new`` (their sum, which is exactly
     MRR at ``end`` − MRR at ``start``)."""
     out: dict[str, dict[str, int]] = {}
-    for m in movement_rows(session, start, end):
+    for m in movement_rows(session, start, end, with_subscriptions=False):
         kinds = out.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
         kinds[m.kind] += m.change_cents
         kinds["net_new"] += m.change_cents
     return out
-
-
-def paying_customers(session: Session, at: datetime) -> dict[str, int]:
-    """Customers with MRR above zero at ``at``, per currency."""
-    inner = (
-        _recurring_lines(_customer().label("customer"), Invoice.currency.label("currency"), sa.func.sum(_line_rate()).label("cents"))
-        .where(*_covering(at))
-        .group_by(_customer(), Invoice.currency)
-        .subquery()
-    )
-    return {cur: int(n) for cur, n in session.execute(
-        sa.select(inner.c.currency, sa.func.count()).where(inner.c.cents > 0).group_by(inner.c.currency)
-    )}
 
 
 # Subscriptions
@@ -331,7 +323,8 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
     out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "trialing": 0, "past_due": 0})
     not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
     for cur, n in session.execute(
-        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Subscription.id))).where(*_covering(at)).group_by(Invoice.currency)
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
+        .where(*_covering(at)).group_by(Invoice.currency)
     ):
         out[cur]["active"] = int(n)
     for cur, n in session.execute(
@@ -343,7 +336,7 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
     ):
         out[cur]["trialing"] = int(n)
     for cur, n in session.execute(
-        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Subscription.id)))
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
         .where(
             InvoiceLine.kind == "item", InvoiceLine.period_start <= at, InvoiceLine.period_end > at,
             Invoice.issue_date <= at, Invoice.status.in_(("open", "uncollectible", "paid")),
@@ -371,6 +364,9 @@ def trial_conversion(session: Session, start: datetime, end: datetime) -> dict[s
 
 @dataclass(frozen=True)
 class Retention:
+    """The customers paying at ``start`` and what became of them by ``end``, in one currency, and
+    who pays at ``end``."""
+
     currency: str
     customers_at_start: int
     customers_churned: int
@@ -378,6 +374,8 @@ class Retention:
     churned_cents: int  # ≤ 0
     contraction_cents: int  # ≤ 0
     expansion_cents: int  # ≥ 0
+    customers_at_end: int
+    mrr_at_end: int
 
     @property
     def logo_churn_rate(self) -> Decimal | None:
@@ -391,39 +389,51 @@ class Retention:
     def net_revenue_retention(self) -> Decimal | None:
         return ratio(self.mrr_at_start + self.expansion_cents + self.contraction_cents + self.churned_cents, self.mrr_at_start)
 
+    @property
+    def arpu_cents(self) -> int | None:
+        """MRR at ``end`` / customers paying at ``end``, half up; None with no customer."""
+        return half_up(self.mrr_at_end, self.customers_at_end) if self.customers_at_end else None
+
+    @property
+    def ltv_estimate_cents(self) -> int | None:
+        """ARPU / logo churn rate: an estimate, in the period's unit (a month's churn: months of
+        ARPU). None when nobody churned (or nobody paid): it is never divided by zero."""
+        if self.arpu_cents is None or not self.customers_churned:
+            return None
+        return half_up(self.arpu_cents * self.customers_at_start, self.customers_churned)
+
 
 def retention(session: Session, start: datetime, end: datetime) -> dict[str, Retention]:
     """Churn and retention over [start, end] of the customers paying at ``start`` (new and
-    reactivated customers are not in it)."""
-    at_start = mrr(session, start)
-    customers = paying_customers(session, start)
-    moved = movement_rows(session, start, end)
-    out = {}
-    for cur in sorted(set(at_start) | {m.currency for m in moved}):
-        mine = [m for m in moved if m.currency == cur]
-        out[cur] = Retention(
-            cur, customers.get(cur, 0), sum(1 for m in mine if m.kind == "churned"), at_start.get(cur, (0, {}))[0],
-            sum(m.change_cents for m in mine if m.kind == "churned"),
-            sum(m.change_cents for m in mine if m.kind == "contraction"),
-            sum(m.change_cents for m in mine if m.kind == "expansion"),
+    reactivated customers are not in it), in one query over the periods in force at either end."""
+    at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
+    rate = _line_rate()
+    owner = (Subscription.user_id, Subscription.organization_id, Invoice.currency)
+    per = (
+        _recurring_lines(
+            *owner,
+            sa.func.sum(sa.case((at_start, rate), else_=0)).label("before"),
+            sa.func.sum(sa.case((at_end, rate), else_=0)).label("after"),
         )
-    return out
+        .where(sa.or_(at_start, at_end))
+        .group_by(*owner)
+        .subquery()
+    )
+    x, y = per.c.before, per.c.after
 
+    def total(condition: sa.ColumnElement[bool], value: Any) -> Any:
+        return sa.func.sum(sa.case((condition, value), else_=0))
 
-def arpu_and_ltv(session: Session, at: datetime, churn: dict[str, Retention]) -> dict[str, tuple[int | None, int | None]]:
-    """ARPU = MRR / paying customers (cents, half up). LTV, an estimate, = ARPU / logo churn rate of
-    the period given (a month's churn gives a lifetime in months); None when churn is zero."""
-    totals, customers = mrr(session, at), paying_customers(session, at)
-    out: dict[str, tuple[int | None, int | None]] = {}
-    for cur, (cents, _) in totals.items():
-        n = customers.get(cur, 0)
-        arpu = half_up(cents, n) if n else None
-        lost = churn.get(cur)
-        ltv = None
-        if arpu is not None and lost and lost.customers_churned and lost.customers_at_start:
-            ltv = half_up(arpu * lost.customers_at_start, lost.customers_churned)
-        out[cur] = (arpu, ltv)
-    return out
+    out = {}
+    for row in session.execute(
+        sa.select(
+            per.c.currency, total(x > 0, 1), total(sa.and_(x > 0, y == 0), 1), total(x > 0, x),
+            total(sa.and_(x > 0, y == 0), -x), total(sa.and_(y > 0, y < x), y - x), total(sa.and_(x > 0, y > x), y - x),
+            total(y > 0, 1), total(y > 0, y),
+        ).group_by(per.c.currency)
+    ):
+        out[row[0]] = Retention(row[0], *(int(v or 0) for v in row[1:]))
+    return dict(sorted(out.items()))
 
 
 # Memberships
@@ -464,7 +474,6 @@ def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[Metri
     moved = movements(session, previous, at)
     counts = subscription_counts(session, at)
     churn = retention(session, window, at)
-    value = arpu_and_ltv(session, at, churn)
     trials = trial_conversion(session, window, at)
     for cur in sorted(set(totals) | set(moved) | set(counts) | set(churn) | set(trials)):
         cents, by_plan = totals.get(cur, (0, {}))
@@ -482,8 +491,10 @@ def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[Metri
                 MetricValue("revenue_churn_rate", cur, r.revenue_churn_rate, "ratio", basis),
                 MetricValue("net_revenue_retention", cur, r.net_revenue_retention, "ratio", basis),
             ]
-        arpu, ltv = value.get(cur, (None, None))
-        out += [MetricValue("arpu", cur, arpu, "cents"), MetricValue("ltv_estimate", cur, ltv, "cents", {"estimate": True})]
+            out += [
+                MetricValue("arpu", cur, r.arpu_cents, "cents", {"customers": r.customers_at_end}),
+                MetricValue("ltv_estimate", cur, r.ltv_estimate_cents, "cents", {"estimate": True, **basis}),
+            ]
         if cur in trials:
             ended, converted, rate = trials[cur]
             out.append(MetricValue("trial_conversion_rate", cur, rate, "ratio", {"ended": ended, "converted": converted}))

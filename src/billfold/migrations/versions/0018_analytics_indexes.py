@@ -1,6 +1,7 @@
 """Indexes for the analytics metrics (docs/analytics.md): each serves a range condition on a time
 column that a day's figures read: revenue by the day a payment completed, was attempted, or a
-refund completed; MRR by the service periods in force; trials by their end. Not in the spec's
+refund completed; MRR by the service periods in force; trials by their end; and a customer's earlier
+subscriptions and invoices, to tell a new customer from a reactivation. Not in the spec's
 recommended indexes; docs/schema.md lists them.
 
 Revision ID: 0018
@@ -24,13 +25,22 @@ INDEXES = (
     ("idx_invoice_lines_period_end", "invoice_lines", ["period_end", "period_start"]),
     ("idx_subscriptions_trial_end", "subscriptions", ["trial_end"]),
 )
+# Foreign key columns: MariaDB indexes them already (and refuses to drop an index a key needs).
+FOREIGN_KEY_INDEXES = (
+    ("idx_subscriptions_organization_id", "subscriptions", ["organization_id"]),
+    ("idx_invoices_subscription_id", "invoices", ["subscription_id"]),
+)
+
+
+def _indexes() -> tuple[tuple[str, str, list[str]], ...]:
+    return INDEXES + (FOREIGN_KEY_INDEXES if op.get_bind().dialect.name != "mysql" else ())
 
 
 def upgrade() -> None:
-    for name, table, columns in INDEXES:
+    for name, table, columns in _indexes():
         op.create_index(name, table, columns)
 
 
 def downgrade() -> None:
-    for name, table, _ in reversed(INDEXES):
+    for name, table, _ in reversed(_indexes()):
         op.drop_index(name, table_name=table)

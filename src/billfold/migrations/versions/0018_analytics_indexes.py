@@ -24,23 +24,25 @@ INDEXES = (
     ("idx_refunds_completed_at", "refunds", ["completed_at"]),
     ("idx_invoice_lines_period_end", "invoice_lines", ["period_end", "period_start"]),
     ("idx_subscriptions_trial_end", "subscriptions", ["trial_end"]),
-)
-# Foreign key columns: MariaDB indexes them already (and refuses to drop an index a key needs).
-FOREIGN_KEY_INDEXES = (
     ("idx_subscriptions_organization_id", "subscriptions", ["organization_id"]),
     ("idx_invoices_subscription_id", "invoices", ["subscription_id"]),
 )
-
-
-def _indexes() -> tuple[tuple[str, str, list[str]], ...]:
-    return INDEXES + (FOREIGN_KEY_INDEXES if op.get_bind().dialect.name != "mysql" else ())
+# MariaDB indexed these foreign keys itself, dropped its index when ours came, and refuses to drop
+# ours while the key needs one: going down, its own comes back first.
+FOREIGN_KEY_INDEXES = {
+    "idx_subscriptions_organization_id": "fk_subscriptions_organization_id_organizations",
+    "idx_invoices_subscription_id": "fk_invoices_subscription_id_subscriptions",
+}
 
 
 def upgrade() -> None:
-    for name, table, columns in _indexes():
+    for name, table, columns in INDEXES:
         op.create_index(name, table, columns)
 
 
 def downgrade() -> None:
-    for name, table, _ in reversed(_indexes()):
+    mariadb = op.get_bind().dialect.name in ("mysql", "mariadb")
+    for name, table, columns in reversed(INDEXES):
+        if mariadb and name in FOREIGN_KEY_INDEXES:
+            op.create_index(FOREIGN_KEY_INDEXES[name], table, columns)
         op.drop_index(name, table_name=table)

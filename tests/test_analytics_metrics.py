@@ -76,7 +76,7 @@ def make_history(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
         session.add(kind)
         session.flush()
         session.get(Product, euro).metadata_ = {"membership_type_id": kind.id}
-    people = {name: shop.customer(name) for name in ("ada", "bob", "cy", "eve", "fay", "gus", "hal")}
+    people = {name: shop.customer(name) for name in ("ada", "bob", "cy", "eve", "fay", "gus", "hal", "jo")}
     people["dee"] = shop.customer("dee", token="tok_sandbox_insufficient_funds")
     people["ivy"] = shop.customer("ivy", token="tok_sandbox_decline")
     subs: dict[str, str] = {}
@@ -91,6 +91,12 @@ def make_history(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
             subscribe("ivy", basic, expect=402)  # declined: never active
         elif n == 3:
             subscribe("bob", pro)
+        elif n == 5:
+            subscribe("jo", basic)
+        elif n == 30:  # jo's card will fail at her renewal on day 36; she fixes it on day 38
+            shop.post(people["jo"], subs["jo"], "change", payment_method_id=shop.save_method(people["jo"].token, "tok_sandbox_insufficient_funds"))
+        elif n == 38:
+            shop.post(people["jo"], subs["jo"], "change", payment_method_id=people["jo"].card)
         elif n == 10:
             shop.post(people["ada"], subs["ada"], "change", product_id=pro)  # upgrade, prorated and paid now
         elif n == 20:
@@ -264,10 +270,13 @@ def test_every_metric_equals_a_plain_computation_over_the_rows(shop: Shop, froze
     with sessions() as session:
         # Figures a person can check by hand.
         mid_january = metrics.mrr(session, metrics.end_of(day_of(15)))
-        assert mid_january["USD"][0] == 1000 + 1001 + 3000 + 1000, "ada basic (upgrade counts from her renewal), eve 12010/12, bob, cy converted; dee past due"
+        assert mid_january["USD"][0] == 1000 + 1001 + 3000 + 1000 + 1000, "ada basic (upgrade counts from her renewal), eve 12010/12, bob, cy converted, jo; dee past due"
         assert mid_january["EUR"][0] == 4000
-        assert metrics.mrr(session, metrics.end_of(day_of(35)))["USD"][0] == 3000 + 1001 + 3000 + 1000 + 1000
+        assert metrics.mrr(session, metrics.end_of(day_of(35)))["USD"][0] == 3000 + 1001 + 3000 + 1000 + 1000 + 1000
         assert metrics.subscription_counts(session, metrics.end_of(day_of(15)))["USD"]["past_due"] == 1
+        assert metrics.subscription_counts(session, metrics.end_of(day_of(37)))["USD"]["past_due"] == 1, "jo, in dunning"
+        assert metrics.movements(session, metrics.end_of(day_of(35)), metrics.end_of(day_of(36)))["USD"]["churned"] == -1000, "jo: unpaid"
+        assert metrics.movements(session, metrics.end_of(day_of(37)), metrics.end_of(day_of(38)))["USD"]["reactivation"] == 1000, "jo: paid again"
         assert metrics.movements(session, metrics.end_of(day_of(74)), metrics.end_of(day_of(75)))["USD"]["reactivation"] == 1000
         assert metrics.movements(session, metrics.end_of(day_of(44)), metrics.end_of(day_of(45)))["EUR"]["churned"] == -2000
         [refund] = rows.refunds

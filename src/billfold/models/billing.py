@@ -38,6 +38,7 @@ class Refund(Base):
         sa.CheckConstraint("amount_cents > 0", name="amount_positive"),
         sa.Index("idx_refunds_payment_id", "payment_id"),
         sa.Index("idx_refunds_order_id", "order_id"),
+        sa.Index("idx_refunds_completed_at", "completed_at"),  # a day's refunds (migration 0018)
     )
 
     id: Mapped[str] = id_column("re")
@@ -75,6 +76,7 @@ class InvoiceLine(Base):
     __table_args__ = table_args(
         sa.CheckConstraint("quantity > 0", name="quantity_positive"),
         sa.Index("idx_invoice_lines_invoice_id", "invoice_id", "position"),
+        sa.Index("idx_invoice_lines_period_end", "period_end", "period_start"),  # MRR's periods in force (migration 0018)
     )
 
     id: Mapped[str] = id_column("inl")

@@ -23,6 +23,9 @@ class Subscription(Base):
         sa.Index("idx_subscriptions_user_id", "user_id"),
         # Not in the spec: the renewal and trial sweeps claim the oldest due first (migration 0009).
         sa.Index("idx_subscriptions_current_period_end", "current_period_end", "id"),
+        # For analytics (migration 0018): trials in force and ended; an organization's earlier subscriptions.
+        sa.Index("idx_subscriptions_trial_end", "trial_end"),
+        sa.Index("idx_subscriptions_organization_id", "organization_id"),
     )
 
     id: Mapped[str] = id_column("sub")

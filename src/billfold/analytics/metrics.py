@@ -1,0 +1,504 @@
+"""Every analytics number, defined once (docs/analytics.md "## Metrics"), computed set-based in SQL
+per currency, with a companion that lists the rows behind it. Instants are UTC; "on day D" means
+at the end of D (the instant D+1 00:00:00). Date maths stays in Python bind parameters, so the same
+SQL runs on SQLite, PostgreSQL and MariaDB.
+
+MRR is read from what was billed: a subscription's MRR at instant T is the monthly rate of the
+``item`` line of its paid invoice (paid by T) whose service period covers T, less that invoice's
+discount, unless the subscription was cancelled or paused by T. A yearly line counts a twelfth,
+rounded half up to the cent, per line. Trials have no paid line, so they count zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, aliased
+
+from billfold.kit import clock, money
+from billfold.models import (
+    Invoice,
+    InvoiceLine,
+    MembershipType,
+    Payment,
+    Product,
+    Refund,
+    Subscription,
+    SubscriptionBilling,
+    UserMembership,
+)
+from billfold.subscriptions.proration import round_half_up as half_up
+
+MOVEMENT_KINDS = ("new", "expansion", "contraction", "churned", "reactivation")
+
+
+def end_of(day: date) -> datetime:
+    """The instant a day's figures are taken at: the next midnight, UTC."""
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=clock.UTC)
+
+
+def start_of(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=clock.UTC)
+
+
+def ratio(numerator: int, denominator: int) -> Decimal | None:
+    """A rate to four decimals (half up); None when there is nothing to divide by."""
+    if denominator == 0:
+        return None
+    return (Decimal(numerator) / Decimal(denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One figure, shaped for an ``analytics_snapshots`` row. ``unit`` is ``cents`` (an integer in
+    the currency's minor unit), ``count`` or ``ratio`` (a Decimal, None when undefined)."""
+
+    metric_type: str
+    currency: str | None
+    value: int | Decimal | None
+    unit: str
+    breakdown: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metric_value(self) -> Decimal | None:
+        """The value as stored: major units for money (DECIMAL(20,2)), else the count or rate."""
+        if self.value is None:
+            return None
+        if self.unit == "cents" and self.currency:
+            return (Decimal(self.value) / (Decimal(10) ** money.exponent(self.currency))).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        return Decimal(self.value)
+
+
+# Revenue per day
+
+
+def _day_bounds(day: date) -> tuple[datetime, datetime]:
+    return start_of(day), end_of(day)
+
+
+def revenue_rows(session: Session, day: date) -> dict[str, list[tuple[str, str, int]]]:
+    """The rows behind a day's revenue: (id, currency, amount) of payments completed, refunds
+    succeeded, and payments failed that day."""
+    start, end = _day_bounds(day)
+    paid = session.execute(
+        sa.select(Payment.id, Payment.currency, Payment.amount_cents)
+        .where(Payment.completed_at >= start, Payment.completed_at < end, Payment.status.in_(("completed", "refunded")))
+        .order_by(Payment.id)
+    ).all()
+    refunded = session.execute(
+        sa.select(Refund.id, Refund.currency, Refund.amount_cents)
+        .where(Refund.completed_at >= start, Refund.completed_at < end, Refund.status == "succeeded")
+        .order_by(Refund.id)
+    ).all()
+    failed = session.execute(
+        sa.select(Payment.id, Payment.currency, Payment.amount_cents)
+        .where(Payment.created_at >= start, Payment.created_at < end, Payment.status == "failed")
+        .order_by(Payment.id)
+    ).all()
+    return {"payments": [tuple(r) for r in paid], "refunds": [tuple(r) for r in refunded], "failed": [tuple(r) for r in failed]}
+
+
+def revenue(session: Session, day: date) -> list[MetricValue]:
+    """Gross (payments completed that day, including ones refunded since), refunds (refunds that
+    succeeded that day), net = gross − refunds, and failed payments: count of payments created that
+    day that failed, and their rate among that day's payments that reached an outcome."""
+    start, end = _day_bounds(day)
+    gross = dict(session.execute(
+        sa.select(Payment.currency, sa.func.sum(Payment.amount_cents))
+        .where(Payment.completed_at >= start, Payment.completed_at < end, Payment.status.in_(("completed", "refunded")))
+        .group_by(Payment.currency)
+    ).all())
+    refunds = dict(session.execute(
+        sa.select(Refund.currency, sa.func.sum(Refund.amount_cents))
+        .where(Refund.completed_at >= start, Refund.completed_at < end, Refund.status == "succeeded")
+        .group_by(Refund.currency)
+    ).all())
+    attempts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for currency, status, n in session.execute(
+        sa.select(Payment.currency, Payment.status, sa.func.count())
+        .where(Payment.created_at >= start, Payment.created_at < end, Payment.status.in_(("completed", "refunded", "failed")))
+        .group_by(Payment.currency, Payment.status)
+    ):
+        attempts[currency][0] += n
+        if status == "failed":
+            attempts[currency][1] += n
+    out: list[MetricValue] = []
+    for currency in sorted(set(gross) | set(refunds) | set(attempts)):
+        g, r = int(gross.get(currency) or 0), int(refunds.get(currency) or 0)
+        total, failed = attempts[currency] if currency in attempts else (0, 0)
+        out += [
+            MetricValue("revenue_gross", currency, g, "cents"),
+            MetricValue("revenue_refunds", currency, r, "cents"),
+            MetricValue("revenue_net", currency, g - r, "cents"),
+            MetricValue("payments_failed", currency, failed, "count", {"attempts": total}),
+            MetricValue("payment_failure_rate", currency, ratio(failed, total), "ratio", {"failed": failed, "attempts": total}),
+        ]
+    return out
+
+
+# Recurring revenue
+
+
+def _customer() -> sa.ColumnElement[str]:
+    return sa.func.coalesce(Subscription.user_id, Subscription.organization_id)
+
+
+def _line_rate() -> sa.ColumnElement[int]:
+    """A line's monthly rate in cents: its amount less its invoice's discount, a twelfth of it for a
+    yearly plan (rounded half up: (a + 6) // 12 for a ≥ 0)."""
+    amount = InvoiceLine.amount_cents - Invoice.discount_cents
+    return sa.case((Product.billing_interval == "yearly", (amount + 6) // 12), else_=amount)
+
+
+def _covering(at: datetime) -> list[sa.ColumnElement[bool]]:
+    """The recurring lines in force at ``at``: paid by then, their period covering it, their
+    subscription neither cancelled nor paused by then."""
+    return [
+        InvoiceLine.kind == "item",
+        Invoice.subscription_id.is_not(None),
+        InvoiceLine.period_start <= at,
+        InvoiceLine.period_end > at,
+        Invoice.status == "paid",
+        Invoice.paid_date <= at,
+        sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at),
+        sa.or_(SubscriptionBilling.paused_at.is_(None), SubscriptionBilling.paused_at > at),
+    ]
+
+
+def _recurring_lines(*columns: Any, owners: bool = True) -> sa.Select[Any]:
+    query = (
+        sa.select(*columns)
+        .select_from(InvoiceLine)
+        .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .join(Product, Product.id == InvoiceLine.product_id)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Invoice.subscription_id)
+    )
+    return query.join(Subscription, Subscription.id == Invoice.subscription_id) if owners else query
+
+
+@dataclass(frozen=True)
+class MrrRow:
+    subscription_id: str
+    customer_id: str
+    currency: str
+    product_id: str
+    invoice_line_id: str
+    mrr_cents: int
+
+
+def mrr_rows(session: Session, at: datetime, currency: str | None = None) -> list[MrrRow]:
+    """The lines that make up MRR at ``at``, one per subscription in force."""
+    query = _recurring_lines(
+        Subscription.id, _customer(), Invoice.currency, InvoiceLine.product_id, InvoiceLine.id, _line_rate()
+    ).where(*_covering(at))
+    if currency:
+        query = query.where(Invoice.currency == currency)
+    return [MrrRow(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in session.execute(query.order_by(Subscription.id, InvoiceLine.id))]
+
+
+def mrr(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int]]]:
+    """MRR per currency at ``at``: (total cents, cents by plan)."""
+    out: dict[str, tuple[int, dict[str, int]]] = {}
+    for currency, product_id, cents in session.execute(
+        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()), owners=False)
+        .where(*_covering(at))
+        .group_by(Invoice.currency, InvoiceLine.product_id)
+    ):
+        total, by_plan = out.get(currency, (0, {}))
+        by_plan[product_id] = int(cents)
+        out[currency] = (total + int(cents), by_plan)
+    return out
+
+
+@dataclass(frozen=True)
+class Movement:
+    """One customer's MRR change between two instants, in one currency."""
+
+    customer_id: str
+    currency: str
+    kind: str
+    before_cents: int
+    after_cents: int
+    subscription_ids: tuple[str, ...]
+
+    @property
+    def change_cents(self) -> int:
+        return self.after_cents - self.before_cents
+
+
+def movement_rows(
+    session: Session, start: datetime, end: datetime, currency: str | None = None, *, with_subscriptions: bool = True
+) -> list[Movement]:
+    """Every customer whose MRR differs between ``start`` and ``end``, classified: **new** (0 before,
+    never billed a recurring period before ``start``), **reactivation** (0 before, billed earlier),
+    **churned** (0 after), **expansion** / **contraction** (up / down, both non-zero). Only customers
+    whose MRR changed come back from the database; ``with_subscriptions`` adds the subscriptions in
+    force at either end (the rows behind each movement)."""
+    at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
+    rate = _line_rate()
+    before = sa.func.sum(sa.case((at_start, rate), else_=0))
+    after = sa.func.sum(sa.case((at_end, rate), else_=0))
+    owner = (Subscription.user_id, Subscription.organization_id, Invoice.currency)
+    changed = (
+        _recurring_lines(*owner, before.label("before"), after.label("after"))
+        .where(sa.or_(at_start, at_end), *([Invoice.currency == currency] if currency else []))
+        .group_by(*owner)
+        .having(before != after)
+        .subquery()
+    )
+    earlier = _billed_before(start, changed)
+    rows = session.execute(
+        sa.select(changed.c.user_id, changed.c.organization_id, changed.c.currency, changed.c.before, changed.c.after,
+                  sa.case((changed.c.before == 0, earlier), else_=sa.false()))
+    ).all()
+    subs = _subscriptions_of(session, start, end, [(u, o) for u, o, *_ in rows]) if with_subscriptions else {}
+    out = []
+    for user_id, organization_id, cur, b, a, was_billed in rows:
+        b, a = int(b), int(a)
+        if b == 0:
+            kind = "reactivation" if was_billed else "new"
+        elif a == 0:
+            kind = "churned"
+        else:
+            kind = "expansion" if a > b else "contraction"
+        customer = user_id or organization_id
+        out.append(Movement(customer, cur, kind, b, a, tuple(sorted(subs.get((customer, cur), ())))))
+    return sorted(out, key=lambda m: (m.currency, m.kind, m.customer_id))
+
+
+def _billed_before(at: datetime, changed: sa.Subquery) -> sa.Exists:
+    """Whether the customer of a ``changed`` row had a paid recurring period starting before ``at``
+    in that currency; evaluated only for customers at zero, by the owner's index."""
+    line, invoice, sub = aliased(InvoiceLine), aliased(Invoice), aliased(Subscription)
+    return (
+        sa.exists()
+        .where(
+            sa.or_(sub.user_id == changed.c.user_id, sub.organization_id == changed.c.organization_id),
+            invoice.subscription_id == sub.id, invoice.currency == changed.c.currency, invoice.status == "paid",
+            invoice.paid_date <= at, line.invoice_id == invoice.id, line.kind == "item", line.period_start < at,
+        )
+    )
+
+
+def _subscriptions_of(
+    session: Session, start: datetime, end: datetime, owners: list[tuple[str | None, str | None]]
+) -> dict[tuple[str, str], set[str]]:
+    """The subscriptions in force at either end, per (customer, currency), for these owners."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for kind, column in ((0, Subscription.user_id), (1, Subscription.organization_id)):
+        ids = sorted({owner[kind] for owner in owners if owner[kind]})
+        for i in range(0, len(ids), 500):
+            for c, cur, sub in session.execute(
+                _recurring_lines(column, Invoice.currency, Subscription.id).distinct().where(
+                    sa.or_(sa.and_(*_covering(start)), sa.and_(*_covering(end))), column.in_(ids[i:i + 500]),
+                )
+            ):
+                found[c, cur].add(sub)
+    return found
+
+
+def movements(session: Session, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """MRR movements per currency: cents per kind, and ``net_new`` (their sum, which is exactly
+    MRR at ``end`` − MRR at ``start``)."""
+    out: dict[str, dict[str, int]] = {}
+    for m in movement_rows(session, start, end, with_subscriptions=False):
+        kinds = out.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
+        kinds[m.kind] += m.change_cents
+        kinds["net_new"] += m.change_cents
+    return out
+
+
+# Subscriptions
+
+
+def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, int]]:
+    """Per currency: **active** (a paid period in force, not paused or cancelled: the subscriptions
+    in MRR), **trialing** (created, trial not yet ended, not cancelled), **past_due** (a period in
+    force whose invoice was issued and not yet paid at ``at``, not cancelled)."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "trialing": 0, "past_due": 0})
+    not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
+    for cur, n in session.execute(
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
+        .where(*_covering(at)).group_by(Invoice.currency)
+    ):
+        out[cur]["active"] = int(n)
+    for cur, n in session.execute(
+        sa.select(Subscription.currency, sa.func.count())
+        .select_from(Subscription)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, not_cancelled)
+        .group_by(Subscription.currency)
+    ):
+        out[cur]["trialing"] = int(n)
+    for cur, n in session.execute(
+        _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
+        .where(
+            InvoiceLine.kind == "item", InvoiceLine.period_start <= at, InvoiceLine.period_end > at,
+            Invoice.issue_date <= at, Invoice.status.in_(("open", "uncollectible", "paid")),
+            sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at), not_cancelled,
+        )
+        .group_by(Invoice.currency)
+    ):
+        out[cur]["past_due"] = int(n)
+    return dict(out)
+
+
+def trial_conversion(session: Session, start: datetime, end: datetime) -> dict[str, tuple[int, int, Decimal | None]]:
+    """Per currency, trials that ended in [start, end): (ended, converted, rate). Converted: the
+    subscription had a paid invoice by ``end``."""
+    paid = sa.exists().where(Invoice.subscription_id == Subscription.id, Invoice.status == "paid", Invoice.paid_date <= end)
+    out = {}
+    for cur, ended, converted in session.execute(
+        sa.select(Subscription.currency, sa.func.count(), sa.func.sum(sa.case((paid, 1), else_=0)))
+        .where(Subscription.trial_end.is_not(None), Subscription.trial_end >= start, Subscription.trial_end < end)
+        .group_by(Subscription.currency)
+    ):
+        out[cur] = (int(ended), int(converted or 0), ratio(int(converted or 0), int(ended)))
+    return out
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The customers paying at ``start`` and what became of them by ``end``, in one currency, and
+    who pays at ``end``."""
+
+    currency: str
+    customers_at_start: int
+    customers_churned: int
+    mrr_at_start: int
+    churned_cents: int  # ≤ 0
+    contraction_cents: int  # ≤ 0
+    expansion_cents: int  # ≥ 0
+    customers_at_end: int
+    mrr_at_end: int
+
+    @property
+    def logo_churn_rate(self) -> Decimal | None:
+        return ratio(self.customers_churned, self.customers_at_start)
+
+    @property
+    def revenue_churn_rate(self) -> Decimal | None:
+        return ratio(-(self.churned_cents + self.contraction_cents), self.mrr_at_start)
+
+    @property
+    def net_revenue_retention(self) -> Decimal | None:
+        return ratio(self.mrr_at_start + self.expansion_cents + self.contraction_cents + self.churned_cents, self.mrr_at_start)
+
+    @property
+    def arpu_cents(self) -> int | None:
+        """MRR at ``end`` / customers paying at ``end``, half up; None with no customer."""
+        return half_up(self.mrr_at_end, self.customers_at_end) if self.customers_at_end else None
+
+    @property
+    def ltv_estimate_cents(self) -> int | None:
+        """ARPU / logo churn rate: an estimate, in the period's unit (a month's churn: months of
+        ARPU). None when nobody churned (or nobody paid): it is never divided by zero."""
+        if self.arpu_cents is None or not self.customers_churned:
+            return None
+        return half_up(self.arpu_cents * self.customers_at_start, self.customers_churned)
+
+
+def retention(session: Session, start: datetime, end: datetime) -> dict[str, Retention]:
+    """Churn and retention over [start, end] of the customers paying at ``start`` (new and
+    reactivated customers are not in it), in one query over the periods in force at either end."""
+    at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
+    rate = _line_rate()
+    owner = (Subscription.user_id, Subscription.organization_id, Invoice.currency)
+    per = (
+        _recurring_lines(
+            *owner,
+            sa.func.sum(sa.case((at_start, rate), else_=0)).label("before"),
+            sa.func.sum(sa.case((at_end, rate), else_=0)).label("after"),
+        )
+        .where(sa.or_(at_start, at_end))
+        .group_by(*owner)
+        .subquery()
+    )
+    x, y = per.c.before, per.c.after
+
+    def total(condition: sa.ColumnElement[bool], value: Any) -> Any:
+        return sa.func.sum(sa.case((condition, value), else_=0))
+
+    out = {}
+    for row in session.execute(
+        sa.select(
+            per.c.currency, total(x > 0, 1), total(sa.and_(x > 0, y == 0), 1), total(x > 0, x),
+            total(sa.and_(x > 0, y == 0), -x), total(sa.and_(y > 0, y < x), y - x), total(sa.and_(x > 0, y > x), y - x),
+            total(y > 0, 1), total(y > 0, y),
+        ).group_by(per.c.currency)
+    ):
+        out[row[0]] = Retention(row[0], *(int(v or 0) for v in row[1:]))
+    return dict(sorted(out.items()))
+
+
+# Memberships
+
+
+def memberships(session: Session, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+    """Per membership type: **active** at ``end`` (started by then, not ended by then, not pending),
+    **started** and **expired** (its end date passed) in [start, end)."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "started": 0, "expired": 0})
+    real = UserMembership.status != "pending"
+    cases = {
+        "active": sa.and_(UserMembership.start_date <= end, sa.or_(UserMembership.end_date.is_(None), UserMembership.end_date > end)),
+        "started": sa.and_(UserMembership.start_date >= start, UserMembership.start_date < end),
+        "expired": sa.and_(UserMembership.end_date >= start, UserMembership.end_date < end),
+    }
+    columns = [sa.func.sum(sa.case((condition, 1), else_=0)) for condition in cases.values()]
+    for type_id, *counts in session.execute(
+        sa.select(MembershipType.id, *columns)
+        .join(UserMembership, UserMembership.membership_type_id == MembershipType.id)
+        .where(real, UserMembership.start_date < end)
+        .group_by(MembershipType.id)
+    ):
+        out[type_id] = {k: int(v or 0) for k, v in zip(cases, counts)}
+    return dict(out)
+
+
+# One day's full set
+
+
+def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[MetricValue]:
+    """Every figure for ``day``: revenue that day, MRR and ARR at its end (by plan), the day's MRR
+    movements, subscription counts, churn, retention, ARPU and LTV over the ``churn_days`` ending
+    with it, trial conversion over the same window, and memberships."""
+    at, previous = end_of(day), start_of(day)
+    window = at - timedelta(days=churn_days)
+    out = revenue(session, day)
+    totals = mrr(session, at)
+    moved = movements(session, previous, at)
+    counts = subscription_counts(session, at)
+    churn = retention(session, window, at)
+    trials = trial_conversion(session, window, at)
+    for cur in sorted(set(totals) | set(moved) | set(counts) | set(churn) | set(trials)):
+        cents, by_plan = totals.get(cur, (0, {}))
+        out += [
+            MetricValue("mrr", cur, cents, "cents", {"by_plan": by_plan}),
+            MetricValue("arr", cur, 12 * cents, "cents", {"by_plan": {k: 12 * v for k, v in by_plan.items()}}),
+            MetricValue("mrr_net_new", cur, moved.get(cur, {}).get("net_new", 0), "cents", {"movements": moved.get(cur, {})}),
+        ]
+        out += [MetricValue(f"subscriptions_{k}", cur, n, "count") for k, n in counts.get(cur, {"active": 0, "trialing": 0, "past_due": 0}).items()]
+        r = churn.get(cur)
+        if r:
+            basis = {"days": churn_days, "customers_at_start": r.customers_at_start, "customers_churned": r.customers_churned, "mrr_at_start": r.mrr_at_start}
+            out += [
+                MetricValue("logo_churn_rate", cur, r.logo_churn_rate, "ratio", basis),
+                MetricValue("revenue_churn_rate", cur, r.revenue_churn_rate, "ratio", basis),
+                MetricValue("net_revenue_retention", cur, r.net_revenue_retention, "ratio", basis),
+            ]
+            out += [
+                MetricValue("arpu", cur, r.arpu_cents, "cents", {"customers": r.customers_at_end}),
+                MetricValue("ltv_estimate", cur, r.ltv_estimate_cents, "cents", {"estimate": True, **basis}),
+            ]
+        if cur in trials:
+            ended, converted, rate = trials[cur]
+            out.append(MetricValue("trial_conversion_rate", cur, rate, "ratio", {"ended": ended, "converted": converted}))
+    types = memberships(session, previous, at)
+    for kind in ("active", "started", "expired"):
+        out.append(MetricValue(f"memberships_{kind}", None, sum(t[kind] for t in types.values()), "count", {"by_type": {k: t[kind] for k, t in types.items()}}))
+    return out

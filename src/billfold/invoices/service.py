@@ -29,6 +29,7 @@ from billfold.accounts.access import readable
 from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal
 from billfold.kit import clock
+from billfold.kit.db import hold
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
@@ -343,6 +344,7 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
         mark_paid(session, invoice, by="system")  # before the flush: numbered and paid in one UPDATE
     session.flush()
     known[order.id] = invoice.id
+    hold(session, invoice)
     return invoice
 
 

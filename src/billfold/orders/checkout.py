@@ -51,7 +51,7 @@ from billfold.accounts.access import owner_of, readable
 from billfold.accounts.security import Principal, Security
 from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.db import reading, transaction
+from billfold.kit.db import hold, reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import NotFound
 from billfold.idempotency import Claim, advance, finish
@@ -89,6 +89,7 @@ class OrderPayments:
 
     def charged(self, session: Session, payment: Payment, error: Exception | None, *, by: str | None) -> None:
         order = _lock_order(session, payment.order_id or "")
+        hold(session, order)  # the reactions and the answer read it again in this transaction
         if payment.status == "completed" and order.status == "pending" and _paid_in_full(session, order):
             ORDER.move(session, order, "paid", by=by, payment_id=payment.id)
             order.completed_at = clock.now()
@@ -157,6 +158,7 @@ def _prepare(
         approval=route.adapter.capabilities.buyer_approval, by=actor(principal),
     )
     session.flush()
+    hold(session, payment, order, route.provider)  # phase 2's read in this transaction (_read_new) finds them
     return payment.id, False
 
 

@@ -199,6 +199,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def hold(session: Session, *rows: object) -> None:
+    """Keep ``rows`` in ``session``'s identity map for the session's life. The map holds a row only
+    while something else refers to it, so a row a service loaded and let go of is read again by
+    the next ``session.get`` of it in the same transaction; a hot path that knows it will ask again
+    holds what it loaded."""
+    session.info.setdefault(_HELD, []).extend(rows)
+
+
+_HELD = "billfold_held_rows"
+
+
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A read between two phases of a job or request: nothing is written and nothing committed.

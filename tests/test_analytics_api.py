@@ -31,7 +31,10 @@ from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.models import AnalyticsSnapshot
 from tests.conftest import MigratedDatabases, worker_id
-from tests.subscribing import Shop, shop  # noqa: F401  (fixture)
+from tests import subscribing
+from tests.subscribing import Shop
+
+shop = subscribing.shop  # the fixture
 
 START = datetime(2026, 1, 5, 10, 0, tzinfo=clock.UTC)  # a Monday
 DAYS = 40
@@ -96,7 +99,7 @@ def exact(value: Any) -> Any:
     return value if value is None or isinstance(value, int) else str(value)
 
 
-def test_series_movements_rows_and_csv(shop: Shop, frozen_clock: clock.FrozenClock) -> None:  # noqa: F811
+def test_series_movements_rows_and_csv(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
     made = make_history(shop, frozen_clock)
     sessions = session_factory(shop.engine)
     with transaction(sessions) as session:
@@ -223,7 +226,7 @@ def test_series_movements_rows_and_csv(shop: Shop, frozen_clock: clock.FrozenClo
 # Who may ask, and what is refused
 
 
-def test_admins_and_read_keys_only_and_bad_input_is_a_422(shop: Shop) -> None:  # noqa: F811
+def test_admins_and_read_keys_only_and_bad_input_is_a_422(shop: Shop) -> None:
     with session_factory(shop.engine).begin() as session:
         _, reader = create_api_key(session, name="analytics reader", scopes=["read"], created_by=None)
         _, writer = create_api_key(session, name="analytics writer", scopes=["write"], created_by=None)
@@ -286,7 +289,7 @@ def test_csv_cells_are_never_formulas() -> None:
 
 
 @pytest.mark.every_database
-def test_the_snapshot_values_are_exact(shop: Shop, frozen_clock: clock.FrozenClock) -> None:  # noqa: F811
+def test_the_snapshot_values_are_exact(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
     """The answer is the breakdown's exact value, not the DECIMAL(20,2) column: a yen MRR is whole
     yen, and a rate keeps four places."""
     frozen_clock.set(START)

@@ -290,8 +290,8 @@ def test_csv_cells_are_never_formulas() -> None:
 
 @pytest.mark.every_database
 def test_the_snapshot_values_are_exact(shop: Shop, frozen_clock: clock.FrozenClock) -> None:
-    """The answer is the breakdown's exact value, not the DECIMAL(20,2) column: a yen MRR is whole
-    yen, and a rate keeps four places."""
+    """The answer is the breakdown's exact value, not the DECIMAL(20,2) column: money in minor units,
+    a rate with four places (the column keeps two); a row without it is read from the column."""
     frozen_clock.set(START)
     with transaction(session_factory(shop.engine)) as session:
         session.execute(sa.insert(AnalyticsSnapshot), [
@@ -302,12 +302,14 @@ def test_the_snapshot_values_are_exact(shop: Shop, frozen_clock: clock.FrozenClo
                 ("memberships_active", 0, None, {"value": 0, "unit": "count"}),
                 ("mrr", 123.45, "USD", {"value": 12345, "unit": "cents"}),
                 ("logo_churn_rate", 0.17, "USD", {"value": "0.1667", "unit": "ratio"}),
+                ("arr", 1481.40, "USD", {"unit": "cents"}),  # written by hand, without the exact value
             ])
         ])
     grouped: dict[str, Any] = defaultdict(dict)
     with shop.client(shop.admin()) as client:
-        for metric in ("mrr", "logo_churn_rate", "arpu"):
+        for metric in ("mrr", "logo_churn_rate", "arpu", "arr"):
             grouped[metric] = values(get(client, "metrics", metric=metric, **{"from": str(day_of(0)), "to": str(day_of(0))}))
     assert grouped["mrr"] == {str(day_of(0)): 12345}
     assert grouped["logo_churn_rate"] == {str(day_of(0)): "0.1667"}
     assert grouped["arpu"] == {}  # no currency has a row for it that day
+    assert grouped["arr"] == {str(day_of(0)): 148140}  # from the column when the breakdown lacks it

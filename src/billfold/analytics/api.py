@@ -186,7 +186,8 @@ def _stored(session: Session, metric: str, first: date, last: date, currency: st
     """One indexed query (date range and metric type): the days taken, and ``metric``'s rows."""
     wanted = [metric] if metric == TAKEN_MARK else [metric, TAKEN_MARK]
     statement = sa.select(
-        AnalyticsSnapshot.snapshot_date, AnalyticsSnapshot.metric_type, AnalyticsSnapshot.currency, AnalyticsSnapshot.breakdown
+        AnalyticsSnapshot.snapshot_date, AnalyticsSnapshot.metric_type, AnalyticsSnapshot.currency, AnalyticsSnapshot.breakdown,
+        AnalyticsSnapshot.metric_value,
     ).where(
         AnalyticsSnapshot.snapshot_date >= first, AnalyticsSnapshot.snapshot_date <= last, AnalyticsSnapshot.metric_type.in_(wanted),
     )
@@ -200,6 +201,16 @@ def _stored(session: Session, metric: str, first: date, last: date, currency: st
         if row.metric_type == metric:
             rows.append(row)
     return taken, rows
+
+
+def _from_column(stored: Decimal | None, unit: str, currency: str | None) -> int | str | None:
+    if stored is None:
+        return None
+    if unit == "ratio":
+        return _rate(Decimal(stored).quantize(Decimal("0.0001")))
+    if unit == "cents" and currency and money.is_currency(currency):
+        return int(Decimal(stored) * 10 ** money.exponent(currency))
+    return int(stored)
 
 
 def _periods(first: date, last: date, granularity: str) -> list[tuple[date, date]]:
@@ -238,8 +249,11 @@ def series(session: Session, metric: str, first: date, last: date, granularity: 
     taken, rows = _stored(session, metric, first, last, currency)
     by_day: dict[date, dict[str | None, dict[str, Any]]] = defaultdict(dict)
     for row in rows:
-        breakdown = dict(row.breakdown or {})
-        by_day[row.snapshot_date][row.currency] = {"value": breakdown.pop("value", None), "breakdown": breakdown}
+        breakdown = dict(row.breakdown) if isinstance(row.breakdown, dict) else {}
+        value = breakdown.pop("value", None)
+        if value is None:  # a row written without its exact value (by hand): from the column
+            value = _from_column(row.metric_value, definition.unit, row.currency)
+        by_day[row.snapshot_date][row.currency] = {"value": value, "breakdown": breakdown}
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     missing = [day for day in days if day not in taken]
     if len(missing) > ON_DEMAND_DAYS:

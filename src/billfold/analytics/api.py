@@ -108,6 +108,7 @@ def _a_day(value: object) -> object:
 Day = Annotated[date, BeforeValidator(_a_day)]
 Month = Annotated[str, Query(description="YYYY-MM", pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")]
 Currency = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$", description="An ISO 4217 code; all currencies if left out.")]
+RequiredCurrency = Annotated[str, Query(pattern=r"^[A-Z]{3}$", description="An ISO 4217 code.")]
 Format = Annotated[Literal["json", "csv"], Query(description="`csv` answers text/csv with a header row.")]
 CohortType = Annotated[Literal["first_purchase", "first_subscription"], Query()]
 
@@ -415,7 +416,7 @@ def cohort_matrix(
     session: DbSession,
     from_month: Month,
     to_month: Month,
-    currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
+    currency: RequiredCurrency,
     cohort_type: CohortType = "first_purchase",
     format: Format = "json",
 ) -> Any:
@@ -438,7 +439,7 @@ def cohort_cell(
     session: DbSession,
     cohort_month: Month,
     month_index: Annotated[int, Query(ge=0, le=cohorts.MAX_MONTHS), QueryDigits],
-    currency: Annotated[str, Query(pattern=r"^[A-Z]{3}$")],
+    currency: RequiredCurrency,
     cohort_type: CohortType = "first_purchase",
     format: Format = "json",
 ) -> Any:

@@ -47,7 +47,7 @@ SEED = os.environ.get("BILLFOLD_FUZZ_SEED", "20261127")
 GROUPS = {
     "me": r"^/v1/me(/|$)",
     "organizations": r"^/v1/organizations(/|$)",
-    "people": r"^/v1/(users|auth|invitations|api-keys|admin)(/|$)|^/(?!v1/)",
+    "people": r"^/v1/(users|auth|invitations|api-keys|admin|analytics)(/|$)|^/(?!v1/)",
     "commerce": r"^/v1/(products|categories|membership-types|memberships|orders|checkouts|payments|payment-providers"
                 r"|payment-methods|invoices|credit-notes|subscriptions|webhooks|webhook-endpoints|webhook-deliveries"
                 r"|routing-rules)(/|$)",

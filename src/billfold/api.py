@@ -36,6 +36,7 @@ from billfold.accounts.organizations import api as organizations_api
 from billfold.accounts.two_factor import api as two_factor_api
 from billfold.accounts.auth import AnswerWritesWithoutReading
 from billfold.accounts.security import Security
+from billfold.analytics import api as analytics_api
 from billfold.catalog import api as catalog_api
 from billfold.invoices import api as invoices_api
 from billfold.memberships import api as memberships_api
@@ -220,6 +221,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.include_router(invoices_api.router)
     app.include_router(memberships_api.router)
     app.include_router(notify_api.router)
+    app.include_router(analytics_api.router)
     app.include_router(clock_api.router)
 
     @app.exception_handler(BillfoldError)

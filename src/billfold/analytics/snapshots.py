@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold import instance
 from billfold.analytics import metrics
 from billfold.kit import clock
 from billfold.kit.db.dialects import upsert_row
@@ -55,7 +56,7 @@ def lock(session: Session, day: date) -> None:
     """Hold the snapshots' lock until ``session``'s transaction ends (see the module's docstring).
     Take it before reading what to take: on MariaDB a transaction's reads see the database as of
     its first read."""
-    now = clock.now()
+    now = instance.real_now()  # (instance_marks are stamped with the real time)
     upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": day.isoformat(), "at": now},
                [("value", day.isoformat()), ("at", now)], "name")
 

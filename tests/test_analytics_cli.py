@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -21,20 +20,12 @@ from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.kit.money import Money
 from billfold.models import AnalyticsSnapshot, Invoice, InvoiceLine, Payment, Refund, SubscriptionBilling
 from tests import cli
-from tests.conftest import MigratedDatabases, worker_id
 from tests.subscribing import Shop, shop  # noqa: F401  (fixture)
+from tests.test_analytics_metrics import engine  # noqa: F401  (fixture: a database of the test's own)
 
 START = datetime(2026, 1, 5, 10, 0, tzinfo=clock.UTC)
 DAY = timedelta(days=1)
 DAYS = 60  # to 2026-03-06: the report's months are 2026-01, 2026-02 and 2026-03 (to the 5th)
-
-
-@pytest.fixture
-def engine(migrated: MigratedDatabases, backend: str) -> Iterator[Engine]:
-    """A database of this test's own: the report reads every row."""
-    fresh = create_engine(migrated.copy(backend, f"billfold_analytics_cli_{worker_id()}"))
-    yield fresh
-    fresh.dispose()
 
 
 def run(shop: Shop, tmp_path: Path, *args: str) -> cli.Result:
@@ -122,36 +113,37 @@ def test_backfill_fills_its_range_again_and_the_report_prints_the_plain_figures(
     assert computed.code == 0, computed
     assert "* some days had no snapshot and were computed now" in computed.stdout
 
-    first = run(shop, tmp_path, "backfill", "--from", "2026-01-01", "--to", "2026-01-31")
+    first = run(shop, tmp_path, "backfill", "--from", "2026-02-01", "--to", "2026-02-28")
     assert first.code == 0, first
-    assert re.fullmatch(r"Backfilled 31 days \(2026-01-01 to 2026-01-31\) in \d+\.\d s\.\n", first.stdout), first.stdout
+    assert re.fullmatch(r"Backfilled 28 days \(2026-02-01 to 2026-02-28\) in \d+\.\d s\.\n", first.stdout), first.stdout
     with transaction(session_factory(shop.engine)) as session:
         def rows() -> list[tuple[date, str, str | None, str]]:
             return sorted(session.execute(sa.select(AnalyticsSnapshot.snapshot_date, AnalyticsSnapshot.metric_type,
                                                     AnalyticsSnapshot.currency, AnalyticsSnapshot.calculation_method)).all())
         once = rows()
-    assert {r[0] for r in once} == {date(2026, 1, 1) + i * DAY for i in range(31)}
+    assert {r[0] for r in once} == {date(2026, 2, 1) + i * DAY for i in range(28)}
     assert {r[3] for r in once} == {"on_demand"}
-    again = run(shop, tmp_path, "backfill", "--from", "2026-01-01", "--to", "2026-01-31")
+    again = run(shop, tmp_path, "backfill", "--from", "2026-02-01", "--to", "2026-02-28")
     assert again.code == 0, again
     with transaction(session_factory(shop.engine)) as session:
         assert rows() == once  # the same days, replaced: nothing doubled
 
-    defaulted = run(shop, tmp_path, "backfill", "--from", "2026-02-01")  # to yesterday
-    assert defaulted.code == 0 and "Backfilled 33 days (2026-02-01 to 2026-03-05)" in defaulted.stdout, defaulted
+    defaulted = run(shop, tmp_path, "backfill", "--from", "2026-03-01")  # to yesterday
+    assert defaulted.code == 0 and "Backfilled 5 days (2026-03-01 to 2026-03-05)" in defaulted.stdout, defaulted
     snapshot = run(shop, tmp_path, "snapshot")
     assert snapshot.code == 0 and snapshot.stdout.startswith("Snapshot of 2026-03-05: "), snapshot
 
-    stored = run(shop, tmp_path, "report", "--months", "3")
+    stored = run(shop, tmp_path, "report", "--months", "3")  # January still computed, February and March read
     assert stored.code == 0, stored
-    assert "All figures read from the stored snapshots." in stored.stdout
-    assert table(stored.stdout) == {cur: {k: [c.rstrip("*") for c in v] if k == "months" else v for k, v in t.items()}
+    assert table(stored.stdout) == {cur: {k: [c if c.startswith("2026-01") else c.rstrip("*") for c in v] if k == "months" else v
+                                          for k, v in t.items()}
                                     for cur, t in table(computed.stdout).items()}  # the same figures either way
+    assert "All figures read from the stored snapshots." in run(shop, tmp_path, "report", "--months", "2").stdout
 
     printed = table(stored.stdout)
     assert set(printed) == {"EUR", "USD"}
     for currency, figures in printed.items():
-        assert figures["months"] == ["2026-01", "2026-02", "2026-03"]
+        assert figures["months"] == ["2026-01*", "2026-02", "2026-03"]
         for index, (month, _) in enumerate(months):
             want = plain[currency, month]
 

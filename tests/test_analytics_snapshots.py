@@ -8,7 +8,6 @@ day at once leaving one set of rows and no error."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,21 +21,13 @@ from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.models import AnalyticsSnapshot, Payment
 from tests import factories
-from tests.conftest import MigratedDatabases, worker_id
 from tests.subscribing import Shop, shop  # noqa: F401  (fixture)
+from tests.test_analytics_metrics import engine  # noqa: F401  (fixture: a database of the test's own)
 
 START = datetime(2026, 1, 5, 10, 0, tzinfo=clock.UTC)
 DAY = timedelta(days=1)
 DAYS = 40
 DOWN = (30, 31, 32)  # the worker is down these mornings
-
-
-@pytest.fixture
-def engine(migrated: MigratedDatabases, backend: str) -> Iterator[Engine]:
-    """A database of this test's own: snapshots read every row."""
-    fresh = create_engine(migrated.copy(backend, f"billfold_snapshots_{worker_id()}"))
-    yield fresh
-    fresh.dispose()
 
 
 def day_of(n: int) -> date:

@@ -134,11 +134,12 @@ def test_the_nightly_sweep_takes_every_day_once_catches_up_and_equals_on_demand_
     assert jobs.take_nightly(shop.context) == 1
     assert {(r.calculation_method, r.data_freshness) for r in stored(shop.engine, today).values()} == {("scheduled", "recent")}
 
-    # A long gap is caught up a bounded number of days per run, oldest first.
+    # The sweep looks back a bounded number of days: of a longer gap, the last ones are caught up
+    # and the older ones left to backfill.
     with transaction(shop.context.sessions) as session:
         session.execute(sa.delete(AnalyticsSnapshot).where(AnalyticsSnapshot.snapshot_date > day_of(0)))
-        due = jobs.due_days(session, day_of(DAYS))
-    assert due == jobs.days_between(day_of(1), day_of(jobs.CATCH_UP_DAYS))
+        assert jobs.due_days(session, day_of(jobs.CATCH_UP_DAYS + 1)) == jobs.days_between(day_of(1), day_of(jobs.CATCH_UP_DAYS))
+        assert jobs.due_days(session, day_of(jobs.CATCH_UP_DAYS + 3)) == jobs.days_between(day_of(3), day_of(jobs.CATCH_UP_DAYS + 2))
 
 
 @pytest.mark.every_database

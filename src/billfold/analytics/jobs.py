@@ -25,7 +25,9 @@ from billfold.kit.sweeps import Context, sweep
 
 NIGHTLY = "analytics.snapshots"
 CATCH_UP_DAYS = 31
-"""The most days one run of the nightly sweep takes (the oldest missing first); the next run goes on."""
+"""How far back the nightly sweep looks: a worker down for a week catches the week up; days missed
+longer ago than this are left to ``backfill`` (a moved sandbox clock or a long outage would
+otherwise have every run compute months of days)."""
 NIGHTLY_DELAY = timedelta(minutes=5)
 """When, after a day's end, the demo's history says the nightly sweep took it."""
 DAY = timedelta(days=1)
@@ -37,18 +39,18 @@ def yesterday(now: datetime | None = None) -> date:
 
 
 def due_days(session: Session, today: date) -> list[date]:
-    """The days the nightly sweep should take on ``today``: every day after the last one taken after
-    it ended, up to yesterday, that has no such rows (a day only taken on demand while it ran is
-    taken again); just yesterday when no day was ever taken (``backfill`` fills earlier history).
-    The oldest ``CATCH_UP_DAYS`` of them."""
+    """The days the nightly sweep should take on ``today``, oldest first: the days after the last
+    one taken after it ended, up to yesterday but no more than ``CATCH_UP_DAYS`` back, that have
+    no such rows (a day only taken on demand while it ran is taken again); just yesterday when no
+    day was ever taken (``backfill`` fills earlier history)."""
     last_day = today - DAY
+    oldest = last_day - (CATCH_UP_DAYS - 1) * DAY
     last = snapshots.last_settled(session, today)
-    first = last_day if last is None else last + DAY
+    first = last_day if last is None else max(last + DAY, oldest)
     if first > last_day:
         return []
     settled = snapshots.settled_days(session, first, last_day)
-    days = (first + i * DAY for i in range((last_day - first).days + 1))
-    return [day for day in days if day not in settled][:CATCH_UP_DAYS]
+    return [day for day in days_between(first, last_day) if day not in settled]
 
 
 def take_if_unsettled(session: Session, day: date, method: str) -> bool:

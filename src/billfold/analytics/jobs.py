@@ -177,15 +177,9 @@ def report_months(session: Session, months: int, *, last_day: date, currency: st
         end = min(add_months(month, 1) - DAY, last_day)
         for day in days_between(month, end):
             figures, computed = _day_figures(session, day, stored, full=day == end)
-
-            def of(cur: str) -> Month:
-                if (month, cur) not in out:
-                    out[month, cur] = Month(month, end, cur)
-                return out[month, cur]
-
             currencies = {cur for (_, cur) in figures if cur and (currency is None or cur == currency)}
             for cur in currencies:
-                m = of(cur)
+                m = out.setdefault((month, cur), Month(month, end, cur))
                 m.computed_days += computed
                 for metric_type, attribute in (("revenue_gross", "gross"), ("revenue_refunds", "refunds"), ("revenue_net", "net")):
                     if (metric_type, cur) in figures:

@@ -19,7 +19,8 @@ from billfold.config import Settings
 from billfold.demo.history import build_history
 from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory
-from billfold.models import Invoice, InvoiceLine, OutboxEmail, Payment, PaymentEvent, Refund, Subscription, User
+from billfold.analytics import jobs
+from billfold.models import AnalyticsSnapshot, Invoice, InvoiceLine, OutboxEmail, Payment, PaymentEvent, Refund, Subscription, User, UserCohort
 from billfold.subscriptions.periods import add_months
 from tests import cli, databases
 from tests.accounts import Api
@@ -112,6 +113,16 @@ def test_three_months_of_history_end_now_leave_nothing_due_and_add_up(backend: s
             assert set(outbox.values()) == {"sent"} and len(subjects) == len(outbox)
             assert any(s.startswith("Your receipt for order ") for s in subjects), "receipts for orders"
             assert any(re.fullmatch(r"Your payment of .+ did not go through", s) for s in subjects), "dunning mails"
+
+            # Analytics as after months of nightly runs: every day to yesterday taken, and the cohorts.
+            taken = dict(session.execute(
+                sa.select(AnalyticsSnapshot.snapshot_date, sa.func.min(AnalyticsSnapshot.calculation_method))
+                .group_by(AnalyticsSnapshot.snapshot_date)
+            ).all())
+            days = (jobs.yesterday(report.end) - report.start.date()).days + 1
+            assert sorted(taken) == jobs.days_between(report.start.date(), jobs.yesterday(report.end)) and len(taken) == days
+            assert set(taken.values()) == {"scheduled"} and report.snapshot_days == days
+            assert session.scalar(sa.select(sa.func.count()).select_from(UserCohort)) >= report.totals["customers"] // 2
         for action in ("signups", "orders paid", "refunds", "seats added", "cancellations at period end",
                        "cards that began failing", "cards fixed"):
             assert report.actions[action] > 0, f"no {action} in {dict(report.actions)}"

@@ -21,7 +21,7 @@ from alembic import command
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -50,6 +50,11 @@ clock_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(clock_app, name="clock")
+analytics_app = typer.Typer(
+    help="Analytics snapshots: take a day, fill history, print the last months (docs/analytics.md).",
+    no_args_is_help=True,
+)
+app.add_typer(analytics_app, name="analytics")
 
 # soft_wrap: a line longer than the terminal stays one line (scripts and pipes read these).
 out = Console(soft_wrap=True)
@@ -204,9 +209,13 @@ def _demo_history(settings: Any, engine: Engine, months: int, seed: int) -> None
                 raise KeyboardInterrupt
             progress.update(task, total=days, completed=number, description=f"living through {now:%Y-%m-%d}")
 
+        def on_snapshot(number: int, days: int, day: date) -> None:
+            on_day(number, days, datetime.combine(day, datetime.min.time()))
+            progress.update(task, description=f"analytics snapshot of {day:%Y-%m-%d}")
+
         previous = signal.signal(signal.SIGINT, interrupt)
         try:
-            report = build_history(context, months=months, seed=seed, on_day=on_day)
+            report = build_history(context, months=months, seed=seed, on_day=on_day, on_snapshot=on_snapshot)
         finally:
             signal.signal(signal.SIGINT, previous)
     out.print(
@@ -588,6 +597,170 @@ def reconcile(
         )
     if not report.all_agree:
         raise typer.Exit(1)
+
+
+def _day(option: str, text: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandFailed(f"{option} {text!r} is not a date; give YYYY-MM-DD, such as 2026-11-30") from None
+
+
+def _analytics_command(run: Any) -> None:
+    """Run an analytics command: bad input, a refused value or an unreachable database is one line
+    on stderr and exit 2 (as ``reconcile``); Ctrl-C keeps the days already taken."""
+    try:
+        run()
+    except (BillfoldError, CommandFailed, sa.exc.SQLAlchemyError, ValidationError) as error:
+        err.print(f"billfold: error: {_one_line_reason(error)}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _analytics_context() -> Any:
+    from billfold import worker as background
+
+    settings = get_settings()
+    engine = _engine()
+    _require_migrated(engine)
+    background.install_clock(settings, engine)
+    return background.make_context(settings, engine)
+
+
+@analytics_app.command("snapshot")
+def analytics_snapshot(
+    day: Annotated[str | None, typer.Option("--date", help="The day, YYYY-MM-DD (default: yesterday, UTC).")] = None,
+) -> None:
+    """Take one day's snapshot now (calculation_method on_demand), replacing the day's rows."""
+    from billfold.analytics import jobs, snapshots
+    from billfold.kit import clock
+
+    def run() -> None:
+        context = _analytics_context()
+        today = clock.now().astimezone(clock.UTC).date()
+        taken = _day("--date", day) if day is not None else jobs.yesterday()
+        if taken > today:
+            raise CommandFailed(f"--date {taken} is in the future (today is {today}, UTC)")
+        with transaction(context.sessions) as session:
+            rows = snapshots.take(session, taken, method="on_demand")
+        out.print(f"Snapshot of {taken}: {len(rows)} rows ({rows[0]['data_freshness'] if rows else 'no figures'}).",
+                  markup=False, highlight=False)
+
+    _analytics_command(run)
+
+
+@analytics_app.command("backfill")
+def analytics_backfill(
+    first: Annotated[str, typer.Option("--from", help="The first day, YYYY-MM-DD.")],
+    last: Annotated[str | None, typer.Option("--to", help="The last day, YYYY-MM-DD (default: yesterday, UTC).")] = None,
+) -> None:
+    """Take every day's snapshot from --from to --to (calculation_method on_demand), one
+    transaction per day: an interrupted backfill keeps the days it did; run it again to finish."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from billfold.analytics import jobs
+    from billfold.kit import clock
+
+    def run() -> None:
+        start = _day("--from", first)
+        end = _day("--to", last) if last is not None else None
+        context = _analytics_context()
+        today = clock.now().astimezone(clock.UTC).date()
+        end = end or jobs.yesterday()
+        if end > today:
+            raise CommandFailed(f"--to {end} is in the future (today is {today}, UTC)")
+        if start > end:
+            raise CommandFailed(f"--from {start} comes after --to {end}")
+        started = time.monotonic()
+        done: list[date] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        try:
+            with Progress(*columns, console=err, transient=True) as progress:  # drawn on a terminal only
+                task = progress.add_task("backfilling", total=(end - start).days + 1)
+
+                def on_day(number: int, days: int, day: date) -> None:
+                    done.append(day)
+                    progress.update(task, completed=number, description=f"backfilled {day}")
+
+                days = jobs.backfill(context.sessions, start, end, on_day=on_day)
+        except KeyboardInterrupt:
+            kept = f"{done[0]} to {done[-1]} kept" if done else "no day finished"
+            raise CommandFailed(f"interrupted after {len(done)} days ({kept}); run the same command again to finish") from None
+        out.print(f"Backfilled {days} day{'s' if days != 1 else ''} ({start} to {end}) in {time.monotonic() - started:.1f} s.",
+                  markup=False, highlight=False)
+
+    _analytics_command(run)
+
+
+@analytics_app.command("report")
+def analytics_report(
+    months: Annotated[int, typer.Option("--months", help="How many months (1 to 36), this one included.")] = 6,
+    currency: Annotated[str | None, typer.Option("--currency", help="One currency (ISO 4217); default: each.")] = None,
+) -> None:
+    """Print the last months per currency: MRR at month end, net new MRR and its movements, active
+    subscriptions, revenue, churn. Read from the snapshots; days without one are computed."""
+    from billfold.analytics import jobs
+    from billfold.kit import money
+
+    def run() -> None:
+        code = None
+        if not 1 <= months <= 36:
+            raise CommandFailed(f"--months {months} is out of range; give 1 to 36")
+        if currency is not None:
+            if not money.is_currency(currency.strip().upper()):
+                raise CommandFailed(f"--currency {currency!r} is not an ISO 4217 currency code, such as USD")
+            code = money.normalize_currency(currency)
+        context = _analytics_context()
+        with transaction(context.sessions) as session:
+            rows = jobs.report_months(session, months, last_day=jobs.yesterday(), currency=code)
+        for line in _report_lines(rows, code):
+            out.print(line, markup=False, highlight=False)
+
+    _analytics_command(run)
+
+
+def _report_lines(rows: list[Any], currency: str | None) -> list[str]:
+    from billfold.analytics.metrics import MOVEMENT_KINDS
+    from billfold.kit.money import Money
+
+    if not rows:
+        return [f"No figures{' in ' + currency if currency else ''} for these months: nothing was paid or billed."]
+    lines: list[str] = []
+    computed = False
+    for cur in sorted({m.currency for m in rows}):
+        mine = [m for m in rows if m.currency == cur]
+
+        def cents(value: int) -> str:
+            return f"{Money(value, cur).to_decimal():,}"
+
+        def rate(value: Any) -> str:
+            return "-" if value is None else f"{value * 100:.2f}%"
+
+        header = [f"{m.month:%Y-%m}{'*' if m.computed_days else ''}" for m in mine]
+        computed = computed or any(m.computed_days for m in mine)
+        table = [
+            (cur, header),
+            ("MRR at month end", [cents(m.mrr) for m in mine]),
+            ("Net new MRR", [cents(m.movements["net_new"]) for m in mine]),
+            *((f"  {kind}", [cents(m.movements[kind]) for m in mine]) for kind in MOVEMENT_KINDS),
+            ("Active subscriptions", [str(m.active) for m in mine]),
+            ("Revenue gross", [cents(m.gross) for m in mine]),
+            ("Refunds", [cents(m.refunds) for m in mine]),
+            ("Revenue net", [cents(m.net) for m in mine]),
+            ("Logo churn (30 days)", [rate(m.logo_churn) for m in mine]),
+            ("Revenue churn (30 days)", [rate(m.revenue_churn) for m in mine]),
+        ]
+        width = max(12, *(len(v) for _, values in table for v in values))
+        label = max(len(name) for name, _ in table)
+        lines += [f"{name:<{label}}  " + "  ".join(f"{v:>{width}}" for v in values) for name, values in table] + [""]
+    last = rows[-1].last_day
+    lines.append(f"Month end: each month's last day, {last} for {last:%Y-%m} (the last day that is over).")
+    if computed:
+        lines.append("* some days had no snapshot and were computed now (run `billfold analytics backfill` to store them).")
+    else:
+        lines.append("All figures read from the stored snapshots.")
+    return lines
 
 
 def _one_line_reason(error: BaseException) -> str:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from billfold.accounts.housekeeping import purge_sweep as purge_accounts
+from billfold.analytics.jobs import take_nightly as take_analytics_snapshots
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit import sweeps as registry
@@ -67,6 +68,7 @@ SWEEPS: tuple[Callable[[Context], int], ...] = (
     retry_past_due_subscriptions,
     renew_due_subscriptions,
     end_due_trials,
+    take_analytics_snapshots,  # after the sweeps that change the day's figures
     deliver_webhooks,  # after the sweeps whose changes it tells of
     deliver_mail,  # last: a round sends the mail its sweeps wrote
 )

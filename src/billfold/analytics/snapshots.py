@@ -9,6 +9,12 @@ says how it was made (``calculation_method``: ``scheduled`` by the worker's nigh
 (``data_freshness``: ``real_time`` for a day not over yet, ``recent`` for one that ended less than a
 day before, ``historical`` after that).
 
+Two takes at once (the nightly sweep and an on-demand one from the API, or two workers) are
+serialised by ``lock``: the first thing ``take`` does is lock one ``instance_marks`` row (an upsert,
+which waits for the other transaction on PostgreSQL and MariaDB; SQLite has one writer at a time),
+so the second take deletes and writes after the first committed: one set of rows, no error. (The
+unique key cannot do it alone: the memberships rows have no currency, and NULLs never collide.)
+
 ``metric_value`` is DECIMAL(20,2): money in major units, a count, or a rate to two places. The
 exact figure is in ``breakdown``: ``value`` (minor units for money, the rate to four places) and
 ``unit``, beside what the metric breaks down into (MRR by plan, movements by kind). A rate that is
@@ -25,12 +31,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold import instance
 from billfold.analytics import metrics
 from billfold.kit import clock
+from billfold.kit.db.dialects import upsert_row
 from billfold.kit.ids import new_id
-from billfold.models import AnalyticsSnapshot
+from billfold.models import AnalyticsSnapshot, InstanceMark
 
 METHODS = ("scheduled", "on_demand", "manual")
+LOCK = "analytics.snapshots"
+"""The ``instance_marks`` row a take locks; its value is the day last taken."""
 
 
 def freshness(day: date) -> str:
@@ -42,6 +52,15 @@ def freshness(day: date) -> str:
     return "recent" if now - ended < timedelta(days=1) else "historical"
 
 
+def lock(session: Session, day: date) -> None:
+    """Hold the snapshots' lock until ``session``'s transaction ends (see the module's docstring).
+    Take it before reading what to take: on MariaDB a transaction's reads see the database as of
+    its first read."""
+    now = instance.real_now()  # (instance_marks are stamped with the real time)
+    upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": day.isoformat(), "at": now},
+               [("value", day.isoformat()), ("at", now)], "name")
+
+
 def _exact(value: int | Decimal) -> int | str:
     return value if isinstance(value, int) else str(value)
 
@@ -51,6 +70,7 @@ def take(session: Session, day: date, *, method: str = "scheduled") -> list[dict
     transaction; the rows written, as dictionaries."""
     if method not in METHODS:
         raise ValueError(f"calculation_method is one of {', '.join(METHODS)}, not {method!r}")
+    lock(session, day)
     started = time.perf_counter()
     values = metrics.day_metrics(session, day)
     duration_ms = round((time.perf_counter() - started) * 1000)
@@ -93,5 +113,29 @@ def days_taken(session: Session, first_day: date, last_day: date) -> set[date]:
             sa.select(AnalyticsSnapshot.snapshot_date)
             .where(AnalyticsSnapshot.snapshot_date >= first_day, AnalyticsSnapshot.snapshot_date <= last_day)
             .distinct()
+        )
+    )
+
+
+def settled_days(session: Session, first_day: date, last_day: date) -> set[date]:
+    """The days from ``first_day`` to ``last_day`` whose rows were taken after the day ended
+    (``data_freshness`` other than ``real_time``): the ones the nightly sweep need not take again."""
+    return set(
+        session.scalars(
+            sa.select(AnalyticsSnapshot.snapshot_date)
+            .where(
+                AnalyticsSnapshot.snapshot_date >= first_day, AnalyticsSnapshot.snapshot_date <= last_day,
+                AnalyticsSnapshot.data_freshness != "real_time",
+            )
+            .distinct()
+        )
+    )
+
+
+def last_settled(session: Session, before: date) -> date | None:
+    """The latest day before ``before`` whose rows were taken after it ended, or None."""
+    return session.scalar(
+        sa.select(sa.func.max(AnalyticsSnapshot.snapshot_date)).where(
+            AnalyticsSnapshot.snapshot_date < before, AnalyticsSnapshot.data_freshness != "real_time"
         )
     )

@@ -7,7 +7,9 @@ memberships, cancel; cards start failing and some customers fix them in time; th
 few orders. Everything goes through the same services the API calls, as the customer or the shop's
 admin. After each day the clock steps to the next one and the worker catches up on what became
 due (``worker.catch_up``, as ``billfold clock advance`` does): trials end, periods renew,
-dunning retries, memberships expire, and the day's mail is delivered. Renewals are billed on the
+dunning retries, memberships expire, and the day's mail is delivered. The analytics snapshots
+are taken after the last day, in one pass, as the nightly sweep would have taken them (see
+``analytics.jobs.fill_history``), and ``user_cohorts`` is rebuilt if the live hooks left it empty. Renewals are billed on the
 day they fall due, by the schedule a real installation would follow. The history's mail (receipts,
 dunning, trial ends) is written to the outbox like any other and delivered to the mail folder
 (``data_dir/mail``), never to an SMTP server, configured or not.
@@ -27,13 +29,14 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold import instance, worker
+from billfold.analytics import cohorts, jobs
 from billfold.demo import shop as demo
 from billfold.accounts.access import Owner, owner_of
 from billfold.accounts.security import Principal
@@ -43,6 +46,7 @@ from billfold.kit.errors import BillfoldError
 from billfold.kit.sweeps import Context
 from billfold.models import (
     Address,
+    AnalyticsSnapshot,
     Invoice,
     Order,
     Organization,
@@ -51,6 +55,7 @@ from billfold.models import (
     Refund,
     Subscription,
     User,
+    UserCohort,
     UserMembership,
 )
 from billfold.orders import checkout
@@ -150,6 +155,7 @@ class HistoryReport:
     actions: Counter[str] = field(default_factory=Counter)
     worker: Counter[str] = field(default_factory=Counter)
     totals: dict[str, int] = field(default_factory=dict)
+    snapshot_days: int = 0
 
 
 class History:
@@ -169,6 +175,8 @@ class History:
         self.worker: Counter[str] = Counter()
         self.later: list[tuple[datetime, int, Callable[[], None]]] = []  # scheduled actions, by time
         self.sequence = itertools.count()
+        # Every sweep but the nightly snapshots, which are taken in one pass at the end (cheaper).
+        self.sweeps = [s for s in worker.load_sweeps() if s.name != jobs.NIGHTLY]
         self.serial = itertools.count(1)
 
     # --- the days --------------------------------------------------------------------------------
@@ -186,7 +194,7 @@ class History:
                 self.clock.set(max(at, self.clock.now()))
                 self.act(action)
             self.clock.set(until)
-            self.worker.update(worker.catch_up(self.context))
+            self.worker.update(worker.catch_up(self.context, sweeps=self.sweeps))
             with transaction(self.sessions) as session:  # still loading, and alive
                 instance.mark_demo(session, demo.loading_mark())
             if on_day:
@@ -459,6 +467,7 @@ def build_history(
     months: int,
     seed: int = 2026,
     on_day: Callable[[int, int, datetime], None] | None = None,
+    on_snapshot: Callable[[int, int, date], None] | None = None,
 ) -> HistoryReport:
     """Load the demo shop ``months`` before now and live through every day to now (see the
     module's docstring). The database must be empty; the caller runs the command, not a
@@ -479,7 +488,10 @@ def build_history(
         history = History(context, frozen, seed)
         days = history.live(start, end, on_day)
     report = HistoryReport(start=start, end=end, days=days, actions=history.actions, worker=history.worker)
+    report.snapshot_days = jobs.fill_history(context.sessions, start.date(), jobs.yesterday(end), on_day=on_snapshot)
     with transaction(context.sessions) as session:
+        if not session.scalar(sa.select(sa.func.count()).select_from(UserCohort)):
+            cohorts.rebuild(session)
         report.totals = totals(session)
         instance.mark_demo(session, instance.DEMO_LOADED)  # last: the history is complete
     return report
@@ -501,6 +513,7 @@ def totals(session: Session) -> dict[str, int]:
         "payments failed": count(Payment, Payment.status == "failed"),
         "refunds": count(Refund),
         "memberships": count(UserMembership),
+        "analytics snapshot rows": count(AnalyticsSnapshot),
     }
 
 

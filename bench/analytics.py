@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import importlib.util
 import math
 import os
 import random
@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -435,9 +435,7 @@ def series(engine: sa.Engine, url: str, requests: int) -> None:
     times.sort()
     print(f"snapshots.series('mrr', 90 days) directly, {requests} calls, {len(rows)} rows: p50 {statistics.median(times) * 1000:.1f} ms, "
           f"p99 {times[int(len(times) * 0.99)] * 1000:.1f} ms")
-    try:
-        import billfold.analytics.api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("billfold.analytics.api") is None:
         print("90-day MRR series over HTTP: MISSING (GET /v1/analytics/metrics is not on this branch yet); the figure above is "
               "the series read alone, without HTTP, auth and serialisation")
         return
@@ -480,29 +478,41 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--keep", action="store_true", help="reuse the loaded database if there is one, and keep it")
     parser.add_argument("--database", default=databases.SERVER_URLS["postgresql"], help="PostgreSQL server URL")
+    parser.add_argument("--set", default="", help="settings for the bench's connections, e.g. jit=off,work_mem=64MB")
+    parser.add_argument("--name", default=DATABASE, help="the bench database's name")
     parser.add_argument("--only", default="snapshot,backfill,cohorts,series", help="what to time")
     args = parser.parse_args()
     databases.SERVER_URLS["postgresql"] = args.database
     only = set(args.only.split(","))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     server = sa.make_url(args.database)
-    url = server.set(database=DATABASE)
+    url = server.set(database=args.name)
     plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(server.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True) as admin:
         loaded = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                               (DATABASE,)).fetchone()
+                               (args.name,)).fetchone()
     sizes = f"loaded {args.subscriptions} {args.payments} {args.seed}"
     if not (args.keep and loaded and loaded[0] == sizes):
-        engine = create_engine(databases.fresh_database("postgresql", DATABASE, Path(tempfile.gettempdir())))
+        engine = create_engine(databases.fresh_database("postgresql", args.name, Path(tempfile.gettempdir())))
         databases.migrate(engine)
         engine.dispose()
-        print(f"loading {args.subscriptions:,} subscriptions and about {args.payments:,} payments into {DATABASE}")
+        print(f"loading {args.subscriptions:,} subscriptions and about {args.payments:,} payments into {args.name}")
         load(plain, args.subscriptions, args.payments, args.seed)
         with psycopg.connect(plain, autocommit=True) as c:
-            c.execute(f"COMMENT ON DATABASE {DATABASE} IS '{sizes}'")
+            c.execute(f"COMMENT ON DATABASE {args.name} IS '{sizes}'")
     else:
-        print(f"reusing {DATABASE} (--keep)")
+        print(f"reusing {args.name} (--keep)")
     engine = create_engine(url)
+    settings = [item.split("=", 1) for item in args.set.split(",") if item]
+    if settings:
+        @sa.event.listens_for(engine, "connect")
+        def _settings(connection: Any, record: Any) -> None:
+            with connection.cursor() as cursor:
+                for name, value in settings:
+                    cursor.execute(f"SET {name} = '{value}'")
+            connection.commit()
+
+        print(f"on the bench's connections: {', '.join(f'{n} = {v}' for n, v in settings)}")
     recorder = Statements(engine)
     baseline(plain)
     try:
@@ -526,7 +536,7 @@ def main() -> None:
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.keep:
         databases.drop_database("postgresql", url)
-        print(f"dropped {DATABASE} (--keep keeps it)")
+        print(f"dropped {args.name} (--keep keeps it)")
 
 
 if __name__ == "__main__":

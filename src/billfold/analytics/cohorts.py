@@ -230,6 +230,9 @@ def retention(
     its users who made a completed payment in that currency before ``last_month`` ended."""
     _check_type(cohort_type)
     months = _months(first_month, last_month)
+    from billfold.analytics.metrics import without_jit  # (metrics imports the audit hook, which imports this module)
+
+    without_jit(session)
     low, high = _start(months[0]), _start(add_months(months[-1], 1))
     in_cohort = _cohort(cohort_type, months[0], months[-1])
     paid_here = sa.and_(Payment.currency == currency, Payment.status.in_(PAID), Payment.completed_at < high)

@@ -46,6 +46,14 @@ def start_of(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=clock.UTC)
 
 
+def without_jit(session: Session) -> None:
+    """Turn PostgreSQL's JIT off for the rest of the transaction. Over millions of rows these
+    queries cost enough for the planner to compile them, and compiling took 2-8 s a statement at a
+    million subscriptions, more than it saved (docs/performance.md, "Analytics")."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL jit = off"))
+
+
 def ratio(numerator: int, denominator: int) -> Decimal | None:
     """A rate to four decimals (half up); None when there is nothing to divide by."""
     if denominator == 0:
@@ -469,6 +477,7 @@ def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[Metri
     with it, trial conversion over the same window, and memberships."""
     at, previous = end_of(day), start_of(day)
     window = at - timedelta(days=churn_days)
+    without_jit(session)
     out = revenue(session, day)
     totals = mrr(session, at)
     moved = movements(session, previous, at)

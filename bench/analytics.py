@@ -529,7 +529,8 @@ def main() -> None:
                 backfill(engine, 1)
             with engine.begin() as c:
                 c.exec_driver_sql("DELETE FROM analytics_snapshots WHERE id LIKE 'snapf_%%'")
-            fill_history(engine, args.backfill_days or 1)
+                taken = c.exec_driver_sql("SELECT count(DISTINCT snapshot_date) FROM analytics_snapshots").scalar()
+            fill_history(engine, taken)  # the days taken end with DAY; older ones are copies
             series(engine, url.render_as_string(hide_password=False), args.requests)
     finally:
         engine.dispose()

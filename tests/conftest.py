@@ -35,6 +35,18 @@ _CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 security._hasher, security._DUMMY_HASH = _CHEAP_HASHER, _CHEAP_HASHER.hash("billfold-no-such-user")
 
 
+# Every clock a test moves would otherwise have the worker's nightly sweep take an analytics
+# snapshot of each day it passed (about a quarter of the time of the clock-moving tests); the tests
+# of analytics turn it on (`analytics_nightly`). BILLFOLD_ANALYTICS_NIGHTLY=true runs all with it.
+os.environ.setdefault("BILLFOLD_ANALYTICS_NIGHTLY", "false")
+
+
+@pytest.fixture
+def analytics_nightly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's nightly analytics snapshots on, for Settings made during the test."""
+    monkeypatch.setenv("BILLFOLD_ANALYTICS_NIGHTLY", "true")
+
+
 @pytest.fixture
 def production_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Passwords hashed and checked with the production Argon2 parameters during the test."""

@@ -7,6 +7,7 @@ day at once leaving one set of rows and no error."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from billfold.analytics import jobs, metrics, snapshots
 from billfold.kit import clock
-from billfold.kit.db import create_engine, session_factory, transaction
+from billfold.kit.db import session_factory, transaction
 from billfold.models import AnalyticsSnapshot, Payment
 from tests import factories
 from tests.subscribing import Shop, shop  # noqa: F401  (fixture)
@@ -59,7 +60,7 @@ def on_demand(engine: Engine, day: date) -> dict[tuple[str, str | None], tuple[D
 
 
 def test_the_nightly_sweep_takes_every_day_once_catches_up_and_equals_on_demand_figures(
-    shop: Shop, frozen_clock: clock.FrozenClock
+    analytics_nightly: None, shop: Shop, frozen_clock: clock.FrozenClock
 ) -> None:
     frozen_clock.set(START)
     admin = shop.admin()
@@ -131,6 +132,9 @@ def test_the_nightly_sweep_takes_every_day_once_catches_up_and_equals_on_demand_
         snapshots.take(session, today, method="on_demand")
     assert {r.data_freshness for r in stored(shop.engine, today).values()} == {"real_time"}
     frozen_clock.set(START + DAYS * DAY)
+    switched_off = dataclasses.replace(shop.context, settings=shop.context.settings.model_copy(update={"analytics_nightly": False}))
+    assert jobs.take_nightly(switched_off) == 0, "BILLFOLD_ANALYTICS_NIGHTLY=false: the worker takes no snapshot"
+    assert {r.data_freshness for r in stored(shop.engine, today).values()} == {"real_time"}
     assert jobs.take_nightly(shop.context) == 1
     assert {(r.calculation_method, r.data_freshness) for r in stored(shop.engine, today).values()} == {("scheduled", "recent")}
 

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "a sweep's batch, so a batch of 50 at 250 ms a call waits about one round trip, not 50. 1: one call "
         "after another.",
     )
+    analytics_nightly: bool = Field(
+        True,
+        description="The worker takes yesterday's analytics snapshot each night (and the days it missed, up to 31 "
+        "back). Off: snapshots are taken only by `billfold analytics snapshot|backfill` and the API's on-demand "
+        "days.",
+    )
     sandbox: bool = Field(
         False,
         description="Sandbox mode: the billing clock may be moved forward (`billfold clock advance 30d`, "

@@ -67,7 +67,9 @@ def take_if_unsettled(session: Session, day: date, method: str) -> bool:
 def take_nightly(context: Context) -> int:
     """Yesterday's snapshot, and any day missed since the last one (a worker down for three nights
     takes the three), ``scheduled``; how many days were taken. Cheap when there is nothing to do:
-    one query finds yesterday done."""
+    one query finds yesterday done. Nothing when ``Settings.analytics_nightly`` is off."""
+    if not context.settings.analytics_nightly:
+        return 0
     with transaction(context.sessions) as session:
         days = due_days(session, clock.now().astimezone(clock.UTC).date())
     done = 0

@@ -7,12 +7,11 @@ or job, or rolls everything back. Services take a session and never commit.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import time
 
 import sqlalchemy as sa
 from sqlalchemy import event

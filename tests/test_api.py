@@ -63,7 +63,7 @@ def test_the_front_page_says_what_billfold_is_and_what_this_instance_holds(tmp_p
         make.user(session)
         make.user(session, user_type="admin")  # staff, not a customer
     with serving(engine) as base:
-        page = httpx.get(f"{base}/")
+        page = httpx.get(f"{base}/", timeout=60)  # a loaded CI machine can take more than the default 5 s
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<h1>Billfold</h1>" in page.text
     assert "<strong>2</strong> products" in page.text and "<strong>1</strong> customers" in page.text

@@ -207,8 +207,9 @@ def _rate(value: Decimal | None) -> str | None:
 # Pages of rows
 
 
-CSV_PAGE = 1000
-"""Rows read per query while a CSV of rows streams."""
+CSV_PAGE = 5000
+"""Rows read per query while a CSV of rows streams (docs/analytics.md "Pages of rows": at 139,321
+MRR rows, pages of 5,000 took 1.3 times the whole list's time, pages of 1,000 four times)."""
 
 Rows = Callable[[Session, Any, int], list[Any]]
 """Reads a page of an endpoint's rows: (session, the key of the row before the page or None,

@@ -235,8 +235,9 @@ def mrr_rows(
     ).where(*_covering(at))
     if currency:
         query = query.where(Invoice.currency == currency)
-    if after:
-        query = query.where(sa.or_(Subscription.id > after[0], sa.and_(Subscription.id == after[0], InvoiceLine.id > after[1])))
+    if after:  # (the two >= bounds let the indexes start at the cursor; the OR alone reads from the first row)
+        query = query.where(Subscription.id >= after[0], Invoice.subscription_id >= after[0],
+                            sa.or_(Subscription.id > after[0], sa.and_(Subscription.id == after[0], InvoiceLine.id > after[1])))
     query = query.order_by(Subscription.id, InvoiceLine.id).limit(limit)
     return [MrrRow(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in session.execute(query)]
 

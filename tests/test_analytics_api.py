@@ -236,7 +236,10 @@ def test_admins_and_read_keys_only_and_bad_input_is_a_422(shop: Shop) -> None:
         ("metrics", {"metric": "mrr", "from": str(today), "to": str(today)}),
         ("movements", {"from": str(today - 7 * DAY), "to": str(today)}),
         ("mrr/rows", {"at": str(today)}),
+        ("mrr/rows", {"at": str(today), "format": "csv"}),
         ("revenue/rows", {"date": str(today), "format": "csv"}),
+        ("movements/rows", {"from": str(today), "to": str(today), "limit": 5}),
+        ("cohorts/cell", {"cohort_month": f"{today:%Y-%m}", "month_index": 0, "currency": "USD", "format": "csv"}),
         ("recognition", {"month": f"{today:%Y-%m}"}),
         ("cohorts", {"from_month": f"{today:%Y-%m}", "to_month": f"{today:%Y-%m}", "currency": "USD"}),
     ]

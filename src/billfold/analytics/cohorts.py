@@ -301,10 +301,13 @@ def retention(
 
 
 def retention_cell(
-    session: Session, cohort_month: date, month_index: int, currency: str, cohort_type: str = FIRST_PURCHASE
+    session: Session, cohort_month: date, month_index: int, currency: str, cohort_type: str = FIRST_PURCHASE,
+    *, after: tuple[str, str] | None = None, limit: int | None = None,
 ) -> CellRows:
     """The rows behind one cell of ``retention``: the users still paying, their payments and the
-    refunds counted in the month (ids in order)."""
+    refunds counted in the month (ids in order). ``after`` (``"payment"`` or ``"refund"``, an id)
+    and ``limit`` read one page: the rows after that one, payments first, at most ``limit`` in
+    all (``user_ids`` are then the page's payments' users)."""
     _check_type(cohort_type)
     if month_index < 0:
         raise InvalidInput("month_index is 0 or more", errors=[{"field": "month_index", "message": "negative"}])
@@ -317,7 +320,8 @@ def retention_cell(
         .join(UserCohort, UserCohort.user_id == Payment.user_id)
         .where(in_cohort, Payment.currency == currency, Payment.status.in_(PAID),
                Payment.completed_at >= low, Payment.completed_at < high)
-        .order_by(Payment.id)
+        .where(*_after(Payment.id, "payment", after))
+        .order_by(Payment.id).limit(limit)
     ).all()
     refunds = session.scalars(
         sa.select(Refund.id)
@@ -325,6 +329,14 @@ def retention_cell(
         .join(UserCohort, UserCohort.user_id == Payment.user_id)
         .where(in_cohort, Refund.currency == currency, Refund.status == "succeeded",
                Refund.completed_at >= low, Refund.completed_at < high)
-        .order_by(Refund.id)
+        .where(*_after(Refund.id, "refund", after))
+        .order_by(Refund.id).limit(None if limit is None else limit - len(payments))
     ).all()
     return CellRows(sorted({row.user_id for row in payments}), [row.id for row in payments], list(refunds))
+
+
+def _after(column: Any, kind: str, after: tuple[str, str] | None) -> list[Any]:
+    """The keyset condition of ``retention_cell``'s page on ``kind``'s rows (payments, then refunds)."""
+    if after is None or (after[0] == "payment" and kind == "refund"):
+        return []
+    return [column > after[1]] if after[0] == kind else [sa.false()]

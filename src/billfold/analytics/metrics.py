@@ -89,25 +89,50 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
     return start_of(day), end_of(day)
 
 
-def revenue_rows(session: Session, day: date) -> dict[str, list[tuple[str, str, int]]]:
+@dataclass(frozen=True)
+class _RevenuePage:
+    currency: str | None
+    after: tuple[str, str] | None
+    limit: int | None
+
+    def of(self, key: str, model: Any, query: sa.Select[Any], taken: int = 0) -> sa.Select[Any]:
+        """``revenue_rows``' query of ``key``'s rows, cut to the currency and the page (``taken``
+        rows are on it already)."""
+        if self.currency:
+            query = query.where(model.currency == self.currency)
+        if self.after:
+            keys = ["payments", "refunds", "failed"]
+            if keys.index(key) < keys.index(self.after[0]):
+                query = query.where(sa.false())
+            elif key == self.after[0]:
+                query = query.where(model.id > self.after[1])
+        return query.limit(None if self.limit is None else max(self.limit - taken, 0))
+
+
+def revenue_rows(
+    session: Session, day: date, *, currency: str | None = None, after: tuple[str, str] | None = None, limit: int | None = None
+) -> dict[str, list[tuple[str, str, int]]]:
     """The rows behind a day's revenue: (id, currency, amount) of payments completed, refunds
-    succeeded, and payments failed that day."""
+    succeeded, and payments failed that day. ``currency`` keeps one currency's; ``after`` (a key
+    of the answer, an id) and ``limit`` read one page in the answer's order (payments, refunds,
+    failed, each by id): the rows after that one, at most ``limit`` in all."""
     start, end = _day_bounds(day)
-    paid = session.execute(
+    page = _RevenuePage(currency, after, limit)
+    paid = session.execute(page.of("payments", Payment,
         sa.select(Payment.id, Payment.currency, Payment.amount_cents)
         .where(Payment.completed_at >= start, Payment.completed_at < end, Payment.status.in_(("completed", "refunded")))
         .order_by(Payment.id)
-    ).all()
-    refunded = session.execute(
+    )).all()
+    refunded = session.execute(page.of("refunds", Refund,
         sa.select(Refund.id, Refund.currency, Refund.amount_cents)
         .where(Refund.completed_at >= start, Refund.completed_at < end, Refund.status == "succeeded")
-        .order_by(Refund.id)
-    ).all()
-    failed = session.execute(
+        .order_by(Refund.id), len(paid)
+    )).all()
+    failed = session.execute(page.of("failed", Payment,
         sa.select(Payment.id, Payment.currency, Payment.amount_cents)
         .where(Payment.created_at >= start, Payment.created_at < end, Payment.status == "failed")
-        .order_by(Payment.id)
-    ).all()
+        .order_by(Payment.id), len(paid) + len(refunded)
+    )).all()
     return {"payments": [tuple(r) for r in paid], "refunds": [tuple(r) for r in refunded], "failed": [tuple(r) for r in failed]}
 
 
@@ -199,14 +224,22 @@ class MrrRow:
     mrr_cents: int
 
 
-def mrr_rows(session: Session, at: datetime, currency: str | None = None) -> list[MrrRow]:
-    """The lines that make up MRR at ``at``, one per subscription in force."""
+def mrr_rows(
+    session: Session, at: datetime, currency: str | None = None, *, after: tuple[str, str] | None = None, limit: int | None = None
+) -> list[MrrRow]:
+    """The lines that make up MRR at ``at``, one per subscription in force, by subscription and
+    line id. ``after`` (a row's subscription and line ids) and ``limit`` read one page: the rows
+    after that one, at most ``limit``."""
     query = _recurring_lines(
         Subscription.id, _customer(), Invoice.currency, InvoiceLine.product_id, InvoiceLine.id, _line_rate()
     ).where(*_covering(at))
     if currency:
         query = query.where(Invoice.currency == currency)
-    return [MrrRow(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in session.execute(query.order_by(Subscription.id, InvoiceLine.id))]
+    if after:  # (the two >= bounds let the indexes start at the cursor; the OR alone reads from the first row)
+        query = query.where(Subscription.id >= after[0], Invoice.subscription_id >= after[0],
+                            sa.or_(Subscription.id > after[0], sa.and_(Subscription.id == after[0], InvoiceLine.id > after[1])))
+    query = query.order_by(Subscription.id, InvoiceLine.id).limit(limit)
+    return [MrrRow(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in session.execute(query)]
 
 
 def mrr(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int]]]:

@@ -124,7 +124,8 @@ class RecognitionOut(BaseModel):
 
 
 class Listing(BaseModel, Generic[T]):
-    """A whole list (these lists are figures' rows, answered at once; CSV with ``?format=csv``)."""
+    """A whole list (a figure per currency or per cell, answered at once; CSV with ``?format=csv``).
+    The rows behind a figure are pages instead (``kit.http.Page``)."""
 
     data: list[T]
 

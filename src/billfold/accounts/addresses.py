@@ -106,8 +106,15 @@ def _latest(session: Session, statement: sa.Select[tuple[Address]]) -> sa.Select
     return for_update(statement, session).execution_options(populate_existing=True)
 
 
-def _addresses(session: Session, owner: Owner) -> list[Address]:
-    return list(session.scalars(_latest(session, addresses_of(owner).order_by(Address.id))))
+def _defaults(session: Session, owner: Owner) -> list[Address]:
+    """The owner's default addresses (a few), not all of them: an owner with thousands of
+    addresses would otherwise read and lock every one on each address written."""
+    return list(session.scalars(_latest(session, addresses_of(owner).where(Address.is_default.is_(True)).order_by(Address.id))))
+
+
+def _first_of_type(session: Session, owner: Owner, address_type: str) -> Address | None:
+    statement = addresses_of(owner).where(Address.address_type == address_type).order_by(Address.id).limit(1)
+    return session.scalars(_latest(session, statement)).first()
 
 
 def defaults_of(session: Session, owner: Owner) -> dict[str, str]:
@@ -220,8 +227,8 @@ def _make_default(session: Session, owner: Owner, address: Address) -> None:
     """Make ``address`` the default of every kind it covers, taking it from the addresses that
     were (a billing address leaves a ``both`` default in place: it stays the shipping default)."""
     taken_from = set(COVERS[address.address_type]) | {address.address_type}
-    for other in _addresses(session, owner):
-        if other.id != address.id and other.is_default and other.address_type in taken_from:
+    for other in _defaults(session, owner):
+        if other.id != address.id and other.address_type in taken_from:
             other.is_default = False
     address.is_default = True
     session.flush()
@@ -232,7 +239,7 @@ def _settle_defaults(session: Session, owner: Owner, chosen: Address | None) -> 
     """Restore the rules in the module's docstring after a change: one default per type (the
     chosen address keeps its own), a default for every kind that has addresses, and no ``both``
     default that is the default of neither kind."""
-    rows = _addresses(session, owner)
+    rows = _defaults(session, owner)
     for address_type in ADDRESS_TYPES:
         defaults = [a for a in rows if a.address_type == address_type and a.is_default]
         keep = chosen if chosen in defaults else (defaults[0] if defaults else None)
@@ -248,11 +255,11 @@ def _settle_defaults(session: Session, owner: Owner, chosen: Address | None) -> 
 
     for kind in KINDS:
         if default_type(kind) is None and default_both() is None:
-            candidates = [a for a in rows if a.address_type == kind] or [
-                a for a in rows if a.address_type == "both"
-            ]
-            if candidates:
-                candidates[0].is_default = True
+            candidate = _first_of_type(session, owner, kind) or _first_of_type(session, owner, "both")
+            if candidate is not None:
+                candidate.is_default = True
+                if candidate not in rows:
+                    rows.append(candidate)
     both = default_both()
     if both is not None and all(default_type(kind) is not None for kind in KINDS):
         both.is_default = False

@@ -30,7 +30,7 @@ from tests.test_organizations import person
 
 pytestmark = pytest.mark.slow
 
-BURST = 500
+BURST = 300
 
 
 def _product(engine: Engine) -> str:

@@ -31,8 +31,6 @@ from tests import subscribing
 from tests.conftest import MigratedDatabases, worker_id
 from tests.subscribing import Shop
 
-pytestmark = pytest.mark.every_database
-
 shop = subscribing.shop  # the fixture
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=clock.UTC)
@@ -115,6 +113,7 @@ def as_csv(client: httpx.Client, path: str, **params: Any) -> list[dict[str, str
     return list(csv.DictReader(io.StringIO(answer.text)))
 
 
+@pytest.mark.every_database  # the page is cut in SQL on string ids
 def test_walking_the_pages_gives_every_row_once_and_csv_streams_them_all(
     shop: Shop, frozen_clock: clock.FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -332,13 +332,15 @@ def _columns(
     ):
         add((kind, money, cohort_month, max(cohort_month, months[index])), 0, int(count))
     # (b) The users of a cohort of these months who had paid in the currency before them: in the
-    # cohort's month. (Only a first_subscription cohort has them.)
+    # cohort's month. (Only a first_subscription cohort has them: a first purchase's month is the
+    # month of the user's first payment.)
     for kind, cohort_month, money, count in session.execute(
         sa.select(*cohort, Payment.currency, sa.func.count(sa.distinct(Payment.user_id)))
         .join(Payment, Payment.user_id == UserCohort.user_id)
-        .where(*member, UserCohort.cohort_month >= months[0], *paid, Payment.completed_at < low)
+        .where(*member, UserCohort.cohort_type != FIRST_PURCHASE, UserCohort.cohort_month >= months[0], *paid,
+               Payment.completed_at < low)
         .group_by(*cohort, Payment.currency)
-    ):
+    ) if cohort_type != FIRST_PURCHASE else ():
         add((kind, money, cohort_month, cohort_month), 0, int(count))
 
     # Customers and revenue. The month is worked out in a subquery and grouped on outside it

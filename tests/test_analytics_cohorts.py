@@ -296,7 +296,11 @@ def test_the_stored_months_give_the_live_matrix_and_are_forgotten_when_their_row
         frozen.set(at("04-12T12:00"))
         history.subscribe(subscribed.id, "USD", 900)
         frozen.set(at("05-05T12:00"))
-        may = history.refund(history.pay(late.id, sub, "USD", 700), "USD", 300)
+        may_payment = history.pay(late.id, sub, "USD", 700)
+        may = history.refund(may_payment, "USD", 300)
+        june = make.user(session)  # buys in June before the take, subscribes after it
+        frozen.set(at("06-05T12:00"))
+        history.pay(june.id, None, "USD", 1500, order_id=make.order(session, user=june).id)
         session.commit()
 
         frozen.set(at("06-20T12:00"))  # June is not over: computed live, never stored
@@ -306,12 +310,33 @@ def test_the_stored_months_give_the_live_matrix_and_are_forgotten_when_their_row
         for currency, kind in kinds:
             got = [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in live[(FIRST, LAST), currency, kind]]
             assert got == simple_matrix(session, currency, kind), (currency, kind)
-        assert cohorts.take_due(session) == [date(2025, m, 1) for m in range(1, 6)]
+        assert cohorts.take_due(session) == [date(2025, m, 1) for m in range(1, 7)], "June as it was at the start of the 19th"
         session.commit()
+        assert cohorts.months_taken(session, FIRST, LAST) == {date(2025, m, 1) for m in range(1, 6)}
         assert cohorts.due_months(session) == [] and cohorts.take_due(session) == []
-        assert session.scalar(sa.select(sa.func.count()).select_from(AnalyticsCohortMonth)) > 5, "columns, not just marks"
+        assert session.scalar(sa.select(sa.func.count()).select_from(AnalyticsCohortMonth)) > 6, "columns, not just marks"
         for key, cells in live.items():
             assert cohorts.retention(session, *key[0], *key[1:]) == cells, key
+
+        # Since June was taken: a first purchase; a May customer's first June payment; a subscription
+        # by a June buyer, and its payment; a refund of a May payment. The matrix is brought up to date from June's rows.
+        frozen.set(at("06-19T01:00"))
+        newcomer = make.user(session)
+        history.pay(newcomer.id, None, "USD", 1200, order_id=make.order(session, user=newcomer).id)
+        frozen.set(at("06-19T02:00"))
+        history.pay(late.id, sub, "USD", 800)
+        history.pay(june.id, history.subscribe(june.id, "USD", 900), "USD", 900)  # a June customer already
+        history.refund(may_payment, "USD", 200)
+        session.commit()
+        frozen.set(at("06-20T12:00"))
+        updated = {(span, *k): cohorts.retention(session, *span, *k) for span in spans for k in kinds}
+        for currency, kind in kinds:
+            got = [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in updated[(FIRST, LAST), currency, kind]]
+            assert got == simple_matrix(session, currency, kind), (currency, kind)
+        cohorts.forget(session)
+        for key, cells in updated.items():
+            assert cohorts.retention(session, *key[0], *key[1:]) == cells, key
+        cohorts.take_due(session)
 
         # A refund that succeeded in May fails in June: May's column is forgotten, computed live again.
         REFUND.move(session, may, "failed", by="test")
@@ -320,7 +345,7 @@ def test_the_stored_months_give_the_live_matrix_and_are_forgotten_when_their_row
         cells = cohorts.retention(session, FIRST, LAST, "USD")
         assert [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in cells] == \
             simple_matrix(session, "USD", cohorts.FIRST_PURCHASE)
-        assert cells != live[(FIRST, LAST), "USD", cohorts.FIRST_PURCHASE], "the $3 are back in May"
+        assert cells != updated[(FIRST, LAST), "USD", cohorts.FIRST_PURCHASE], "the $3 are back in May"
         assert cohorts.take_due(session) == [date(2025, 5, 1)]
         assert cohorts.retention(session, FIRST, LAST, "USD") == cells
 

@@ -245,8 +245,12 @@ def retention(
     without_jit(session)
     span = (months[0], months[-1])
     taken = months_taken(session, *span)
+    partial = _partial_months(session, *span)
     columns = _stored(session, span, cohort_type, currency)
-    for run in _runs([m for m in months if m not in taken]):
+    for month, through in partial.items():
+        if month not in taken:
+            _add_since(session, columns, month, through, cohort_type, currency, span)
+    for run in _runs([m for m in months if m not in taken and m not in partial]):
         columns.update(_columns(session, run, cohort_type=cohort_type, currency=currency, cohorts=span))
 
     # A cohort's size: its users who had paid in the currency by the end of last_month, each counted
@@ -289,7 +293,7 @@ def _runs(months: list[date]) -> list[list[date]]:
 
 def _columns(
     session: Session, months: list[date], *, cohort_type: str | None = None, currency: str | None = None,
-    cohorts: tuple[date, date] | None = None,
+    cohorts: tuple[date, date] | None = None, until: datetime | None = None,
 ) -> dict[Key, tuple[int, int, int]]:
     """The columns of ``months`` (consecutive), computed from their payments and refunds: for each
     cohort type, currency, cohort month M and month m of ``months`` with M <= m, (joined,
@@ -298,8 +302,9 @@ def _columns(
       m - 1, or, for m = M, ever before (so a cohort's size is the sum of its joined up to the last month);
     - customers: its users with a completed payment in the currency in m;
     - revenue_cents: their payments completed in m minus the refunds completed in m.
-    Only the cohort type, currency and cohort months (first, last) given, when given."""
-    low, high = _start(months[0]), _start(add_months(months[-1], 1))
+    Only the cohort type, currency and cohort months (first, last) given, when given; only what
+    happened before ``until`` (within the last month), when given."""
+    low, high = _start(months[0]), until or _start(add_months(months[-1], 1))
     member = [UserCohort.cohort_month <= months[-1]]
     if cohort_type is not None:
         member.append(UserCohort.cohort_type == cohort_type)
@@ -314,7 +319,7 @@ def _columns(
 
     # Joined, in two parts that never share a user. (a) Those who first paid in the currency within
     # the months: each user's first payment in them, when they have none before (a look-up on
-    # idx_payments_user_id_completed_at); counted in its month, or the cohort's month if later.
+    # idx_payments_user_id_currency); counted in its month, or the cohort's month if later.
     earlier = aliased(Payment)
     firsts = (
         sa.select(*cohort, Payment.currency, sa.func.min(Payment.completed_at).label("first"))
@@ -380,6 +385,60 @@ def _columns(
     return {key: (joined, customers, revenue) for key, (joined, customers, revenue) in out.items()}
 
 
+def _add_since(
+    session: Session, columns: dict[Key, tuple[int, int, int]], month: date, since: datetime, cohort_type: str,
+    currency: str, span: tuple[date, date],
+) -> None:
+    """Bring ``month``'s column, stored as it was at ``since``, up to now in ``columns``: add what its
+    payments and refunds from ``since`` on change. A user paying since then is a new customer of the
+    month unless they paid in it before ``since``, and joins unless they paid at all before it.
+    That needs the cohorts' users to be those of ``since``: true of the cohorts before the month (a
+    cohort's rows are written in its own month) and of the month's own ``first_purchase`` cohort
+    (a user joins it with a payment, since then); the month's own ``first_subscription`` cohort
+    (a user subscribing since then may have paid before) is computed whole instead."""
+    low, high = _start(month), _start(add_months(month, 1))
+    since = max(since, low)
+    own = cohort_type == FIRST_PURCHASE and span[0] <= month <= span[1]
+    member = [UserCohort.cohort_type == cohort_type, UserCohort.cohort_month >= span[0],
+              (UserCohort.cohort_month <= month) if own else (UserCohort.cohort_month < month)]
+    paid = [Payment.status.in_(PAID), Payment.currency == currency]
+    earlier = aliased(Payment)
+
+    def paid_before(start: datetime | None) -> Any:
+        window = [earlier.completed_at < since] + ([earlier.completed_at >= start] if start is not None else [])
+        seen = sa.exists().where(earlier.user_id == Payment.user_id, earlier.currency == currency,
+                                 earlier.status.in_(PAID), *window)
+        return sa.case((seen, 1), else_=0)
+
+    totals: dict[date, list[int]] = {}
+    for cohort_month, cents, in_month, ever in session.execute(
+        sa.select(UserCohort.cohort_month, sa.func.sum(Payment.amount_cents), paid_before(low), paid_before(None))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .where(*member, *paid, Payment.completed_at >= since, Payment.completed_at < high)
+        .group_by(UserCohort.cohort_month, Payment.user_id)
+    ):
+        figures = totals.setdefault(cohort_month, [0, 0, 0])
+        figures[0] += not ever
+        figures[1] += not in_month
+        figures[2] += int(cents)
+    for cohort_month, cents in session.execute(
+        sa.select(UserCohort.cohort_month, sa.func.sum(Refund.amount_cents))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .join(Refund, Refund.payment_id == Payment.id)
+        .where(*member, Refund.currency == currency, Refund.status == "succeeded",
+               Refund.completed_at >= since, Refund.completed_at < high)
+        .group_by(UserCohort.cohort_month)
+    ):
+        totals.setdefault(cohort_month, [0, 0, 0])[2] -= int(cents)
+    for cohort_month, (joined, customers, revenue) in totals.items():
+        key = (cohort_type, currency, cohort_month, month)
+        stored = columns.get(key, _NOTHING)
+        columns[key] = (stored[0] + joined, stored[1] + customers, stored[2] + revenue)
+    if span[0] <= month <= span[1] and not own:
+        columns.pop((cohort_type, currency, month, month), None)
+        columns.update(_columns(session, [month], cohort_type=cohort_type, currency=currency, cohorts=(month, month)))
+
+
 def _stored(session: Session, span: tuple[date, date], cohort_type: str, currency: str) -> dict[Key, tuple[int, int, int]]:
     """The stored cells of ``cohort_type`` in ``currency`` of the months and cohort months in ``span``."""
     rows = session.execute(
@@ -404,12 +463,28 @@ LOCK = "analytics.cohort_months"
 
 
 def months_taken(session: Session, first: date, last: date) -> set[date]:
-    """The months from ``first`` to ``last`` that are stored."""
+    """The months from ``first`` to ``last`` that are stored whole."""
     return set(session.scalars(
         sa.select(AnalyticsCohortMonth.month)
         .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
-               AnalyticsCohortMonth.month <= last)
+               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_(None))
     ))
+
+
+def _partial_months(session: Session, first: date, last: date) -> dict[date, datetime]:
+    """The months from ``first`` to ``last`` stored as they were at a moment (not over then): that moment."""
+    return dict(session.execute(
+        sa.select(AnalyticsCohortMonth.month, AnalyticsCohortMonth.through)
+        .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
+               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_not(None))
+    ).all())
+
+
+def settled_until(now: datetime | None = None) -> datetime:
+    """What a take stores of a month not settled: what happened before the start of the day
+    ``SETTLED_AFTER`` ago (so a payment committing just after midnight is in)."""
+    moment = (now or clock.now()).astimezone(clock.UTC) - SETTLED_AFTER
+    return datetime(moment.year, moment.month, moment.day, tzinfo=clock.UTC)
 
 
 def last_settled(now: datetime | None = None) -> date:
@@ -418,16 +493,19 @@ def last_settled(now: datetime | None = None) -> date:
 
 
 def due_months(session: Session) -> list[date]:
-    """The settled months not stored, from the month of the first completed payment on."""
+    """The months a take would store, from the month of the first completed payment on: the
+    settled months not stored, and the months not settled (the current one, and on its first day
+    the one before) unless stored up to ``settled_until`` already."""
     first = session.scalar(sa.select(sa.func.min(Payment.completed_at)).where(Payment.status.in_(PAID)))
     if first is None:
         return []
-    last = last_settled()
+    until, last, settled = settled_until(), month_of(clock.now()), last_settled()
     if month_of(first) > last:
         return []
     months = [add_months(month_of(first), i) for i in range(months_between(month_of(first), last) + 1)]
     taken = months_taken(session, months[0], months[-1])
-    return [m for m in months if m not in taken]
+    partial = _partial_months(session, months[0], months[-1])
+    return [m for m in months if m not in taken and (m <= settled or partial.get(m) != max(until, _start(m)))]
 
 
 def take_due(session: Session) -> list[date]:
@@ -438,25 +516,26 @@ def take_due(session: Session) -> list[date]:
     now = instance.real_now()
     upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": "", "at": now}, [("at", now)], "name")
     due = due_months(session)
-    written = clock.now()
-    for run in _runs(due):
-        for month_start in range(0, len(run), MAX_MONTHS):
-            months = run[month_start:month_start + MAX_MONTHS]
-            columns = _columns(session, months)
-            rows = [
-                {"id": new_id("cohm"), "month": month, "cohort_type": kind, "currency": money, "cohort_month": cohort_month,
-                 "joined": joined, "customers": customers, "revenue_cents": revenue, "created_at": written}
-                for (kind, money, cohort_month, month), (joined, customers, revenue) in sorted(columns.items())
-                if joined or customers or revenue
-            ] + [
-                {"id": new_id("cohm"), "month": month, "cohort_type": MONTH_TAKEN, "currency": "", "cohort_month": month,
-                 "joined": 0, "customers": 0, "revenue_cents": 0, "created_at": written}
-                for month in months
-            ]
-            session.execute(sa.delete(AnalyticsCohortMonth).where(AnalyticsCohortMonth.month >= months[0],
-                                                                  AnalyticsCohortMonth.month <= months[-1]))
-            for chunk in range(0, len(rows), 1000):
-                session.execute(sa.insert(AnalyticsCohortMonth), rows[chunk:chunk + 1000])
+    written, settled, until = clock.now(), last_settled(), settled_until()
+    whole = [m for m in due if m <= settled]
+    pieces = [run[i:i + MAX_MONTHS] for run in _runs(whole) for i in range(0, len(run), MAX_MONTHS)]
+    for months in pieces + [[m] for m in due if m > settled]:
+        through = None if months[-1] <= settled else max(until, _start(months[0]))
+        columns = _columns(session, months, until=through)
+        rows = [
+            {"id": new_id("cohm"), "month": month, "cohort_type": kind, "currency": money, "cohort_month": cohort_month,
+             "joined": joined, "customers": customers, "revenue_cents": revenue, "through": through, "created_at": written}
+            for (kind, money, cohort_month, month), (joined, customers, revenue) in sorted(columns.items())
+            if joined or customers or revenue
+        ] + [
+            {"id": new_id("cohm"), "month": month, "cohort_type": MONTH_TAKEN, "currency": "", "cohort_month": month,
+             "joined": 0, "customers": 0, "revenue_cents": 0, "through": through, "created_at": written}
+            for month in months
+        ]
+        session.execute(sa.delete(AnalyticsCohortMonth).where(AnalyticsCohortMonth.month >= months[0],
+                                                              AnalyticsCohortMonth.month <= months[-1]))
+        for chunk in range(0, len(rows), 1000):
+            session.execute(sa.insert(AnalyticsCohortMonth), rows[chunk:chunk + 1000])
     if due:
         upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": due[-1].isoformat(), "at": now},
                    [("value", due[-1].isoformat()), ("at", now)], "name")

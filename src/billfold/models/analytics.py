@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
-from billfold.kit.db.types import JSONType
+from billfold.kit.db.types import JSONType, UTCDateTime
 
 
 class AnalyticsSnapshot(Base):
@@ -89,4 +89,6 @@ class AnalyticsCohortMonth(Base):
     joined: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     customers: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     revenue_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    through: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """NULL: the whole month (settled); else the month as it was at this moment (not over then)."""
     created_at: Mapped[datetime] = created_at_column()

@@ -1,8 +1,9 @@
 """The retention matrix's finished months, stored (``analytics_cohort_months``; docs/analytics.md,
 "Retention matrix", and docs/performance.md, "Analytics"): each finished month's column is computed
 once, so the matrix reads a few hundred rows instead of every payment. The spec has no table for it.
-And ``idx_payments_user_id_completed_at``: a user's payments before a moment (whether a payer in the
-current month paid in the currency before), for the months computed live.
+And ``idx_payments_user_id_currency`` on (user_id, currency, status, completed_at): whether a user
+had paid in a currency before a moment, read from the index alone, for the months brought up to date
+live.
 
 Revision ID: 0019
 Revises: 0018
@@ -36,11 +37,12 @@ def upgrade() -> None:
         sa.Column("joined", sa.Integer(), nullable=False),
         sa.Column("customers", sa.Integer(), nullable=False),
         sa.Column("revenue_cents", sa.BigInteger(), nullable=False),
+        sa.Column("through", sa.TIMESTAMP(), nullable=True),
         sa.Column("created_at", sa.TIMESTAMP(), nullable=False, server_default=now),
         sa.UniqueConstraint("month", "cohort_type", "currency", "cohort_month", name="unique_analytics_cohort_month"),
         **MYSQL_OPTIONS,
     )
-    op.create_index("idx_payments_user_id_completed_at", "payments", ["user_id", "completed_at"])
+    op.create_index("idx_payments_user_id_currency", "payments", ["user_id", "currency", "status", "completed_at"])
 
 
 def downgrade() -> None:
@@ -48,5 +50,5 @@ def downgrade() -> None:
         # MariaDB dropped the index it made for the foreign key when ours came, and refuses to drop
         # ours while the key needs one: its own comes back first.
         op.create_index("fk_payments_user_id_users", "payments", ["user_id"])
-    op.drop_index("idx_payments_user_id_completed_at", table_name="payments")
+    op.drop_index("idx_payments_user_id_currency", table_name="payments")
     op.drop_table("analytics_cohort_months")

@@ -1,6 +1,8 @@
 """Analytics at a million subscriptions (issue 14, "Fast"): bulk-load a business's two years into
 PostgreSQL with COPY, then time one day's full snapshot, N days of backfill, the 24-month cohort
-matrix and a 90-day MRR series, beside a same-run baseline (a full scan of payments).
+matrix (cold, its months being stored, stored; and the current month brought up to date) and a
+90-day MRR series, beside a same-run baseline (a full scan of payments). ``--keep`` migrates the
+kept database to the head first.
 
     .venv/bin/python bench/analytics.py                                   # 1,000,000 / 10,000,000
     .venv/bin/python bench/analytics.py --subscriptions 20000 --payments 200000   # to try it out
@@ -445,8 +447,9 @@ def cohort_matrix(engine: sa.Engine, recorder: Statements, plans: int) -> None:
     print(f"cohorts.take_due, the first take: {len(months)} months ({months[0]:%Y-%m} to {months[-1]:%Y-%m}), "
           f"{rows:,} rows, {elapsed * 1000:,.0f} ms (committed)")
     slowest(engine, seen, 6, 0)
+    last = cohorts.month_of(DAY)  # (with the real clock, the months after it are empty)
     with sessions() as session:
-        cohorts.forget(session, [months[-1]])
+        cohorts.forget(session, [last])
         t = time.perf_counter()
         again = cohorts.take_due(session)
         session.commit()
@@ -462,7 +465,7 @@ def cohort_matrix(engine: sa.Engine, recorder: Statements, plans: int) -> None:
 
     with clock.using(clock.FrozenClock(datetime.combine(DAY, datetime.min.time(), clock.UTC) + timedelta(hours=12))):
         with sessions() as session:
-            cohorts.forget(session, [months[-1]])
+            cohorts.forget(session, [last])
             t = time.perf_counter()
             partial = cohorts.take_due(session)
             session.commit()

@@ -220,10 +220,6 @@ def _check_type(cohort_type: str) -> None:
         raise InvalidInput(f"cohort_type is one of {', '.join(COHORT_TYPES)}", errors=[{"field": "cohort_type", "message": "unknown"}])
 
 
-def _cohort(cohort_type: str, first: date, last: date) -> Any:
-    return sa.and_(UserCohort.cohort_type == cohort_type, UserCohort.cohort_month >= first, UserCohort.cohort_month <= last)
-
-
 def _share(part: int, whole: int) -> Decimal | None:
     return (Decimal(part) / Decimal(whole)).quantize(Decimal("0.0001")) if whole > 0 else None
 
@@ -510,7 +506,8 @@ def due_months(session: Session) -> list[date]:
 
 def take_due(session: Session) -> list[date]:
     """Store the columns of ``due_months`` (every cohort type and currency), in ``session``'s
-    transaction; the months stored. One computation per run of consecutive months, so the first
+    transaction; the months stored: a settled month whole, one not settled as it was at
+    ``settled_until()`` (``through``). One computation per run of settled months, so the first
     take of a long history reads its payments once. Two takes at once are serialised by a lock
     (an ``instance_marks`` row, as ``snapshots.lock``): the second finds the months stored."""
     now = instance.real_now()

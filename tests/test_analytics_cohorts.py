@@ -20,7 +20,7 @@ from billfold.analytics import cohorts
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.ids import new_id
-from billfold.models import AnalyticsEvent, Payment, Refund, Subscription, UserCohort
+from billfold.models import AnalyticsCohortMonth, AnalyticsEvent, Payment, Refund, Subscription, UserCohort
 from billfold.payments.states import PAYMENT, REFUND
 from billfold.subscriptions.states import SUBSCRIPTION
 from tests import factories as make
@@ -52,23 +52,26 @@ class History:
         SUBSCRIPTION.start(self.session, sub, "trialing", by="test")
         return sub.id
 
-    def pay(self, user_id: str, subscription_id: str, currency: str, cents: int, *, fails: bool = False) -> str:
-        payment = Payment(id=new_id("pay"), user_id=user_id, subscription_id=subscription_id, provider_id=self.provider,
-                          amount_cents=cents, currency=currency, status="pending")
+    def pay(self, user_id: str, subscription_id: str | None, currency: str, cents: int, *, fails: bool = False,
+            order_id: str | None = None) -> str:
+        payment = Payment(id=new_id("pay"), user_id=user_id, subscription_id=subscription_id, order_id=order_id,
+                          provider_id=self.provider, amount_cents=cents, currency=currency, status="pending")
         self.session.add(payment)
         PAYMENT.start(self.session, payment, "pending", by="test")
         PAYMENT.move(self.session, payment, "failed" if fails else "completed", by="test")
         if not fails:
             payment.completed_at = clock.now()
+        self.session.flush()  # (before a refund of it)
         return payment.id
 
-    def refund(self, payment_id: str, currency: str, cents: int) -> None:
+    def refund(self, payment_id: str, currency: str, cents: int) -> Refund:
         refund = Refund(id=new_id("re"), payment_id=payment_id, provider_id=self.provider, amount_cents=cents,
                         currency=currency, status="pending")
         self.session.add(refund)
         REFUND.start(self.session, refund, "pending", by="test")
         REFUND.move(self.session, refund, "succeeded", by="test")
         refund.completed_at = clock.now()
+        return refund
 
 
 def generate(session: Session, frozen: clock.FrozenClock) -> None:
@@ -267,3 +270,85 @@ def test_the_worked_example_in_the_docs(session: Session) -> None:
     ], "no one's first purchase is in March: no March cohort"
     rows = cohorts.retention_cell(session, date(2026, 1, 1), 1, "USD")
     assert (rows.user_ids, rows.payment_ids, len(rows.refund_ids)) == ([ann], [paid[("02-10", ann)]], 1)
+
+
+
+@pytest.mark.every_database  # the stored months' table, and the live columns' anti-join, on every dialect
+def test_the_stored_months_give_the_live_matrix_and_are_forgotten_when_their_rows_change(session: Session) -> None:
+    def at(moment: str) -> datetime:
+        return datetime.fromisoformat(f"2025-{moment}+00:00")
+
+    with clock.using(clock.FrozenClock(datetime(2025, 1, 1, tzinfo=clock.UTC))) as frozen:
+        generate(session, frozen)
+        history = History(session, frozen)
+        late, subscribed = make.user(session), make.user(session)  # (and a cohort in every month but June)
+        frozen.set(at("01-30T23:00"))
+        sub = history.subscribe(late.id, "USD", 1500)
+        history.pay(late.id, sub, "USD", 1500)
+        frozen.set(at("02-03T10:00"))  # an order first: a subscription's cohort with a payment before it
+        history.pay(subscribed.id, None, "USD", 4900, order_id=make.order(session, user=subscribed).id)
+        frozen.set(at("03-31T23:30"))
+        march = history.pay(late.id, sub, "USD", 2000)
+        frozen.set(at("04-02T08:00"))  # refunded in the next month
+        history.refund(march, "USD", 2000)
+        frozen.set(at("04-10T12:00"))  # the first payment in EUR, three months after the cohort's
+        history.pay(late.id, sub, "EUR", 900)
+        frozen.set(at("04-12T12:00"))
+        history.subscribe(subscribed.id, "USD", 900)
+        frozen.set(at("05-05T12:00"))
+        may_payment = history.pay(late.id, sub, "USD", 700)
+        may = history.refund(may_payment, "USD", 300)
+        june = make.user(session)  # buys in June before the take, subscribes after it
+        frozen.set(at("06-05T12:00"))
+        history.pay(june.id, None, "USD", 1500, order_id=make.order(session, user=june).id)
+        session.commit()
+
+        frozen.set(at("06-20T12:00"))  # June is not over: computed live, never stored
+        spans = [(FIRST, LAST), (date(2025, 3, 1), date(2025, 5, 1))]
+        kinds = [(currency, kind) for currency in ("USD", "EUR") for kind in cohorts.COHORT_TYPES]
+        live = {(span, *k): cohorts.retention(session, *span, *k) for span in spans for k in kinds}
+        for currency, kind in kinds:
+            got = [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in live[(FIRST, LAST), currency, kind]]
+            assert got == simple_matrix(session, currency, kind), (currency, kind)
+        assert cohorts.take_due(session) == [date(2025, m, 1) for m in range(1, 7)], "June as it was at the start of the 19th"
+        session.commit()
+        assert cohorts.months_taken(session, FIRST, LAST) == {date(2025, m, 1) for m in range(1, 6)}
+        assert cohorts.due_months(session) == [] and cohorts.take_due(session) == []
+        assert session.scalar(sa.select(sa.func.count()).select_from(AnalyticsCohortMonth)) > 6, "columns, not just marks"
+        for key, cells in live.items():
+            assert cohorts.retention(session, *key[0], *key[1:]) == cells, key
+
+        # Since June was taken: a first purchase; a May customer's first June payment; a subscription
+        # by a June buyer, and its payment; a refund of a May payment. The matrix is brought up to date from June's rows.
+        frozen.set(at("06-19T01:00"))
+        newcomer = make.user(session)
+        history.pay(newcomer.id, None, "USD", 1200, order_id=make.order(session, user=newcomer).id)
+        frozen.set(at("06-19T02:00"))
+        history.pay(late.id, sub, "USD", 800)
+        history.pay(june.id, history.subscribe(june.id, "USD", 900), "USD", 900)  # a June customer already
+        history.refund(may_payment, "USD", 200)
+        session.commit()
+        frozen.set(at("06-20T12:00"))
+        updated = {(span, *k): cohorts.retention(session, *span, *k) for span in spans for k in kinds}
+        for currency, kind in kinds:
+            got = [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in updated[(FIRST, LAST), currency, kind]]
+            assert got == simple_matrix(session, currency, kind), (currency, kind)
+        cohorts.forget(session)
+        for key, cells in updated.items():
+            assert cohorts.retention(session, *key[0], *key[1:]) == cells, key
+        cohorts.take_due(session)
+
+        # A refund that succeeded in May fails in June: May's column is forgotten, computed live again.
+        REFUND.move(session, may, "failed", by="test")
+        session.commit()
+        assert cohorts.months_taken(session, FIRST, LAST) == {date(2025, m, 1) for m in range(1, 5)}
+        cells = cohorts.retention(session, FIRST, LAST, "USD")
+        assert [(c.cohort_month, c.month_index, c.cohort_size, c.customers, c.revenue_cents) for c in cells] == \
+            simple_matrix(session, "USD", cohorts.FIRST_PURCHASE)
+        assert cells != updated[(FIRST, LAST), "USD", cohorts.FIRST_PURCHASE], "the $3 are back in May"
+        assert cohorts.take_due(session) == [date(2025, 5, 1)]
+        assert cohorts.retention(session, FIRST, LAST, "USD") == cells
+
+        cohorts.rebuild(session)  # the cohorts rewritten: every stored month goes
+        assert cohorts.months_taken(session, FIRST, LAST) == set()
+        assert cohorts.retention(session, FIRST, LAST, "USD") == cells

@@ -18,19 +18,20 @@ timestamp's month is a CASE over them, so the same SQL runs on SQLite, PostgreSQ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
+from billfold import instance
 from billfold.kit import clock
-from billfold.kit.db.dialects import insert_ignore
+from billfold.kit.db.dialects import insert_ignore, upsert_row
 from billfold.kit.errors import InvalidInput
 from billfold.kit.ids import new_id
-from billfold.models import Payment, Refund, Subscription, UserCohort
+from billfold.models import AnalyticsCohortMonth, InstanceMark, Payment, Refund, Subscription, UserCohort
 
 FIRST_PURCHASE = "first_purchase"
 FIRST_SUBSCRIPTION = "first_subscription"
@@ -42,6 +43,7 @@ PAID = ("completed", "refunded")
 MAX_MONTHS = 240
 
 _NOTED = "billfold_cohorts_noted"
+_CHANGED = "billfold_cohorts_changed"
 
 
 # Months
@@ -105,6 +107,9 @@ def _root(session: Session) -> Any:
 def _write_noted(session: Session) -> None:
     if session.in_nested_transaction():  # a savepoint's commit: the transaction goes on
         return
+    changed = session.info.pop(_CHANGED, None)
+    if changed is not None and changed[0] is _root(session):
+        forget(session, sorted(changed[1]))
     memo = session.info.pop(_NOTED, None)
     if memo is None or memo[0] is not _root(session):
         return
@@ -150,6 +155,7 @@ def rebuild(session: Session) -> dict[str, int]:
     written per type."""
     written: dict[str, int] = {}
     now = clock.now()
+    forget(session)  # the stored months were made from the rows replaced
     for cohort_type, (moment, firsts) in _firsts().items():
         session.execute(sa.delete(UserCohort).where(UserCohort.cohort_type == cohort_type))
         first = firsts.subquery()
@@ -214,10 +220,6 @@ def _check_type(cohort_type: str) -> None:
         raise InvalidInput(f"cohort_type is one of {', '.join(COHORT_TYPES)}", errors=[{"field": "cohort_type", "message": "unknown"}])
 
 
-def _cohort(cohort_type: str, first: date, last: date) -> Any:
-    return sa.and_(UserCohort.cohort_type == cohort_type, UserCohort.cohort_month >= first, UserCohort.cohort_month <= last)
-
-
 def _share(part: int, whole: int) -> Decimal | None:
     return (Decimal(part) / Decimal(whole)).quantize(Decimal("0.0001")) if whole > 0 else None
 
@@ -227,77 +229,336 @@ def retention(
 ) -> list[Cell]:
     """The retention matrix of the cohorts of ``first_month`` to ``last_month`` in ``currency``:
     one cell per cohort month and month since (0 up to ``last_month``). A cohort in a currency is
-    its users who made a completed payment in that currency before ``last_month`` ended."""
+    its users who made a completed payment in that currency before ``last_month`` ended.
+
+    Each month's column is read from ``analytics_cohort_months`` when the month was taken
+    (``take_due``), else computed here from that month's payments and refunds (``_columns``): the
+    same figures either way."""
     _check_type(cohort_type)
     months = _months(first_month, last_month)
     from billfold.analytics.metrics import without_jit  # (metrics imports the audit hook, which imports this module)
 
     without_jit(session)
-    low, high = _start(months[0]), _start(add_months(months[-1], 1))
-    in_cohort = _cohort(cohort_type, months[0], months[-1])
-    paid_here = sa.and_(Payment.currency == currency, Payment.status.in_(PAID), Payment.completed_at < high)
+    span = (months[0], months[-1])
+    taken = months_taken(session, *span)
+    partial = _partial_months(session, *span)
+    columns = _stored(session, span, cohort_type, currency)
+    for month, through in partial.items():
+        if month not in taken:
+            _add_since(session, columns, month, through, cohort_type, currency, span)
+    for run in _runs([m for m in months if m not in taken and m not in partial]):
+        columns.update(_columns(session, run, cohort_type=cohort_type, currency=currency, cohorts=span))
 
-    sizes = dict(session.execute(
-        sa.select(UserCohort.cohort_month, sa.func.count())
-        .where(in_cohort, sa.exists().where(Payment.user_id == UserCohort.user_id, paid_here))
-        .group_by(UserCohort.cohort_month)
-    ).all())
+    # A cohort's size: its users who had paid in the currency by the end of last_month, each counted
+    # in the month they first had (``joined``).
+    sizes: dict[date, int] = {}
+    for (_, _, cohort_month, _), figures in columns.items():
+        sizes[cohort_month] = sizes.get(cohort_month, 0) + figures[0]
+    cells = []
+    for position, cohort_month in enumerate(months):
+        size = sizes.get(cohort_month, 0)
+        if not size:
+            continue
+        start = columns.get((cohort_type, currency, cohort_month, cohort_month), _NOTHING)[2]
+        for index in range(len(months) - position):
+            month = months[position + index]
+            _, customers, revenue = columns.get((cohort_type, currency, cohort_month, month), _NOTHING)
+            cells.append(Cell(
+                cohort_month, index, month, size, customers, revenue, _share(customers, size), _share(revenue, start),
+            ))
+    return cells
 
-    # The month is worked out in a subquery and grouped on outside it (PostgreSQL would not see a
-    # CASE written twice, its bind parameters numbered twice, as the same expression); each user's
-    # month is summed first, so the customers are a COUNT(*), not a COUNT(DISTINCT). (Summing the
-    # payments per user before the join instead measured slower on PostgreSQL.)
+
+# A month's column, computed or stored
+
+_NOTHING = (0, 0, 0)
+Key = tuple[str, str, date, date]
+"""(cohort type, currency, cohort month, month)."""
+
+
+def _runs(months: list[date]) -> list[list[date]]:
+    """``months`` (ascending) split into runs of consecutive months."""
+    runs: list[list[date]] = []
+    for month in months:
+        if runs and add_months(runs[-1][-1], 1) == month:
+            runs[-1].append(month)
+        else:
+            runs.append([month])
+    return runs
+
+
+def _columns(
+    session: Session, months: list[date], *, cohort_type: str | None = None, currency: str | None = None,
+    cohorts: tuple[date, date] | None = None, until: datetime | None = None,
+) -> dict[Key, tuple[int, int, int]]:
+    """The columns of ``months`` (consecutive), computed from their payments and refunds: for each
+    cohort type, currency, cohort month M and month m of ``months`` with M <= m, (joined,
+    customers, revenue_cents):
+    - joined: the cohort's users who had paid in the currency by the end of m and not by the end of
+      m - 1, or, for m = M, ever before (so a cohort's size is the sum of its joined up to the last month);
+    - customers: its users with a completed payment in the currency in m;
+    - revenue_cents: their payments completed in m minus the refunds completed in m.
+    Only the cohort type, currency and cohort months (first, last) given, when given; only what
+    happened before ``until`` (within the last month), when given."""
+    low, high = _start(months[0]), until or _start(add_months(months[-1], 1))
+    member = [UserCohort.cohort_month <= months[-1]]
+    if cohort_type is not None:
+        member.append(UserCohort.cohort_type == cohort_type)
+    if cohorts is not None:
+        member += [UserCohort.cohort_month >= cohorts[0], UserCohort.cohort_month <= cohorts[1]]
+    paid = [Payment.status.in_(PAID)] + ([Payment.currency == currency] if currency is not None else [])
+    cohort = (UserCohort.cohort_type, UserCohort.cohort_month)
+    out: dict[Key, list[int]] = {}
+
+    def add(key: Key, position: int, value: int) -> None:
+        out.setdefault(key, [0, 0, 0])[position] += value
+
+    # Joined, in two parts that never share a user. (a) Those who first paid in the currency within
+    # the months: each user's first payment in them, when they have none before (a look-up on
+    # idx_payments_user_id_currency); counted in its month, or the cohort's month if later.
+    earlier = aliased(Payment)
+    firsts = (
+        sa.select(*cohort, Payment.currency, sa.func.min(Payment.completed_at).label("first"))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .where(*member, *paid, Payment.completed_at >= low, Payment.completed_at < high,
+               ~sa.exists().where(earlier.user_id == Payment.user_id, earlier.currency == Payment.currency,
+                                  earlier.status.in_(PAID), earlier.completed_at < low))
+        .group_by(*cohort, Payment.currency, Payment.user_id)
+        .subquery()
+    )
+    bucketed = sa.select(firsts.c.cohort_type, firsts.c.cohort_month, firsts.c.currency,
+                         _bucket(firsts.c.first, months, sa.Integer()).label("month")).subquery()
+    for kind, cohort_month, money, index, count in session.execute(
+        sa.select(*bucketed.c, sa.func.count()).group_by(*bucketed.c)
+    ):
+        add((kind, money, cohort_month, max(cohort_month, months[index])), 0, int(count))
+    # (b) The users of a cohort of these months who had paid in the currency before them: in the
+    # cohort's month. (Only a first_subscription cohort has them: a first purchase's month is the
+    # month of the user's first payment.)
+    for kind, cohort_month, money, count in session.execute(
+        sa.select(*cohort, Payment.currency, sa.func.count(sa.distinct(Payment.user_id)))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .where(*member, UserCohort.cohort_type != FIRST_PURCHASE, UserCohort.cohort_month >= months[0], *paid,
+               Payment.completed_at < low)
+        .group_by(*cohort, Payment.currency)
+    ) if cohort_type != FIRST_PURCHASE else ():
+        add((kind, money, cohort_month, cohort_month), 0, int(count))
+
+    # Customers and revenue. The month is worked out in a subquery and grouped on outside it
+    # (PostgreSQL would not see a CASE written twice, its bind parameters numbered twice, as the
+    # same expression); each user's month is summed first, so the customers are a COUNT(*), not a
+    # COUNT(DISTINCT).
     payments = (
-        sa.select(UserCohort.cohort_month, _bucket(Payment.completed_at, months, sa.Integer()).label("month"),
+        sa.select(*cohort, Payment.currency, _bucket(Payment.completed_at, months, sa.Integer()).label("month"),
                   Payment.user_id, Payment.amount_cents.label("cents"))
         .join(Payment, Payment.user_id == UserCohort.user_id)
-        .where(in_cohort, paid_here, Payment.completed_at >= low)
+        .where(*member, *paid, Payment.completed_at >= low, Payment.completed_at < high)
         .subquery()
     )
-    per_user = (
-        sa.select(payments.c.cohort_month, payments.c.month, sa.func.sum(payments.c.cents).label("cents"))
-        .group_by(payments.c.cohort_month, payments.c.month, payments.c.user_id)
-        .subquery()
-    )
-    paid = session.execute(
-        sa.select(per_user.c.cohort_month, per_user.c.month, sa.func.count(), sa.func.sum(per_user.c.cents))
-        .group_by(per_user.c.cohort_month, per_user.c.month)
-    ).all()
+    keys = (payments.c.cohort_type, payments.c.cohort_month, payments.c.currency, payments.c.month)
+    per_user = sa.select(*keys, sa.func.sum(payments.c.cents).label("cents")).group_by(*keys, payments.c.user_id).subquery()
+    for kind, cohort_month, money, index, count, total in session.execute(
+        sa.select(*per_user.c[:4], sa.func.count(), sa.func.sum(per_user.c.cents)).group_by(*per_user.c[:4])
+    ):
+        if months[index] >= cohort_month:
+            add((kind, money, cohort_month, months[index]), 1, int(count))
+            add((kind, money, cohort_month, months[index]), 2, int(total))
     refunds = (
-        sa.select(UserCohort.cohort_month, _bucket(Refund.completed_at, months, sa.Integer()).label("month"),
+        sa.select(*cohort, Refund.currency, _bucket(Refund.completed_at, months, sa.Integer()).label("month"),
                   Refund.amount_cents.label("cents"))
         .join(Payment, Payment.user_id == UserCohort.user_id)
         .join(Refund, Refund.payment_id == Payment.id)
-        .where(in_cohort, Refund.currency == currency, Refund.status == "succeeded",
-               Refund.completed_at >= low, Refund.completed_at < high)
+        .where(*member, Refund.status == "succeeded", Refund.completed_at >= low, Refund.completed_at < high,
+               *([Refund.currency == currency] if currency is not None else []))
         .subquery()
     )
-    refunded = session.execute(
-        sa.select(refunds.c.cohort_month, refunds.c.month, sa.func.sum(refunds.c.cents))
-        .group_by(refunds.c.cohort_month, refunds.c.month)
-    ).all()
+    keys = tuple(refunds.c[:4])
+    for kind, cohort_month, money, index, total in session.execute(
+        sa.select(*keys, sa.func.sum(refunds.c.cents)).group_by(*keys)
+    ):
+        if months[index] >= cohort_month:
+            add((kind, money, cohort_month, months[index]), 2, -int(total))
+    return {key: (joined, customers, revenue) for key, (joined, customers, revenue) in out.items()}
 
-    customers: dict[tuple[date, int], int] = {}
-    revenue: dict[tuple[date, int], int] = {}
-    for cohort_month, month, count, total in paid:
-        customers[(cohort_month, month)] = int(count)
-        revenue[(cohort_month, month)] = int(total)
-    for cohort_month, month, total in refunded:
-        revenue[(cohort_month, month)] = revenue.get((cohort_month, month), 0) - int(total)
 
-    cells = []
-    for position, cohort_month in enumerate(months):
-        size = int(sizes.get(cohort_month, 0))
-        if not size:
-            continue
-        start = revenue.get((cohort_month, position), 0)
-        for index in range(len(months) - position):
-            key = (cohort_month, position + index)
-            cells.append(Cell(
-                cohort_month, index, months[position + index], size, customers.get(key, 0), revenue.get(key, 0),
-                _share(customers.get(key, 0), size), _share(revenue.get(key, 0), start),
-            ))
-    return cells
+def _add_since(
+    session: Session, columns: dict[Key, tuple[int, int, int]], month: date, since: datetime, cohort_type: str,
+    currency: str, span: tuple[date, date],
+) -> None:
+    """Bring ``month``'s column, stored as it was at ``since``, up to now in ``columns``: add what its
+    payments and refunds from ``since`` on change. A user paying since then is a new customer of the
+    month unless they paid in it before ``since``, and joins unless they paid at all before it.
+    That needs the cohorts' users to be those of ``since``: true of the cohorts before the month (a
+    cohort's rows are written in its own month) and of the month's own ``first_purchase`` cohort
+    (a user joins it with a payment, since then); the month's own ``first_subscription`` cohort
+    (a user subscribing since then may have paid before) is computed whole instead."""
+    low, high = _start(month), _start(add_months(month, 1))
+    since = max(since, low)
+    own = cohort_type == FIRST_PURCHASE and span[0] <= month <= span[1]
+    member = [UserCohort.cohort_type == cohort_type, UserCohort.cohort_month >= span[0],
+              (UserCohort.cohort_month <= month) if own else (UserCohort.cohort_month < month)]
+    paid = [Payment.status.in_(PAID), Payment.currency == currency]
+    earlier = aliased(Payment)
+
+    def paid_before(start: datetime | None) -> Any:
+        window = [earlier.completed_at < since] + ([earlier.completed_at >= start] if start is not None else [])
+        seen = sa.exists().where(earlier.user_id == Payment.user_id, earlier.currency == currency,
+                                 earlier.status.in_(PAID), *window)
+        return sa.case((seen, 1), else_=0)
+
+    totals: dict[date, list[int]] = {}
+    for cohort_month, cents, in_month, ever in session.execute(
+        sa.select(UserCohort.cohort_month, sa.func.sum(Payment.amount_cents), paid_before(low), paid_before(None))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .where(*member, *paid, Payment.completed_at >= since, Payment.completed_at < high)
+        .group_by(UserCohort.cohort_month, Payment.user_id)
+    ):
+        figures = totals.setdefault(cohort_month, [0, 0, 0])
+        figures[0] += not ever
+        figures[1] += not in_month
+        figures[2] += int(cents)
+    for cohort_month, cents in session.execute(
+        sa.select(UserCohort.cohort_month, sa.func.sum(Refund.amount_cents))
+        .join(Payment, Payment.user_id == UserCohort.user_id)
+        .join(Refund, Refund.payment_id == Payment.id)
+        .where(*member, Refund.currency == currency, Refund.status == "succeeded",
+               Refund.completed_at >= since, Refund.completed_at < high)
+        .group_by(UserCohort.cohort_month)
+    ):
+        totals.setdefault(cohort_month, [0, 0, 0])[2] -= int(cents)
+    for cohort_month, (joined, customers, revenue) in totals.items():
+        key = (cohort_type, currency, cohort_month, month)
+        stored = columns.get(key, _NOTHING)
+        columns[key] = (stored[0] + joined, stored[1] + customers, stored[2] + revenue)
+    if span[0] <= month <= span[1] and not own:
+        columns.pop((cohort_type, currency, month, month), None)
+        columns.update(_columns(session, [month], cohort_type=cohort_type, currency=currency, cohorts=(month, month)))
+
+
+def _stored(session: Session, span: tuple[date, date], cohort_type: str, currency: str) -> dict[Key, tuple[int, int, int]]:
+    """The stored cells of ``cohort_type`` in ``currency`` of the months and cohort months in ``span``."""
+    rows = session.execute(
+        sa.select(AnalyticsCohortMonth.cohort_month, AnalyticsCohortMonth.month, AnalyticsCohortMonth.joined,
+                  AnalyticsCohortMonth.customers, AnalyticsCohortMonth.revenue_cents)
+        .where(AnalyticsCohortMonth.month >= span[0], AnalyticsCohortMonth.month <= span[1],
+               AnalyticsCohortMonth.cohort_type == cohort_type, AnalyticsCohortMonth.currency == currency,
+               AnalyticsCohortMonth.cohort_month >= span[0])
+    )
+    return {(cohort_type, currency, c, m): (int(j), int(n), int(r)) for c, m, j, n, r in rows}
+
+
+# Stored months: taken once settled, forgotten when what they were made from changes
+
+MONTH_TAKEN = "month_taken"
+"""The ``cohort_type`` of a month's mark: the row that says the month was taken."""
+SETTLED_AFTER = timedelta(days=1)
+"""A month is taken once it ended this long ago: a payment or refund committing just after midnight
+with a time before it is in by then."""
+LOCK = "analytics.cohort_months"
+"""The ``instance_marks`` row a take locks; its value is the last month taken."""
+
+
+def months_taken(session: Session, first: date, last: date) -> set[date]:
+    """The months from ``first`` to ``last`` that are stored whole."""
+    return set(session.scalars(
+        sa.select(AnalyticsCohortMonth.month)
+        .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
+               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_(None))
+    ))
+
+
+def _partial_months(session: Session, first: date, last: date) -> dict[date, datetime]:
+    """The months from ``first`` to ``last`` stored as they were at a moment (not over then): that moment."""
+    return dict(session.execute(
+        sa.select(AnalyticsCohortMonth.month, AnalyticsCohortMonth.through)
+        .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
+               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_not(None))
+    ).all())
+
+
+def settled_until(now: datetime | None = None) -> datetime:
+    """What a take stores of a month not settled: what happened before the start of the day
+    ``SETTLED_AFTER`` ago (so a payment committing just after midnight is in)."""
+    moment = (now or clock.now()).astimezone(clock.UTC) - SETTLED_AFTER
+    return datetime(moment.year, moment.month, moment.day, tzinfo=clock.UTC)
+
+
+def last_settled(now: datetime | None = None) -> date:
+    """The last month that ended ``SETTLED_AFTER`` ago or more."""
+    return add_months(month_of((now or clock.now()) - SETTLED_AFTER), -1)
+
+
+def due_months(session: Session) -> list[date]:
+    """The months a take would store, from the month of the first completed payment on: the
+    settled months not stored, and the months not settled (the current one, and on its first day
+    the one before) unless stored up to ``settled_until`` already."""
+    first = session.scalar(sa.select(sa.func.min(Payment.completed_at)).where(Payment.status.in_(PAID)))
+    if first is None:
+        return []
+    until, last, settled = settled_until(), month_of(clock.now()), last_settled()
+    if month_of(first) > last:
+        return []
+    months = [add_months(month_of(first), i) for i in range(months_between(month_of(first), last) + 1)]
+    taken = months_taken(session, months[0], months[-1])
+    partial = _partial_months(session, months[0], months[-1])
+    return [m for m in months if m not in taken and (m <= settled or partial.get(m) != max(until, _start(m)))]
+
+
+def take_due(session: Session) -> list[date]:
+    """Store the columns of ``due_months`` (every cohort type and currency), in ``session``'s
+    transaction; the months stored: a settled month whole, one not settled as it was at
+    ``settled_until()`` (``through``). One computation per run of settled months, so the first
+    take of a long history reads its payments once. Two takes at once are serialised by a lock
+    (an ``instance_marks`` row, as ``snapshots.lock``): the second finds the months stored."""
+    now = instance.real_now()
+    upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": "", "at": now}, [("at", now)], "name")
+    due = due_months(session)
+    written, settled, until = clock.now(), last_settled(), settled_until()
+    whole = [m for m in due if m <= settled]
+    pieces = [run[i:i + MAX_MONTHS] for run in _runs(whole) for i in range(0, len(run), MAX_MONTHS)]
+    for months in pieces + [[m] for m in due if m > settled]:
+        through = None if months[-1] <= settled else max(until, _start(months[0]))
+        columns = _columns(session, months, until=through)
+        rows = [
+            {"id": new_id("cohm"), "month": month, "cohort_type": kind, "currency": money, "cohort_month": cohort_month,
+             "joined": joined, "customers": customers, "revenue_cents": revenue, "through": through, "created_at": written}
+            for (kind, money, cohort_month, month), (joined, customers, revenue) in sorted(columns.items())
+            if joined or customers or revenue
+        ] + [
+            {"id": new_id("cohm"), "month": month, "cohort_type": MONTH_TAKEN, "currency": "", "cohort_month": month,
+             "joined": 0, "customers": 0, "revenue_cents": 0, "through": through, "created_at": written}
+            for month in months
+        ]
+        session.execute(sa.delete(AnalyticsCohortMonth).where(AnalyticsCohortMonth.month >= months[0],
+                                                              AnalyticsCohortMonth.month <= months[-1]))
+        for chunk in range(0, len(rows), 1000):
+            session.execute(sa.insert(AnalyticsCohortMonth), rows[chunk:chunk + 1000])
+    if due:
+        upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": due[-1].isoformat(), "at": now},
+                   [("value", due[-1].isoformat()), ("at", now)], "name")
+    return due
+
+
+def forget(session: Session, months: list[date] | None = None) -> None:
+    """Delete the stored columns of ``months`` (every month by default), in ``session``'s
+    transaction: they are computed live until taken again (the nightly sweep takes them)."""
+    statement = sa.delete(AnalyticsCohortMonth)
+    if months is not None:
+        statement = statement.where(AnalyticsCohortMonth.month.in_(sorted(set(months))))
+    session.execute(statement)
+
+
+def note_changed(session: Session, moment: datetime | None) -> None:
+    """A row counted in ``moment``'s month changed after the fact (a succeeded refund failed): the
+    month's stored column is forgotten when the transaction commits."""
+    if moment is None:
+        return
+    transaction = _root(session)
+    memo = session.info.get(_CHANGED)
+    if memo is None or memo[0] is not transaction:
+        memo = (transaction, set())
+        session.info[_CHANGED] = memo
+    memo[1].add(month_of(moment))
 
 
 def retention_cell(

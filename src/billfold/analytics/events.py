@@ -192,3 +192,5 @@ def record(session: Session, entity_type: str, entity_id: str, event_type: str, 
         first = _FIRSTS.get(kind)
         if first is not None and user_id is not None:
             cohorts.note_first(session, user_id, first)
+        if kind == REFUND_REVERSED:  # its month's stored retention column counted it
+            cohorts.note_changed(session, _loaded(session, Refund, entity_id).get("completed_at"))

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from billfold.analytics import metrics, snapshots
+from billfold.analytics import cohorts, metrics, snapshots
 from billfold.analytics.cohorts import add_months, month_of
 from billfold.kit import clock
 from billfold.kit.db import transaction
@@ -66,8 +66,9 @@ def take_if_unsettled(session: Session, day: date, method: str) -> bool:
 @sweep(NIGHTLY, every=timedelta(minutes=10))
 def take_nightly(context: Context) -> int:
     """Yesterday's snapshot, and any day missed since the last one (a worker down for three nights
-    takes the three), ``scheduled``; how many days were taken. Cheap when there is nothing to do:
-    one query finds yesterday done. Nothing when ``Settings.analytics_nightly`` is off."""
+    takes the three), ``scheduled``; how many days were taken. Then the retention matrix's settled
+    months not stored yet (``cohorts.take_due``). Cheap when there is nothing to do:
+    one query finds yesterday done, two that no month is due. Nothing when ``Settings.analytics_nightly`` is off."""
     if not context.settings.analytics_nightly:
         return 0
     with transaction(context.sessions) as session:
@@ -76,6 +77,11 @@ def take_nightly(context: Context) -> int:
     for day in days:
         with transaction(context.sessions) as session:
             done += take_if_unsettled(session, day, "scheduled")
+    with transaction(context.sessions) as session:
+        months = cohorts.due_months(session)
+    if months:  # the retention matrix's months, each once settled (not counted in the days)
+        with transaction(context.sessions) as session:
+            cohorts.take_due(session)
     return done
 
 

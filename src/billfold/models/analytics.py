@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from billfold.kit.db.base import Base, created_at_column, id_column, table_args, updated_at_column
-from billfold.kit.db.types import JSONType
+from billfold.kit.db.types import JSONType, UTCDateTime
 
 
 class AnalyticsSnapshot(Base):
@@ -67,4 +67,28 @@ class UserCohort(Base):
     user_id: Mapped[str] = mapped_column(sa.String(255), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
     cohort_month: Mapped[date] = mapped_column(sa.Date, nullable=False)
     cohort_type: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    created_at: Mapped[datetime] = created_at_column()
+
+
+class AnalyticsCohortMonth(Base):
+    """One finished month's column of the retention matrix (``billfold.analytics.cohorts``, beyond
+    the spec: docs/schema.md): per cohort type, currency and cohort month, what the month adds.
+    Each month taken has one more row, the mark (``cohort_type`` ``MONTH_TAKEN``), so a month with
+    no payments at all is known to be taken."""
+
+    __tablename__ = "analytics_cohort_months"
+    __table_args__ = table_args(
+        sa.UniqueConstraint("month", "cohort_type", "currency", "cohort_month", name="unique_analytics_cohort_month"),
+    )
+
+    id: Mapped[str] = id_column("cohm")
+    month: Mapped[date] = mapped_column(sa.Date, nullable=False)
+    cohort_type: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    currency: Mapped[str] = mapped_column(sa.String(3), nullable=False)
+    cohort_month: Mapped[date] = mapped_column(sa.Date, nullable=False)
+    joined: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    customers: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    revenue_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    through: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """NULL: the whole month (settled); else the month as it was at this moment (not over then)."""
     created_at: Mapped[datetime] = created_at_column()

@@ -29,6 +29,8 @@ class Payment(Base):
         # Not in the spec: a day's revenue and failed payments read these ranges (migration 0018).
         sa.Index("idx_payments_completed_at", "completed_at"),
         sa.Index("idx_payments_created_at", "created_at"),
+        # Not in the spec: whether a user had paid in a currency before a moment, for the retention matrix (0019).
+        sa.Index("idx_payments_user_id_currency", "user_id", "currency", "status", "completed_at"),
     )
 
     id: Mapped[str] = id_column("pay")

@@ -373,10 +373,12 @@ def take_timed(engine: sa.Engine, recorder: Statements, day: date, label: str) -
     from billfold.analytics import metrics, snapshots
 
     sessions = session_factory(engine)
-    with sessions() as session, recorder.record() as seen:
-        t = time.perf_counter()
-        rows = snapshots.take(session, day, method="manual")
-        elapsed = time.perf_counter() - t
+    with sessions() as session:
+        with recorder.record() as seen:
+            t = time.perf_counter()
+            rows = snapshots.take(session, day, method="manual")
+            elapsed = time.perf_counter() - t
+        session.rollback()
         figures = metrics.day_figures(session, day)  # (not timed: says which way the day went)
         session.rollback()
     how = f"derived: {'yes' if figures.derived else 'no'}, window from stored movers: {'yes' if figures.window_derived else 'no'}"

@@ -499,7 +499,7 @@ the fact"): unpausing clears ``paused_at``, so the pause vanishes from the histo
 invoice takes its periods out of past due at every earlier instant. After one (a void only if the
 invoice was issued by the end of a stored day), the day is computed in full, and the churn window
 too until its stored days were all taken after it."""
-CHUNK = 500
+CHUNK = 1000
 
 
 @dataclass
@@ -605,7 +605,8 @@ def _line_states(session: Session, ids: list[str], start: datetime, end: datetim
         rows += session.execute(
             _recurring_lines(Invoice.subscription_id, Subscription.user_id, Subscription.organization_id, Invoice.currency,
                              InvoiceLine.product_id, _line_rate(), *flags)
-            .where(Invoice.subscription_id.in_(ids[i:i + CHUNK]), InvoiceLine.kind == "item",
+            # (the subscriptions restricted by id too: else PostgreSQL hash-joins all of them per chunk)
+            .where(Invoice.subscription_id.in_(ids[i:i + CHUNK]), Subscription.id.in_(ids[i:i + CHUNK]), InvoiceLine.kind == "item",
                    InvoiceLine.period_start <= end, InvoiceLine.period_end > start)
         ).all()
     return rows
@@ -619,9 +620,9 @@ def _derived_day(
     states = {cur: CurrencyState(s.mrr, dict(s.by_plan), dict(s.lines), s.customers, s.active, s.past_due) for cur, s in base.items()}
     owners: dict[tuple[str | None, str | None, str], int] = defaultdict(int)
     flags: dict[str, tuple[str, list[int]]] = {}
-    for sub_id, user_id, org_id, cur, plan, rate, in_start, in_end, due_start, due_end in _line_states(
-        session, _boundary_subscriptions(session, start, end), start, end
-    ):
+    boundary = _boundary_subscriptions(session, start, end)
+    lines = _line_states(session, boundary, start, end)
+    for sub_id, user_id, org_id, cur, plan, rate, in_start, in_end, due_start, due_end in lines:
         state = states.setdefault(cur, CurrencyState())
         rate, change = int(rate), int(in_end) - int(in_start)
         state.mrr += rate * change
@@ -638,15 +639,18 @@ def _derived_day(
     for state in states.values():
         for plan in [p for p, n in state.lines.items() if n == 0]:
             del state.lines[plan], state.by_plan[plan]
-    moved = _owner_movements(session, start, end, {(u, o) for (u, o, _), change in owners.items() if change})
+    moved = _owner_movements(session, start, end, {(u, o) for (u, o, _), change in owners.items() if change}, set(boundary), lines)
     for m in moved:
         states[m.currency].customers += (m.after_cents > 0) - (m.before_cents > 0)
     return states, moved
 
 
-def _owner_movements(session: Session, start: datetime, end: datetime, owners: set[tuple[str | None, str | None]]) -> list[Movement]:
+def _owner_movements(
+    session: Session, start: datetime, end: datetime, owners: set[tuple[str | None, str | None]], known: set[str], known_lines: list[Any]
+) -> list[Movement]:
     """``movement_rows`` restricted to these owners, in steps that keep to the owner and
-    subscription indexes: their subscriptions, those subscriptions' lines, their earlier billing."""
+    subscription indexes: their subscriptions, those subscriptions' lines (``known_lines`` already
+    has those of the ``known`` subscriptions), their earlier billing."""
     subs: dict[str, tuple[str | None, str | None]] = {}
     for column, index in ((Subscription.user_id, 0), (Subscription.organization_id, 1)):
         ids = sorted({owner[index] for owner in owners if owner[index]})
@@ -656,17 +660,19 @@ def _owner_movements(session: Session, start: datetime, end: datetime, owners: s
             ):
                 subs[sub_id] = (user_id, org_id)
     totals: dict[tuple[str | None, str | None, str], list[int]] = defaultdict(lambda: [0, 0])
-    for sub_id, user_id, org_id, cur, _, rate, in_start, in_end, _, _ in _line_states(session, sorted(subs), start, end):
+    others = _line_states(session, sorted(set(subs) - known), start, end)
+    for sub_id, user_id, org_id, cur, _, rate, in_start, in_end, _, _ in [r for r in known_lines if r[0] in subs] + others:
         totals[user_id, org_id, cur][0] += int(rate) * int(in_start)
         totals[user_id, org_id, cur][1] += int(rate) * int(in_end)
-    zero = sorted(sub_id for sub_id, owner in subs.items() if any(k[:2] == owner and v[0] == 0 for k, v in totals.items()))
+    at_zero = {k[:2] for k, v in totals.items() if v[0] == 0 and v[0] != v[1]}
+    zero = sorted(sub_id for sub_id, owner in subs.items() if owner in at_zero)
     billed: set[tuple[str | None, str]] = set()
     for i in range(0, len(zero), CHUNK):
         for user_id, org_id, cur in session.execute(
             sa.select(Subscription.user_id, Subscription.organization_id, Invoice.currency).distinct()
             .select_from(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
             .join(Subscription, Subscription.id == Invoice.subscription_id)
-            .where(Invoice.subscription_id.in_(zero[i:i + CHUNK]), Invoice.status == "paid", Invoice.paid_date <= start,
+            .where(Invoice.subscription_id.in_(zero[i:i + CHUNK]), Subscription.id.in_(zero[i:i + CHUNK]), Invoice.status == "paid", Invoice.paid_date <= start,
                    InvoiceLine.kind == "item", InvoiceLine.period_start < start)
         ):
             billed.update({(user_id, cur), (org_id, cur)})

@@ -573,18 +573,19 @@ def _erased_since(session: Session, since: datetime, until: datetime) -> bool:
 def _boundary_subscriptions(session: Session, start: datetime, end: datetime) -> list[str]:
     """The subscriptions with a timestamp in (start, end] that a figure at an instant depends on:
     only their MRR, active and past-due state can differ between ``start`` and ``end``."""
-    found: set[str] = set()
-    for column in (InvoiceLine.period_start, InvoiceLine.period_end):
-        found.update(session.scalars(
-            sa.select(Invoice.subscription_id).select_from(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
-            .where(column > start, column <= end, InvoiceLine.kind == "item", Invoice.subscription_id.is_not(None))
-        ))
-    for column in (Invoice.paid_date, Invoice.issue_date):
-        found.update(session.scalars(
-            sa.select(Invoice.subscription_id).where(column > start, column <= end, Invoice.subscription_id.is_not(None))
-        ))
-    for column in (SubscriptionBilling.cancelled_at, SubscriptionBilling.paused_at):
-        found.update(session.scalars(sa.select(SubscriptionBilling.subscription_id).where(column > start, column <= end)))
+    def within(*columns: Any) -> sa.ColumnElement[bool]:  # (one OR: a renewal ends a line and starts one)
+        return sa.or_(*(sa.and_(column > start, column <= end) for column in columns))
+
+    found: set[str] = set(session.scalars(
+        sa.select(Invoice.subscription_id).select_from(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(within(InvoiceLine.period_start, InvoiceLine.period_end), InvoiceLine.kind == "item", Invoice.subscription_id.is_not(None))
+    ))
+    found.update(session.scalars(
+        sa.select(Invoice.subscription_id).where(within(Invoice.paid_date, Invoice.issue_date), Invoice.subscription_id.is_not(None))
+    ))
+    found.update(session.scalars(
+        sa.select(SubscriptionBilling.subscription_id).where(within(SubscriptionBilling.cancelled_at, SubscriptionBilling.paused_at))
+    ))
     return sorted(found)
 
 

@@ -1,6 +1,9 @@
 """Analytics at a million subscriptions (issue 14, "Fast"): bulk-load a business's two years into
-PostgreSQL with COPY, then time one day's full snapshot, N days of backfill, the 24-month cohort
-matrix and a 90-day MRR series, beside a same-run baseline (a full scan of payments).
+PostgreSQL with COPY, then time one day's snapshot in full (no day before it stored), a backfill of
+the N days before it (oldest first: the first in full, the next derived from the day before), the
+day again as the day after a stored day (derived; its churn window from the stored movers when N ≥
+31), the 24-month cohort matrix and a 90-day MRR series, beside a same-run baseline (a full scan of
+payments). ``--keep`` migrates a reused database to head first (a migration added since the load).
 
     .venv/bin/python bench/analytics.py                                   # 1,000,000 / 10,000,000
     .venv/bin/python bench/analytics.py --subscriptions 20000 --payments 200000   # to try it out

@@ -1,8 +1,10 @@
 """``analytics_snapshots``: a day's figures (``metrics.day_metrics``) stored, one row per (date,
 metric, currency), so a series over months is read, not recomputed. See docs/analytics.md.
 
-``take`` computes a day and replaces whatever that day had: its rows are deleted and written anew
-in the caller's transaction, so a reader sees the old day or the new one, never a mix. Each row
+``take`` computes a day and replaces whatever that day had: its rows, and its ``analytics_mrr_movers``
+(the customers whose MRR moved that day, which later days' churn windows read), are deleted and
+written anew in the caller's transaction, so a reader sees the old day or the new one, never a mix.
+The day is derived from the day before when that one is stored (``metrics.day_figures``). Each row
 says how it was made (``calculation_method``: ``scheduled`` by the worker's nightly sweep,
 ``on_demand`` from the API or the command line, ``manual``), how long the whole day took
 (``calculation_duration_ms``, measured), and how settled its figures were when taken

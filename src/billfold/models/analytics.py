@@ -38,7 +38,7 @@ class AnalyticsSnapshot(Base):
 
 
 class AnalyticsMrrMover(Base):
-    """Not in the spec (migration 0019): a snapshot day's customers whose MRR moved that day, with
+    """Not in the spec (migration 0020): a snapshot day's customers whose MRR moved that day, with
     their MRR at the day's start and end, written with the day's snapshot rows; the 30-day churn
     window is read from these (docs/analytics.md "## Snapshots")."""
 

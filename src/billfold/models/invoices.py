@@ -21,8 +21,8 @@ class Invoice(Base):
     # Not in the spec: MRR movements look up a customer's earlier invoices by subscription (migration 0018).
     __table_args__ = table_args(
         sa.Index("idx_invoices_subscription_id", "subscription_id"),
-        sa.Index("idx_invoices_paid_date", "paid_date"),  # invoices paid in a day (migration 0019)
-        sa.Index("idx_invoices_issue_date", "issue_date"),  # and issued (migration 0019)
+        sa.Index("idx_invoices_paid_date", "paid_date"),  # invoices paid in a day (migration 0020)
+        sa.Index("idx_invoices_issue_date", "issue_date"),  # and issued (migration 0020)
     )
 
     id: Mapped[str] = id_column("inv")

@@ -48,7 +48,7 @@ class PaymentEvent(Base):
     __mapper_args__ = {"eager_defaults": False}
     __table_args__ = table_args(
         sa.Index("idx_payment_events_entity_type_entity_id", "entity_type", "entity_id"),
-        sa.Index("idx_payment_events_type_created_at", "event_type", "created_at"),  # analytics: changes after the fact (0019)
+        sa.Index("idx_payment_events_type_created_at", "event_type", "created_at"),  # analytics: changes after the fact (0020)
     )
 
     id: Mapped[str] = id_column("evt")

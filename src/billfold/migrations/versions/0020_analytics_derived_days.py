@@ -6,8 +6,8 @@ after the fact (docs/analytics.md "Figures that change after the fact"); and
 is read from thirty small days instead of the billing history. Not in the spec; docs/schema.md
 lists them.
 
-Revision ID: 0019
-Revises: 0018
+Revision ID: 0020
+Revises: 0019
 Create Date: 2026-12-07
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
-down_revision = "0018"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

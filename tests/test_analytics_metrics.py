@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from billfold.analytics import metrics, recognition
+from billfold.analytics import jobs, metrics, recognition
 from billfold.kit import clock
 from billfold.kit.db import create_engine, session_factory, transaction
 from billfold.models import (
@@ -391,3 +391,16 @@ def test_every_metric_equals_a_plain_computation_over_the_rows(shop: Shop, froze
                 assert kinds["net_new"] == change == sum(kinds.get(k, 0) for k in metrics.MOVEMENT_KINDS)
 
     reconciles()
+
+    # Days taken in order are derived from the day before (and their churn window from the stored
+    # movers) and equal the figures computed over the whole history, every day.
+    jobs.fill_history(sessions, day_of(-1), day_of(DAYS - 1))
+    shape = lambda values: {(v.metric_type, v.currency): (v.value, v.breakdown) for v in values if v.value is not None}  # noqa: E731
+    with sessions() as session:
+        for n in range(-1, DAYS):
+            derived = metrics.day_figures(session, day_of(n))
+            assert derived.derived == (n >= 0) and derived.window_derived == (n >= 30), n
+            full = metrics.day_figures(session, day_of(n), derive=False)
+            assert shape(derived.values) == shape(full.values), n
+            assert [(m.customer_id, m.currency, m.kind, m.before_cents, m.after_cents) for m in derived.movers] == [
+                (m.customer_id, m.currency, m.kind, m.before_cents, m.after_cents) for m in full.movers], n

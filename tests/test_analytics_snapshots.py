@@ -213,3 +213,34 @@ def test_two_takers_of_one_day_at_once_leave_one_set_of_rows_and_no_error(engine
     assert errors == []
     rows = stored(engine, day)  # (fails on duplicates)
     assert figures(rows) == expected and {r.calculation_method for r in rows.values()} == {"manual"}
+
+
+def test_an_unpause_rewrites_the_past_so_the_next_day_is_computed_in_full_and_equals_the_full_figures(
+    analytics_nightly: None, shop: Shop, frozen_clock: clock.FrozenClock
+) -> None:
+    """Unpausing clears ``paused_at``: the pause vanishes from the history, so a day derived from
+    the stored day before would keep the subscription out of MRR. The day after an unpause is
+    computed from the whole history, and the days after it derive from that one."""
+    frozen_clock.set(START)
+    basic = shop.product(1000)
+    ada, bob = shop.customer("ada"), shop.customer("bob")
+    subs = {"ada": shop.subscribe(ada, basic)["id"], "bob": shop.subscribe(bob, basic)["id"]}
+    for n in range(1, 10):
+        frozen_clock.set(START + n * DAY)
+        if n == 3:
+            shop.post(ada, subs["ada"], "pause")
+        elif n == 6:
+            shop.post(ada, subs["ada"], "unpause")
+        for name in ("renew", "trials", "dunning"):
+            shop.sweep(name)
+        assert jobs.take_nightly(shop.context) == 1
+    assert stored(shop.engine, day_of(4))["mrr", "USD"].breakdown["value"] == 1000, "as known that night: ada paused"
+    with transaction(shop.context.sessions) as session:
+        assert not metrics.day_figures(session, day_of(6)).derived, "an unpause was recorded since day 5 was taken"
+        assert metrics.day_figures(session, day_of(7)).derived
+        full = {n: metrics.day_figures(session, day_of(n), derive=False).values for n in (6, 7, 8)}
+    for n, values in full.items():
+        shaped = {(v.metric_type, v.currency): (v.metric_value, {"value": v.value if isinstance(v.value, int) else str(v.value), "unit": v.unit, **v.breakdown})
+                  for v in values if v.value is not None}
+        assert figures(stored(shop.engine, day_of(n))) == shaped, n
+        assert shaped["mrr", "USD"][1]["value"] == 2000, n

@@ -32,6 +32,8 @@ from billfold.models import (
     SubscriptionBilling,
     UserMembership,
 )
+from billfold.models.analytics import AnalyticsMrrMover, AnalyticsSnapshot
+from billfold.models.webhooks import PaymentEvent
 from billfold.subscriptions.proration import round_half_up as half_up
 
 MOVEMENT_KINDS = ("new", "expansion", "contraction", "churned", "reactivation")
@@ -244,15 +246,20 @@ def mrr_rows(
 
 def mrr(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int]]]:
     """MRR per currency at ``at``: (total cents, cents by plan)."""
-    out: dict[str, tuple[int, dict[str, int]]] = {}
-    for currency, product_id, cents in session.execute(
-        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()), owners=False)
+    return {cur: (total, by_plan) for cur, (total, by_plan, _) in _mrr_lines(session, at).items()}
+
+
+def _mrr_lines(session: Session, at: datetime) -> dict[str, tuple[int, dict[str, int], dict[str, int]]]:
+    """MRR per currency at ``at``: (total cents, cents by plan, lines in force by plan)."""
+    out: dict[str, tuple[int, dict[str, int], dict[str, int]]] = {}
+    for currency, product_id, cents, n in session.execute(
+        _recurring_lines(Invoice.currency, InvoiceLine.product_id, sa.func.sum(_line_rate()), sa.func.count(), owners=False)
         .where(*_covering(at))
         .group_by(Invoice.currency, InvoiceLine.product_id)
     ):
-        total, by_plan = out.get(currency, (0, {}))
-        by_plan[product_id] = int(cents)
-        out[currency] = (total + int(cents), by_plan)
+        total, by_plan, lines = out.get(currency, (0, {}, {}))
+        by_plan[product_id], lines[product_id] = int(cents), int(n)
+        out[currency] = (total + int(cents), by_plan, lines)
     return out
 
 
@@ -280,6 +287,13 @@ def movement_rows(
     **churned** (0 after), **expansion** / **contraction** (up / down, both non-zero). Only customers
     whose MRR changed come back from the database; ``with_subscriptions`` adds the subscriptions in
     force at either end (the rows behind each movement)."""
+    rows = _changed(session, start, end, [Invoice.currency == currency] if currency else [])
+    return _classified(session, start, end, rows, with_subscriptions)
+
+
+def _changed(session: Session, start: datetime, end: datetime, where: list[sa.ColumnElement[bool]]) -> list[Any]:
+    """(user_id, organization_id, currency, before, after, billed earlier) of the owners whose MRR
+    differs between ``start`` and ``end``, among the lines matching ``where``."""
     at_start, at_end = sa.and_(*_covering(start)), sa.and_(*_covering(end))
     rate = _line_rate()
     before = sa.func.sum(sa.case((at_start, rate), else_=0))
@@ -287,16 +301,19 @@ def movement_rows(
     owner = (Subscription.user_id, Subscription.organization_id, Invoice.currency)
     changed = (
         _recurring_lines(*owner, before.label("before"), after.label("after"))
-        .where(sa.or_(at_start, at_end), *([Invoice.currency == currency] if currency else []))
+        .where(sa.or_(at_start, at_end), *where)
         .group_by(*owner)
         .having(before != after)
         .subquery()
     )
     earlier = _billed_before(start, changed)
-    rows = session.execute(
+    return list(session.execute(
         sa.select(changed.c.user_id, changed.c.organization_id, changed.c.currency, changed.c.before, changed.c.after,
                   sa.case((changed.c.before == 0, earlier), else_=sa.false()))
-    ).all()
+    ).all())
+
+
+def _classified(session: Session, start: datetime, end: datetime, rows: list[Any], with_subscriptions: bool) -> list[Movement]:
     subs = _subscriptions_of(session, start, end, [(u, o) for u, o, *_ in rows]) if with_subscriptions else {}
     out = []
     for user_id, organization_id, cur, b, a, was_billed in rows:
@@ -368,14 +385,8 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
         .where(*_covering(at)).group_by(Invoice.currency)
     ):
         out[cur]["active"] = int(n)
-    for cur, n in session.execute(
-        sa.select(Subscription.currency, sa.func.count())
-        .select_from(Subscription)
-        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
-        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, not_cancelled)
-        .group_by(Subscription.currency)
-    ):
-        out[cur]["trialing"] = int(n)
+    for cur, n in _trialing(session, at).items():
+        out[cur]["trialing"] = n
     for cur, n in session.execute(
         _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
         .where(
@@ -387,6 +398,17 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
     ):
         out[cur]["past_due"] = int(n)
     return dict(out)
+
+
+def _trialing(session: Session, at: datetime) -> dict[str, int]:
+    not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
+    return {cur: int(n) for cur, n in session.execute(
+        sa.select(Subscription.currency, sa.func.count())
+        .select_from(Subscription)
+        .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
+        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, not_cancelled)
+        .group_by(Subscription.currency)
+    )}
 
 
 def trial_conversion(session: Session, start: datetime, end: datetime) -> dict[str, tuple[int, int, Decimal | None]]:
@@ -504,23 +526,291 @@ def memberships(session: Session, start: datetime, end: datetime) -> dict[str, d
 # One day's full set
 
 
+ERASING_EVENTS = ("subscription.unpaused", "invoice.void")
+"""Changes that alter figures of instants already past (docs/analytics.md "Figures that change after
+the fact"): unpausing clears ``paused_at``, so the pause vanishes from the history; voiding an open
+invoice takes its periods out of past due at every earlier instant. After one (a void only if the
+invoice was issued by the end of a stored day), the day is computed in full, and the churn window
+too until its stored days were all taken after it."""
+CHUNK = 1000
+
+
+@dataclass
+class CurrencyState:
+    """One currency's figures at the end of a day, as a derived day needs them."""
+
+    mrr: int = 0
+    by_plan: dict[str, int] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)  # lines in force by plan
+    customers: int = 0
+    active: int = 0
+    past_due: int = 0
+
+
+@dataclass(frozen=True)
+class DayFigures:
+    """A day's figures, the day's MRR movements (the rows ``analytics_mrr_movers`` keeps) and whether
+    the day was derived from the day before (``derived``) and its churn window from stored movers
+    (``window_derived``)."""
+
+    values: list[MetricValue]
+    movers: list[Movement]
+    derived: bool
+    window_derived: bool
+
+
+def _stored_states(session: Session, first: date, last: date) -> dict[date, tuple[dict[str, CurrencyState], datetime]] | None:
+    """The stored states of the days ``first`` to ``last``, each with when it was taken (its rows'
+    earliest ``created_at``); None unless every one of those days was taken after it ended, by this
+    version (the MRR rows carry ``customers`` and ``lines_by_plan``: its movers were kept)."""
+    rows = session.execute(
+        sa.select(AnalyticsSnapshot.snapshot_date, AnalyticsSnapshot.metric_type, AnalyticsSnapshot.currency,
+                  AnalyticsSnapshot.breakdown, AnalyticsSnapshot.data_freshness, AnalyticsSnapshot.created_at)
+        .where(AnalyticsSnapshot.snapshot_date >= first, AnalyticsSnapshot.snapshot_date <= last,
+               AnalyticsSnapshot.metric_type.in_(("mrr", "subscriptions_active", "subscriptions_past_due", "memberships_active")))
+    ).all()
+    out: dict[date, tuple[dict[str, CurrencyState], datetime]] = {}
+    for day, metric, cur, breakdown, fresh, created in rows:
+        if fresh == "real_time":
+            return None
+        states, taken = out.get(day, ({}, created))
+        out[day] = (states, min(taken, created))
+        if cur is None:
+            continue
+        breakdown = breakdown or {}
+        state = states.setdefault(cur, CurrencyState())
+        if metric == "mrr":
+            if "customers" not in breakdown or "lines_by_plan" not in breakdown:
+                return None
+            state.mrr, state.by_plan = int(breakdown["value"]), {k: int(v) for k, v in breakdown["by_plan"].items()}
+            state.lines, state.customers = {k: int(v) for k, v in breakdown["lines_by_plan"].items()}, int(breakdown["customers"])
+        elif metric == "subscriptions_active":
+            state.active = int(breakdown["value"])
+        else:
+            state.past_due = int(breakdown["value"])
+    days = {r[0] for r in rows if r[1] == "memberships_active"}
+    if len(days) != (last - first).days + 1:
+        return None
+    return out
+
+
+def _erased_since(session: Session, since: datetime, until: datetime) -> bool:
+    """Whether a change after the fact was recorded since ``since`` that alters a figure at an
+    instant up to ``until``: an unpause, or the void of an invoice issued by ``until``."""
+    unpaused = sa.select(sa.literal(1)).where(PaymentEvent.event_type == ERASING_EVENTS[0], PaymentEvent.created_at >= since)
+    voided = sa.select(sa.literal(1)).select_from(PaymentEvent).join(Invoice, Invoice.id == PaymentEvent.entity_id).where(
+        PaymentEvent.event_type == ERASING_EVENTS[1], PaymentEvent.created_at >= since, Invoice.issue_date <= until)
+    return any(session.scalar(q.limit(1)) is not None for q in (unpaused, voided))
+
+
+def _boundary_subscriptions(session: Session, start: datetime, end: datetime) -> list[str]:
+    """The subscriptions with a timestamp in (start, end] that a figure at an instant depends on:
+    only their MRR, active and past-due state can differ between ``start`` and ``end``."""
+    def within(*columns: Any) -> sa.ColumnElement[bool]:  # (one OR: a renewal ends a line and starts one)
+        return sa.or_(*(sa.and_(column > start, column <= end) for column in columns))
+
+    found: set[str] = set(session.scalars(
+        sa.select(Invoice.subscription_id).select_from(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+        .where(within(InvoiceLine.period_start, InvoiceLine.period_end), InvoiceLine.kind == "item", Invoice.subscription_id.is_not(None))
+    ))
+    found.update(session.scalars(
+        sa.select(Invoice.subscription_id).where(within(Invoice.paid_date, Invoice.issue_date), Invoice.subscription_id.is_not(None))
+    ))
+    found.update(session.scalars(
+        sa.select(SubscriptionBilling.subscription_id).where(within(SubscriptionBilling.cancelled_at, SubscriptionBilling.paused_at))
+    ))
+    return sorted(found)
+
+
+def _line_states(session: Session, ids: list[str], start: datetime, end: datetime) -> list[Any]:
+    """The item lines of these subscriptions overlapping (start, end]: (subscription, user,
+    organization, currency, plan, rate, in MRR at start, at end, past due at start, at end)."""
+    def past_due(at: datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            InvoiceLine.period_start <= at, InvoiceLine.period_end > at, Invoice.issue_date <= at,
+            Invoice.status.in_(("open", "uncollectible", "paid")), sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at),
+            sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at),
+        )
+
+    flags = [sa.case((condition, 1), else_=0) for condition in (
+        sa.and_(*_covering(start)), sa.and_(*_covering(end)), past_due(start), past_due(end))]
+    rows: list[Any] = []
+    for i in range(0, len(ids), CHUNK):
+        rows += session.execute(
+            _recurring_lines(Invoice.subscription_id, Subscription.user_id, Subscription.organization_id, Invoice.currency,
+                             InvoiceLine.product_id, _line_rate(), *flags)
+            # (the subscriptions restricted by id too: else PostgreSQL hash-joins all of them per chunk)
+            .where(Invoice.subscription_id.in_(ids[i:i + CHUNK]), Subscription.id.in_(ids[i:i + CHUNK]), InvoiceLine.kind == "item",
+                   InvoiceLine.period_start <= end, InvoiceLine.period_end > start)
+        ).all()
+    return rows
+
+
+def _derived_day(
+    session: Session, start: datetime, end: datetime, base: dict[str, CurrencyState]
+) -> tuple[dict[str, CurrencyState], list[Movement]]:
+    """The state at ``end`` from the state at ``start`` (``base``) and the subscriptions with a
+    boundary in between; and the movements between them, from those subscriptions' customers only."""
+    states = {cur: CurrencyState(s.mrr, dict(s.by_plan), dict(s.lines), s.customers, s.active, s.past_due) for cur, s in base.items()}
+    owners: dict[tuple[str | None, str | None, str], int] = defaultdict(int)
+    flags: dict[str, tuple[str, list[int]]] = {}
+    boundary = _boundary_subscriptions(session, start, end)
+    lines = _line_states(session, boundary, start, end)
+    for sub_id, user_id, org_id, cur, plan, rate, in_start, in_end, due_start, due_end in lines:
+        state = states.setdefault(cur, CurrencyState())
+        rate, change = int(rate), int(in_end) - int(in_start)
+        state.mrr += rate * change
+        state.by_plan[plan] = state.by_plan.get(plan, 0) + rate * change
+        state.lines[plan] = state.lines.get(plan, 0) + change
+        owners[user_id, org_id, cur] += rate * change
+        _, f = flags.setdefault(sub_id, (cur, [0, 0, 0, 0]))
+        for k, v in enumerate((in_start, in_end, due_start, due_end)):
+            f[k] |= int(v)
+    for cur, f in flags.values():
+        state = states[cur]
+        state.active += f[1] - f[0]
+        state.past_due += f[3] - f[2]
+    for state in states.values():
+        for plan in [p for p, n in state.lines.items() if n == 0]:
+            del state.lines[plan], state.by_plan[plan]
+    moved = _owner_movements(session, start, end, {(u, o) for (u, o, _), change in owners.items() if change}, set(boundary), lines)
+    for m in moved:
+        states[m.currency].customers += (m.after_cents > 0) - (m.before_cents > 0)
+    return states, moved
+
+
+def _owner_movements(
+    session: Session, start: datetime, end: datetime, owners: set[tuple[str | None, str | None]], known: set[str], known_lines: list[Any]
+) -> list[Movement]:
+    """``movement_rows`` restricted to these owners, in steps that keep to the owner and
+    subscription indexes: their subscriptions, those subscriptions' lines (``known_lines`` already
+    has those of the ``known`` subscriptions), their earlier billing."""
+    subs: dict[str, tuple[str | None, str | None]] = {}
+    for column, index in ((Subscription.user_id, 0), (Subscription.organization_id, 1)):
+        ids = sorted({owner[index] for owner in owners if owner[index]})
+        for i in range(0, len(ids), CHUNK):
+            for sub_id, user_id, org_id in session.execute(
+                sa.select(Subscription.id, Subscription.user_id, Subscription.organization_id).where(column.in_(ids[i:i + CHUNK]))
+            ):
+                subs[sub_id] = (user_id, org_id)
+    totals: dict[tuple[str | None, str | None, str], list[int]] = defaultdict(lambda: [0, 0])
+    others = _line_states(session, sorted(set(subs) - known), start, end)
+    for sub_id, user_id, org_id, cur, _, rate, in_start, in_end, _, _ in [r for r in known_lines if r[0] in subs] + others:
+        totals[user_id, org_id, cur][0] += int(rate) * int(in_start)
+        totals[user_id, org_id, cur][1] += int(rate) * int(in_end)
+    at_zero = {k[:2] for k, v in totals.items() if v[0] == 0 and v[0] != v[1]}
+    zero = sorted(sub_id for sub_id, owner in subs.items() if owner in at_zero)
+    billed: set[tuple[str | None, str]] = set()
+    for i in range(0, len(zero), CHUNK):
+        for user_id, org_id, cur in session.execute(
+            sa.select(Subscription.user_id, Subscription.organization_id, Invoice.currency).distinct()
+            .select_from(InvoiceLine).join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+            .join(Subscription, Subscription.id == Invoice.subscription_id)
+            .where(Invoice.subscription_id.in_(zero[i:i + CHUNK]), Subscription.id.in_(zero[i:i + CHUNK]), Invoice.status == "paid", Invoice.paid_date <= start,
+                   InvoiceLine.kind == "item", InvoiceLine.period_start < start)
+        ):
+            billed.update({(user_id, cur), (org_id, cur)})
+    rows = [
+        (u, o, cur, b, a, b == 0 and ((u is not None and (u, cur) in billed) or (o is not None and (o, cur) in billed)))
+        for (u, o, cur), (b, a) in totals.items() if b != a
+    ]
+    return _classified(session, start, end, rows, False)
+
+
+def _derived_retention(
+    session: Session, day: date, churn_days: int, today: list[Movement], end: dict[str, CurrencyState]
+) -> dict[str, Retention] | None:
+    """Retention over the ``churn_days`` ending with ``day`` from the stored movers of those days and
+    the stored state at the window's start: a customer's MRR differs between the window's ends only
+    if it moved on a day inside it. None when a day of the window was not kept (or was kept before a
+    change after the fact)."""
+    opening = day - timedelta(days=churn_days)
+    stored = _stored_states(session, opening, day - timedelta(days=1))
+    if stored is None or _erased_since(session, min(taken for _, taken in stored.values()), start_of(day)):
+        return None
+    first_last: dict[tuple[str, str], list[int]] = {}
+    for customer, cur, before, after in session.execute(
+        sa.select(AnalyticsMrrMover.customer_id, AnalyticsMrrMover.currency, AnalyticsMrrMover.before_cents, AnalyticsMrrMover.after_cents)
+        .where(AnalyticsMrrMover.snapshot_date > opening, AnalyticsMrrMover.snapshot_date < day)
+        .order_by(AnalyticsMrrMover.snapshot_date)
+    ).all() + [(m.customer_id, m.currency, m.before_cents, m.after_cents) for m in today]:
+        pair = first_last.setdefault((customer, cur), [int(before), int(after)])
+        pair[1] = int(after)
+    start_states = stored[opening][0]
+    out = {}
+    for cur in sorted(set(start_states) | set(end)):
+        s, e = start_states.get(cur, CurrencyState()), end.get(cur, CurrencyState())
+        if not sum(s.lines.values()) and not sum(e.lines.values()):
+            continue
+        churned = contraction = expansion = lost = 0
+        for (_, c), (x, y) in first_last.items():
+            if c != cur:
+                continue
+            if x > 0 and y == 0:
+                lost, churned = lost + 1, churned - x
+            elif y > 0 and y < x:
+                contraction += y - x
+            elif x > 0 and y > x:
+                expansion += y - x
+        out[cur] = Retention(cur, s.customers, lost, s.mrr, churned, contraction, expansion, e.customers, e.mrr)
+    return out
+
+
 def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[MetricValue]:
+    """Every figure for ``day`` (see ``day_figures``)."""
+    return day_figures(session, day, churn_days).values
+
+
+def day_figures(session: Session, day: date, churn_days: int = 30, *, derive: bool = True) -> DayFigures:
     """Every figure for ``day``: revenue that day, MRR and ARR at its end (by plan), the day's MRR
     movements, subscription counts, churn, retention, ARPU and LTV over the ``churn_days`` ending
-    with it, trial conversion over the same window, and memberships."""
+    with it, trial conversion over the same window, and memberships.
+
+    With ``derive`` and the day before stored (docs/analytics.md "## Snapshots"), MRR, the active
+    and past-due counts and the movements come from that day's figures and the subscriptions with a
+    boundary in the day, and churn from the stored movers of the window's days; otherwise, or when
+    a change after the fact was recorded since, from the whole billing history. Both give the same
+    figures (tests/test_analytics_metrics.py)."""
     at, previous = end_of(day), start_of(day)
     window = at - timedelta(days=churn_days)
     without_jit(session)
     out = revenue(session, day)
-    totals = mrr(session, at)
-    moved = movements(session, previous, at)
-    counts = subscription_counts(session, at)
-    churn = retention(session, window, at)
+    base = None
+    if derive:
+        stored = _stored_states(session, day - timedelta(days=1), day - timedelta(days=1))
+        if stored is not None and not _erased_since(session, stored[day - timedelta(days=1)][1], previous):
+            base = stored[day - timedelta(days=1)][0]
+    churn: dict[str, Retention] | None = None
+    if base is not None:
+        states, movers = _derived_day(session, previous, at, base)
+        trialing = _trialing(session, at)
+        counts = {cur: {"active": states.get(cur, CurrencyState()).active, "trialing": trialing.get(cur, 0),
+                        "past_due": states.get(cur, CurrencyState()).past_due} for cur in set(states) | set(trialing)}
+        counts = {cur: c for cur, c in counts.items() if any(c.values())}
+        states = {cur: s for cur, s in states.items() if sum(s.lines.values()) or s.active or s.past_due or s.customers}
+        churn = _derived_retention(session, day, churn_days, movers, states)
+    else:
+        states = {cur: CurrencyState(total, by_plan, lines) for cur, (total, by_plan, lines) in _mrr_lines(session, at).items()}
+        movers = movement_rows(session, previous, at, with_subscriptions=False)
+        counts = subscription_counts(session, at)
+    window_derived = churn is not None
+    if churn is None:
+        churn = retention(session, window, at)
+    if base is None:
+        for cur, r in churn.items():
+            states.setdefault(cur, CurrencyState()).customers = r.customers_at_end
+    moved: dict[str, dict[str, int]] = {}
+    for m in movers:
+        kinds = moved.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
+        kinds[m.kind] += m.change_cents
+        kinds["net_new"] += m.change_cents
+    totals = {cur: s for cur, s in states.items() if sum(s.lines.values())}
     trials = trial_conversion(session, window, at)
     for cur in sorted(set(totals) | set(moved) | set(counts) | set(churn) | set(trials)):
-        cents, by_plan = totals.get(cur, (0, {}))
+        s = totals.get(cur, CurrencyState())
+        cents, by_plan = s.mrr, s.by_plan
         out += [
-            MetricValue("mrr", cur, cents, "cents", {"by_plan": by_plan}),
+            MetricValue("mrr", cur, cents, "cents", {"by_plan": by_plan, "lines_by_plan": s.lines, "customers": s.customers}),
             MetricValue("arr", cur, 12 * cents, "cents", {"by_plan": {k: 12 * v for k, v in by_plan.items()}}),
             MetricValue("mrr_net_new", cur, moved.get(cur, {}).get("net_new", 0), "cents", {"movements": moved.get(cur, {})}),
         ]
@@ -543,4 +833,4 @@ def day_metrics(session: Session, day: date, churn_days: int = 30) -> list[Metri
     types = memberships(session, previous, at)
     for kind in ("active", "started", "expired"):
         out.append(MetricValue(f"memberships_{kind}", None, sum(t[kind] for t in types.values()), "count", {"by_type": {k: t[kind] for k, t in types.items()}}))
-    return out
+    return DayFigures(out, movers, base is not None, window_derived)

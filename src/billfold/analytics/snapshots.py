@@ -1,8 +1,10 @@
 """``analytics_snapshots``: a day's figures (``metrics.day_metrics``) stored, one row per (date,
 metric, currency), so a series over months is read, not recomputed. See docs/analytics.md.
 
-``take`` computes a day and replaces whatever that day had: its rows are deleted and written anew
-in the caller's transaction, so a reader sees the old day or the new one, never a mix. Each row
+``take`` computes a day and replaces whatever that day had: its rows, and its ``analytics_mrr_movers``
+(the customers whose MRR moved that day, which later days' churn windows read), are deleted and
+written anew in the caller's transaction, so a reader sees the old day or the new one, never a mix.
+The day is derived from the day before when that one is stored (``metrics.day_figures``). Each row
 says how it was made (``calculation_method``: ``scheduled`` by the worker's nightly sweep,
 ``on_demand`` from the API or the command line, ``manual``), how long the whole day took
 (``calculation_duration_ms``, measured), and how settled its figures were when taken
@@ -36,7 +38,7 @@ from billfold.analytics import metrics
 from billfold.kit import clock
 from billfold.kit.db.dialects import upsert_row
 from billfold.kit.ids import new_id
-from billfold.models import AnalyticsSnapshot, InstanceMark
+from billfold.models import AnalyticsMrrMover, AnalyticsSnapshot, InstanceMark
 
 METHODS = ("scheduled", "on_demand", "manual")
 LOCK = "analytics.snapshots"
@@ -72,7 +74,8 @@ def take(session: Session, day: date, *, method: str = "scheduled") -> list[dict
         raise ValueError(f"calculation_method is one of {', '.join(METHODS)}, not {method!r}")
     lock(session, day)
     started = time.perf_counter()
-    values = metrics.day_metrics(session, day)
+    figures = metrics.day_figures(session, day)
+    values = figures.values
     duration_ms = round((time.perf_counter() - started) * 1000)
     fresh, now = freshness(day), clock.now()
     rows = [
@@ -86,8 +89,15 @@ def take(session: Session, day: date, *, method: str = "scheduled") -> list[dict
         if v.value is not None
     ]
     session.execute(sa.delete(AnalyticsSnapshot).where(AnalyticsSnapshot.snapshot_date == day))
+    session.execute(sa.delete(AnalyticsMrrMover).where(AnalyticsMrrMover.snapshot_date == day))
     if rows:
         session.execute(sa.insert(AnalyticsSnapshot), rows)
+    movers = [
+        {"snapshot_date": day, "currency": m.currency, "customer_id": m.customer_id, "before_cents": m.before_cents, "after_cents": m.after_cents}
+        for m in figures.movers
+    ]
+    for i in range(0, len(movers), 5000):
+        session.execute(sa.insert(AnalyticsMrrMover), movers[i:i + 5000])
     return rows
 
 

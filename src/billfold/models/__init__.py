@@ -3,7 +3,7 @@ table on ``Base.metadata``."""
 
 from billfold.kit.db.base import Base
 from billfold.models.accounts import Address, Organization, OrganizationUser, User
-from billfold.models.analytics import AnalyticsCohortMonth, AnalyticsEvent, AnalyticsSnapshot, UserCohort
+from billfold.models.analytics import AnalyticsCohortMonth, AnalyticsEvent, AnalyticsMrrMover, AnalyticsSnapshot, UserCohort
 from billfold.models.auth import ApiKey, AuthChallenge, AuthSession, OrganizationInvitation, SignInThrottle
 from billfold.models.billing import CreditNote, InvoiceLine, NumberSeries, Refund
 from billfold.models.catalog import Product, ProductCategory
@@ -29,6 +29,7 @@ __all__ = [
     "Address",
     "AnalyticsCohortMonth",
     "AnalyticsEvent",
+    "AnalyticsMrrMover",
     "AnalyticsSnapshot",
     "Base",
     "BillingClock",

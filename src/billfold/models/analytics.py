@@ -1,4 +1,5 @@
-"""Spec § Analytics Tables: analytics_snapshots, analytics_events, user_cohorts."""
+"""Spec § Analytics Tables: analytics_snapshots, analytics_events, user_cohorts; and Billfold's own
+analytics_mrr_movers (docs/schema.md)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ class AnalyticsSnapshot(Base):
     data_freshness: Mapped[str | None] = mapped_column(sa.String(50), default="historical", server_default="historical")
     created_at: Mapped[datetime] = created_at_column()
     updated_at: Mapped[datetime] = updated_at_column()
+
+
+class AnalyticsMrrMover(Base):
+    """Not in the spec (migration 0020): a snapshot day's customers whose MRR moved that day, with
+    their MRR at the day's start and end, written with the day's snapshot rows; the 30-day churn
+    window is read from these (docs/analytics.md "## Snapshots")."""
+
+    __tablename__ = "analytics_mrr_movers"
+    __table_args__ = table_args()
+
+    snapshot_date: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    currency: Mapped[str] = mapped_column(sa.String(3), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    before_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    after_cents: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
 
 
 class AnalyticsEvent(Base):

@@ -77,6 +77,7 @@ class InvoiceLine(Base):
         sa.CheckConstraint("quantity > 0", name="quantity_positive"),
         sa.Index("idx_invoice_lines_invoice_id", "invoice_id", "position"),
         sa.Index("idx_invoice_lines_period_end", "period_end", "period_start"),  # MRR's periods in force (migration 0018)
+        sa.Index("idx_invoice_lines_period_start", "period_start"),  # periods starting in a day (migration 0020)
     )
 
     id: Mapped[str] = id_column("inl")

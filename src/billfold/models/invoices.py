@@ -19,7 +19,11 @@ class Invoice(Base):
     # and a flush of many rows is one executemany rather than a RETURNING statement per batch.
     __mapper_args__ = {"eager_defaults": False}
     # Not in the spec: MRR movements look up a customer's earlier invoices by subscription (migration 0018).
-    __table_args__ = table_args(sa.Index("idx_invoices_subscription_id", "subscription_id"))
+    __table_args__ = table_args(
+        sa.Index("idx_invoices_subscription_id", "subscription_id"),
+        sa.Index("idx_invoices_paid_date", "paid_date"),  # invoices paid in a day (migration 0020)
+        sa.Index("idx_invoices_issue_date", "issue_date"),  # and issued (migration 0020)
+    )
 
     id: Mapped[str] = id_column("inv")
     invoice_number: Mapped[str] = mapped_column(sa.String(255), nullable=False, unique=True)

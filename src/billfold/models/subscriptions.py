@@ -67,6 +67,8 @@ class SubscriptionBilling(Base):
         sa.CheckConstraint("quantity > 0", name="quantity_positive"),
         sa.CheckConstraint("credit_cents >= 0", name="credit_not_negative"),
         sa.Index("idx_subscription_billing_next_retry_at", "next_retry_at"),
+        sa.Index("idx_subscription_billing_cancelled_at", "cancelled_at"),  # analytics: a day's boundaries (migration 0020)
+        sa.Index("idx_subscription_billing_paused_at", "paused_at"),  # (migration 0020)
     )
 
     subscription_id: Mapped[str] = mapped_column(

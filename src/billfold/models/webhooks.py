@@ -46,7 +46,10 @@ class PaymentEvent(Base):
     # Every server default here has a Python default too, so nothing needs fetching after an INSERT,
     # and a flush of many rows is one executemany rather than a RETURNING statement per batch.
     __mapper_args__ = {"eager_defaults": False}
-    __table_args__ = table_args(sa.Index("idx_payment_events_entity_type_entity_id", "entity_type", "entity_id"))
+    __table_args__ = table_args(
+        sa.Index("idx_payment_events_entity_type_entity_id", "entity_type", "entity_id"),
+        sa.Index("idx_payment_events_type_created_at", "event_type", "created_at"),  # analytics: changes after the fact (0020)
+    )
 
     id: Mapped[str] = id_column("evt")
     entity_type: Mapped[str] = mapped_column(sa.String(50), nullable=False)

@@ -339,3 +339,113 @@ def test_a_refund_issues_a_numbered_credit_note_and_the_invoice_shows_what_was_c
         assert_problem(client.get(f"/v1/credit-notes/{note['id']}"), 404, "not_found")
         assert_problem(client.get(f"/v1/credit-notes/{note['id']}/pdf"), 404, "not_found")
         assert client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"] == []
+
+
+def test_a_refund_that_fails_after_succeeding_voids_its_credit_note_once_and_keeps_its_number(
+    api: Api, engine: Engine, admin_token: str
+) -> None:
+    from billfold.providers.base import WebhookEvent
+    from tests.test_webhooks_processing import deliver, events_of, process, sandbox, webhook
+
+    ada = customer(api, engine)
+    made = order(api, ada.token, (product(engine, 1999, name="Babbage's notes"), 2))
+    with api.client(ada.token) as client:
+        paid = checkout(client, made["id"])
+        assert paid.status_code == 200, paid.text
+        [invoice] = client.get("/v1/invoices", params={"order_id": made["id"]}).json()["data"]
+    payment = paid.json()["payment"]["id"]
+    year = clock.now().year
+    before = _last_credit_note_number(engine, year)
+    with api.client(admin_token) as admin:
+        failing = admin.post(f"/v1/payments/{payment}/refunds", json={"amount_cents": 1000, "reason": "lost parcel"})
+        standing = admin.post(f"/v1/payments/{payment}/refunds", json={"amount_cents": 500})
+        assert failing.status_code == standing.status_code == 201, failing.text + standing.text
+        assert admin.get(f"/v1/invoices/{invoice['id']}").json()["credited_cents"] == 1500
+
+    failed = sandbox(api).fail_refund(failing.json()["provider_refund_id"])
+    [event] = events_of(api, failed.id, "refund.failed")
+    first = deliver(api, event)
+    process(engine, api.data_dir)
+    assert webhook(engine, first).processed
+    with api.client(ada.token) as client:
+        shown = client.get(f"/v1/invoices/{invoice['id']}").json()
+        void, kept = client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"]
+        note_pdf = pdf_text(client.get(void["pdf_url"]).content)
+        invoice_pdf = pdf_text(client.get(invoice["pdf_url"]).content)
+    assert [void["credit_note_number"], kept["credit_note_number"]] == [f"CN-{year}-{before + n:06d}" for n in (1, 2)]
+    assert (void["refund_id"], void["status"], void["amount_cents"]) == (failing.json()["id"], "void", 1000)
+    assert void["voided_at"] and "after succeeding" in void["void_reason"]
+    assert (kept["status"], kept["voided_at"], kept["void_reason"]) == ("issued", None, None)
+    assert (shown["credited_cents"], shown["credit_status"]) == (500, "partially_credited"), "only the standing note credits"
+    assert [n["status"] for n in shown["credit_notes"]] == ["void", "issued"], "the void note stays listed"
+    assert "CREDIT NOTE - VOID" in note_pdf and "nothing was credited" in note_pdf
+    assert "refunded to the original payment method" not in note_pdf
+    assert f"Credited: {kept['credit_note_number']}" in invoice_pdf and f"Credited: {void['credit_note_number']}" not in invoice_pdf
+    assert f"VOID: credit note {void['credit_note_number']}" in invoice_pdf
+    assert "PARTLY CREDITED" in invoice_pdf and Money(shown["total_cents"] - 500, "USD").format() in invoice_pdf, "paid less credited"
+
+    # The same failure delivered again (a new delivery id, as a provider's retry): nothing changes.
+    again = deliver(api, WebhookEvent(event.id + "_again", event.type, event.object_type, event.object_id, event.created, {}))
+    process(engine, api.data_dir)
+    assert webhook(engine, again).processed
+    with api.client(ada.token) as client:
+        assert client.get(f"/v1/credit-notes/{void['id']}").json() == void
+    assert invoice_events(engine, invoice["id"]).count("invoice.credit_voided") == 1
+
+    # The rest refunded: the next number follows, no gap; the void note never counts again.
+    with api.client(admin_token) as admin:
+        rest = admin.post(f"/v1/payments/{payment}/refunds", json={})
+        assert rest.status_code == 201, rest.text
+        shown = admin.get(f"/v1/invoices/{invoice['id']}").json()
+    assert shown["credit_notes"][-1]["credit_note_number"] == f"CN-{year}-{before + 3:06d}"
+    assert (shown["credited_cents"], shown["credit_status"]) == (shown["total_cents"], "credited")
+
+
+@pytest.mark.every_database  # the months' queries compare dates bound as parameters
+def test_a_voided_credit_note_gives_its_revenue_back_in_the_month_it_is_voided(engine: Engine) -> None:
+    from billfold.analytics import recognition
+    from billfold.kit.ids import new_id
+    from billfold.models import CreditNote, Payment, Refund
+
+    def at(month: int, day: int) -> datetime:
+        return datetime(2031, month, day, tzinfo=clock.UTC)
+
+    def credited(session, invoice: Invoice, cents: int, issued: datetime, voided: datetime) -> None:  # type: ignore[no-untyped-def]
+        buyer_order = make.order(session, user=buyer, total_cents=invoice.total_cents)
+        charged = Payment(order_id=buyer_order.id, user_id=buyer.id, provider_id="sandbox", provider_payment_id=new_id("ch"),
+                          amount_cents=invoice.total_cents, currency="USD", status="completed")
+        session.add(charged)
+        session.flush()
+        refund = Refund(payment_id=charged.id, provider_id="sandbox", amount_cents=cents, currency="USD", status="failed")
+        session.add(refund)
+        session.flush()
+        session.add(CreditNote(credit_note_number=new_id("cnx"), invoice_id=invoice.id, refund_id=refund.id, amount_cents=cents,
+                               currency="USD", issue_date=issued, voided_at=voided, void_reason="failed after succeeding"))
+
+    with transaction(session_factory(engine)) as session:
+        buyer = make.user(session)
+        make.provider(session)
+        with clock.using(clock.FrozenClock(at(1, 10))):
+            # A one-time item paid 10 January; a 40.00 credit note of 20 January, voided 5 March.
+            item = issue_invoice(session, currency="USD", user_id=buyer.id, lines=[LineIn("Brass gears", 10000)])
+            service.mark_paid(session, item)
+        # A month of service (31 days at 10.00 a day) paid 1 January; the unused 10 days credited
+        # 22 January, the note voided 10 February.
+        with clock.using(clock.FrozenClock(at(1, 1))):
+            plan = issue_invoice(session, currency="USD", user_id=buyer.id,
+                                 lines=[LineIn("Engine time", 31000, period_start=at(1, 1), period_end=at(2, 1))])
+            service.mark_paid(session, plan)
+        credited(session, item, 4000, at(1, 20), at(3, 5))
+        credited(session, plan, 10000, at(1, 22), at(2, 10))
+        ids = (item.id, plan.id)
+
+    with session_factory(engine)() as session:
+        months = {month: recognition.recognised(session, 2031, month).get("USD") for month in (1, 2, 3, 4)}
+    by_month = {month: tuple((found.by_invoice.get(i, (0, 0)) if found else (0, 0)) for i in ids) for month, found in months.items()}
+    assert by_month == {
+        1: ((6000, 0), (21000, 0)),  # the notes stand at January's end: 100 − 40; 21 days, the rest credited
+        2: ((0, 0), (10000, 0)),  # the plan's note is voided: its 10 days are earned after all
+        3: ((4000, 0), (0, 0)),  # the item's note is voided: its 40.00 comes back
+        4: ((0, 0), (0, 0)),
+    }
+    assert [sum(month[n][0] for month in by_month.values()) for n in (0, 1)] == [10000, 31000], "in all, as if never credited"

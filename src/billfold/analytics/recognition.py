@@ -6,7 +6,9 @@ up to the line exactly. A line without a period (a credit, a one-time item) is e
 invoice is paid. Nothing is earned before the invoice is paid: an invoice paid late catches up in
 the month it is paid. A credit note (a refund) takes its amount, net of tax in the invoice's
 proportion, first from what the invoice has not earned yet (it stops earning that part) and the
-rest back from what it has earned, in the month the credit note is issued.
+rest back from what it has earned, in the month the credit note is issued. A credit note voided
+later (its refund failed after succeeding) counts until it is voided; from then on the invoice
+earns as if it had never been issued, so the month of the void gets back what the note took.
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ class _Invoice:
     paid: datetime
     net_share: tuple[int, int]  # revenue / total: the part of a credit note that is not tax
     lines: list[tuple[str, int, datetime | None, datetime | None]] = field(default_factory=list)
-    credits: list[tuple[datetime, int]] = field(default_factory=list)
+    credits: list[tuple[datetime, int, datetime | None]] = field(default_factory=list)  # issued, cents, voided
+
+    def standing(self, at: datetime) -> list[tuple[datetime, int]]:
+        """The credit notes issued before ``at`` and not voided by then, oldest first."""
+        return sorted((issued, cents) for issued, cents, voided in self.credits
+                      if issued < at and (voided is None or voided >= at))
 
     def line_earned(self, line: tuple[str, int, datetime | None, datetime | None], at: datetime) -> int:
         _, amount, start, end = line
@@ -55,9 +62,7 @@ class _Invoice:
             return 0
         total = sum(amount for _, amount, _, _ in self.lines)
         cap, taken_back = total, 0
-        for issued, cents in sorted(self.credits):
-            if issued >= at:
-                break
+        for issued, cents in self.standing(at):
             base = min(sum(self.line_earned(line, issued) for line in self.lines), cap) - taken_back
             net = half_up(cents * self.net_share[0], self.net_share[1]) if self.net_share[1] else cents
             unearned = max(cap - taken_back - base, 0)
@@ -73,7 +78,7 @@ class _Invoice:
         total = sum(amount for _, amount, _, _ in self.lines)
         given_back = sum(
             half_up(c * self.net_share[0], self.net_share[1]) if self.net_share[1] else c
-            for issued, c in self.credits if issued < at
+            for _, c in self.standing(at)
         )
         return total - given_back - self.earned(at)
 
@@ -92,6 +97,7 @@ def _invoices(session: Session, start: datetime, end: datetime) -> list[_Invoice
         Invoice.paid_date >= start,
         sa.exists().where(InvoiceLine.invoice_id == Invoice.id, InvoiceLine.period_end > start),
         sa.exists().where(CreditNote.invoice_id == Invoice.id, CreditNote.issue_date >= start, CreditNote.issue_date < end),
+        sa.exists().where(CreditNote.invoice_id == Invoice.id, CreditNote.voided_at >= start, CreditNote.voided_at < end),
     )
     found: dict[str, _Invoice] = {}
     for row in session.execute(
@@ -107,10 +113,11 @@ def _invoices(session: Session, start: datetime, end: datetime) -> list[_Invoice
             .where(InvoiceLine.invoice_id.in_(chunk)).order_by(InvoiceLine.invoice_id, InvoiceLine.position)
         ):
             found[invoice_id].lines.append((line_id, int(amount), p_start, p_end))
-        for invoice_id, issued, cents in session.execute(
-            sa.select(CreditNote.invoice_id, CreditNote.issue_date, CreditNote.amount_cents).where(CreditNote.invoice_id.in_(chunk))
+        for invoice_id, issued, cents, voided in session.execute(
+            sa.select(CreditNote.invoice_id, CreditNote.issue_date, CreditNote.amount_cents, CreditNote.voided_at)
+            .where(CreditNote.invoice_id.in_(chunk))
         ):
-            found[invoice_id].credits.append((issued, int(cents)))
+            found[invoice_id].credits.append((issued, int(cents), voided))
     for invoice in found.values():  # a discount is earned when paid, like a line without a period
         discount = sum(a for _, a, _, _ in invoice.lines) - invoice.net_share[0]
         if discount:

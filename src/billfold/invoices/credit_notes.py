@@ -7,9 +7,15 @@ the transaction that records the refund as succeeded: the refund and its credit 
 all. It is idempotent: a refund has at most one credit note (UNIQUE ``refund_id``), and a call
 issues the missing ones of every succeeded refund of the payment.
 
+A refund that fails after succeeding gave nothing back: :func:`void_for_failed_refund` (attached to
+``orders.events.refund_reversed``) marks its note void (``voided_at``, ``void_reason``), in the
+transaction that records the failure. A note is never deleted nor renumbered, so the series stays
+gapless and the void is on the document itself; voiding is set once, never cleared.
+
 An invoice is never changed by a credit note: it stays ``paid`` (its state machine has no move
-out of ``paid``), and what was credited is read beside it (:func:`credits_of`): the amount, the
-notes, and ``credit_status`` ``none`` | ``partially_credited`` | ``credited`` (in full).
+out of ``paid``), and what was credited is read beside it (:func:`credits_of`): the amount (of
+the notes that stand), the notes (voided ones too, marked), and ``credit_status`` ``none`` |
+``partially_credited`` | ``credited`` (in full).
 """
 
 from __future__ import annotations
@@ -90,9 +96,28 @@ def credit_refunds(session: Session, payment: Payment) -> list[CreditNote]:
     return notes
 
 
+def void_for_failed_refund(session: Session, payment: Payment, refund: Refund) -> CreditNote | None:
+    """Void the credit note of ``refund``, which failed after succeeding (the provider kept the
+    money, or it came back). Idempotent: a note voided already, or none (a refund that never
+    succeeded, or paid no invoice), changes nothing. The caller holds the refund's row lock."""
+    if refund.status != "failed":
+        return None
+    note = session.scalars(sa.select(CreditNote).where(CreditNote.refund_id == refund.id)).one_or_none()
+    if note is None or note.voided_at is not None:
+        return None
+    note.voided_at = clock.now()
+    note.void_reason = (refund.error_message or "the refund failed after succeeding")[:255]
+    session.flush()
+    audit(session, "invoice", note.invoice_id, "invoice.credit_voided", credit_note_id=note.id,
+          credit_note_number=note.credit_note_number, refund_id=refund.id, payment_id=payment.id,
+          amount_cents=note.amount_cents, reason=note.void_reason)
+    return note
+
+
 @dataclass
 class Credits:
-    """What was credited on one invoice."""
+    """What was credited on one invoice: ``credited_cents`` by the notes that stand; ``notes``
+    all of them, voided ones too."""
 
     credited_cents: int = 0
     notes: list[CreditNote] = field(default_factory=list)
@@ -110,7 +135,8 @@ def credits_of(session: Session, invoice_ids: list[str]) -> dict[str, Credits]:
             sa.select(CreditNote).where(CreditNote.invoice_id.in_(invoice_ids)).order_by(CreditNote.invoice_id, CreditNote.id)
         ):
             credits = found[note.invoice_id]
-            credits.credited_cents += note.amount_cents
+            if note.voided_at is None:  # a void note credits nothing; it is listed, marked void
+                credits.credited_cents += note.amount_cents
             credits.notes.append(note)
     return found
 

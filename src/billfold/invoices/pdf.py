@@ -211,9 +211,10 @@ def render(
     rows.append((f"Total ({invoice.currency})", invoice.total_cents, True))
     if invoice.status == "paid":
         rows.append(("Amount due", 0, False))
-        for note in credits.notes:
+        standing = [note for note in credits.notes if note.voided_at is None]
+        for note in standing:
             rows.append((f"Credited: {note.credit_note_number} ({_date(note.issue_date)})", -note.amount_cents, False))
-        if credits.notes:
+        if standing:
             rows.append(("Paid less credited", invoice.total_cents - credits.credited_cents, True))
     elif invoice.status == "open":
         rows.append(("Amount due", invoice.total_cents, True))
@@ -223,6 +224,13 @@ def render(
         pdf.font(10 if bold else 9, bold)
         pdf.cell(label_width, 6, pdf.text_of(label), align="R")
         pdf.cell(value_width, 6, pdf.text_of(money(cents)), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    voided = [note for note in credits.notes if note.voided_at is not None]
+    if voided:
+        pdf.ln(2)
+    for note in voided:
+        assert note.voided_at is not None
+        pdf.line_of(f"VOID: credit note {note.credit_note_number} of {_date(note.issue_date)} ({money(note.amount_cents)}), "
+                    f"voided {_date(note.voided_at)}; nothing credited", 9)
     if invoice.status == "void":
         pdf.ln(4)
         pdf.line_of("This invoice has been voided and is not payable.", 9, True)
@@ -254,9 +262,11 @@ def render_credit_note(note: CreditNote, invoice: Invoice, seller: Party, buyer:
         return Money(int(cents), note.currency).format()
 
     pdf.font(20, True)
-    pdf.cell(0, 10, "CREDIT NOTE", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 10, "CREDIT NOTE" + (" - VOID" if note.voided_at is not None else ""), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.line_of(f"Credit note number: {note.credit_note_number}", 10, True)
     pdf.line_of(f"Issue date: {_date(note.issue_date)}", 9)
+    if note.voided_at is not None:
+        pdf.line_of(f"VOID since {_date(note.voided_at)}", 10, True)
     pdf.line_of(f"Credits invoice: {invoice.invoice_number} of {_date(invoice.issue_date)}", 9, True)
     top = pdf.get_y() + 6
     half = (pdf.w - pdf.l_margin - pdf.r_margin) / 2
@@ -276,7 +286,12 @@ def render_credit_note(note: CreditNote, invoice: Invoice, seller: Party, buyer:
     pdf.cell(45, 6, pdf.text_of(f"Total credited ({note.currency})"), align="R")
     pdf.cell(35, 6, pdf.text_of(money(note.amount_cents)), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(4)
-    pdf.line_of("The amount has been refunded to the original payment method.", 9)
+    if note.voided_at is None:
+        pdf.line_of("The amount has been refunded to the original payment method.", 9)
+    else:
+        pdf.line_of("This credit note is void: its refund failed after succeeding; nothing was credited.", 9, True)
+        if note.void_reason:
+            pdf.line_of(f"Reason: {note.void_reason}", 9)
     return bytes(pdf.output())
 
 

@@ -13,6 +13,7 @@ from billfold.models import CreditNote, Invoice, InvoiceLine
 InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
 LineKind = Literal["item", "proration", "credit", "shipping"]
 CreditStatus = Literal["none", "partially_credited", "credited"]
+CreditNoteStatus = Literal["issued", "void"]
 
 
 class CreditNoteOut(BaseModel):
@@ -29,6 +30,13 @@ class CreditNoteOut(BaseModel):
     issue_date: datetime
     pdf_url: str = Field(description="Where the credit note's PDF document is.")
     created_at: datetime
+    status: CreditNoteStatus = Field(
+        "issued",
+        description="issued; void once its refund failed after succeeding (nothing was given back). "
+        "A void note keeps its number and stays listed; it credits nothing.",
+    )
+    voided_at: datetime | None = Field(None, description="When it was voided; null while it stands.")
+    void_reason: str | None = Field(None, description="Why it was voided (the provider's word on the refund).")
 
     @classmethod
     def of(cls, note: CreditNote, invoice: Invoice) -> CreditNoteOut:
@@ -37,6 +45,8 @@ class CreditNoteOut(BaseModel):
             invoice_number=invoice.invoice_number, user_id=invoice.user_id, organization_id=invoice.organization_id,
             refund_id=note.refund_id, amount_cents=note.amount_cents, currency=note.currency, reason=note.reason,
             issue_date=note.issue_date, pdf_url=f"/v1/credit-notes/{note.id}/pdf", created_at=note.created_at,
+            status="void" if note.voided_at is not None else "issued", voided_at=note.voided_at,
+            void_reason=note.void_reason,
         )
 
 
@@ -75,11 +85,11 @@ class InvoiceOut(BaseModel):
     provider_id: str | None
     provider_invoice_id: str | None
     lines: list[InvoiceLineOut]
-    credited_cents: int = Field(description="What its credit notes gave back (refunds), in all.")
+    credited_cents: int = Field(description="What its credit notes gave back (refunds), in all; void notes count nothing.")
     credit_status: CreditStatus = Field(
         description="none; partially_credited; credited (in full). The status stays paid: credit notes never change an invoice."
     )
-    credit_notes: list[CreditNoteOut]
+    credit_notes: list[CreditNoteOut] = Field(description="All its credit notes, void ones too (status void).")
     pdf_url: str = Field(description="Where the invoice's PDF document is.")
     created_at: datetime
     updated_at: datetime

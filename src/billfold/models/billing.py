@@ -100,7 +100,9 @@ class InvoiceLine(Base):
 
 class CreditNote(Base):
     """What one refund gave back, as a document: numbered in its own gapless series
-    (``CN-2026-000001``), linked to the invoice it credits. Issued once, never changed."""
+    (``CN-2026-000001``), linked to the invoice it credits. Issued once, never deleted or
+    renumbered; the one change it takes is being voided (``voided_at``, ``void_reason``, set once,
+    never cleared) when its refund fails after succeeding (migration 0021)."""
 
     __tablename__ = "credit_notes"
     __mapper_args__ = {"eager_defaults": False}
@@ -120,3 +122,5 @@ class CreditNote(Base):
     reason: Mapped[str | None] = mapped_column(sa.String(255))
     issue_date: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     created_at: Mapped[datetime] = created_at_column()
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    void_reason: Mapped[str | None] = mapped_column(sa.String(255))

@@ -1,6 +1,6 @@
 """What other packages do when an order is paid (issue its invoice, grant a membership, send the
 receipt) or money is given back (a credit note for each refund; a refunded order's memberships
-end), in the same transaction that records it, so either all of it happens or none of it does.
+end) or a refund fails after succeeding (its credit note is voided), in the same transaction that records it, so either all of it happens or none of it does.
 
 The reactions are attached in one place, the composition root ``billfold.wiring.wire()``, which
 every entry point calls (``create_app``, the worker's ``make_context``, the command line, the demo
@@ -19,13 +19,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from billfold.kit.errors import ConfigurationError
-from billfold.models import Order, Payment
+from billfold.models import Order, Payment, Refund
 
 Reaction = Callable[[Session, Order], Any]
 PaymentReaction = Callable[[Session, Payment], Any]
+RefundReaction = Callable[[Session, Payment, Refund], Any]
 _PAID: tuple[Reaction, ...] = ()
 _REFUNDED: tuple[Reaction, ...] = ()
 _REFUND: tuple[PaymentReaction, ...] = ()
+_REFUND_REVERSED: tuple[RefundReaction, ...] = ()
 _attached = False
 
 
@@ -37,13 +39,16 @@ class NotWired(ConfigurationError):
 
 
 def attach(
-    *, paid: Iterable[Reaction], refunded: Iterable[Reaction], refund: Iterable[PaymentReaction]
+    *, paid: Iterable[Reaction], refunded: Iterable[Reaction], refund: Iterable[PaymentReaction],
+    refund_reversed: Iterable[RefundReaction] = (),
 ) -> None:
     """Set the reactions, in the order they run: ``paid`` when an order is paid in full,
     ``refunded`` when it is refunded in full, ``refund`` after a refund of a payment (an order's or
-    a subscription's) succeeded. Setting the same ones again changes nothing."""
-    global _PAID, _REFUNDED, _REFUND, _attached
+    a subscription's) succeeded, ``refund_reversed`` after a succeeded refund failed (the money
+    came back). Setting the same ones again changes nothing."""
+    global _PAID, _REFUNDED, _REFUND, _REFUND_REVERSED, _attached
     _PAID, _REFUNDED, _REFUND = tuple(paid), tuple(refunded), tuple(refund)
+    _REFUND_REVERSED = tuple(refund_reversed)
     _attached = True
 
 
@@ -78,3 +83,11 @@ def refund_succeeded(session: Session, payment: Payment) -> None:
     _require_attached(f"a refund of payment {payment.id} succeeded")
     for reaction in _REFUND:
         reaction(session, payment)
+
+
+def refund_reversed(session: Session, payment: Payment, refund: Refund) -> None:
+    """After ``refund`` of ``payment`` moved ``succeeded`` -> ``failed`` (its row moved, flushed):
+    what hung on its success is undone (its credit note is voided)."""
+    _require_attached(f"refund {refund.id} of payment {payment.id} failed after succeeding")
+    for reaction in _REFUND_REVERSED:
+        reaction(session, payment, refund)

@@ -305,11 +305,14 @@ class Refunds:
             elif row.status == "succeeded" and answer is not None and isinstance(answer.result, RefundResult) \
                     and answer.result.status in (RefundStatus.FAILED, RefundStatus.CANCELED):
                 # Failed after succeeding (the card was closed): the money stayed with the shop, so
-                # the payment has it again. A credit note issued for it stands, for a person to see.
+                # the payment has it again, and the credit note issued for it is voided (kept, with
+                # its number: docs/invoices.md "## Credit notes"), all in this transaction.
                 row.error_message = f"the provider says the refund {answer.result.provider_status} after succeeding"
                 REFUND.move(session, row, "failed", by=self.by, reason=row.error_message, provider_refund_id=row.provider_refund_id)
                 if payment.status == "refunded":
                     PAYMENT.move(session, payment, "completed", by=self.by, reason="refund_failed", refund_id=row.id)
+                session.flush()
+                events.refund_reversed(session, payment, row)
             session.flush()
             ended = {"succeeded": Result.SUCCEEDED, "failed": Result.FAILED}.get(row.status, Result.PENDING)
             outcomes.append(engine.outcome_of(payment, ended, refund_id=row.id, error=refusal if ended is Result.FAILED else None))

@@ -68,7 +68,10 @@ class Organization(Base):
 
 class OrganizationUser(Base):
     __tablename__ = "organization_users"
-    __table_args__ = table_args(sa.UniqueConstraint("organization_id", "user_id"))
+    __table_args__ = table_args(
+        sa.UniqueConstraint("organization_id", "user_id"),
+        sa.Index("idx_organization_users_user_id", "user_id"),  # a foreign key read by (migration 0022)
+    )
 
     id: Mapped[str] = id_column("oru")
     organization_id: Mapped[str] = mapped_column(

@@ -23,6 +23,10 @@ class Invoice(Base):
         sa.Index("idx_invoices_subscription_id", "subscription_id"),
         sa.Index("idx_invoices_paid_date", "paid_date"),  # invoices paid in a day (migration 0020)
         sa.Index("idx_invoices_issue_date", "issue_date"),  # and issued (migration 0020)
+        # Not in the spec: foreign keys read by (an order's invoice, a customer's invoices; migration 0022).
+        sa.Index("idx_invoices_order_id", "order_id"),
+        sa.Index("idx_invoices_user_id", "user_id"),
+        sa.Index("idx_invoices_organization_id", "organization_id"),
     )
 
     id: Mapped[str] = id_column("inv")

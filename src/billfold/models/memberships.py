@@ -37,6 +37,8 @@ class UserMembership(Base):
     __table_args__ = table_args(
         sa.Index("idx_user_memberships_user_id", "user_id"),
         sa.Index("idx_user_memberships_status", "status"),
+        sa.Index("idx_user_memberships_order_id", "order_id"),  # a foreign key read by (migration 0022)
+        sa.Index("idx_user_memberships_subscription_id", "subscription_id"),  # a foreign key read by (migration 0022)
     )
 
     id: Mapped[str] = id_column("umem")

@@ -25,6 +25,7 @@ class Order(Base):
         ),
         sa.Index("idx_orders_status", "status"),
         sa.Index("idx_orders_user_id", "user_id"),
+        sa.Index("idx_orders_organization_id", "organization_id"),  # a foreign key read by (migration 0022)
     )
 
     id: Mapped[str] = id_column("ord")
@@ -53,7 +54,7 @@ class Order(Base):
 
 class OrderItem(Base):
     __tablename__ = "order_items"
-    __table_args__ = table_args()
+    __table_args__ = table_args(sa.Index("idx_order_items_order_id", "order_id"))  # a foreign key read by (migration 0022)
 
     id: Mapped[str] = id_column("oit")
     order_id: Mapped[str] = mapped_column(sa.String(255), sa.ForeignKey("orders.id", ondelete="CASCADE"), nullable=False)

@@ -31,6 +31,8 @@ class Payment(Base):
         sa.Index("idx_payments_created_at", "created_at"),
         # Not in the spec: whether a user had paid in a currency before a moment, for the retention matrix (0019).
         sa.Index("idx_payments_user_id_currency", "user_id", "currency", "status", "completed_at"),
+        sa.Index("idx_payments_subscription_id", "subscription_id"),  # a foreign key read by (migration 0022)
+        sa.Index("idx_payments_organization_id", "organization_id"),  # a foreign key read by (migration 0022)
     )
 
     id: Mapped[str] = id_column("pay")

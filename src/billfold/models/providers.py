@@ -39,6 +39,8 @@ class ProviderCustomer(Base):
     __table_args__ = table_args(
         sa.UniqueConstraint("provider_id", "provider_customer_id"),
         owner_check(),
+        sa.Index("idx_provider_customers_user_id", "user_id"),  # a foreign key read by (migration 0022)
+        sa.Index("idx_provider_customers_organization_id", "organization_id"),  # a foreign key read by (migration 0022)
     )
 
     id: Mapped[str] = id_column("pcus")

@@ -14,10 +14,16 @@ Steps, all in one run:
 3. `billfold serve --workers W --no-access-log` as a subprocess, warmed up, then the clients;
    printed: checkouts/s, p50/p95/p99 of a complete checkout, errors, the server's peak RSS, and
    the CPU seconds per checkout of the server, PostgreSQL and the load generator;
-4. the ceiling: pgbench with a script doing the same transactions and the same writes as a
-   checkout (one script run = one checkout's database work), the same client count, for a fixed
-   time, on the same database; printed with the ratio ours / ceiling;
-5. optionally (``--profile SECONDS``) py-spy samples the server's workers during a second run.
+4. the ceiling issue 13 names, right after each of Billfold's runs: a bare FastAPI + psycopg app
+   (bench/bare_checkout.py) doing the pgbench script's statements behind the same endpoints, with
+   the same workers, clients, sale (two requests or one) and duration as that run; printed like
+   Billfold's run, with the ratio Billfold / bare app (``--no-bare`` skips it; it needs
+   ``pip install psycopg-pool``);
+5. the database's ceiling: pgbench with a script doing the same transactions and the same writes
+   as a checkout (one script run = one checkout's database work), the same client count, for a
+   fixed time, on the same database; printed with the ratio ours / ceiling;
+6. optionally (``--profile SECONDS``) py-spy samples the server's workers (Billfold's and the bare
+   app's) during the timed runs.
 
 ``--provider-latency-ms L --provider-jitter-ms J`` slow the server's sandbox down to a remote
 provider's pace (``BILLFOLD_SANDBOX_LATENCY_MS``: each call waits L ms plus up to J more). During

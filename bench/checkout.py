@@ -207,9 +207,11 @@ def serve(url: str, data_dir: Path, workers: int, latency_ms: int = 0,
 @contextlib.contextmanager
 def serve_bare(url: str, data_dir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """bench/bare_checkout.py under uvicorn with ``workers`` workers, on the same database."""
-    with create_engine(url).connect() as c:  # the number rows Billfold's orders and invoices use
+    engine = create_engine(url)
+    with engine.connect() as c:  # the number rows Billfold's orders and invoices use
         series = c.scalar(sa.text("SELECT series FROM number_series WHERE series LIKE 'order-%' LIMIT 1"))
         invoice_series = c.scalar(sa.text("SELECT series FROM number_series WHERE series LIKE 'invoice-%' LIMIT 1"))
+    engine.dispose()
     port = free_port()
     env = {**os.environ, "BARE_DATABASE_URL": sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
            "BARE_SERIES": series, "BARE_INVOICE_SERIES": invoice_series}

@@ -14,10 +14,16 @@ Steps, all in one run:
 3. `billfold serve --workers W --no-access-log` as a subprocess, warmed up, then the clients;
    printed: checkouts/s, p50/p95/p99 of a complete checkout, errors, the server's peak RSS, and
    the CPU seconds per checkout of the server, PostgreSQL and the load generator;
-4. the ceiling: pgbench with a script doing the same transactions and the same writes as a
-   checkout (one script run = one checkout's database work), the same client count, for a fixed
-   time, on the same database; printed with the ratio ours / ceiling;
-5. optionally (``--profile SECONDS``) py-spy samples the server's workers during a second run.
+4. the ceiling issue 13 names, right after each of Billfold's runs: a bare FastAPI + psycopg app
+   (bench/bare_checkout.py) doing the pgbench script's statements behind the same endpoints, with
+   the same workers, clients, sale (two requests or one) and duration as that run; printed like
+   Billfold's run, with the ratio Billfold / bare app (``--no-bare`` skips it; it needs
+   ``pip install psycopg-pool``);
+5. the database's ceiling: pgbench with a script doing the same transactions and the same writes
+   as a checkout (one script run = one checkout's database work), the same client count, for a
+   fixed time, on the same database; printed with the ratio ours / ceiling;
+6. optionally (``--profile SECONDS``) py-spy samples the server's workers (Billfold's and the bare
+   app's) during the timed runs.
 
 ``--provider-latency-ms L --provider-jitter-ms J`` slow the server's sandbox down to a remote
 provider's pace (``BILLFOLD_SANDBOX_LATENCY_MS``: each call waits L ms plus up to J more). During
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -192,22 +199,44 @@ def serve(url: str, data_dir: Path, workers: int, latency_ms: int = 0,
     env.update(BILLFOLD_DATABASE_URL=url, BILLFOLD_DATA_DIR=str(data_dir), BILLFOLD_SECRET_KEY=SECRET_KEY,
                BILLFOLD_PUBLIC_URL=f"http://127.0.0.1:{port}", BILLFOLD_SANDBOX_LATENCY_MS=str(latency_ms),
                BILLFOLD_SANDBOX_LATENCY_JITTER_MS=str(jitter_ms))
-    log = open(data_dir / "serve.log", "wb")
-    server = subprocess.Popen(
-        [BILLFOLD, "serve", "--port", str(port), "--workers", str(workers), "--no-access-log"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    command = [BILLFOLD, "serve", "--port", str(port), "--workers", str(workers), "--no-access-log"]
+    with run_server("billfold serve", command, env, port, data_dir / "serve.log") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_bare(url: str, data_dir: Path, workers: int) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """bench/bare_checkout.py under uvicorn with ``workers`` workers, on the same database."""
+    engine = create_engine(url)
+    with engine.connect() as c:  # the number rows Billfold's orders and invoices use
+        series = c.scalar(sa.text("SELECT series FROM number_series WHERE series LIKE 'order-%' LIMIT 1"))
+        invoice_series = c.scalar(sa.text("SELECT series FROM number_series WHERE series LIKE 'invoice-%' LIMIT 1"))
+    engine.dispose()
+    port = free_port()
+    env = {**os.environ, "BARE_DATABASE_URL": sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+           "BARE_SERIES": series, "BARE_INVOICE_SERIES": invoice_series}
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parent), "bare_checkout:app",
+               "--port", str(port), "--workers", str(workers), "--no-access-log"]
+    with run_server("the bare app", command, env, port, data_dir / "bare.log") as served:
+        yield served
+
+
+@contextlib.contextmanager
+def run_server(name: str, command: list[str], env: dict[str, str], port: int,
+               log_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    log = open(log_path, "wb")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"billfold serve exited: {(data_dir / 'serve.log').read_text()[-2000:]}")
+                raise RuntimeError(f"{name} exited: {log_path.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("billfold serve did not start in 60 s")
+                raise RuntimeError(f"{name} did not start in 60 s")
             time.sleep(0.1)
         yield server, base
     finally:
@@ -351,11 +380,13 @@ class HealthProber:
 
 
 def run_clients(
-    base: str, seeds: dict[str, Any], clients: int, checkouts: int, one_request: bool = False
+    base: str, seeds: dict[str, Any], clients: int, checkouts: int, one_request: bool = False,
+    seconds: float | None = None,
 ) -> tuple[float, list[float], list[str]]:
+    """``checkouts`` sales, or as many as ``seconds`` allow (each client starts none after them)."""
     latencies: list[float] = []
     errors: list[str] = []
-    counter = iter(range(checkouts))
+    counter = iter(range(checkouts)) if seconds is None else itertools.count()
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {seeds['api_key']}"}
     go = threading.Barrier(clients + 1)
@@ -364,7 +395,8 @@ def run_clients(
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
             client.get("/healthz")  # connect before the clock starts
             go.wait()
-            while True:
+            stop_at = time.perf_counter() + seconds if seconds is not None else float("inf")
+            while time.perf_counter() < stop_at:
                 with lock:
                     n = next(counter, None)
                 if n is None:
@@ -531,10 +563,15 @@ def pgbench(url: sa.URL, clients: int, seconds: int, customers: int, seeds: dict
 
 
 def measure(
-    engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argparse.Namespace, one_request: bool = False
+    engine: sa.Engine, seeds: dict[str, Any], data_dir: Path, args: argparse.Namespace, one_request: bool = False,
+    bare_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """One timed run of Billfold (``args.checkouts`` sales), or with ``bare_seconds`` of the bare
+    app (as many sales as it does in that time: Billfold's run's duration)."""
     url = engine.url.render_as_string(hide_password=False)
-    with serve(url, data_dir, args.workers, args.provider_latency_ms, args.provider_jitter_ms) as (server, base):
+    server_context = serve_bare(url, data_dir, args.workers) if bare_seconds is not None else \
+        serve(url, data_dir, args.workers, args.provider_latency_ms, args.provider_jitter_ms)
+    with server_context as (server, base):
         warm = run_clients(base, seeds, args.clients, args.warmup, one_request)
         if warm[2]:
             raise RuntimeError(f"warm-up failed: {warm[2][:3]}")
@@ -550,11 +587,13 @@ def measure(
                                           "--duration", str(args.profile), "--pid", str(pid),
                                           "--output", f"{args.profile_out}.{pid}"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in pids]
+            print(f"       profiling {'the bare app' if bare_seconds is not None else 'Billfold'}: "
+                  f"{args.profile_out}.<pid>, pids {' '.join(map(str, pids))}")
         sampler = WaitSampler(engine)
         sampler.start()
         prober = HealthProber(base)
         prober.start()
-        elapsed, latencies, errors = run_clients(base, seeds, args.clients, args.checkouts, one_request)
+        elapsed, latencies, errors = run_clients(base, seeds, args.clients, args.checkouts, one_request, bare_seconds)
         health = prober.stop()
         cpu = meter.stop() if meter else {}
         waits = sampler.stop()
@@ -565,14 +604,14 @@ def measure(
         worker_rss = max(peaks[1:] or peaks) / 1024  # the supervisor first, then its workers
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
     done = len(latencies)
-    return {"rate": done / elapsed, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
+    return {"rate": done / elapsed, "done": done, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
             "errors": errors, "rss": rss, "worker_rss": worker_rss, "cpu": {k: v / max(done, 1) * 1000 for k, v in cpu.items()},
             "cpu_total": cpu, "elapsed": elapsed, "waits": waits, "health": health}
 
 
 def report(run: int, args: argparse.Namespace, r: dict[str, Any], label: str) -> None:
     cpu = "  ".join(f"{k} {v:.2f}" for k, v in r["cpu"].items())
-    print(f"run {run + 1}{f' ({label})' if label else ''}: {args.clients} clients, {args.workers} workers, {args.checkouts} checkouts: "
+    print(f"run {run + 1}{f' ({label})' if label else ''}: {args.clients} clients, {args.workers} workers, {r['done']} checkouts: "
           f"{r['rate']:7.1f} checkouts/s   p50 {r['p50']:6.1f} ms   p95 {r['p95']:6.1f} ms   "
           f"p99 {r['p99']:6.1f} ms   errors {len(r['errors'])}   peak RSS {r['rss']:.0f} MiB "
           f"(the largest API worker {r['worker_rss']:.0f} MiB)")
@@ -606,6 +645,8 @@ def main() -> None:
                         help="the server's sandbox waits this long per call (BILLFOLD_SANDBOX_LATENCY_MS)")
     parser.add_argument("--provider-jitter-ms", type=int, default=0, help="and up to this much more, at random")
     parser.add_argument("--database-name", default=DATABASE, help="the database this run drops and creates")
+    parser.add_argument("--no-bare", dest="bare", action="store_false",
+                        help="skip the bare app (bench/bare_checkout.py) timed after each of Billfold's runs")
     args = parser.parse_args()
     if args.provider_latency_ms or args.provider_jitter_ms:
         print(f"sandbox latency: {args.provider_latency_ms} ms + up to {args.provider_jitter_ms} ms per call")
@@ -629,11 +670,19 @@ def main() -> None:
                 print(f"one checkout in one request: {summarise(trace(engine, seeds, data_dir, one_request=True))}")
             results = []
             single: list[dict[str, Any]] = []
+            bare: dict[bool, list[tuple[dict[str, Any], dict[str, Any]]]] = {False: [], True: []}
             for run in range(args.runs):
                 for one_request in (False, True) if args.one_request else (False,):
                     r = measure(engine, seeds, data_dir, args, one_request)
                     (single if one_request else results).append(r)
-                    report(run, args, r, "one request" if one_request else "two requests" if args.one_request else "")
+                    label = "one request" if one_request else "two requests" if args.one_request else ""
+                    report(run, args, r, label)
+                    if args.bare:  # right after, for as long, with the same clients and the same sale
+                        b = measure(engine, seeds, data_dir, args, one_request, bare_seconds=r["elapsed"])
+                        bare[one_request].append((r, b))
+                        report(run, args, b, f"bare app{f', {label}' if label else ''}")
+                        print(f"       Billfold / bare app, this run: {r['rate'] / b['rate']:.1%} of its sales/s"
+                              + (f", {r['cpu']['server'] / b['cpu']['server']:.1f}x its server CPU a sale" if b["cpu"] else ""))
             best = max(r["rate"] for r in results)
             rates = sorted(r["rate"] for r in results)
             print(f"ours: best {best:.1f} checkouts/s, spread {rates[0]:.1f}–{rates[-1]:.1f} over {len(rates)} runs")
@@ -642,12 +691,27 @@ def main() -> None:
                 p50 = (statistics.median(r["p50"] for r in results), statistics.median(r["p50"] for r in single))
                 print(f"one request: best {one[-1]:.1f} checkouts/s, spread {one[0]:.1f}–{one[-1]:.1f} over {len(one)} runs; "
                       f"best one request / best two requests: {one[-1] / best:.2f}; median p50 {p50[1]:.1f} ms against {p50[0]:.1f} ms")
+            for one_request, pairs in bare.items():
+                if not pairs:
+                    continue
+                rates = sorted(b["rate"] for _, b in pairs)
+                ours = max(r["rate"] for r, _ in pairs)
+                ratios = ", ".join(f"{r['rate'] / b['rate']:.1%}" for r, b in pairs)
+                cpu = ", ".join(f"{r['cpu']['server']:.1f} / {b['cpu']['server']:.1f}" for r, b in pairs if b["cpu"])
+                print(f"ceiling: the bare app (bench/bare_checkout.py: FastAPI + psycopg_pool, the pgbench script's "
+                      f"statements{', one request' if one_request else ''}), {args.clients} clients, {args.workers} workers: "
+                      f"best {rates[-1]:.1f} checkouts/s, spread {rates[0]:.1f}–{rates[-1]:.1f}; "
+                      f"p50 {statistics.median(b['p50'] for _, b in pairs):.1f} ms, "
+                      f"p99 {statistics.median(b['p99'] for _, b in pairs):.1f} ms (medians)")
+                print(f"ratio Billfold / bare app{' (one request)' if one_request else ''}: best / best {ours / rates[-1]:.1%}; "
+                      f"run by run {ratios}" + (f"; server CPU ms a sale, Billfold / bare, run by run: {cpu}" if cpu else ""))
             if args.pgbench_seconds:
                 pg_clients = min(args.clients, 32)  # PostgreSQL's max_connections is 100, shared with others
                 tps, latency, _ = pgbench(engine.url, pg_clients, args.pgbench_seconds, args.customers, seeds, data_dir)
                 print(f"ceiling: pgbench, the same database work per checkout, {pg_clients} clients, "
                       f"{args.pgbench_seconds} s: {tps:.1f} checkouts/s (latency average {latency:.1f} ms)")
-                print(f"ratio ours / ceiling: {best / tps:.1%}")
+                print(f"ratio ours / ceiling: {best / tps:.1%}"
+                      + (f"; bare app / pgbench: {max(b['rate'] for _, b in bare[False]) / tps:.1%}" if bare[False] else ""))
             if args.profile:
                 print(f"profile: {args.profile_out}.<pid> (py-spy raw stacks)")
             print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")

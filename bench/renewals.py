@@ -116,10 +116,11 @@ def seed(url: str, data_dir: Path, customers: int, subscriptions: int, tag: str)
 
 def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, list[float], int, float]]",
             latency_ms: int = 0, jitter_ms: int = 0) -> None:
+    import importlib
     import resource
 
-    import billfold.invoices  # noqa: F401  (registers reactions)
-    import billfold.memberships  # noqa: F401
+    for module in ("billfold.invoices", "billfold.memberships"):  # they register reactions
+        importlib.import_module(module)
     from billfold.accounts.security import Security
     from billfold.kit.db import create_engine, session_factory
     from billfold.kit.sweeps import Context

@@ -1,0 +1,193 @@
+"""The checkout bench's bare app: what HTTP, Python and psycopg cost by themselves for a sale.
+
+A FastAPI app with the same endpoints as the sale `bench/checkout.py` drives (``POST /v1/orders``,
+``POST /v1/orders/{id}/checkout``, ``POST /v1/checkouts``, ``GET /healthz``), each running the
+transactions and statements of that bench's pgbench script (``checkout.PGBENCH_SCRIPT``: the same
+statements as a traced Billfold checkout) with psycopg 3 straight through a psycopg_pool pool,
+every statement prepared. No ORM, no Pydantic models, no services: the JSON body is parsed and its
+ids used, nothing is validated. Plain ``def`` endpoints on the threadpool (16 threads, as
+Billfold's ``api_threads``), like Billfold's.
+
+What differs from the pgbench script, so that a sale is driven by its request as in Billfold:
+- the customer and the two products are the body's ids (pgbench draws them from two lookup tables);
+- the API key is looked up by the SHA-256 of the bearer token; its id comes from that row;
+- the checkout request reads the order's customer and address from its ``SELECT * FROM orders``
+  and the products from its ``SELECT * FROM order_items`` (pgbench carries them over in variables);
+- the one-request sale (``POST /v1/checkouts``) runs the script without the second request's
+  authentication and key claim (6 transactions, 57 statements), the key claimed first finished last.
+Like pgbench, and unlike Billfold, it makes no sandbox provider call.
+
+Started by `bench/checkout.py` (not by hand), as
+``python -m uvicorn --app-dir bench bare_checkout:app --workers W --no-access-log``, with
+``BARE_DATABASE_URL`` (a libpq URL), ``BARE_SERIES`` and ``BARE_INVOICE_SERIES`` (the
+``number_series`` rows Billfold's orders and invoices use) in its environment.
+Needs ``psycopg_pool`` (``pip install psycopg-pool``).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import Body, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
+
+# checkout.py's script, read without importing it (and with it Billfold and SQLAlchemy)
+PGBENCH_SCRIPT = next(
+    ast.literal_eval(node.value) for node in ast.parse(Path(__file__).with_name("checkout.py").read_text()).body
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PGBENCH_SCRIPT"
+)
+
+THREADS = 16  # Billfold's api_threads
+
+Statement = tuple[str, "str | None"]  # SQL with %(name)s parameters, the \gset prefix (None: no \gset)
+
+
+def parse(script: str) -> list[list[Statement]]:
+    """The script's transactions, each a list of statements (BEGIN and COMMIT left out)."""
+    transactions: list[list[Statement]] = []
+    lines: list[str] = []
+    for line in script.strip().splitlines():
+        line = line.strip()
+        if not line or line.startswith(r"\set"):
+            continue
+        lines.append(line)
+        gset = re.search(r"\s*\\gset(?:\s+(\w+))?$", line)
+        if not (gset or line.endswith(";")):
+            continue
+        sql = " ".join(lines)
+        lines = []
+        sql = sql[: -len(gset.group(0))] if gset else sql[:-1]
+        if sql == "BEGIN":
+            transactions.append([])
+        elif sql != "COMMIT":
+            transactions[-1].append((convert(sql), (gset.group(1) or "") if gset else None))
+    return transactions
+
+
+# Where the pgbench script draws a customer or product from its lookup tables, take the body's id.
+BODY_IDS = {
+    "JOIN bench_customers b ON b.user_id = u.id WHERE b.n = :c": "WHERE u.id = :user_id",
+    "JOIN bench_products b ON b.product_id = p.id WHERE b.n = :p": "WHERE p.id = :item1",
+    "JOIN bench_products b ON b.product_id = p.id WHERE b.n = :q": "WHERE p.id = :item2",
+}
+
+
+def convert(sql: str) -> str:
+    """pgbench's ``:name`` variables as psycopg's ``%(name)s`` (``::type`` casts kept)."""
+    for lookup, by_id in BODY_IDS.items():
+        sql = sql.replace(lookup, by_id)
+    return re.sub(r"(?<![:\w]):([a-z_][a-z0-9_]*)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+TRANSACTIONS = parse(PGBENCH_SCRIPT)
+assert len(TRANSACTIONS) == 8 and not any("bench_" in s for t in TRANSACTIONS for s, _ in t), "the pgbench script changed"
+ORDER, CHECKOUT, ONE_REQUEST = TRANSACTIONS[:3], TRANSACTIONS[3:], TRANSACTIONS[:3] + TRANSACTIONS[5:]
+
+
+def _order_row(rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
+    names.setdefault("u_id", rows[0]["user_id"])
+    names.setdefault("a_id", rows[0]["billing_address_id"])
+
+
+def _items(rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
+    names.setdefault("p1_id", rows[0]["product_id"])
+    names.setdefault("p2_id", rows[1]["product_id"])
+
+
+def _api_key(rows: list[dict[str, Any]], names: dict[str, Any]) -> None:
+    if not rows or rows[0]["revoked_at"] is not None:
+        raise HTTPException(401, "unknown API key")
+    names["api_key_id"] = rows[0]["id"]
+
+
+# What the two-request checkout learns from its reads, where pgbench had it in variables already.
+READS: dict[str, Callable[[list[dict[str, Any]], dict[str, Any]], None]] = {
+    convert("SELECT * FROM orders WHERE id = :o"): _order_row,
+    convert("SELECT * FROM order_items WHERE order_id = :o ORDER BY id"): _items,
+}
+READS.update({s: _api_key for s, _ in TRANSACTIONS[0] if s.startswith("SELECT id, name, key_prefix")})
+
+
+def run(transactions: list[list[Statement]], names: dict[str, Any]) -> dict[str, Any]:
+    """Each transaction on one pooled connection (BEGIN … COMMIT, every statement prepared)."""
+    with pool.connection() as connection:
+        for statements in transactions:
+            with connection.transaction(), connection.cursor() as cursor:
+                for sql, gset in statements:
+                    cursor.execute(sql, names, prepare=True)
+                    if cursor.description is None:
+                        continue
+                    rows = cursor.fetchall()
+                    if gset is not None:
+                        if not rows:
+                            raise HTTPException(404, f"no row for {sql[:60]}")
+                        names.update((gset + name, value) for name, value in rows[0].items())
+                    if sql in READS:
+                        READS[sql](rows, names)
+    return names
+
+
+def start(authorization: str | None, **names: Any) -> dict[str, Any]:
+    token = (authorization or "").removeprefix("Bearer ")
+    return {"key_hash": hashlib.sha256(token.encode()).hexdigest(), "series": os.environ["BARE_SERIES"],
+            "invoice_series": os.environ["BARE_INVOICE_SERIES"], **names}
+
+
+def from_body(body: dict[str, Any]) -> dict[str, Any]:
+    items = body["items"]
+    return {"user_id": body["user_id"], "item1": items[0]["product_id"], "item2": items[1]["product_id"]}
+
+
+pool: ConnectionPool
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    global pool
+    anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+    from psycopg.rows import dict_row
+
+    pool = ConnectionPool(os.environ["BARE_DATABASE_URL"], min_size=4, max_size=THREADS,
+                          kwargs={"autocommit": True, "row_factory": dict_row}, open=True)
+    yield
+    pool.close()
+
+
+app = FastAPI(lifespan=lifespan, openapi_url=None)
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.post("/v1/orders", status_code=201)
+def create_order(body: dict[str, Any] = Body(), authorization: str | None = Header(None)) -> dict[str, Any]:
+    names = run(ORDER, start(authorization, **from_body(body)))
+    return {"id": names["o"], "order_number": f"PGB-{names['last_value']}", "status": "pending"}
+
+
+@app.post("/v1/orders/{order_id}/checkout")
+def checkout(order_id: str, body: dict[str, Any] = Body(), authorization: str | None = Header(None)) -> Any:
+    if body.get("token") != "tok_sandbox_visa":
+        return JSONResponse({"detail": "token"}, status_code=402)
+    names = run(CHECKOUT, start(authorization, o=order_id))
+    return {"order": {"id": order_id, "status": "paid"}, "payment": {"id": names["pay"], "status": "completed"}}
+
+
+@app.post("/v1/checkouts")
+def one_request(body: dict[str, Any] = Body(), authorization: str | None = Header(None)) -> Any:
+    names = start(authorization, **from_body(body))
+    # the one key claimed in transaction 2 is the one finished in the last: the script's k2 is k1
+    names = run(ONE_REQUEST[:3], names)
+    names = run(ONE_REQUEST[3:], {**names, "k2": names["k1"]})
+    return {"order": {"id": names["o"], "status": "paid"}, "payment": {"id": names["pay"], "status": "completed"}}

@@ -21,7 +21,7 @@ Started by `bench/checkout.py` (not by hand), as
 ``python -m uvicorn --app-dir bench bare_checkout:app --workers W --no-access-log``, with
 ``BARE_DATABASE_URL`` (a libpq URL), ``BARE_SERIES`` and ``BARE_INVOICE_SERIES`` (the
 ``number_series`` rows Billfold's orders and invoices use) in its environment.
-Needs ``psycopg_pool`` (``pip install psycopg-pool``).
+Needs ``psycopg_pool`` (the ``dev`` extra).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Steps, all in one run:
    (bench/bare_checkout.py) doing the pgbench script's statements behind the same endpoints, with
    the same workers, clients, sale (two requests or one) and duration as that run; printed like
    Billfold's run, with the ratio Billfold / bare app (``--no-bare`` skips it; it needs
-   ``pip install psycopg-pool``);
+   ``psycopg-pool``, in the ``dev`` extra);
 5. the database's ceiling: pgbench with a script doing the same transactions and the same writes
    as a checkout (one script run = one checkout's database work), the same client count, for a
    fixed time, on the same database; printed with the ratio ours / ceiling;

@@ -112,9 +112,11 @@ def _defaults(session: Session, owner: Owner) -> list[Address]:
     return list(session.scalars(_latest(session, addresses_of(owner).where(Address.is_default.is_(True)).order_by(Address.id))))
 
 
-def _first_of_type(session: Session, owner: Owner, address_type: str) -> Address | None:
-    statement = addresses_of(owner).where(Address.address_type == address_type).order_by(Address.id).limit(1)
-    return session.scalars(_latest(session, statement)).first()
+def _addresses(session: Session, owner: Owner) -> list[Address]:
+    """All the owner's addresses, read and locked by the owner's index alone. (A locking read that
+    also names the type, or takes the first by id, may walk another index on MariaDB and lock other
+    owners' rows: a burst of first addresses then waited on each other.)"""
+    return list(session.scalars(_latest(session, addresses_of(owner).order_by(Address.id))))
 
 
 def defaults_of(session: Session, owner: Owner) -> dict[str, str]:
@@ -253,13 +255,15 @@ def _settle_defaults(session: Session, owner: Owner, chosen: Address | None) -> 
     def default_both() -> Address | None:
         return next((a for a in rows if a.is_default and a.address_type == "both"), None)
 
+    everything: list[Address] | None = None  # read only when a kind has no default (rare)
     for kind in KINDS:
         if default_type(kind) is None and default_both() is None:
-            candidate = _first_of_type(session, owner, kind) or _first_of_type(session, owner, "both")
-            if candidate is not None:
-                candidate.is_default = True
-                if candidate not in rows:
-                    rows.append(candidate)
+            everything = _addresses(session, owner) if everything is None else everything
+            candidates = [a for a in everything if a.address_type == kind] or [a for a in everything if a.address_type == "both"]
+            if candidates:
+                candidates[0].is_default = True
+                if candidates[0] not in rows:
+                    rows.append(candidates[0])
     both = default_both()
     if both is not None and all(default_type(kind) is not None for kind in KINDS):
         both.is_default = False

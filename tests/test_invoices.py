@@ -20,7 +20,7 @@ from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.money import Money
 from billfold.states import IllegalTransition
-from billfold.models import Invoice, Order, PaymentEvent
+from billfold.models import Invoice, Order, PaymentEvent, WebhookDelivery, WebhookEndpoint
 from tests import factories as make
 from tests.accounts import Api
 from tests.test_checkout import HOME, checkout, customer, order, product
@@ -341,9 +341,34 @@ def test_a_refund_issues_a_numbered_credit_note_and_the_invoice_shows_what_was_c
         assert client.get("/v1/credit-notes", params={"invoice_id": invoice["id"]}).json()["data"] == []
 
 
-def test_a_refund_that_fails_after_succeeding_voids_its_credit_note_once_and_keeps_its_number(
+def test_a_refund_that_fails_after_succeeding_voids_its_credit_note_once_keeps_its_number_and_tells_the_merchant(
     api: Api, engine: Engine, admin_token: str
 ) -> None:
+    # A merchant's endpoint asking for what this tells (written directly: the shared server refuses
+    # an address that resolves to this machine; nothing is sent, the outbox's rows are read).
+    with transaction(session_factory(engine)) as session:
+        endpoint = WebhookEndpoint(url="https://hooks.example.com/billfold", secret="unused", is_active=True,
+                                   event_types=["refund.failed", "invoice.credited", "invoice.credit_voided"])
+        session.add(endpoint)
+        session.flush()
+        endpoint_id = endpoint.id
+    try:
+        _voided_once_and_told(api, engine, admin_token, endpoint_id)
+    finally:
+        with transaction(session_factory(engine)) as session:
+            session.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id))
+            session.execute(sa.delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+
+
+def _told(engine: Engine, endpoint_id: str) -> list[tuple[str, str]]:
+    with session_factory(engine)() as session:
+        return [tuple(row) for row in session.execute(
+            sa.select(WebhookDelivery.event_type, WebhookDelivery.entity_key)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+        )]
+
+
+def _voided_once_and_told(api: Api, engine: Engine, admin_token: str, endpoint_id: str) -> None:
     from billfold.providers.base import WebhookEvent
     from tests.test_webhooks_processing import deliver, events_of, process, sandbox, webhook
 
@@ -361,6 +386,7 @@ def test_a_refund_that_fails_after_succeeding_voids_its_credit_note_once_and_kee
         standing = admin.post(f"/v1/payments/{payment}/refunds", json={"amount_cents": 500})
         assert failing.status_code == standing.status_code == 201, failing.text + standing.text
         assert admin.get(f"/v1/invoices/{invoice['id']}").json()["credited_cents"] == 1500
+    assert _told(engine, endpoint_id) == [("invoice.credited", f"invoice:{invoice['id']}")] * 2
 
     failed = sandbox(api).fail_refund(failing.json()["provider_refund_id"])
     [event] = events_of(api, failed.id, "refund.failed")
@@ -391,6 +417,11 @@ def test_a_refund_that_fails_after_succeeding_voids_its_credit_note_once_and_kee
     with api.client(ada.token) as client:
         assert client.get(f"/v1/credit-notes/{void['id']}").json() == void
     assert invoice_events(engine, invoice["id"]).count("invoice.credit_voided") == 1
+    # Told once each, whatever the provider repeats: the refund's failure and the void.
+    assert sorted(_told(engine, endpoint_id)) == [
+        ("invoice.credit_voided", f"invoice:{invoice['id']}"), *[("invoice.credited", f"invoice:{invoice['id']}")] * 2,
+        ("refund.failed", f"refund:{failing.json()['id']}"),
+    ]
 
     # The rest refunded: the next number follows, no gap; the void note never counts again.
     with api.client(admin_token) as admin:

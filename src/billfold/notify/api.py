@@ -22,8 +22,9 @@ hooks = APIRouter(prefix="/webhook-endpoints", tags=["webhooks out"], responses=
 sent = APIRouter(prefix="/webhook-deliveries", tags=["webhooks out"], responses=problems(401, 403, 404))
 
 EventType = Literal[
-    "*", "order.paid", "payment.failed", "refund.succeeded", "subscription.created", "subscription.renewed",
-    "subscription.past_due", "subscription.cancelled", "invoice.paid", "membership.started", "membership.expired",
+    "*", "order.paid", "payment.failed", "refund.succeeded", "refund.failed", "subscription.created",
+    "subscription.renewed", "subscription.past_due", "subscription.cancelled", "invoice.paid", "invoice.credited",
+    "invoice.credit_voided", "membership.started", "membership.expired",
 ]
 assert set(EventType.__args__) == {outbox.ALL, *outbox.EVENT_TYPES}  # type: ignore[attr-defined]
 Url = Annotated[

@@ -23,11 +23,14 @@ EVENT_TYPES = (
     "order.paid",
     "payment.failed",
     "refund.succeeded",
+    "refund.failed",
     "subscription.created",
     "subscription.renewed",
     "subscription.past_due",
     "subscription.cancelled",
     "invoice.paid",
+    "invoice.credited",
+    "invoice.credit_voided",
     "membership.started",
     "membership.expired",
 )
@@ -39,10 +42,13 @@ _SIMPLE = {
     ("order", "order.paid"): "order.paid",
     ("payment", "payment.failed"): "payment.failed",
     ("refund", "refund.succeeded"): "refund.succeeded",
+    ("refund", "refund.failed"): "refund.failed",  # declined, or failed after succeeding (the money came back)
     ("subscription", "subscription.renewed"): "subscription.renewed",
     ("subscription", "subscription.past_due"): "subscription.past_due",
     ("subscription", "subscription.cancelled"): "subscription.cancelled",
     ("invoice", "invoice.paid"): "invoice.paid",
+    ("invoice", "invoice.credited"): "invoice.credited",  # a credit note issued (its id and number in "event")
+    ("invoice", "invoice.credit_voided"): "invoice.credit_voided",  # and voided: its refund failed after succeeding
     ("membership", "membership.expired"): "membership.expired",
 }
 _STARTS = {

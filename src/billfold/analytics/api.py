@@ -242,11 +242,6 @@ def _paged(request: Request, session: Session, paging: PageQuery, format: str, n
     return csv_stream(name, columns, pages())
 
 
-def _no_nul(paging: PageQuery) -> str | None:
-    require("\x00" not in (paging.starting_after or ""), "must not contain NUL characters", "starting_after")
-    return paging.starting_after
-
-
 def _not_a_row(starting_after: str) -> InvalidInput:
     return InvalidInput(f"{starting_after!r} is not a row of this list: starting_after is the id of the last row of a page",
                         errors=[{"field": "starting_after", "message": "not a row of this list"}])
@@ -448,7 +443,7 @@ def movement_rows(
     page's `starting_after`. (Computed whole and cut into pages for now.)"""
     first, last = _range(from_, to)
     currency = _currency(currency)
-    after = _no_nul(paging)
+    after = paging.starting_after
     if after is not None and not re.fullmatch(r"[A-Z]{3}:.+", after):
         raise InvalidInput("starting_after is the last row's currency:customer_id, such as USD:usr_...",
                            errors=[{"field": "starting_after", "message": "not currency:customer_id"}])
@@ -490,7 +485,7 @@ def mrr_rows(
     monthly amount. They add up to the day's MRR. By subscription; a page's last
     `invoice_line_id` is the next page's `starting_after`."""
     moment, currency = metrics.end_of(_day_in_range(at, "at")), _currency(currency)
-    after = _no_nul(paging)
+    after = paging.starting_after
     if after is not None:
         subscription_id = session.scalar(
             sa.select(Invoice.subscription_id).join(InvoiceLine, InvoiceLine.invoice_id == Invoice.id).where(InvoiceLine.id == after)
@@ -527,7 +522,7 @@ def revenue_rows(
     first, then the refunds, then the failed payments, each by id; a page's last `id` is the next
     page's `starting_after`."""
     day, currency = _day_in_range(date_, "date"), _currency(currency)
-    after = _payment_or_refund(session, _no_nul(paging))
+    after = _payment_or_refund(session, paging.starting_after)
 
     def rows(session: Session, cursor: tuple[str, str] | None, limit: int) -> list[Any]:
         found = metrics.revenue_rows(session, day, currency=currency, limit=limit,
@@ -583,7 +578,7 @@ def cohort_cell(
     first = _month_in_range(cohort_month, "cohort_month")
     _month_in_range(cohorts.add_months(first, month_index), "month_index")
     currency = _currency(currency) or currency
-    after = _payment_or_refund(session, _no_nul(paging))
+    after = _payment_or_refund(session, paging.starting_after)
     if after is not None and after[0] == "failed":  # (no row of a cell; where it would sort)
         after = ("payment", after[1])
 

@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session, aliased
 
 from billfold import instance
 from billfold.kit import clock
-from billfold.kit.db.dialects import insert_ignore, upsert_row
+from billfold.kit.db.dialects import insert_ignore
 from billfold.kit.errors import InvalidInput
 from billfold.kit.ids import new_id
-from billfold.models import AnalyticsCohortMonth, InstanceMark, Payment, Refund, Subscription, UserCohort
+from billfold.models import AnalyticsCohortMonth, Payment, Refund, Subscription, UserCohort
 
 FIRST_PURCHASE = "first_purchase"
 FIRST_SUBSCRIPTION = "first_subscription"
@@ -240,8 +240,7 @@ def retention(
 
     without_jit(session)
     span = (months[0], months[-1])
-    taken = months_taken(session, *span)
-    partial = _partial_months(session, *span)
+    taken, partial = _marks(session, *span)
     columns = _stored(session, span, cohort_type, currency)
     for month, through in partial.items():
         if month not in taken:
@@ -455,25 +454,29 @@ SETTLED_AFTER = timedelta(days=1)
 """A month is taken once it ended this long ago: a payment or refund committing just after midnight
 with a time before it is in by then."""
 LOCK = "analytics.cohort_months"
-"""The ``instance_marks`` row a take locks; its value is the last month taken."""
+"""The ``instance_marks`` row a take locks; its value is the last month the last take stored (none when nothing was due)."""
 
 
 def months_taken(session: Session, first: date, last: date) -> set[date]:
     """The months from ``first`` to ``last`` that are stored whole."""
-    return set(session.scalars(
-        sa.select(AnalyticsCohortMonth.month)
-        .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
-               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_(None))
-    ))
+    return _marks(session, first, last)[0]
 
 
-def _partial_months(session: Session, first: date, last: date) -> dict[date, datetime]:
-    """The months from ``first`` to ``last`` stored as they were at a moment (not over then): that moment."""
-    return dict(session.execute(
+def _marks(session: Session, first: date, last: date) -> tuple[set[date], dict[date, datetime]]:
+    """The months from ``first`` to ``last`` stored whole, and those stored as they were at a
+    moment (not over then), with that moment: one read of the months' marks."""
+    whole: set[date] = set()
+    partial: dict[date, datetime] = {}
+    for month, through in session.execute(
         sa.select(AnalyticsCohortMonth.month, AnalyticsCohortMonth.through)
         .where(AnalyticsCohortMonth.cohort_type == MONTH_TAKEN, AnalyticsCohortMonth.month >= first,
-               AnalyticsCohortMonth.month <= last, AnalyticsCohortMonth.through.is_not(None))
-    ).all())
+               AnalyticsCohortMonth.month <= last)
+    ):
+        if through is None:
+            whole.add(month)
+        else:
+            partial[month] = through
+    return whole, partial
 
 
 def settled_until(now: datetime | None = None) -> datetime:
@@ -499,8 +502,7 @@ def due_months(session: Session) -> list[date]:
     if month_of(first) > last:
         return []
     months = [add_months(month_of(first), i) for i in range(months_between(month_of(first), last) + 1)]
-    taken = months_taken(session, months[0], months[-1])
-    partial = _partial_months(session, months[0], months[-1])
+    taken, partial = _marks(session, months[0], months[-1])
     return [m for m in months if m not in taken and (m <= settled or partial.get(m) != max(until, _start(m)))]
 
 
@@ -510,8 +512,7 @@ def take_due(session: Session) -> list[date]:
     ``settled_until()`` (``through``). One computation per run of settled months, so the first
     take of a long history reads its payments once. Two takes at once are serialised by a lock
     (an ``instance_marks`` row, as ``snapshots.lock``): the second finds the months stored."""
-    now = instance.real_now()
-    upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": "", "at": now}, [("at", now)], "name")
+    instance.mark(session, LOCK, None)  # (an upsert: the row stays locked until the end)
     due = due_months(session)
     written, settled, until = clock.now(), last_settled(), settled_until()
     whole = [m for m in due if m <= settled]
@@ -534,8 +535,7 @@ def take_due(session: Session) -> list[date]:
         for chunk in range(0, len(rows), 1000):
             session.execute(sa.insert(AnalyticsCohortMonth), rows[chunk:chunk + 1000])
     if due:
-        upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": due[-1].isoformat(), "at": now},
-                   [("value", due[-1].isoformat()), ("at", now)], "name")
+        instance.mark(session, LOCK, due[-1].isoformat())
     return due
 
 

@@ -200,9 +200,23 @@ def _covering(at: datetime) -> list[sa.ColumnElement[bool]]:
         InvoiceLine.period_end > at,
         Invoice.status == "paid",
         Invoice.paid_date <= at,
-        sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at),
+        _not_cancelled(at),
         sa.or_(SubscriptionBilling.paused_at.is_(None), SubscriptionBilling.paused_at > at),
     ]
+
+
+def _not_cancelled(at: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
+
+
+def _past_due(at: datetime) -> sa.ColumnElement[bool]:
+    """A recurring line past due at ``at``: its period covering it, its invoice issued by then and
+    not yet paid, its subscription not cancelled by then."""
+    return sa.and_(
+        InvoiceLine.kind == "item", InvoiceLine.period_start <= at, InvoiceLine.period_end > at,
+        Invoice.issue_date <= at, Invoice.status.in_(("open", "uncollectible", "paid")),
+        sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at), _not_cancelled(at),
+    )
 
 
 def _recurring_lines(*columns: Any, owners: bool = True) -> sa.Select[Any]:
@@ -363,8 +377,12 @@ def _subscriptions_of(
 def movements(session: Session, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
     """MRR movements per currency: cents per kind, and ``net_new`` (their sum, which is exactly
     MRR at ``end`` − MRR at ``start``)."""
+    return _by_kind(movement_rows(session, start, end, with_subscriptions=False))
+
+
+def _by_kind(moved: list[Movement]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for m in movement_rows(session, start, end, with_subscriptions=False):
+    for m in moved:
         kinds = out.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
         kinds[m.kind] += m.change_cents
         kinds["net_new"] += m.change_cents
@@ -379,7 +397,6 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
     in MRR), **trialing** (created, trial not yet ended, not cancelled), **past_due** (a period in
     force whose invoice was issued and not yet paid at ``at``, not cancelled)."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: {"active": 0, "trialing": 0, "past_due": 0})
-    not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
     for cur, n in session.execute(
         _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
         .where(*_covering(at)).group_by(Invoice.currency)
@@ -389,11 +406,7 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
         out[cur]["trialing"] = n
     for cur, n in session.execute(
         _recurring_lines(Invoice.currency, sa.func.count(sa.distinct(Invoice.subscription_id)), owners=False)
-        .where(
-            InvoiceLine.kind == "item", InvoiceLine.period_start <= at, InvoiceLine.period_end > at,
-            Invoice.issue_date <= at, Invoice.status.in_(("open", "uncollectible", "paid")),
-            sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at), not_cancelled,
-        )
+        .where(_past_due(at))
         .group_by(Invoice.currency)
     ):
         out[cur]["past_due"] = int(n)
@@ -401,12 +414,11 @@ def subscription_counts(session: Session, at: datetime) -> dict[str, dict[str, i
 
 
 def _trialing(session: Session, at: datetime) -> dict[str, int]:
-    not_cancelled = sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at)
     return {cur: int(n) for cur, n in session.execute(
         sa.select(Subscription.currency, sa.func.count())
         .select_from(Subscription)
         .outerjoin(SubscriptionBilling, SubscriptionBilling.subscription_id == Subscription.id)
-        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, not_cancelled)
+        .where(Subscription.trial_end.is_not(None), Subscription.created_at <= at, Subscription.trial_end > at, _not_cancelled(at))
         .group_by(Subscription.currency)
     )}
 
@@ -625,15 +637,8 @@ def _boundary_subscriptions(session: Session, start: datetime, end: datetime) ->
 def _line_states(session: Session, ids: list[str], start: datetime, end: datetime) -> list[Any]:
     """The item lines of these subscriptions overlapping (start, end]: (subscription, user,
     organization, currency, plan, rate, in MRR at start, at end, past due at start, at end)."""
-    def past_due(at: datetime) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            InvoiceLine.period_start <= at, InvoiceLine.period_end > at, Invoice.issue_date <= at,
-            Invoice.status.in_(("open", "uncollectible", "paid")), sa.or_(Invoice.paid_date.is_(None), Invoice.paid_date > at),
-            sa.or_(SubscriptionBilling.cancelled_at.is_(None), SubscriptionBilling.cancelled_at > at),
-        )
-
     flags = [sa.case((condition, 1), else_=0) for condition in (
-        sa.and_(*_covering(start)), sa.and_(*_covering(end)), past_due(start), past_due(end))]
+        sa.and_(*_covering(start)), sa.and_(*_covering(end)), _past_due(start), _past_due(end))]
     rows: list[Any] = []
     for i in range(0, len(ids), CHUNK):
         rows += session.execute(
@@ -799,11 +804,7 @@ def day_figures(session: Session, day: date, churn_days: int = 30, *, derive: bo
     if base is None:
         for cur, r in churn.items():
             states.setdefault(cur, CurrencyState()).customers = r.customers_at_end
-    moved: dict[str, dict[str, int]] = {}
-    for m in movers:
-        kinds = moved.setdefault(m.currency, {k: 0 for k in MOVEMENT_KINDS} | {"net_new": 0})
-        kinds[m.kind] += m.change_cents
-        kinds["net_new"] += m.change_cents
+    moved = _by_kind(movers)
     totals = {cur: s for cur, s in states.items() if sum(s.lines.values())}
     trials = trial_conversion(session, window, at)
     for cur in sorted(set(totals) | set(moved) | set(counts) | set(churn) | set(trials)):

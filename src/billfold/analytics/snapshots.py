@@ -36,9 +36,8 @@ from sqlalchemy.orm import Session
 from billfold import instance
 from billfold.analytics import metrics
 from billfold.kit import clock
-from billfold.kit.db.dialects import upsert_row
 from billfold.kit.ids import new_id
-from billfold.models import AnalyticsMrrMover, AnalyticsSnapshot, InstanceMark
+from billfold.models import AnalyticsMrrMover, AnalyticsSnapshot
 
 METHODS = ("scheduled", "on_demand", "manual")
 LOCK = "analytics.snapshots"
@@ -58,9 +57,7 @@ def lock(session: Session, day: date) -> None:
     """Hold the snapshots' lock until ``session``'s transaction ends (see the module's docstring).
     Take it before reading what to take: on MariaDB a transaction's reads see the database as of
     its first read."""
-    now = instance.real_now()  # (instance_marks are stamped with the real time)
-    upsert_row(session, InstanceMark.__table__, {"name": LOCK}, {"value": day.isoformat(), "at": now},
-               [("value", day.isoformat()), ("at", now)], "name")
+    instance.mark(session, LOCK, day.isoformat())  # (an upsert: the row stays locked until the end)
 
 
 def _exact(value: int | Decimal) -> int | str:

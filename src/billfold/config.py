@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="How long a membership that follows a subscription keeps granting after the paid period "
         "ends while the subscription is past due (dunning): days after the end of the period paid for.",
     )
+    entitlement_cache: bool = Field(
+        True,
+        description="Keep entitlement checks' answers in each API process, each given again only while no commit on "
+        "this host has changed what it was read from (change marks in shared memory, moved after every commit). "
+        "Turn off when processes on more than one host write to the database: theirs move no marks here.",
+    )
     dunning_retry_days: list[int] = Field(
         [3, 5, 7],
         description="When a failed renewal is tried again, in days after the first failure (offsets, not gaps), "

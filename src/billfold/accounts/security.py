@@ -4,6 +4,7 @@ request acts as."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -73,12 +74,15 @@ class Requirements:
 class Credential(Requirements):
     """Who a bearer credential names, read without loading its rows as objects
     (``sessions.credential_for_token``): for a request that needs only to know who asks and what
-    they may do (the entitlement door). ``api_key``: the key's id."""
+    they may do (the entitlement door). ``api_key``: the key's id. ``recheck_at``: when this
+    answer must be asked of the database again (the session's expiry, or the next note of the
+    credential's last use, whichever comes first)."""
 
     user_id: str | None
     user_type: str | None
     api_key: str | None
     scopes: frozenset[str]
+    recheck_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -350,18 +350,32 @@ def credential_for_token(session: Session, security: Security, token: str) -> Cr
         key = session.execute(_KEY_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
         if key is None or not _key_usable(key.revoked_at):
             return None
-        if _touch_due(now, key.last_used_at):
-            session.execute(sa.update(_api_keys).where(_api_keys.c.id == key.id).values(last_used_at=now))
-        return Credential(user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes))
+        last_used = key.last_used_at
+        if _touch_due(now, last_used):
+            session.execute(_touched(_api_keys, key.id), {"last_used_at": now})
+            last_used = now
+        return Credential(
+            user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes), recheck_at=last_used + TOUCH_EVERY,
+        )
     if token.startswith(f"{SESSION_PREFIX}_"):
         row = session.execute(_SESSION_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
         if row is None or not _session_usable(now, row.revoked_at, row.expires_at, row.is_locked):
             return None
-        if _touch_due(now, row.last_used_at):
-            touched = {"last_used_at": now, "expires_at": _renewed_until(security, now)}
-            session.execute(sa.update(_auth_sessions).where(_auth_sessions.c.id == row.id).values(**touched))
-        return Credential(user_id=row.user_id, user_type=row.user_type, api_key=None, scopes=frozenset({"read", "write"}))
+        last_used, expires = row.last_used_at, row.expires_at
+        if _touch_due(now, last_used):
+            last_used, expires = now, _renewed_until(security, now)
+            session.execute(_touched(_auth_sessions, row.id), {"last_used_at": now, "expires_at": expires})
+        return Credential(
+            user_id=row.user_id, user_type=row.user_type, api_key=None, scopes=frozenset({"read", "write"}),
+            recheck_at=min(last_used + TOUCH_EVERY, expires),
+        )
     return None
+
+
+def _touched(table: sa.Table, row_id: str) -> sa.Update:
+    """The note of a credential's last use: it changes nothing a kept answer depends on (a
+    session's expiry only moves later), so it moves no change mark (``kit.db.changes``)."""
+    return sa.update(table).where(table.c.id == row_id).execution_options(billfold_changes=())
 
 
 def sign_out(session: Session, auth_session: AuthSession) -> None:

@@ -16,7 +16,15 @@ endpoint), several milliseconds of CPU for a millisecond of database work. Here:
   nothing about a credential is cached), the user or organization named, and the entitlement
   query (``entitlements.entitlement``, nothing cached either: a membership change committed
   anywhere is seen by the next check);
-- the answer is the endpoint's, serialized by the same model (``EntitlementOut``).
+- the answer is the endpoint's, serialized by the same model (``EntitlementOut``);
+- an answer of 200 is kept in the process (``BILLFOLD_ENTITLEMENT_CACHE``, on by default) and
+  given again, without a thread hop or a database round trip, while none of the change marks
+  it was read under has moved (``kit.db.changes``: every process on this host moves the marks
+  of what it changed, right after its commit and before it answers) and until the first instant
+  at which time alone may change it (a membership's start or end, a paid period's end and its
+  grace, an add-on's expiry, the session's expiry, the next note of the credential's last use).
+  So a revoked key, a signed-out session or a membership granted or cancelled is still seen by
+  the very next check in every process on the host.
 
 Everything else is the endpoints' behaviour, unchanged: the same rules (a bearer credential, an
 API key refused on ``/me``, admins and keys with the ``read`` scope on ``/users``, a user or
@@ -39,7 +47,9 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from billfold.accounts.sessions import credential_for_token
+from billfold.kit import clock
 from billfold.kit.db import DATABASE_FAILURES
+from billfold.kit.db.changes import EVERYTHING, Marks, marks_for, slot
 from billfold.kit.errors import BillfoldError, Forbidden, NotFound, Unauthorized
 from billfold.kit.headers import API_HEADERS
 from billfold.kit.http import database_busy, end_step, send_json, send_problem, target_holds_nul
@@ -53,12 +63,27 @@ _CHECK = re.compile(r"/v1/(?:me|users/(?P<user_id>[^/]+))/entitlements/(?P<featu
 _ORGANIZATION = re.compile(r"organization_id=[A-Za-z0-9_-]{1,255}")
 
 
+KEPT_AT_MOST = 200_000  # answers a process keeps; past that it forgets them all and starts again
+MATES_AT_MOST = 100  # an organization's check is kept only for organizations this small (see _check)
+
+
+class _Kept:
+    """An answer kept: its body, the change marks it was read under, and when time alone may change it."""
+
+    __slots__ = ("body", "marks", "until")
+
+    def __init__(self, body: bytes, marks: tuple[tuple[int, int], ...], until: Any) -> None:
+        self.body, self.marks, self.until = body, marks, until
+
+
 class EntitlementDoor:
     """Answers entitlement checks (see the module's docstring) in front of the whole app: the app
     (``billfold.api.BillfoldApp``) hands it the requests it ``takes`` before any middleware."""
 
     def __init__(self) -> None:
         self._limiter: anyio.CapacityLimiter | None = None
+        self._kept: dict[tuple[str, str | None, str, str | None], _Kept] = {}
+        self._marks: Marks | None = None
 
     def takes(self, scope: dict[str, Any]) -> bool:
         if scope["type"] != "http" or scope["method"] != "GET":
@@ -75,14 +100,27 @@ class EntitlementDoor:
     async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         match = _CHECK.fullmatch(scope["path"])
         assert match is not None
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        query = scope.get("query_string", b"")
+        organization_id = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("organization_id") if query else None
         header = next(value for name, value in scope["headers"] if name == b"authorization").decode("latin-1")
         state = scope["app"].state
+        asked = (header, match["user_id"], match["feature"], organization_id)
+        snapshot = None
+        if state.settings.entitlement_cache:
+            marks = self._marks
+            if marks is None:
+                marks = self._marks = marks_for(state.engine.url)
+            kept = self._kept.get(asked)
+            if kept is not None and (kept.until is None or clock.now() < kept.until) and marks.still(kept.marks):
+                await send_json(send, 200, kept.body, API_HEADERS)
+                return
+            snapshot = marks.snapshot()  # before the reads: a commit racing with them moves a mark after
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(_connections_kept(state))
         try:
-            answer = await anyio.to_thread.run_sync(
-                _check, state, header, match["user_id"], match["feature"], query.get("organization_id"), limiter=self._limiter,
+            body, keys, until = await anyio.to_thread.run_sync(
+                _check, state, header, match["user_id"], match["feature"], organization_id, snapshot is not None,
+                limiter=self._limiter,
             )
         except BillfoldError as error:
             await send_problem(send, error, API_HEADERS)
@@ -90,7 +128,12 @@ class EntitlementDoor:
         except DATABASE_FAILURES as error:
             await send_problem(send, database_busy("GET", scope["path"], error), API_HEADERS)
             return
-        await send_json(send, 200, answer, API_HEADERS)
+        if snapshot is not None and keys is not None and self._marks is not None:
+            if len(self._kept) >= KEPT_AT_MOST:
+                self._kept.clear()
+            slots = sorted({slot(key) for key in keys})
+            self._kept[asked] = _Kept(body, tuple((index, self._marks.at(snapshot, index)) for index in slots), until)
+        await send_json(send, 200, body, API_HEADERS)
 
 
 def _connections_kept(state: Any) -> int:
@@ -112,11 +155,16 @@ _ORGANIZATION_AND_MEMBER = (
     )))
     .where(Organization.__table__.c.id == sa.bindparam("organization_id", type_=sa.String))
 )
+_MATES = sa.select(_ou.c.user_id).where(_ou.c.organization_id == sa.bindparam("organization_id", type_=sa.String)).limit(MATES_AT_MOST + 1)
 
 
-def _check(state: Any, header: str, user_id: str | None, feature: str, organization_id: str | None) -> bytes:
+def _check(
+    state: Any, header: str, user_id: str | None, feature: str, organization_id: str | None, keeping: bool,
+) -> tuple[bytes, set[str] | None, Any]:
     """The endpoints' dependencies and body (``accounts.auth``, ``memberships.api``) in one
-    session, the same checks in the same order, each one statement of SQLAlchemy Core."""
+    session, the same checks in the same order, each one statement of SQLAlchemy Core. With
+    ``keeping``: also the change marks the answer depends on (None: not to be kept) and when time
+    alone may change it."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use `Authorization: Bearer <token>`")
@@ -142,11 +190,19 @@ def _check(state: Any, header: str, user_id: str | None, feature: str, organizat
                 if found is None or (found.member is None and not who.is_admin):
                     raise NotFound(f"no organization {organization_id}")
             grace = timedelta(days=security.settings.membership_grace_days)
-            answer = entitlements.entitlement(
+            read = entitlements.reading(
                 session, user_id=user_id, feature=feature, organization_id=organization_id, grace=grace,
             )
+            keys: set[str] | None = None
+            if keeping:
+                keys = {EVERYTHING, *read.keys, f"key:{who.api_key}" if who.api_key is not None else f"user:{who.user_id}"}
+                if organization_id is not None:  # its members' memberships for it count: any of them may change
+                    mates = session.execute(_MATES, {"organization_id": organization_id}).scalars().all()
+                    keys = keys | {f"user:{mate}" for mate in mates} if len(mates) <= MATES_AT_MOST else None
             end_step(session)  # the credential's last use, when it is due (credential_for_token)
         except BaseException:
             session.rollback()
             raise
-    return EntitlementOut.model_validate(answer).model_dump_json().encode()
+    moments = [moment for moment in (who.recheck_at, read.changes_at) if moment is not None]
+    body = EntitlementOut.model_validate(read.answer).model_dump_json().encode()
+    return body, keys, min(moments) if moments else None

@@ -173,6 +173,8 @@ _COLUMNS = (
     _sub.c.status.label("subscription_status"), paid_until_column(_sub, _sb).label("paid_until"),
     sa.func.coalesce(_ord.c.organization_id, _sub.c.organization_id).label("organization_id"),
     sa.case((_sub.c.id.is_(None), None), (renews_column(_sub, _sb), 1), else_=0).label("renews"),
+    _um.c.subscription_id, _sub.c.user_id.label("subscription_user_id"),
+    _sub.c.organization_id.label("subscription_organization_id"),
 )
 
 
@@ -231,13 +233,46 @@ def entitlement(
 ) -> Entitlement:
     """Why (or why not) the user may use ``feature`` at ``at`` (default: now); see the module's
     docstring. Of several memberships that allow it, the one that lasts longest is named."""
+    return reading(session, user_id=user_id, feature=feature, organization_id=organization_id, at=at, grace=grace).answer
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An entitlement and what it was read from, for keeping it (``memberships.door``): the
+    change marks whose moving may change it (``kit.db.changes``, named by
+    ``memberships.changes``) and the first instant after ``at`` at which time alone may change it
+    (a start, an end, a paid period's end or its grace, an add-on's expiry; None: never)."""
+
+    answer: Entitlement
+    keys: frozenset[str]
+    changes_at: datetime | None
+
+
+def reading(
+    session: Session,
+    *,
+    user_id: str,
+    feature: str,
+    organization_id: str | None = None,
+    at: datetime | None = None,
+    grace: timedelta | None = None,
+) -> Reading:
+    """``entitlement``, with what its answer depends on (``Reading``)."""
     at = clock.ensure_utc(at) if at is not None else clock.now()
     if grace is None:
         from billfold.config import get_settings
 
         grace = timedelta(days=get_settings().membership_grace_days)
     best: Entitlement | None = None
+    keys = {f"user:{user_id}"} | ({f"org:{organization_id}"} if organization_id is not None else set())
+    instants: list[datetime] = []
     for row in session.execute(candidates(user_id, organization_id), candidate_parameters(user_id, organization_id)).all():
+        if row.subscription_id is not None:
+            keys.add(f"sub:{row.subscription_id}")
+            keys.add(f"user:{row.subscription_user_id}" if row.subscription_organization_id is None else f"org:{row.subscription_organization_id}")
+        instants.extend(moment for moment in (row.start_date, row.end_date, row.paid_until) if moment is not None)
+        if row.paid_until is not None:
+            instants.append(_plus(row.paid_until, grace))
         if row.organization_id is not None and row.organization_id != organization_id:
             continue  # an organization's membership held by this user counts only for it
         place = standing(
@@ -254,13 +289,16 @@ def entitlement(
             for addon in row.addons if isinstance(row.addons, list) else []:
                 if isinstance(addon, dict) and addon.get("feature") == feature:
                     live, expires = addon_until(addon, at)
+                    if expires is not None:
+                        instants.append(expires)
                     if live:
                         until = place.until if expires is None else (expires if place.until is None else min(expires, place.until))
                         candidate = Entitlement(feature, True, row.id, until, "addon", row.organization_id)
                         found = candidate if found is None or _later(candidate, found) else found
         if found is not None and (best is None or _later(found, best)):
             best = found
-    return best or Entitlement(feature, False)
+    later = [moment for moment in instants if moment > at]
+    return Reading(best or Entitlement(feature, False), frozenset(keys), min(later) if later else None)
 
 
 def _later(a: Entitlement, b: Entitlement) -> bool:

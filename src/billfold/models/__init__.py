@@ -21,6 +21,9 @@ from billfold.models.routing import RoutingRule
 from billfold.models.subscriptions import Subscription, SubscriptionBilling
 from billfold.models.webhooks import PaymentEvent, PaymentWebhook
 
+# Which rows' changes move the change marks that kept answers are checked against (kit.db.changes).
+from billfold.models import changes as _changes  # noqa: E402,F401
+
 __all__ = [
     "ApiKey",
     "AuthChallenge",

@@ -9,8 +9,14 @@
 3. The load: ``wrk`` (one thread, C connections, for T seconds) cycling pre-made requests: half
    ``GET /v1/me/entitlements/{feature}`` with a user's session token (half of those with
    ``?organization_id=`` the user's organization), half ``GET /v1/users/{id}/entitlements/{feature}``
-   with the API key. Printed: checks/s, latency p50/p90/p99, non-2xx answers (must be 0), the
-   server's CPU per check (its processes, from /proc).
+   with the API key. Two runs on the same server: the first asks checks no worker has answered
+   before (each one read from the database), then, after ``--warm-seconds`` of the same load
+   unmeasured, the second (``--kept-seconds``, a minute by default, so that it holds one note of
+   each credential's last use) asks checks both workers have answered before: what the door keeps
+   (``BILLFOLD_ENTITLEMENT_CACHE``) answers them while nothing they depend on changes. Printed for
+   each: checks/s, latency p50/p90/p99, non-2xx answers (must be 0), the server's CPU per check
+   (its processes, from /proc), the database's transactions per check, and how often the change
+   marks moved (none: the load writes nothing a check depends on).
 4. The ceiling: a bare ASGI app answering a constant JSON on uvicorn with the same workers, loaded
    by wrk alike; and the ratio.
 
@@ -47,6 +53,7 @@ from webhooks import cpu_seconds  # noqa: E402
 from billfold.accounts.api_keys import create_api_key  # noqa: E402
 from billfold.accounts.sessions import open_session  # noqa: E402
 from billfold.kit.db import create_engine, session_factory  # noqa: E402
+from billfold.kit.db.changes import marks_for  # noqa: E402
 from billfold.models import User  # noqa: E402
 from tests import databases  # noqa: E402
 
@@ -117,9 +124,24 @@ def checks(tokens: dict[str, str], key: str, organization_of: dict[str, str], co
 
 def sessions_opened(engine: sa.Engine) -> int:
     """Connections (sessions) the database has opened so far (PostgreSQL 14+'s statistics)."""
+    return database_counts(engine)[0]
+
+
+def moves(engine: sa.Engine) -> tuple[int, int]:
+    """How often the database's change marks (``kit.db.changes``) have moved so far: any, and
+    the one that stands for everything (a write no mark names)."""
+    snapshot = marks_for(engine.url).snapshot()
+    values = memoryview(snapshot).cast("Q")
+    return sum(values), values[0]
+
+
+def database_counts(engine: sa.Engine) -> tuple[int, int]:
+    """Connections opened and transactions committed so far in the database (PostgreSQL 14+'s
+    statistics; a check answered from the database commits one transaction, a kept one none)."""
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
-        return int(connection.scalar(sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")))
+        row = connection.execute(sa.text("SELECT sessions, xact_commit FROM pg_stat_database WHERE datname = current_database()")).one()
+        return int(row[0]), int(row[1])
 
 
 def start(target: str, folder: Path, env: dict[str, str], workers: int, factory: bool = True) -> tuple[subprocess.Popen[bytes], str]:
@@ -177,6 +199,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warm-seconds", type=float, default=40.0,
+                        help="after the first run (checks never asked before), wrk goes on this long unmeasured, "
+                        "then a second run measures checks each worker has answered before")
+    parser.add_argument("--kept-seconds", type=float, default=60.0,
+                        help="the second run's length: a minute holds one note of each credential's last use")
     args = parser.parse_args()
 
     backend = "postgresql" if args.database.startswith("postgres") else "mariadb"
@@ -203,10 +230,18 @@ def main() -> None:
             for path, authorization in work[:200]:
                 answer = client.get(path, headers={"authorization": authorization})
                 assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        before, opened = cpu_seconds(server_pids(server)), sessions_opened(engine)
-        sent, latency, failed = load(base, folder, args.clients, args.seconds)
-        server_cpu = cpu_seconds(server_pids(server)) - before
-        opened = sessions_opened(engine) - opened
+        runs = []
+        for phase in ("first asked", "asked before"):
+            if phase == "asked before":
+                load(base, folder, args.clients, args.warm_seconds)
+            before, (opened, committed) = cpu_seconds(server_pids(server)), database_counts(engine)
+            moved = moves(engine)
+            seconds = args.seconds if phase == "first asked" else args.kept_seconds
+            sent, latency, failed = load(base, folder, args.clients, seconds)
+            server_cpu = cpu_seconds(server_pids(server)) - before
+            now_opened, now_committed = database_counts(engine)
+            moved = tuple(after - first for after, first in zip(moves(engine), moved))
+            runs.append((phase, seconds, sent, latency, failed, server_cpu, now_opened - opened, now_committed - committed, moved))
     finally:
         stop(server)
     bare_server, bare_base = start("bench_apps:bare", folder, env, args.workers, factory=False)
@@ -214,15 +249,18 @@ def main() -> None:
         bare_sent, bare_latency, _ = load(bare_base, folder, args.clients, args.seconds)
     finally:
         stop(bare_server)
-    rate, bare = sent / args.seconds, bare_sent / args.seconds  # wrk runs for exactly that long
-    print(f"database {backend}, route {args.route}, {args.users} users ({len(tokens)} signed in), "
-          f"{args.clients} connections, {args.workers} server workers, {args.seconds:.0f} s")
-    print(f"over HTTP: {rate:,.0f} checks/s ({sent} requests, {failed} not 2xx); latency p50 {latency.get('50', 0):.2f} ms, "
-          f"p90 {latency.get('90', 0):.2f} ms, p99 {latency.get('99', 0):.2f} ms")
-    print(f"server CPU per check: {server_cpu * 1000 / max(sent, 1):.3f} ms (all its processes); "
-          f"database connections opened: {opened} ({opened / max(sent, 1):.2f} a check)")
+    bare = bare_sent / args.seconds  # wrk runs for exactly that long
+    print(f"database {backend}, route {args.route}, {args.users} users ({len(tokens)} signed in), {len(set(work))} different checks, "
+          f"{args.clients} connections, {args.workers} server workers, runs of {args.seconds:.0f} s and {args.kept_seconds:.0f} s")
+    for phase, seconds, sent, latency, failed, server_cpu, opened, committed, moved in runs:
+        rate = sent / seconds
+        print(f"{phase}: {rate:,.0f} checks/s ({sent} requests, {failed} not 2xx); latency p50 {latency.get('50', 0):.2f} ms, "
+              f"p90 {latency.get('90', 0):.2f} ms, p99 {latency.get('99', 0):.2f} ms; server CPU per check "
+              f"{server_cpu * 1000 / max(sent, 1):.3f} ms (all its processes); database transactions {committed / max(sent, 1):.2f} "
+              f"a check, connections opened {opened}; change marks moved {moved[0]} (all of them: {moved[1]}); "
+              f"{rate / bare:.0%} of the ceiling")
     print(f"ceiling, a bare ASGI app answering a constant on uvicorn, {args.workers} workers, wrk alike: {bare:,.0f} requests/s "
-          f"(p50 {bare_latency.get('50', 0):.2f} ms, p99 {bare_latency.get('99', 0):.2f} ms); the checks are {rate / bare:.0%} of it")
+          f"(p50 {bare_latency.get('50', 0):.2f} ms, p99 {bare_latency.get('99', 0):.2f} ms)")
     engine.dispose()
     databases.drop_database(backend, url)
 

@@ -74,15 +74,16 @@ class Requirements:
 class Credential(Requirements):
     """Who a bearer credential names, read without loading its rows as objects
     (``sessions.credential_for_token``): for a request that needs only to know who asks and what
-    they may do (the entitlement door). ``api_key``: the key's id. ``recheck_at``: when this
-    answer must be asked of the database again (the session's expiry, or the next note of the
-    credential's last use, whichever comes first)."""
+    they may do (the entitlement door). ``api_key``: the key's id. ``expires_at``: when a
+    session stops naming its user unless used again (None: an API key); ``touch_at``: when its
+    last use is next due to be noted (``sessions.TOUCH_EVERY`` after the last note)."""
 
     user_id: str | None
     user_type: str | None
     api_key: str | None
     scopes: frozenset[str]
-    recheck_at: datetime | None = None
+    expires_at: datetime | None = None
+    touch_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -355,7 +355,7 @@ def credential_for_token(session: Session, security: Security, token: str) -> Cr
             session.execute(_touched(_api_keys, key.id), {"last_used_at": now})
             last_used = now
         return Credential(
-            user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes), recheck_at=last_used + TOUCH_EVERY,
+            user_id=None, user_type=None, api_key=key.id, scopes=frozenset(key.scopes), touch_at=last_used + TOUCH_EVERY,
         )
     if token.startswith(f"{SESSION_PREFIX}_"):
         row = session.execute(_SESSION_BY_DIGEST, {"digest": hash_token(token)}).one_or_none()
@@ -367,7 +367,7 @@ def credential_for_token(session: Session, security: Security, token: str) -> Cr
             session.execute(_touched(_auth_sessions, row.id), {"last_used_at": now, "expires_at": expires})
         return Credential(
             user_id=row.user_id, user_type=row.user_type, api_key=None, scopes=frozenset({"read", "write"}),
-            recheck_at=min(last_used + TOUCH_EVERY, expires),
+            expires_at=expires, touch_at=last_used + TOUCH_EVERY,
         )
     return None
 

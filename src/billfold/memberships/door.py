@@ -38,14 +38,17 @@ the guards would look at twice (a NUL, a card-number-like run of digits).
 
 from __future__ import annotations
 
+import asyncio
 import re
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
 import sqlalchemy as sa
 
+from billfold.accounts.security import Credential
 from billfold.accounts.sessions import credential_for_token
 from billfold.kit import clock
 from billfold.kit.db import DATABASE_FAILURES
@@ -68,12 +71,24 @@ MATES_AT_MOST = 100  # an organization's check is kept only for organizations th
 
 
 class _Kept:
-    """An answer kept: its body, the change marks it was read under, and when time alone may change it."""
+    """Something kept (an answer's body, or the credential a header names), the change marks it
+    was read under, and when time alone may change it (None: never)."""
 
-    __slots__ = ("body", "marks", "until")
+    __slots__ = ("value", "marks", "until")
 
-    def __init__(self, body: bytes, marks: tuple[tuple[int, int], ...], until: Any) -> None:
-        self.body, self.marks, self.until = body, marks, until
+    def __init__(self, value: Any, marks: tuple[tuple[int, int], ...], until: datetime | None) -> None:
+        self.value, self.marks, self.until = value, marks, until
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A check's answer, who asked, and for keeping the answer: the marks it depends on (None:
+    not to be kept) and when time alone may change it."""
+
+    body: bytes
+    who: Credential
+    keys: set[str] | None
+    until: datetime | None
 
 
 class EntitlementDoor:
@@ -82,8 +97,13 @@ class EntitlementDoor:
 
     def __init__(self) -> None:
         self._limiter: anyio.CapacityLimiter | None = None
-        self._kept: dict[tuple[str, str | None, str, str | None], _Kept] = {}
         self._marks: Marks | None = None
+        # Kept apart, so that a credential's note of its last use, due every minute, reads the
+        # credential again and leaves the answers kept.
+        self._credentials: dict[str, _Kept] = {}  # by Authorization header
+        self._answers: dict[tuple[str, str, str, str | None], _Kept] = {}  # by who asks, whom, feature, organization
+        self._touching: set[str] = set()  # credentials whose last use is being noted
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def takes(self, scope: dict[str, Any]) -> bool:
         if scope["type"] != "http" or scope["method"] != "GET":
@@ -100,27 +120,31 @@ class EntitlementDoor:
     async def answer(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         match = _CHECK.fullmatch(scope["path"])
         assert match is not None
+        user_id, feature = match["user_id"], match["feature"]
         query = scope.get("query_string", b"")
         organization_id = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("organization_id") if query else None
         header = next(value for name, value in scope["headers"] if name == b"authorization").decode("latin-1")
         state = scope["app"].state
-        asked = (header, match["user_id"], match["feature"], organization_id)
-        snapshot = None
-        if state.settings.entitlement_cache:
-            marks = self._marks
-            if marks is None:
-                marks = self._marks = marks_for(state.engine.url)
-            kept = self._kept.get(asked)
-            if kept is not None and (kept.until is None or clock.now() < kept.until) and marks.still(kept.marks):
-                await send_json(send, 200, kept.body, API_HEADERS)
-                return
-            snapshot = marks.snapshot()  # before the reads: a commit racing with them moves a mark after
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(_connections_kept(state))
+        marks = None
         try:
-            body, keys, until = await anyio.to_thread.run_sync(
-                _check, state, header, match["user_id"], match["feature"], organization_id, snapshot is not None,
-                limiter=self._limiter,
+            if state.settings.entitlement_cache:
+                marks = self._marks = self._marks or marks_for(state.engine.url)
+                now = clock.now()
+                who = _valid(self._credentials.get(header), now, marks)
+                if who is None:  # read it again (one short transaction), and keep it
+                    who = await self._read_credential(state, header, marks)
+                elif who.touch_at is not None and now >= who.touch_at and header not in self._touching:
+                    self._touch_later(state, header, marks)
+                asked = _asked(who, user_id, feature, organization_id)
+                body = _valid(self._answers.get(asked), now, marks) if asked is not None else None
+                if body is not None:
+                    await send_json(send, 200, body, API_HEADERS)
+                    return
+            snapshot = marks.snapshot() if marks is not None else None
+            checked = await anyio.to_thread.run_sync(
+                _check, state, header, user_id, feature, organization_id, marks is not None, limiter=self._limiter,
             )
         except BillfoldError as error:
             await send_problem(send, error, API_HEADERS)
@@ -128,12 +152,68 @@ class EntitlementDoor:
         except DATABASE_FAILURES as error:
             await send_problem(send, database_busy("GET", scope["path"], error), API_HEADERS)
             return
-        if snapshot is not None and keys is not None and self._marks is not None:
-            if len(self._kept) >= KEPT_AT_MOST:
-                self._kept.clear()
-            slots = sorted({slot(key) for key in keys})
-            self._kept[asked] = _Kept(body, tuple((index, self._marks.at(snapshot, index)) for index in slots), until)
-        await send_json(send, 200, body, API_HEADERS)
+        if snapshot is not None and checked.keys is not None:
+            who = checked.who
+            self._keep(self._credentials, header, who, _who_keys(who), who.expires_at, snapshot)
+            asked = _asked(who, user_id, feature, organization_id)
+            if asked is not None:
+                self._keep(self._answers, asked, checked.body, checked.keys | _who_keys(who), checked.until, snapshot)
+        await send_json(send, 200, checked.body, API_HEADERS)
+
+    async def _read_credential(self, state: Any, header: str, marks: Marks) -> Credential:
+        snapshot = marks.snapshot()  # before the reads: a commit racing with them moves a mark after
+        who = await anyio.to_thread.run_sync(_credential, state, header, limiter=self._limiter)
+        self._keep(self._credentials, header, who, _who_keys(who), who.expires_at, snapshot)
+        return who
+
+    def _touch_later(self, state: Any, header: str, marks: Marks) -> None:
+        """Note a kept credential's last use (due once a minute) after answering, not before: it
+        changes nothing about the answer (the marks tell a revocation; the expiry is checked
+        against the clock), and a check waiting for it waited for a transaction. The credential
+        read with it is kept; one that fails to be read is forgotten, and read on its next use."""
+
+        async def touch() -> None:
+            try:
+                await self._read_credential(state, header, marks)
+            except Exception:  # a revocation, or the database busy: read again on its next use
+                self._credentials.pop(header, None)
+            finally:
+                self._touching.discard(header)
+
+        self._touching.add(header)
+        task = asyncio.get_running_loop().create_task(touch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _keep(self, kept: dict[Any, _Kept], key: Any, value: Any, keys: set[str], until: datetime | None, snapshot: bytes) -> None:
+        assert self._marks is not None
+        if len(kept) >= KEPT_AT_MOST:
+            kept.clear()
+        slots = sorted({slot(name) for name in keys})
+        kept[key] = _Kept(value, tuple((index, self._marks.at(snapshot, index)) for index in slots), until)
+
+
+def _valid(kept: _Kept | None, now: datetime, marks: Marks) -> Any:
+    """What was kept, if time has not yet changed it and none of its marks has moved."""
+    if kept is None or (kept.until is not None and now >= kept.until) or not marks.still(kept.marks):
+        return None
+    return kept.value
+
+
+def _who_keys(who: Credential) -> set[str]:
+    return {EVERYTHING, f"key:{who.api_key}" if who.api_key is not None else f"user:{who.user_id}"}
+
+
+def _asked(who: Credential, user_id: str | None, feature: str, organization_id: str | None) -> tuple[str, str, str, str | None] | None:
+    """Which kept answer a check by ``who`` may be given: None where the endpoint's rules refuse
+    it (the full check then refuses it with their problem)."""
+    if user_id is None:
+        user_id = who.user_id
+        if user_id is None:
+            return None
+    elif not who.is_admin or (who.api_key is not None and "read" not in who.scopes):
+        return None
+    return (who.api_key or who.user_id or "", user_id, feature, organization_id)
 
 
 def _connections_kept(state: Any) -> int:
@@ -158,20 +238,40 @@ _ORGANIZATION_AND_MEMBER = (
 _MATES = sa.select(_ou.c.user_id).where(_ou.c.organization_id == sa.bindparam("organization_id", type_=sa.String)).limit(MATES_AT_MOST + 1)
 
 
+def _bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use `Authorization: Bearer <token>`")
+    return token.strip()
+
+
+def _credential(state: Any, header: str) -> Credential:
+    """Who the header names (``accounts.auth``'s rules), with the note of its last use when due."""
+    token = _bearer(header)
+    with state.sessions() as session:
+        try:
+            who = credential_for_token(session, state.security, token)
+            if who is None:
+                raise Unauthorized("the token is not valid, has expired or was revoked")
+            end_step(session)
+        except BaseException:
+            session.rollback()
+            raise
+    return who
+
+
 def _check(
     state: Any, header: str, user_id: str | None, feature: str, organization_id: str | None, keeping: bool,
-) -> tuple[bytes, set[str] | None, Any]:
+) -> _Checked:
     """The endpoints' dependencies and body (``accounts.auth``, ``memberships.api``) in one
     session, the same checks in the same order, each one statement of SQLAlchemy Core. With
     ``keeping``: also the change marks the answer depends on (None: not to be kept) and when time
     alone may change it."""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("use `Authorization: Bearer <token>`")
+    token = _bearer(header)
     security = state.security
     with state.sessions() as session:
         try:
-            who = credential_for_token(session, security, token.strip())
+            who = credential_for_token(session, security, token)
             if who is None:
                 raise Unauthorized("the token is not valid, has expired or was revoked")
             if user_id is None:  # /me: a signed-in user (auth.signed_in_user)
@@ -195,7 +295,7 @@ def _check(
             )
             keys: set[str] | None = None
             if keeping:
-                keys = {EVERYTHING, *read.keys, f"key:{who.api_key}" if who.api_key is not None else f"user:{who.user_id}"}
+                keys = {EVERYTHING, *read.keys}
                 if organization_id is not None:  # its members' memberships for it count: any of them may change
                     mates = session.execute(_MATES, {"organization_id": organization_id}).scalars().all()
                     keys = keys | {f"user:{mate}" for mate in mates} if len(mates) <= MATES_AT_MOST else None
@@ -203,6 +303,4 @@ def _check(
         except BaseException:
             session.rollback()
             raise
-    moments = [moment for moment in (who.recheck_at, read.changes_at) if moment is not None]
-    body = EntitlementOut.model_validate(read.answer).model_dump_json().encode()
-    return body, keys, min(moments) if moments else None
+    return _Checked(EntitlementOut.model_validate(read.answer).model_dump_json().encode(), who, keys, read.changes_at)

@@ -41,6 +41,7 @@ import argparse
 import collections
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -344,39 +345,50 @@ class WaitSampler(threading.Thread):
         return [(what, n / max(self.samples, 1)) for what, n in self.counts.most_common(8)]
 
 
+_PROBER = r"""
+import json, sys, threading, time
+import httpx
+stop, latencies, failures = threading.Event(), [], 0
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+with httpx.Client(base_url=sys.argv[1], timeout=30) as client:
+    while not stop.wait(0.1):
+        t0 = time.perf_counter()
+        try:
+            ok = client.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - t0)
+        else:
+            failures += 1
+print(json.dumps({"latencies": latencies, "failures": failures}))
+"""
+
+
 class HealthProber:
-    """``GET /healthz`` every 100 ms on a connection of its own, timed, until stopped."""
+    """``GET /healthz`` every 100 ms on a connection of its own, timed, until stopped: in a process
+    of its own, so that its timings are the server's and not the wait for this process's
+    interpreter, which hundreds of client threads share (in a thread here, max 370 ms, p99 95 ms;
+    docs/performance.md)."""
 
     def __init__(self, base: str) -> None:
-        self.base, self.latencies, self.failures = base, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            while not self._stop.wait(0.1):
-                t0 = time.perf_counter()
-                try:
-                    ok = client.get("/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    self.latencies.append(time.perf_counter() - t0)
-                else:
-                    self.failures += 1
+        self.base = base
+        self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._process = subprocess.Popen([sys.executable, "-c", _PROBER, self.base], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
 
     def stop(self) -> str:
-        self._stop.set()
-        self._thread.join()
-        ms = sorted(x * 1000 for x in self.latencies)
+        assert self._process is not None
+        out, _ = self._process.communicate("", timeout=120)
+        found = json.loads(out)
+        ms, failures = sorted(x * 1000 for x in found["latencies"]), found["failures"]
         if not ms:
-            return f"no answer ({self.failures} failures)"
+            return f"no answer ({failures} failures)"
         p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
         return (f"p50 {statistics.median(ms):.1f} ms  p99 {p99:.1f} ms  max {ms[-1]:.1f} ms  "
-                f"({len(ms)} probes, {self.failures} failed)")
+                f"({len(ms)} probes, {failures} failed; a process of its own)")
 
 
 def run_clients(

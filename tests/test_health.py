@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from billfold.api import HealthDoor
 from billfold.kit import clock
 from billfold.kit.db import create_engine
 from tests import cli, databases
@@ -65,11 +66,13 @@ def test_health_reports_the_workers_heartbeat_never_ok_and_late(fresh: Engine, t
         with fresh.begin() as connection:  # the worker stopped ten minutes ago
             ago = clock.SystemClock().now().replace(tzinfo=None, microsecond=0) - timedelta(minutes=10)
             connection.execute(sa.text("UPDATE instance_marks SET at = :at WHERE name = 'worker_heartbeat'"), {"at": ago})
+        time.sleep(HealthDoor.FRESH_FOR)  # an answer is of a check made at most this long ago
         late = _worker(url)
         assert late["status"] == "late" and 600 <= int(late["lag_seconds"]) < 700  # type: ignore[call-overload]
 
         once = cli.run("worker", "--once", database_url=database_url, cwd=tmp_path)  # as cron runs it
         assert once.code == 0, once
+        time.sleep(HealthDoor.FRESH_FOR)
         assert _worker(url)["status"] == "ok"
 
 
@@ -123,3 +126,30 @@ def test_health_answers_while_every_request_thread_waits_for_a_slow_provider(eng
     assert health.headers["x-content-type-options"] == "nosniff"
     assert answered_first, "the health check waited for the checkout's request thread"
     assert paid == [200]
+
+
+def test_probes_in_a_burst_are_answered_from_one_check_at_most_a_second_old(engine: Engine, tmp_path: Path) -> None:
+    """A balancer probing every few milliseconds costs one database round trip per half second:
+    the probes between are answered with the last check (api.HealthDoor), never one older than
+    ``HealthDoor.FRESH_FOR``."""
+    statements: list[str] = []
+
+    def seen(*args: object) -> None:  # the check's own statement (other tests' servers share the engine)
+        if str(args[2]).strip() == "SELECT 1":
+            statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with serving(engine) as url, httpx.Client(base_url=url, timeout=30) as client:
+            first = client.get("/healthz")
+            asked = len(statements)
+            assert first.status_code == 200 and asked == 1
+            burst = [client.get("/healthz") for _ in range(20)]
+            assert [a.status_code for a in burst] == [200] * 20 and all(a.content == first.content for a in burst)
+            assert len(statements) <= 2, "at most one more check in the burst"
+            time.sleep(HealthDoor.FRESH_FOR)
+            before = len(statements)
+            assert client.get("/healthz").status_code == 200
+            assert len(statements) == before + 1, "a probe after a quiet second waits for a new check"
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)

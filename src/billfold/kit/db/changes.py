@@ -79,6 +79,7 @@ class Marks:
             os.close(fd)
             raise
         self._fd = fd
+        self.pid = os.getpid()
         self._view = memoryview(self._map).cast("Q")
         self._lock = threading.Lock()
 
@@ -135,10 +136,10 @@ def marks_for(url: URL) -> Marks:
     """The marks of the database ``url`` names (an engine's ``url``)."""
     identity = _identity(url)
     found = _marks.get(identity)
-    if found is None:
+    if found is None or found.pid != os.getpid():
         with _marks_lock:
             found = _marks.get(identity)
-            if found is None:
+            if found is None or found.pid != os.getpid():  # a forked child opens its own (flock is per open file)
                 name = hashlib.sha256(f"{os.getuid()}:{identity}".encode()).hexdigest()[:24]
                 found = _marks[identity] = Marks(_directory() / f"billfold-changes-{name}")
     return found

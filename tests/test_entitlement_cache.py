@@ -245,3 +245,24 @@ def test_checks_racing_with_changes_never_see_a_change_late(api: Api, engine: En
             thread.join(timeout=60)
     assert failed == [] and late == []
     assert settled[0] >= 100
+
+
+def test_a_clock_set_back_reads_a_kept_answer_again(frozen_clock: clock.FrozenClock, engine: Engine, tmp_path: Path) -> None:
+    """A kept answer holds from the time it was read on: with the clock set back before a
+    membership's start (a test's clock may be), the check is read again and refused."""
+    ada = person(engine, "ada")
+    kind = membership_type(engine, "fixed", 30, ["reports"])
+    now = frozen_clock.now()
+    with transaction(session_factory(engine)) as session:
+        grant_manually(session, user_id=ada.id, membership_type_id=kind, by=None, start_date=now)
+    app = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path), engine)
+    statements = Statements(engine)
+    try:
+        assert statements.during(app, "/v1/me/entitlements/reports", ada.token)[1].json()["allowed"] is True
+        asked, kept = statements.during(app, "/v1/me/entitlements/reports", ada.token)
+        assert asked == 0 and kept.json()["allowed"] is True
+        frozen_clock.set(now - timedelta(hours=1))
+        asked, before = statements.during(app, "/v1/me/entitlements/reports", ada.token)
+        assert asked >= 1 and before.json()["allowed"] is False
+    finally:
+        statements.close()

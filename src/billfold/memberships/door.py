@@ -72,12 +72,14 @@ MATES_AT_MOST = 100  # an organization's check is kept only for organizations th
 
 class _Kept:
     """Something kept (an answer's body, or the credential a header names), the change marks it
-    was read under, and when time alone may change it (None: never)."""
+    was read under, and the time it holds for: from ``since`` (the clock before it was read: a
+    clock set back before it, as a test's may be, reads it again) until ``until`` (when time alone
+    may change it; None: never)."""
 
-    __slots__ = ("value", "marks", "until")
+    __slots__ = ("value", "marks", "since", "until")
 
-    def __init__(self, value: Any, marks: tuple[tuple[int, int], ...], until: datetime | None) -> None:
-        self.value, self.marks, self.until = value, marks, until
+    def __init__(self, value: Any, marks: tuple[tuple[int, int], ...], since: datetime, until: datetime | None) -> None:
+        self.value, self.marks, self.since, self.until = value, marks, since, until
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class EntitlementDoor:
                 if body is not None:
                     await send_json(send, 200, body, API_HEADERS)
                     return
-            snapshot = marks.snapshot() if marks is not None else None
+            snapshot = (clock.now(), marks.snapshot()) if marks is not None else None
             checked = await anyio.to_thread.run_sync(
                 _check, state, header, user_id, feature, organization_id, marks is not None, limiter=self._limiter,
             )
@@ -161,7 +163,7 @@ class EntitlementDoor:
         await send_json(send, 200, checked.body, API_HEADERS)
 
     async def _read_credential(self, state: Any, header: str, marks: Marks) -> Credential:
-        snapshot = marks.snapshot()  # before the reads: a commit racing with them moves a mark after
+        snapshot = (clock.now(), marks.snapshot())  # before the reads: a commit racing with them moves a mark after
         who = await anyio.to_thread.run_sync(_credential, state, header, limiter=self._limiter)
         self._keep(self._credentials, header, who, _who_keys(who), who.expires_at, snapshot)
         return who
@@ -185,17 +187,20 @@ class EntitlementDoor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _keep(self, kept: dict[Any, _Kept], key: Any, value: Any, keys: set[str], until: datetime | None, snapshot: bytes) -> None:
+    def _keep(
+        self, kept: dict[Any, _Kept], key: Any, value: Any, keys: set[str], until: datetime | None, snapshot: tuple[datetime, bytes],
+    ) -> None:
         assert self._marks is not None
         if len(kept) >= KEPT_AT_MOST:
             kept.clear()
+        since, marks = snapshot
         slots = sorted({slot(name) for name in keys})
-        kept[key] = _Kept(value, tuple((index, self._marks.at(snapshot, index)) for index in slots), until)
+        kept[key] = _Kept(value, tuple((index, self._marks.at(marks, index)) for index in slots), since, until)
 
 
 def _valid(kept: _Kept | None, now: datetime, marks: Marks) -> Any:
     """What was kept, if time has not yet changed it and none of its marks has moved."""
-    if kept is None or (kept.until is not None and now >= kept.until) or not marks.still(kept.marks):
+    if kept is None or now < kept.since or (kept.until is not None and now >= kept.until) or not marks.still(kept.marks):
         return None
     return kept.value
 

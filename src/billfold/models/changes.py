@@ -7,7 +7,8 @@ kept answers (``memberships.door``) are read from, by whose answers a change can
   everything (its orders and subscriptions lose it, ON DELETE SET NULL, in the database);
 - ``sub:<id>``: a subscription's row and its billing row (status, periods, pause, dunning);
 - ``key:<id>``: an API key revoked, its scopes changed, or deleted;
-- a membership type changed or deleted, or an order's owner changed, moves everything.
+- a membership type changed or deleted, or an order's owner changed or the order deleted, moves
+  everything.
 
 A new subscription, session or API key, or a new membership type, changes no answer already
 given (nothing refers to it yet) and moves nothing; a new membership moves its holder's mark.
@@ -54,7 +55,10 @@ def _type(row: MembershipType, kind: str) -> Iterable[str]:
 
 
 def _order(row: Order, kind: str) -> Iterable[str]:
-    return [EVERYTHING] if kind != "new" and changed(row, "organization_id", "user_id") else ()
+    """An order's owner is what makes a membership it paid for an organization's."""
+    if kind == "deleted" or (kind == "dirty" and changed(row, "organization_id", "user_id")):
+        return [EVERYTHING]
+    return ()
 
 
 def _subscription(row: Subscription, kind: str) -> Iterable[str]:

@@ -260,11 +260,19 @@ def serve(
         engine.dispose()
         listening.close()  # uvicorn's supervisor binds it again for its workers
         uvicorn.run("billfold.api:create_app", factory=True, host=host, port=port, workers=workers,
-                    log_level="info", access_log=access_log)
+                    log_level="info", access_log=access_log, timeout_keep_alive=KEEP_ALIVE_SECONDS)
     else:
         config = uvicorn.Config(create_app(settings, engine, run_worker=embedded), host=host, port=port,
-                                log_level="info", access_log=access_log)
+                                log_level="info", access_log=access_log, timeout_keep_alive=KEEP_ALIVE_SECONDS)
         uvicorn.Server(config).run(sockets=[listening])
+
+
+# How long an idle keep-alive connection is kept open (uvicorn's default is 5 s). Longer than the
+# 60 s idle timeout of the usual load balancers and proxies (AWS's ALB, nginx's upstream keepalive
+# 60 s), so that the proxy, not Billfold, closes an idle connection: otherwise a request it sends
+# as Billfold closes the connection fails with "server disconnected without sending a response"
+# (seen in bench/checkout.py at 512 clients, whose threads may sit idle past 5 s).
+KEEP_ALIVE_SECONDS = 75
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -49,11 +49,11 @@ def fresh_database(name: str = NAME) -> str:
     return SERVER.rsplit("/", 1)[0] + f"/{name}"
 
 
-def settings_for(url: str, data_dir: Path, latency_ms: int = 0, jitter_ms: int = 0):  # noqa: ANN201
+def settings_for(url: str, data_dir: Path, latency_ms: int = 0, jitter_ms: int = 0, at_once: int = 4):  # noqa: ANN201
     from billfold.config import Settings
 
     return Settings(database_url=url, data_dir=data_dir, secret_key="bench-" + "k" * 40,
-                    sandbox_latency_ms=latency_ms, sandbox_latency_jitter_ms=jitter_ms)
+                    sandbox_latency_ms=latency_ms, sandbox_latency_jitter_ms=jitter_ms, worker_sweeps_at_once=at_once)
 
 
 def seed(url: str, data_dir: Path, customers: int, subscriptions: int, tag: str) -> None:
@@ -115,7 +115,7 @@ def seed(url: str, data_dir: Path, customers: int, subscriptions: int, tag: str)
 
 
 def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, list[float], int, float]]",
-            latency_ms: int = 0, jitter_ms: int = 0) -> None:
+            latency_ms: int = 0, jitter_ms: int = 0, at_once: int = 4) -> None:
     import importlib
     import resource
 
@@ -123,29 +123,35 @@ def _worker(url: str, data_dir: str, counts: "multiprocessing.Queue[tuple[int, l
         importlib.import_module(module)
     from billfold.accounts.security import Security
     from billfold.kit.db import create_engine, session_factory
-    from billfold.kit.sweeps import Context
+    from billfold import worker
+    from billfold.kit.sweeps import Context, Sweep
     from billfold.subscriptions.sweeps import renew_due_subscriptions
 
-    settings = settings_for(url, Path(data_dir), latency_ms, jitter_ms)
+    settings = settings_for(url, Path(data_dir), latency_ms, jitter_ms, at_once)
     engine = create_engine(url)
     context = Context(session_factory(engine), settings, Security.from_settings(settings))
-    done, batches = 0, []
-    cpu = time.process_time()
-    while True:
+    batches: list[float] = []
+
+    def timed(context: Context) -> int:  # one batch, timed
         started = time.perf_counter()
         moved = renew_due_subscriptions(context)
-        if not moved:
-            break
-        batches.append(time.perf_counter() - started)
-        done += moved
+        if moved:
+            batches.append(time.perf_counter() - started)
+        return moved
+
+    cpu = time.process_time()
+    # What a worker's round does with the renewal backlog (worker.drain): the sweep again while it
+    # finds work, on worker_sweeps_at_once threads.
+    done, _ = worker.drain(context, Sweep("subscriptions.renew", timed, timedelta(minutes=1), drain=True), seconds=3600)
+    done = done or 0
     cpu = time.process_time() - cpu
     counts.put((done, batches, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, cpu))
     engine.dispose()
 
 
-def renew(url: str, data_dir: Path, workers: int, latency_ms: int = 0, jitter_ms: int = 0) -> dict[str, float]:
+def renew(url: str, data_dir: Path, workers: int, latency_ms: int = 0, jitter_ms: int = 0, at_once: int = 4) -> dict[str, float]:
     counts: multiprocessing.Queue[tuple[int, list[float], int, float]] = multiprocessing.Queue()
-    processes = [multiprocessing.Process(target=_worker, args=(url, str(data_dir), counts, latency_ms, jitter_ms))
+    processes = [multiprocessing.Process(target=_worker, args=(url, str(data_dir), counts, latency_ms, jitter_ms, at_once))
                  for _ in range(workers)]
     started = time.perf_counter()
     for process in processes:
@@ -280,6 +286,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1,2 or 2")
     parser.add_argument("--provider-latency-ms", type=int, default=0, help="the workers' sandbox waits this long per call")
     parser.add_argument("--provider-jitter-ms", type=int, default=0, help="and up to this much more, at random")
+    parser.add_argument("--at-once", type=int, default=4, help="BILLFOLD_WORKER_SWEEPS_AT_ONCE: batches a worker works on at once")
     parser.add_argument("--database-name", default=NAME, help="the database this run drops and creates")
     args = parser.parse_args()
     if args.provider_latency_ms or args.provider_jitter_ms:
@@ -298,7 +305,7 @@ def main() -> None:
     for workers in counts:
         seed(url, data_dir, args.customers, args.subscriptions, f"w{workers}")
         print(f"  seeded {args.subscriptions:,} due subscriptions; load average {os.getloadavg()[0]:.2f}")
-        r = renew(url, data_dir, workers, args.provider_latency_ms, args.provider_jitter_ms)
+        r = renew(url, data_dir, workers, args.provider_latency_ms, args.provider_jitter_ms, args.at_once)
         results[workers] = r
         print(f"{workers} worker{'s' if workers > 1 else ''}: {r['done']:,} renewals in {r['elapsed']:.1f} s = {r['rate']:,.0f} renewals/s; "
               f"a sweep of 50: p50 {r['p50'] * 1000:.0f} ms, p95 {r['p95'] * 1000:.0f} ms; worker CPU {r['cpu_ms']:.2f} ms/renewal; "

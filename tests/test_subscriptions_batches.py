@@ -4,13 +4,16 @@ workers racing over small batches still bill every period once."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 
+from billfold import worker
 from billfold.kit import clock
+from billfold.kit import sweeps as registry
 from billfold.payments.engine import STALE_AFTER
 from billfold.subscriptions import sweeps
 from tests.subscribing import SWEEPS, Shop, shop, when  # noqa: F401  (fixture)
@@ -97,3 +100,27 @@ def test_two_workers_racing_over_small_batches_bill_each_period_once(
     numbers = [i.invoice_number for sub in subs for i in shop.invoices(sub)]
     assert len(set(numbers)) == len(numbers) and not any(n.startswith("inv_") for n in numbers), "numbered, once each"
     assert SWEEPS["renew"](shop.context) == 0
+
+
+def test_one_round_of_the_worker_renews_a_backlog_of_many_batches_several_at_once(
+    shop: Shop, frozen_clock: clock.FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's round runs the renewal sweep again while it finds work (it ran one batch a
+    minute: 50 renewals a minute), on ``worker_sweeps_at_once`` threads (one on SQLite), each
+    claiming its own batch: every period billed once."""
+    monkeypatch.setattr(sweeps, "BATCH", 2)
+    plan = shop.product(700)
+    people = [shop.customer(f"backlog{n}") for n in range(3)]
+    subs = [shop.subscribe(person, plan)["id"] for person in people for _ in range(4)]
+    frozen_clock.set(when(shop.get(people[0], subs[0])["current_period_end"]))
+    context = dataclasses.replace(shop.context, settings=shop.context.settings.model_copy(update={"worker_sweeps_at_once": 3}))
+    renew = registry.get("subscriptions.renew")
+    schedule = worker.Schedule()
+
+    assert worker.run_sweeps(context, sweeps=[renew], schedule=schedule) == {"subscriptions.renew": len(subs)}
+
+    for sub in subs:
+        assert [p.status for p in shop.payments(sub)] == ["completed", "completed"], sub
+        assert [i.status for i in shop.invoices(sub)] == ["paid", "paid"], sub
+        assert [c.status for c in shop.charges(sub)].count("succeeded") == 2, sub
+    assert worker.run_sweeps(context, sweeps=[renew], schedule=schedule) == {}, "worked through: not due for a minute"

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         "Multicast, reserved and unspecified addresses are always refused.",
     )
     worker_tick: float = Field(5.0, gt=0, description="Seconds between the worker's rounds of due sweeps.")
+    worker_sweeps_at_once: int = Field(
+        4, ge=1, le=64,
+        description="Batches of one backlog (renewals, trial ends, dunning retries) a worker process works on at "
+        "once, each claimed with FOR UPDATE SKIP LOCKED: one batch's provider calls wait while another's rows are "
+        "written. Always 1 on SQLite (one writer).",
+    )
     broker_url: str | None = Field(
         None,
         description="Dramatiq broker for background work: redis://host:6379/0 or amqp://user:pass@host:5672/. "

@@ -24,6 +24,7 @@ import importlib
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -126,6 +127,11 @@ class Schedule:
         with self._lock:
             self._last[name] = at
 
+    def unmark(self, name: str) -> None:
+        """Make the sweep due at once."""
+        with self._lock:
+            self._last.pop(name, None)
+
     def forget(self) -> None:
         with self._lock:
             self._last.clear()
@@ -151,6 +157,47 @@ def run_sweep(context: Context, sweep: Sweep | str) -> int | None:
     return int(done or 0)
 
 
+DRAIN_SECONDS = 20.0
+"""How long a round works through one draining sweep's backlog before the other sweeps get their
+turn (the sweep is then due again at the next round, not after its ``every``)."""
+
+
+def drain(context: Context, sweep: Sweep, *, seconds: float = DRAIN_SECONDS, stop: threading.Event | None = None) -> tuple[int | None, bool]:
+    """Run a draining sweep (``Sweep.drain``) again and again while it reports work, for at most
+    ``seconds``, on ``settings.worker_sweeps_at_once`` threads at once (one on SQLite): each run
+    claims its own batch with SKIP LOCKED, so while one batch waits for its provider calls another
+    is claimed or recorded. How much was done (None: every run failed), and whether work may be left."""
+    deadline = time.monotonic() + seconds
+    at_once = 1 if engine_of(context).dialect.name == "sqlite" else context.settings.worker_sweeps_at_once
+    lock = threading.Lock()
+    totals = {"done": 0, "runs": 0, "failed": 0, "left": False}
+
+    def work() -> None:
+        while True:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                with lock:
+                    totals["left"] = True
+                return
+            done = run_sweep(context, sweep)
+            with lock:
+                totals["runs"] += 1
+                totals["failed"] += done is None
+                totals["done"] += done or 0
+            if not done:
+                return
+
+    if at_once == 1:
+        work()
+    else:
+        threads = [threading.Thread(target=work, name=f"{sweep.name}-{n}", daemon=True) for n in range(at_once)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    failed_all = totals["runs"] > 0 and totals["failed"] == totals["runs"]
+    return (None if failed_all else int(totals["done"])), bool(totals["left"])
+
+
 def _selected(names: Iterable[str] | None, sweeps: Sequence[Sweep] | None) -> list[Sweep]:
     chosen = list(sweeps) if sweeps is not None else load_sweeps()
     if names is not None:
@@ -168,9 +215,11 @@ def run_sweeps(
     names: Iterable[str] | None = None,
     sweeps: Sequence[Sweep] | None = None,
     schedule: Schedule | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
-    """Run each due sweep once (all registered ones, or those ``names``/``sweeps`` choose); how much
-    each did, by name. A sweep that failed is logged and left out of the result."""
+    """Run each due sweep once, a draining one until its backlog is worked through (``drain``)
+    (all registered ones, or those ``names``/``sweeps`` choose); how much each did, by name. A
+    sweep that failed is logged and left out of the result."""
     schedule = schedule or SCHEDULE
     results: dict[str, int] = {}
     for sweep in _selected(names, sweeps):
@@ -178,7 +227,12 @@ def run_sweeps(
         if not schedule.due(sweep, now):
             continue
         schedule.mark(sweep.name, now)
-        done = run_sweep(context, sweep)
+        if sweep.drain:
+            done, left = drain(context, sweep, stop=stop)
+            if left:  # its backlog is not worked through: due again at the next round
+                schedule.unmark(sweep.name)
+        else:
+            done = run_sweep(context, sweep)
         if done is not None:
             results[sweep.name] = done
     return results
@@ -323,7 +377,7 @@ class Runner:
 
     def round(self) -> dict[str, int]:
         if self.dispatch is None:
-            return run_sweeps(self.context, sweeps=self.sweeps, schedule=self.schedule)
+            return run_sweeps(self.context, sweeps=self.sweeps, schedule=self.schedule, stop=self.stop_event)
         sent: dict[str, int] = {}
         for sweep in _selected(None, self.sweeps):
             now = clock.now()
@@ -425,7 +479,12 @@ class Dramatiq:
         except KeyError as error:
             log.error("%s", error.args[0])
             return
-        run_sweep(self.context, sweep)
+        if sweep.drain:
+            _, left = drain(self.context, sweep)
+            if left:
+                self.send(sweep)  # the rest of the backlog, as a message of its own
+        else:
+            run_sweep(self.context, sweep)
 
     def send(self, sweep: Sweep | str) -> None:
         self.actor.send(sweep if isinstance(sweep, str) else sweep.name)

@@ -45,19 +45,24 @@ class Context:
 
 @dataclass(frozen=True)
 class Sweep:
+    """``drain``: a sweep of a backlog claimed a batch at a time with ``FOR UPDATE SKIP LOCKED``,
+    which the worker runs again at once while it reports work (several at once where the database
+    allows: ``worker.drain``), instead of once per ``every``."""
+
     name: str
     run: Callable[[Context], int]
     every: timedelta
+    drain: bool = False
 
 
 _SWEEPS: dict[str, Sweep] = {}
 
 
-def sweep(name: str, *, every: timedelta) -> Callable[[Callable[[Context], int]], Callable[[Context], int]]:
-    """Register ``run`` as the sweep ``name``, due every ``every``."""
+def sweep(name: str, *, every: timedelta, drain: bool = False) -> Callable[[Callable[[Context], int]], Callable[[Context], int]]:
+    """Register ``run`` as the sweep ``name``, due every ``every`` (see ``Sweep`` for ``drain``)."""
 
     def register(run: Callable[[Context], int]) -> Callable[[Context], int]:
-        _SWEEPS[name] = Sweep(name, run, every)
+        _SWEEPS[name] = Sweep(name, run, every, drain)
         return run
 
     return register

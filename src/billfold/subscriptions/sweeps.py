@@ -35,7 +35,7 @@ def _settle_all(context: Context, payment_ids: list[str]) -> None:
                 log.warning("subscription payment %s left pending: %s", payment_id, error.detail)
 
 
-@sweep("subscriptions.renew", every=timedelta(minutes=1))
+@sweep("subscriptions.renew", every=timedelta(minutes=1), drain=True)
 def renew_due_subscriptions(context: Context) -> int:
     """Active subscriptions whose period has ended: the next period invoiced and charged off-session
     (or, with ``cancel_at_period_end``, cancelled). Paused ones are left alone. Also takes up
@@ -62,7 +62,7 @@ def renew_due_subscriptions(context: Context) -> int:
     return len(claimed) + len(stale)
 
 
-@sweep("subscriptions.trials", every=timedelta(minutes=1))
+@sweep("subscriptions.trials", every=timedelta(minutes=1), drain=True)
 def end_due_trials(context: Context) -> int:
     """Trials that have ended: the first period charged off-session (→ active, or past_due and
     dunning on a decline); a trial without a payment method, or cancelled at its end, is cancelled."""
@@ -94,7 +94,7 @@ def end_due_trials(context: Context) -> int:
     return len(claimed)
 
 
-@sweep("subscriptions.dunning", every=timedelta(minutes=1))
+@sweep("subscriptions.dunning", every=timedelta(minutes=1), drain=True)
 def retry_past_due_subscriptions(context: Context) -> int:
     """Past-due subscriptions whose next retry is due: their outstanding invoice charged again."""
     now = clock.now()

@@ -11,20 +11,19 @@ endpoint), several milliseconds of CPU for a millisecond of database work. Here:
 - one hop to a worker thread (at most as many at once as the pool keeps connections, so no
   check opens a connection of its own) and one session does the whole check, each step one prebuilt
   statement of SQLAlchemy Core (no row loaded as an object): the credential
-  (``sessions.credential_for_token``, ``principal_for_token``'s rules, so a revoked API key, a
-  signed-out, expired or locked session is refused on the very next check, in every process:
-  nothing about a credential is cached), the user or organization named, and the entitlement
-  query (``entitlements.entitlement``, nothing cached either: a membership change committed
-  anywhere is seen by the next check);
+  (``sessions.credential_for_token``, ``principal_for_token``'s rules: a revoked API key, a
+  signed-out, expired or locked session is refused), the user or organization named, and the
+  entitlement query (``entitlements.reading``);
 - the answer is the endpoint's, serialized by the same model (``EntitlementOut``);
-- an answer of 200 is kept in the process (``BILLFOLD_ENTITLEMENT_CACHE``, on by default) and
-  given again, without a thread hop or a database round trip, while none of the change marks
-  it was read under has moved (``kit.db.changes``: every process on this host moves the marks
-  of what it changed, right after its commit and before it answers) and until the first instant
-  at which time alone may change it (a membership's start or end, a paid period's end and its
-  grace, an add-on's expiry, the session's expiry, the next note of the credential's last use).
-  So a revoked key, a signed-out session or a membership granted or cancelled is still seen by
-  the very next check in every process on the host.
+- an answer of 200, and the credential that asked it, are kept in the process
+  (``BILLFOLD_ENTITLEMENT_CACHE``, on by default) and given again, without a thread hop or a
+  database round trip, while none of the change marks they were read under has moved
+  (``kit.db.changes``: every process on this host moves the marks of what it changed, right
+  after its commit and before it answers) and until the first instant at which time alone may
+  change them (a membership's start or end, a paid period's end and its grace, an add-on's
+  expiry, the session's expiry). So a revoked key, a signed-out session or a membership granted
+  or cancelled is still seen by the very next check in every process on the host. The note of a
+  kept credential's last use, due once a minute, is written after the answer (``_touch_later``).
 
 Everything else is the endpoints' behaviour, unchanged: the same rules (a bearer credential, an
 API key refused on ``/me``, admins and keys with the ``read`` scope on ``/users``, a user or

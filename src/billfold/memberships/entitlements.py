@@ -240,7 +240,7 @@ def entitlement(
 class Reading:
     """An entitlement and what it was read from, for keeping it (``memberships.door``): the
     change marks whose moving may change it (``kit.db.changes``, named by
-    ``memberships.changes``) and the first instant after ``at`` at which time alone may change it
+    ``models.changes``) and the first instant after ``at`` at which time alone may change it
     (a start, an end, a paid period's end or its grace, an add-on's expiry; None: never)."""
 
     answer: Entitlement

@@ -6,6 +6,7 @@ moving on), is seen by the very next check."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -28,7 +29,9 @@ from billfold.kit.db import session_factory, transaction
 from billfold.kit.db.changes import slot
 from billfold.memberships.service import grant_manually
 from billfold.models import UserMembership
+from tests import cli
 from tests.accounts import Api
+from tests.server import free_port
 from tests.test_entitlement_door import in_process
 from tests.test_checkout import HOME, checkout, order
 from tests.test_memberships import membership_type, selling
@@ -266,3 +269,50 @@ def test_a_clock_set_back_reads_a_kept_answer_again(frozen_clock: clock.FrozenCl
         assert asked >= 1 and before.json()["allowed"] is False
     finally:
         statements.close()
+
+
+def test_two_server_processes_each_see_a_change_the_other_made(engine: Engine, admin_token: str, tmp_path: Path) -> None:
+    """``billfold serve --workers 2``: checks on fresh connections land on both processes, each
+    keeps its answers; a membership cancelled through one process, then granted in this one, is
+    seen by every check after, whichever process answers it."""
+    ada = person(engine, "ada")
+    kind = membership_type(engine, "fixed", 30, ["reports"])
+    first = granted(engine, ada.id, kind)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLFOLD_")}
+    env.update(BILLFOLD_DATABASE_URL=engine.url.render_as_string(hide_password=False), BILLFOLD_DATA_DIR=str(tmp_path / "data"),
+               BILLFOLD_WORKER="off", BILLFOLD_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([cli.BILLFOLD, "serve", "--port", str(port), "--workers", "2", "--no-access-log"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def checks(n: int = 30) -> set[bool]:
+        seen = set()
+        for _ in range(n):  # a connection each: the two processes take turns accepting them
+            answer = httpx.get(f"{base}/v1/me/entitlements/reports", headers={"authorization": f"Bearer {ada.token}"}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            seen.add(answer.json()["allowed"])
+        return seen
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert checks() == {True}
+        cancelled = httpx.post(f"{base}/v1/memberships/{first}/cancel", json={}, headers={"authorization": f"Bearer {admin_token}"}, timeout=30)
+        assert cancelled.status_code == 200, cancelled.text
+        assert checks() == {False}
+        granted(engine, ada.id, kind)
+        assert checks() == {True}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

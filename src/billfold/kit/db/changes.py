@@ -151,7 +151,9 @@ _watched: dict[type, Callable[[Any, str], Iterable[str]]] = {}
 _tables: set[str] = set()
 _table_pattern: re.Pattern[str] | None = None
 _PENDING = "billfold_changed_keys"
-_WRITE = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE|TRUNCATE)\b", re.IGNORECASE)
+# A write, also one behind a WITH (a CTE): a SELECT … FOR UPDATE behind one counts too, which only
+# moves marks that did not need to move.
+_WRITE = re.compile(r"\s*(?:WITH\b.*?\b)?(?:INSERT|UPDATE|DELETE|REPLACE|TRUNCATE)\b", re.IGNORECASE | re.DOTALL)
 _verdicts: dict[str, bool] = {}
 
 

@@ -27,6 +27,7 @@ from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db import session_factory, transaction
 from billfold.kit.db.changes import slot
+from billfold.memberships import door
 from billfold.memberships.service import grant_manually
 from billfold.models import UserMembership
 from tests import cli
@@ -339,5 +340,25 @@ def test_plain_sql_on_a_watched_table_moves_every_mark_also_behind_a_cte(engine:
                 connection.execute(sa.text(write), {"bob": bob.id})
             asked, answer = statements.during(app, "/v1/me/entitlements/reports", ada.token)
             assert asked >= 1 and answer.json()["allowed"] is True, write
+    finally:
+        statements.close()
+
+
+def test_a_process_keeps_a_bounded_number_of_answers_forgetting_the_oldest(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking about ever more features (an attacker's random names, or a large shop) keeps at most
+    ``KEPT_AT_MOST`` answers a process: the oldest are forgotten and read again, the latest stay."""
+    monkeypatch.setattr(door, "KEPT_AT_MOST", 16)
+    ada = person(engine, "ada")
+    app = create_app(Settings(database_url=engine.url.render_as_string(hide_password=False), data_dir=tmp_path), engine)
+    [kept] = [d for d in app.doors if isinstance(d, door.EntitlementDoor)]
+    statements = Statements(engine)
+    try:
+        for n in range(40):
+            assert statements.during(app, f"/v1/me/entitlements/feature{n}", ada.token)[1].json()["allowed"] is False
+            assert len(kept._answers) <= 16
+        assert statements.during(app, "/v1/me/entitlements/feature39", ada.token)[0] == 0, "the latest is kept"
+        assert statements.during(app, "/v1/me/entitlements/feature0", ada.token)[0] >= 1, "the oldest was forgotten"
     finally:
         statements.close()

@@ -38,6 +38,7 @@ the guards would look at twice (a NUL, a card-number-like run of digits).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -65,7 +66,9 @@ _CHECK = re.compile(r"/v1/(?:me|users/(?P<user_id>[^/]+))/entitlements/(?P<featu
 _ORGANIZATION = re.compile(r"organization_id=[A-Za-z0-9_-]{1,255}")
 
 
-KEPT_AT_MOST = 200_000  # answers a process keeps; past that it forgets them all and starts again
+# Answers (and, apart, credentials) a process keeps: about 1.1 KB each, so at most about 22 MB
+# each (the API worker's < 200 MiB goal). Past that the oldest eighth is forgotten.
+KEPT_AT_MOST = 20_000
 MATES_AT_MOST = 100  # an organization's check is kept only for organizations this small (see _check)
 
 
@@ -191,7 +194,8 @@ class EntitlementDoor:
     ) -> None:
         assert self._marks is not None
         if len(kept) >= KEPT_AT_MOST:
-            kept.clear()
+            for oldest in list(itertools.islice(kept, KEPT_AT_MOST // 8)):
+                del kept[oldest]
         since, marks = snapshot
         slots = sorted({slot(name) for name in keys})
         kept[key] = _Kept(value, tuple((index, self._marks.at(marks, index)) for index in slots), since, until)

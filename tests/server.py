@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -11,12 +12,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import APIRouter
 from sqlalchemy.engine import Engine
 
 from billfold.api import create_app
 from billfold.config import Settings
+
+
+def wait_for_health(process: subprocess.Popen[bytes], base: str, log: Path, seconds: float = 60) -> None:
+    """Wait until the server ``process`` (its output in ``log``) answers ``GET /healthz`` with 200."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from billfold.providers.base import ChargeStatus
 from billfold.providers.sandbox import SandboxProvider
 from tests.accounts import Api
 from tests.cli import BILLFOLD
-from tests.server import free_port
+from tests.server import free_port, wait_for_health
 from tests.test_checkout import HOME, checkout, customer, order, product, sandbox_charges
 from tests.test_organizations import assert_problem, person
 
@@ -201,16 +201,7 @@ class Server:
                 [BILLFOLD, "serve", "--port", str(self.port), "--no-access-log"],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.1)
+        wait_for_health(self.process, self.url, self.log)
 
     def kill(self) -> None:
         assert self.process is not None

@@ -32,7 +32,7 @@ from billfold.memberships.service import grant_manually
 from billfold.models import UserMembership
 from tests import cli
 from tests.accounts import Api
-from tests.server import free_port
+from tests.server import free_port, wait_for_health
 from tests.test_entitlement_door import in_process
 from tests.test_checkout import HOME, checkout, order
 from tests.test_memberships import membership_type, selling
@@ -298,16 +298,7 @@ def test_two_server_processes_each_see_a_change_the_other_made(engine: Engine, a
         return seen
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_for_health(server, base, log)
         assert checks() == {True}
         cancelled = httpx.post(f"{base}/v1/memberships/{first}/cancel", json={}, headers={"authorization": f"Bearer {admin_token}"}, timeout=30)
         assert cancelled.status_code == 200, cancelled.text

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests import cli
-from tests.server import free_port
+from tests.server import free_port, wait_for_health
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -33,16 +33,7 @@ def test_serve_runs_the_asked_number_of_workers_without_an_access_log(tmp_path: 
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert server.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+            wait_for_health(server, f"http://127.0.0.1:{port}", log)
             for _ in range(20):
                 assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["database"] == "ok"
             if workers == 1:  # the suite's own processes hash with cheap parameters (tests/conftest.py); a real one does not

@@ -137,15 +137,14 @@ class EntitlementDoor:
                 marks = self._marks = self._marks or marks_for(state.engine.url)
                 now = clock.now()
                 who = _valid(self._credentials.get(header), now, marks)
-                if who is None:  # read it again (one short transaction), and keep it
-                    who = await self._read_credential(state, header, marks)
-                elif who.touch_at is not None and now >= who.touch_at and header not in self._touching:
-                    self._touch_later(state, header, marks)
-                asked = _asked(who, user_id, feature, organization_id)
-                body = _valid(self._answers.get(asked), now, marks) if asked is not None else None
-                if body is not None:
-                    await send_json(send, 200, body, API_HEADERS)
-                    return
+                if who is not None:  # else the full check below reads the credential and keeps it
+                    if who.touch_at is not None and now >= who.touch_at and header not in self._touching:
+                        self._touch_later(state, header, marks)
+                    asked = _asked(who, user_id, feature, organization_id)
+                    body = _valid(self._answers.get(asked), now, marks) if asked is not None else None
+                    if body is not None:
+                        await send_json(send, 200, body, API_HEADERS)
+                        return
             snapshot = (clock.now(), marks.snapshot()) if marks is not None else None
             checked = await anyio.to_thread.run_sync(
                 _check, state, header, user_id, feature, organization_id, marks is not None, limiter=self._limiter,

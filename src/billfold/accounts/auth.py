@@ -13,11 +13,15 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from billfold.accounts.security import Principal, Security
-from billfold.accounts.sessions import csrf_token, principal_for_token
+from billfold.accounts.sessions import API_KEY_PREFIX, TOUCH_EVERY, csrf_token, principal_for_token
+from billfold.kit import clock
+from billfold.kit.db.changes import EVERYTHING, Keeper, marks_for
 from billfold.kit.errors import BillfoldError, Forbidden, Unauthorized
 from billfold.kit.http import DbSession, end_step
+from billfold.models import ApiKey
 
 SESSION_COOKIE = "billfold_session"
 CSRF_COOKIE = "billfold_csrf"
@@ -48,7 +52,7 @@ def _authenticate(request: Request, session: DbSession, security: Security) -> P
     if header:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("use `Authorization: Bearer <token>`")
-        principal = principal_for_token(session, security, token.strip())
+        principal = _bearer_principal(request, session, security, token.strip())
         if principal is None:
             raise Unauthorized("the token is not valid, has expired or was revoked")
         request.state.principal = principal  # for AnswerWritesWithoutReading
@@ -66,6 +70,39 @@ def _authenticate(request: Request, session: DbSession, security: Security) -> P
         if not hmac.compare_digest(sent, csrf_token(security, principal.auth_session).encode()):
             raise CsrfFailed(f"a write signed in by cookie must send the session's {CSRF_HEADER} header")
     return principal
+
+
+KEYS_KEPT_AT_MOST = 1_000
+
+
+def _bearer_principal(request: Request, session: Session, security: Security, token: str) -> Principal | None:
+    """``principal_for_token``; with ``BILLFOLD_ENTITLEMENT_CACHE`` an API key's answer is kept in
+    the process (``kit.db.changes.Keeper``) and given again with no transaction, until its last use
+    is due to be noted (``sessions.TOUCH_EVERY``) or its row changes (revoked, its scopes changed,
+    deleted: its change mark moves, ``models.changes``). What is given is a copy of the key's row
+    that belongs to no session (the request reads its id and scopes; nothing writes it)."""
+    if not security.settings.entitlement_cache or not token.startswith(f"{API_KEY_PREFIX}_"):
+        return principal_for_token(session, security, token)
+    state = request.app.state
+    marks = marks_for(state.engine.url)
+    kept = getattr(state, "api_keys_kept", None)
+    if kept is None:
+        kept = state.api_keys_kept = Keeper()
+    now = clock.now()
+    key = kept.get(token, now, marks)
+    if key is not None:
+        return Principal(api_key=key, scopes=frozenset(key.scopes))
+    snapshot = (now, marks.snapshot())  # before the read: a commit racing with it moves a mark after
+    principal = principal_for_token(session, security, token)
+    if principal is not None and (found := principal.api_key) is not None and found.last_used_at is not None:
+        copy = ApiKey(**{column: getattr(found, column) for column in _KEY_COLUMNS})
+        copy.scopes = list(found.scopes)
+        until = found.last_used_at + TOUCH_EVERY
+        kept.keep(token, copy, {EVERYTHING, f"key:{found.id}"}, until, snapshot, marks, at_most=KEYS_KEPT_AT_MOST)
+    return principal
+
+
+_KEY_COLUMNS = [column.key for column in ApiKey.__table__.columns]
 
 
 def required_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:

@@ -38,7 +38,6 @@ the guards would look at twice (a NUL, a card-number-like run of digits).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,7 +51,7 @@ from billfold.accounts.security import Credential
 from billfold.accounts.sessions import credential_for_token
 from billfold.kit import clock
 from billfold.kit.db import DATABASE_FAILURES
-from billfold.kit.db.changes import EVERYTHING, Marks, marks_for, slot
+from billfold.kit.db.changes import EVERYTHING, Keeper, Marks, marks_for
 from billfold.kit.errors import BillfoldError, Forbidden, NotFound, Unauthorized
 from billfold.kit.headers import API_HEADERS
 from billfold.kit.http import database_busy, end_step, send_json, send_problem, target_holds_nul
@@ -70,18 +69,6 @@ _ORGANIZATION = re.compile(r"organization_id=[A-Za-z0-9_-]{1,255}")
 # each (the API worker's < 200 MiB goal). Past that the oldest eighth is forgotten.
 KEPT_AT_MOST = 20_000
 MATES_AT_MOST = 100  # an organization's check is kept only for organizations this small (see _check)
-
-
-class _Kept:
-    """Something kept (an answer's body, or the credential a header names), the change marks it
-    was read under, and the time it holds for: from ``since`` (the clock before it was read: a
-    clock set back before it, as a test's may be, reads it again) until ``until`` (when time alone
-    may change it; None: never)."""
-
-    __slots__ = ("value", "marks", "since", "until")
-
-    def __init__(self, value: Any, marks: tuple[tuple[int, int], ...], since: datetime, until: datetime | None) -> None:
-        self.value, self.marks, self.since, self.until = value, marks, since, until
 
 
 @dataclass(frozen=True)
@@ -104,8 +91,8 @@ class EntitlementDoor:
         self._marks: Marks | None = None
         # Kept apart, so that a credential's note of its last use, due every minute, reads the
         # credential again and leaves the answers kept.
-        self._credentials: dict[str, _Kept] = {}  # by Authorization header
-        self._answers: dict[tuple[str, str, str, str | None], _Kept] = {}  # by who asks, whom, feature, organization
+        self._credentials = Keeper()  # by Authorization header
+        self._answers = Keeper()  # by who asks, whom, feature, organization
         self._touching: set[str] = set()  # credentials whose last use is being noted
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -136,12 +123,12 @@ class EntitlementDoor:
             if state.settings.entitlement_cache:
                 marks = self._marks = self._marks or marks_for(state.engine.url)
                 now = clock.now()
-                who = _valid(self._credentials.get(header), now, marks)
+                who = self._credentials.get(header, now, marks)
                 if who is not None:  # else the full check below reads the credential and keeps it
                     if who.touch_at is not None and now >= who.touch_at and header not in self._touching:
                         self._touch_later(state, header, marks)
                     asked = _asked(who, user_id, feature, organization_id)
-                    body = _valid(self._answers.get(asked), now, marks) if asked is not None else None
+                    body = self._answers.get(asked, now, marks) if asked is not None else None
                     if body is not None:
                         await send_json(send, 200, body, API_HEADERS)
                         return
@@ -179,7 +166,7 @@ class EntitlementDoor:
             try:
                 await self._read_credential(state, header, marks)
             except Exception:  # a revocation, or the database busy: read again on its next use
-                self._credentials.pop(header, None)
+                self._credentials.forget(header)
             finally:
                 self._touching.discard(header)
 
@@ -189,22 +176,10 @@ class EntitlementDoor:
         task.add_done_callback(self._tasks.discard)
 
     def _keep(
-        self, kept: dict[Any, _Kept], key: Any, value: Any, keys: set[str], until: datetime | None, snapshot: tuple[datetime, bytes],
+        self, kept: Keeper, key: Any, value: Any, keys: set[str], until: datetime | None, snapshot: tuple[datetime, bytes],
     ) -> None:
         assert self._marks is not None
-        if len(kept) >= KEPT_AT_MOST:
-            for oldest in list(itertools.islice(kept, KEPT_AT_MOST // 8)):
-                del kept[oldest]
-        since, marks = snapshot
-        slots = sorted({slot(name) for name in keys})
-        kept[key] = _Kept(value, tuple((index, self._marks.at(marks, index)) for index in slots), since, until)
-
-
-def _valid(kept: _Kept | None, now: datetime, marks: Marks) -> Any:
-    """What was kept, if time has not yet changed it and none of its marks has moved."""
-    if kept is None or now < kept.since or (kept.until is not None and now >= kept.until) or not marks.still(kept.marks):
-        return None
-    return kept.value
+        kept.keep(key, value, keys, until, snapshot, self._marks, at_most=KEPT_AT_MOST)
 
 
 def _who_keys(who: Credential) -> set[str]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import mmap
 import os
 import re
@@ -40,6 +41,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,59 @@ def marks_for(url: URL) -> Marks:
                 found = _marks[identity] = Marks(_directory() / f"billfold-changes-{name}")
     return found
 
+
+
+# --- what a process keeps -------------------------------------------------------------------
+
+
+class Kept:
+    """Something a process keeps, the change marks it was read under, and the time it holds for:
+    from ``since`` (the clock before it was read: a clock set back before it, as a test's may be,
+    reads it again) until ``until`` (when time alone may change it; None: never)."""
+
+    __slots__ = ("value", "marks", "since", "until")
+
+    def __init__(self, value: Any, marks: tuple[tuple[int, int], ...], since: datetime, until: datetime | None) -> None:
+        self.value, self.marks, self.since, self.until = value, marks, since, until
+
+
+class Keeper:
+    """Values read from the database, kept by a key while none of the marks they were read under
+    has moved and their time holds (``Kept``); a bounded number, the oldest eighth forgotten past
+    ``at_most``. Take the snapshot (``Marks.snapshot`` and the clock) *before* reading the value."""
+
+    def __init__(self) -> None:
+        self._kept: dict[Any, Kept] = {}
+        self._lock = threading.Lock()  # keeping from several threads (eviction iterates)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: Any, now: datetime, marks: Marks) -> Any:
+        """What is kept under ``key``, if time has not yet changed it and none of its marks has moved."""
+        kept = self._kept.get(key)
+        if kept is None or now < kept.since or (kept.until is not None and now >= kept.until) or not marks.still(kept.marks):
+            return None
+        return kept.value
+
+    def keep(
+        self, key: Any, value: Any, keys: Iterable[str], until: datetime | None, snapshot: tuple[datetime, bytes],
+        marks: Marks, *, at_most: int,
+    ) -> None:
+        """Keep ``value``, read after ``snapshot`` = (the clock, ``marks.snapshot()``), as long as
+        none of the marks of ``keys`` moves and the clock is before ``until``."""
+        since, taken = snapshot
+        slots = sorted({slot(name) for name in keys})
+        value = Kept(value, tuple((index, marks.at(taken, index)) for index in slots), since, until)
+        with self._lock:
+            kept = self._kept
+            if len(kept) >= at_most:
+                for oldest in list(itertools.islice(kept, max(1, at_most // 8))):
+                    kept.pop(oldest, None)
+            kept[key] = value
+
+    def forget(self, key: Any) -> None:
+        self._kept.pop(key, None)
 
 # --- what moves the marks -------------------------------------------------------------------
 

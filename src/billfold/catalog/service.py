@@ -15,6 +15,7 @@ Services take a session and never commit; every change writes an audit row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 from billfold.audit import audit
 from billfold.catalog.categories import descendant_ids
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, InvalidInput, NotFound
+from billfold.kit.errors import BillfoldError, Conflict, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
 from billfold.models import OrderItem, Product, ProductCategory, Subscription
 
@@ -90,20 +91,47 @@ def purchasable_product(session: Session, product_id: str) -> Product:
     """The product, if it can be bought now: NotFound for an unknown id, ProductInactive (409
     ``product_inactive``) for an inactive product or a variant of one, VariantRequired (409
     ``variant_required``) for a product that is sold as one of its active variants."""
-    product = get_product(session, product_id)
+    [found] = purchasable_products(session, [product_id])
+    if isinstance(found, BillfoldError):
+        raise found
+    return found
+
+
+def purchasable_products(session: Session, product_ids: Sequence[str]) -> list[Product | BillfoldError]:
+    """``purchasable_product`` for each id, in order: the product, or the error it would raise
+    (not raised, so the caller can name the item). Two statements however many ids (three when a
+    variant's parent is not among them)."""
+    wanted = list(dict.fromkeys(i for i in product_ids if has_prefix(i, "prod")))
+    found: dict[str, Product] = {}
+    sold_as_variants: set[str] = set()
+    if wanted:
+        found = {p.id: p for p in session.scalars(sa.select(Product).where(Product.id.in_(wanted)))}
+        parents = sorted({p.parent_product_id for p in found.values() if p.parent_product_id} - set(found))
+        if parents:
+            found.update({p.id: p for p in session.scalars(sa.select(Product).where(Product.id.in_(parents)))})
+        sold_as_variants = set(session.scalars(
+            sa.select(Product.parent_product_id).where(Product.parent_product_id.in_(wanted), Product.is_active.is_(True)).distinct()
+        ))
+    answers: list[Product | BillfoldError] = []
+    for product_id in product_ids:
+        product = found.get(product_id) if has_prefix(product_id, "prod") else None
+        answers.append(_purchasable(product_id, product, found, sold_as_variants))
+    return answers
+
+
+def _purchasable(product_id: str, product: Product | None, found: dict[str, Product], sold_as_variants: set[str]) -> Product | BillfoldError:
+    if product is None:
+        return NotFound(f"no product {product_id}")
     if not product.is_active:
-        raise ProductInactive(f"{product.name} ({product.id}) is not for sale", product_id=product.id)
+        return ProductInactive(f"{product.name} ({product.id}) is not for sale", product_id=product.id)
     if product.parent_product_id is not None:
-        parent = session.get(Product, product.parent_product_id)
+        parent = found.get(product.parent_product_id)
         if parent is None or not parent.is_active:
-            raise ProductInactive(
+            return ProductInactive(
                 f"{product.name} ({product.id}) is a variant of a product that is not for sale", product_id=product.id
             )
-    variant = session.scalars(
-        sa.select(Product.id).where(Product.parent_product_id == product.id, Product.is_active.is_(True)).limit(1)
-    ).first()
-    if variant is not None:
-        raise VariantRequired(
+    if product.id in sold_as_variants:
+        return VariantRequired(
             f"{product.name} ({product.id}) is sold as one of its variants; choose one", product_id=product.id
         )
     return product

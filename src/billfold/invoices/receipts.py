@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.invoices import service as invoices
 from billfold import mailer
 from billfold.kit.money import Money
-from billfold.models import Invoice, Order, OrderItem, Organization, Payment, Product, Subscription, User
+from billfold.models import Invoice, Order, Organization, Payment, Product, Subscription, User
+from billfold.orders.lines import lines_of
 from billfold.payments.details import PaymentDetails
 
 if TYPE_CHECKING:
@@ -55,12 +55,7 @@ def order_receipt(session: Session, order: Order) -> None:
     if to is None:
         return
     invoice = invoices.invoice_for_order(session, order)
-    items = session.execute(
-        sa.select(OrderItem, Product.name)
-        .join(Product, Product.id == OrderItem.product_id)
-        .where(OrderItem.order_id == order.id)
-        .order_by(OrderItem.created_at, OrderItem.id)
-    ).all()
+    items = [(item, product.name) for item, product in lines_of(session, order.id)]
 
     def money(cents: int) -> str:
         return Money(cents, order.currency).format()

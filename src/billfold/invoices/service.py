@@ -36,9 +36,10 @@ from billfold.kit.ids import has_prefix
 from billfold.kit.ids import new_id
 from billfold.kit.money import normalize_currency
 from billfold.states import machine
-from billfold.models import Invoice, InvoiceLine, Order, OrderItem, Payment, Product
+from billfold.models import Invoice, InvoiceLine, Order, Payment
 from billfold.models.billing import INVOICE_LINE_KINDS
 from billfold import numbering
+from billfold.orders import lines as order_lines
 
 INVOICE = machine(
     "invoice",
@@ -295,19 +296,17 @@ def lines_of_many(session: Session, invoice_ids: list[str]) -> dict[str, list[In
 
 
 def _order_lines(session: Session, order: Order) -> list[LineIn]:
-    items = session.scalars(sa.select(OrderItem).where(OrderItem.order_id == order.id).order_by(OrderItem.id)).all()
-    unnamed = [i.product_id for i in items if not (i.metadata_ or {}).get("name")]  # an item keeps its name since issue 10
-    names = dict(session.execute(sa.select(Product.id, Product.name).where(Product.id.in_(unnamed))).all()) if unnamed else {}
+    lines = order_lines.lines_of(session, order.id)  # an item keeps its name since issue 10; an older one, its product's
     return [
         LineIn(
-            description=((item.metadata_ or {}).get("name") or names.get(item.product_id) or item.product_id)[:MAX_DESCRIPTION],
+            description=((item.metadata_ or {}).get("name") or product.name or item.product_id)[:MAX_DESCRIPTION],
             amount_cents=item.total_cents,
             quantity=item.quantity,
             unit_amount_cents=item.unit_price_cents if item.unit_price_cents * item.quantity == item.total_cents else None,
             kind="item",
             product_id=item.product_id,
         )
-        for item in items
+        for item, product in lines
     ]
 
 

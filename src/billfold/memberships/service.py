@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.audit import audit
+from billfold.orders.lines import lines_of
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidInput, NotFound
@@ -32,7 +33,7 @@ from billfold.kit.ids import has_prefix
 from billfold.states import machine
 from billfold.memberships.entitlements import Standing, paid_until, paid_until_column, renews_column, standing
 from billfold.models import (
-    MembershipType, Order, OrderItem, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
+    MembershipType, Order, Organization, Product, Subscription, SubscriptionBilling, User, UserMembership,
 )
 
 PRODUCT_KEY = "membership_type_id"
@@ -132,18 +133,14 @@ def grant_for_order(session: Session, order: Order) -> list[UserMembership]:
     """One membership per paid order item whose product sells a membership type: starts now, ends
     after ``duration_days`` × quantity (fixed; also a recurring type bought once, which does not
     renew) or never (lifetime). Runs once per order: if the order has memberships already, nothing."""
-    if session.scalar(sa.select(UserMembership.id).where(UserMembership.order_id == order.id).limit(1)):
+    items = [
+        (item.id, item.quantity, product) for item, product in lines_of(session, order.id)
+        if isinstance(product.metadata_, dict) and PRODUCT_KEY in product.metadata_
+    ]
+    if not items or session.scalar(sa.select(UserMembership.id).where(UserMembership.order_id == order.id).limit(1)):
         return []
-    items = session.execute(
-        sa.select(OrderItem.id, OrderItem.quantity, Product)
-        .join(Product, Product.id == OrderItem.product_id)
-        .where(OrderItem.order_id == order.id)
-        .order_by(OrderItem.id)
-    ).all()
     granted = []
     for item_id, quantity, product in items:
-        if not isinstance(product.metadata_, dict) or PRODUCT_KEY not in product.metadata_:
-            continue
         membership_type = membership_type_of(session, product)
         holder = _holder(session, user_id=order.user_id, organization_id=order.organization_id)
         if membership_type is None or holder is None:

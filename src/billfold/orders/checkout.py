@@ -126,9 +126,8 @@ def _prepare(
 ) -> tuple[str, bool]:
     """The payment this request drives, and whether it was taken up (an earlier request's payment,
     whose outcome this request did not hear)."""
-    order = service.get_order(session, principal, order_id, change=True)
+    order = service.get_order(session, principal, order_id, lock=True, change=True)
     service.require_buyer(session, principal, order)
-    order = _lock_order(session, order.id)
     if order.status != "pending":
         raise OrderNotPayable(f"order {order.order_number} is {order.status}; only a pending order can be paid")
     under_way = session.scalars(

@@ -21,17 +21,17 @@ from sqlalchemy.orm import Session
 
 from billfold.accounts.organizations import service as organizations
 from billfold.accounts.access import Owner, me, organization_owner, readable, require_payer, user_owner
-from billfold.accounts.addresses import defaults_of, get_address
+from billfold.accounts.addresses import default_addresses, get_address
 from billfold.accounts.security import Principal
-from billfold.catalog.service import purchasable_product
+from billfold.catalog.service import purchasable_products
 from billfold.config import Settings
 from billfold.kit import clock
 from billfold.kit.db.dialects import for_update
-from billfold.kit.errors import Conflict, CurrencyMismatch, InvalidInput, NotFound
+from billfold.kit.errors import BillfoldError, Conflict, CurrencyMismatch, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
 from billfold.models import Address, Order, OrderItem, Payment, Product
 from billfold import numbering, tax
-from billfold.orders import totals
+from billfold.orders import lines as order_lines, totals
 from billfold.orders.states import ORDER
 
 MAX_ITEMS = 100
@@ -95,17 +95,22 @@ def buyer(session: Session, principal: Principal, *, user_id: str | None, organi
         raise NotFound(f"no user {user_id}", errors=[{"field": "user_id", "message": "no such user"}]) from error
 
 
-def _product(session: Session, product_id: str, field: str) -> Product:
-    try:
-        product = purchasable_product(session, product_id)
-    except NotFound as error:
-        raise NotFound(f"no product {product_id}", errors=[{"field": field, "message": "no such product"}]) from error
-    if product.is_recurring:
-        raise ProductNotPurchasable(
-            f"{product.name} ({product.id}) is sold by subscription, not in an order",
-            errors=[{"field": field, "message": "recurring: subscribe instead"}],
-        )
-    return product
+def _products(session: Session, items: list[ItemIn]) -> list[Product]:
+    """The items' products, read together; the first item's refusal (naming its field) raised."""
+    products = []
+    for n, (item, found) in enumerate(zip(items, purchasable_products(session, [i.product_id for i in items]), strict=True)):
+        field = f"items.{n}.product_id"
+        if isinstance(found, NotFound):
+            raise NotFound(f"no product {item.product_id}", errors=[{"field": field, "message": "no such product"}])
+        if isinstance(found, BillfoldError):
+            raise found
+        if found.is_recurring:
+            raise ProductNotPurchasable(
+                f"{found.name} ({found.id}) is sold by subscription, not in an order",
+                errors=[{"field": field, "message": "recurring: subscribe instead"}],
+            )
+        products.append(found)
+    return products
 
 
 class _AddressBook:
@@ -119,7 +124,9 @@ class _AddressBook:
 
     def default(self, kind: str) -> str | None:
         if self._defaults is None:
-            self._defaults = defaults_of(self.session, self.owner)
+            found = default_addresses(self.session, self.owner)  # the rows themselves: no second read
+            self._found.update({address.id: address for address in found.values()})
+            self._defaults = {kind: address.id for kind, address in found.items()}
         return self._defaults.get(kind)
 
     def get(self, address_id: str) -> Address:
@@ -180,7 +187,7 @@ def create_order(
         raise InvalidInput(
             f"an order has 1 to {MAX_ITEMS} items", errors=[{"field": "items", "message": "1 to 100 items"}]
         )
-    products = [_product(session, item.product_id, f"items.{n}.product_id") for n, item in enumerate(items)]
+    products = _products(session, items)
     currencies = sorted({p.currency for p in products})
     if len(currencies) > 1:
         raise CurrencyMismatch(
@@ -209,18 +216,20 @@ def create_order(
     )
     session.add(order)
     session.flush()
-    session.add_all(
-        OrderItem(
+    placed = [
+        (OrderItem(
             order_id=order.id,
             product_id=line.product_id,
             quantity=line.quantity,
             unit_price_cents=line.unit_price_cents,
             total_cents=line.total_cents,
             metadata_={"name": product.name},
-        )
+        ), product)
         for line, product in zip(lines, products, strict=True)
-    )
+    ]
+    session.add_all(item for item, _ in placed)
     session.flush()
+    order_lines.placed(session, order.id, placed)
     if before_numbering is not None:
         before_numbering(order)
     # The number last: its row stays locked until this transaction commits (gapless numbers), so
@@ -235,7 +244,9 @@ def get_order(session: Session, principal: Principal, order_id: str, *, lock: bo
     """An order the principal may see (``change``: is about to change; an API key needs ``write``,
     not ``read``); NotFound otherwise, the same answer as for no such order."""
     statement = readable(principal, Order, change=change).where(Order.id == order_id)
-    order = session.scalars(for_update(statement, session) if lock else statement).one_or_none()
+    if lock:  # what the lock found wins over what this session read before
+        statement = for_update(statement, session).execution_options(populate_existing=True)
+    order = session.scalars(statement).one_or_none()
     if order is None or not has_prefix(order_id, "ord"):
         raise NotFound(f"no order {order_id}")
     return order
@@ -247,10 +258,17 @@ def require_buyer(session: Session, principal: Principal, order: Order) -> None:
 
 
 def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:
-    rows = session.scalars(
-        sa.select(OrderItem).where(OrderItem.order_id.in_(order_ids)).order_by(OrderItem.id)
-    ).all() if order_ids else []
     grouped: dict[str, list[OrderItem]] = {order_id: [] for order_id in order_ids}
+    unread = []
+    for order_id in order_ids:  # an order this transaction has placed or read the lines of: taken from it
+        lines = order_lines.known(session, order_id)
+        if lines is None:
+            unread.append(order_id)
+        else:
+            grouped[order_id] = [item for item, _ in lines]
+    rows = session.scalars(
+        sa.select(OrderItem).where(OrderItem.order_id.in_(unread)).order_by(OrderItem.id)
+    ).all() if unread else []
     for row in rows:
         grouped[row.order_id].append(row)
     return grouped

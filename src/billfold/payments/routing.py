@@ -36,7 +36,6 @@ from billfold.kit.errors import BillfoldError, InvalidInput
 from billfold.models import (
     Address,
     Order,
-    OrderItem,
     Payment,
     PaymentMethod,
     PaymentProvider,
@@ -45,6 +44,7 @@ from billfold.models import (
     RoutingRule,
     Subscription,
 )
+from billfold.orders.lines import lines_of
 from billfold.payments import methods, provider_config
 from billfold.payments.details import PaymentDetails
 from billfold.providers.base import Capabilities, ProviderAdapter
@@ -274,10 +274,7 @@ def order_facts(session: Session, order: Order) -> Facts:
     if order.billing_address_id:
         address = session.get(Address, order.billing_address_id)
         country = address.country if address is not None else None
-    product_types = session.scalars(
-        sa.select(Product.product_type).join(OrderItem, OrderItem.product_id == Product.id)
-        .where(OrderItem.order_id == order.id)
-    ).all()
+    product_types = [product.product_type for _, product in lines_of(session, order.id)]
     return Facts(order.currency, order.total_cents, country, frozenset(product_types), order.id)
 
 

@@ -379,3 +379,30 @@ def test_two_workers_delivering_at_once_send_each_message_once(engine: Engine, a
     with sessions() as session:
         statuses = session.scalars(sa.select(OutboxEmail.status).where(OutboxEmail.to_address.like(f"%.{address}"))).all()
     assert statuses == ["sent"] * 40
+
+
+@pytest.mark.parametrize("subject, to, body", [
+    ("Your receipt for order ORD-2026-000123", "ada@example.com", "Hello Ada,\n\nWe charged €12.00 — thank you.\n"),
+    ("Reset your Billfold password", "ada@example.com", "a\r\nb\rc\n" + "x" * 200 + "\n=3D and = signs \n"),
+    ("Zoë's receipt", "Zoë <zoe@example.com>", ""),
+    ("A subject long enough to be folded over more than one line of a message header, " * 2, "ada@example.com", "short"),
+])
+def test_the_folder_mailer_writes_what_the_email_package_would(tmp_path: Path, subject: str, to: str, body: str) -> None:
+    """The .eml a developer (or a test) reads: the same headers and text as the email package's own
+    message, also where the folder mailer writes it without that package (short ASCII headers)."""
+    sent = mailer.Email(to, subject, body, "mail_01JD5Z3Q8V6W7X8Y9Z0ABCDEFG", clock.now())
+    mailer.FolderMailer(tmp_path, "Shop <shop@example.com>").send(sent)
+    written = email.message_from_bytes((tmp_path / f"{sent.id}.eml").read_bytes(), policy=email.policy.default)
+    expected = email.message_from_bytes(bytes(mailer._message(sent, "Shop <shop@example.com>")), policy=email.policy.default)
+    for header in ("From", "To", "Subject", "Date", "Message-ID", "Content-Type"):
+        assert str(written[header]) == str(expected[header]), header
+    assert written.get_content() == expected.get_content()
+    assert written["Subject"] == subject and written["To"] == to
+
+
+@pytest.mark.parametrize("header", ["subject", "to"])
+def test_a_line_break_in_a_header_is_refused_for_good(tmp_path: Path, header: str) -> None:
+    fields = {"to": "ada@example.com", "subject": "Receipt", header: "Receipt\r\nBcc: eve@example.com"}
+    with pytest.raises(mailer.PermanentFailure):
+        mailer.FolderMailer(tmp_path, "Shop <shop@example.com>").send(mailer.Email(fields["to"], fields["subject"], "body"))
+    assert not list(tmp_path.glob("*.eml"))

@@ -4,31 +4,91 @@ writes those rows: ``audit`` for any event, and the state machines (``billfold.s
 moves between states. Every row passes ``billfold.notify.outbox``, which queues webhooks out
 for the events the merchant's endpoints asked for, and ``billfold.analytics.events``, which writes
 the ``analytics_events`` (and notes the ``user_cohorts``) the business counts.
+
+The rows are plain values, not ORM objects (an object cost more CPU than the rest of its event:
+a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the session's
+next flush or at its commit, whichever comes first, or before an ORM statement about
+``PaymentEvent`` in the same transaction (plain SQL reading them there calls ``written`` first). Inside a savepoint an event is an object
+added to the session, as before: rolled back with the savepoint; rows kept for the transaction
+around it wait for its flush or commit, so a savepoint rolled back never takes them along.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from billfold.kit.ids import new_id
 from billfold.analytics import events as analytics_events
+from billfold.kit import clock
+from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent
 from billfold.notify import outbox
+
+_ROWS = "billfold_event_rows"  # session.info: (the transaction, rows still to write)
+_INSERT = sa.insert(PaymentEvent.__table__)
 
 
 def audit(session: Session, entity_type: str, entity_id: str, event_type: str, **data: object) -> None:
     """Record ``event_type`` for the entity, with ``data`` (none: NULL); an event worth telling the
     merchant's webhook endpoints is queued for them in the same transaction (``billfold.notify.outbox``),
     and one the business counts is an analytics event (``billfold.analytics.events``)."""
-    event_id = new_id("evt")  # given, so a flush of many events is one executemany
-    session.add(
-        PaymentEvent(
-            id=event_id,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            event_type=event_type,
-            data=data or None,
-        )
-    )
+    event_id = new_id("evt")
+    row = {
+        "id": event_id, "entity_type": entity_type, "entity_id": entity_id, "event_type": event_type,
+        "data": data or None, "created_at": clock.now(),
+    }
+    if session.in_nested_transaction():  # a savepoint may be rolled back: the event goes with it
+        session.add(PaymentEvent(**row))
+    else:
+        _rows(session).append(row)
     outbox.enqueue(session, event_id, entity_type, entity_id, event_type, data)
     analytics_events.record(session, entity_type, entity_id, event_type, data)
+
+
+def written(session: Session) -> None:
+    """Write the events this transaction has recorded so far (a read of them follows)."""
+    _write(session)
+
+
+def _rows(session: Session) -> list[dict[str, Any]]:
+    transaction = session.get_transaction()
+    if transaction is None:  # nothing has run yet: begin, so the rows belong to this transaction
+        session.connection()
+        transaction = session.get_transaction()
+    kept = session.info.get(_ROWS)
+    if kept is None or kept[0] is not transaction:
+        kept = session.info[_ROWS] = (transaction, [])
+    return kept[1]
+
+
+def _write(session: Session) -> None:
+    kept = session.info.get(_ROWS)
+    if not kept or not kept[1] or session.in_nested_transaction():
+        return
+    if kept[0] is not session.get_transaction():  # left by a transaction that ended (rolled back)
+        session.info.pop(_ROWS, None)
+        return
+    rows = list(kept[1])
+    kept[1].clear()
+    session.connection().execute(_INSERT, rows)
+
+
+@event.listens_for(Session, "before_flush")
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    _write(session)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _before_reading_them(state: Any) -> None:
+    """An ORM statement about events (a read of the trail in the same transaction) sees them all."""
+    kept = state.session.info.get(_ROWS)
+    if kept and kept[1] and any(mapper.class_ is PaymentEvent for mapper in state.all_mappers):
+        _write(state.session)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _write(session)

@@ -48,6 +48,8 @@ def renew_due_subscriptions(context: Context) -> int:
             charging.due(now).where(Subscription.status == "active", SubscriptionBilling.paused_at.is_(None)),
             BATCH,
         )
+        # Before the renewals: their invoice numbers, taken last, hold the series' lock until the commit.
+        stale = charging.stale_payments(session, BATCH)
         renewing = []
         for subscription, row in claimed:
             if subscription.cancel_at_period_end:
@@ -57,7 +59,6 @@ def renew_due_subscriptions(context: Context) -> int:
             renewing.append(charging.PeriodToCharge(subscription, row, row.period_index + 1, "renewal"))
         started = charging.charge_periods(session, context.security, context.settings, renewing, by=SYSTEM)
         payment_ids += [payment_id for payment_id in started if payment_id]
-        stale = charging.stale_payments(session, BATCH)
     _settle_all(context, payment_ids + stale)
     return len(claimed) + len(stale)
 

@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     )
     entitlement_cache: bool = Field(
         True,
-        description="Keep entitlement checks' answers in each API process, each given again only while no commit on "
-        "this host has changed what it was read from (change marks in shared memory, moved after every commit). "
-        "Turn off when processes on more than one host write to the database: theirs move no marks here.",
+        description="Keep entitlement checks' answers, and the API keys requests are authenticated by, in each API "
+        "process, each given again only while no commit on this host has changed what it was read from (change marks "
+        "in shared memory, moved after every commit). Turn off when processes on more than one host write to the "
+        "database: theirs move no marks here.",
     )
     dunning_retry_days: list[int] = Field(
         [3, 5, 7],

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from billfold.kit import clock
 from billfold.kit.errors import InvalidInput
+from billfold.kit import ids
 from billfold.kit.ids import ALPHABET, IdGenerator, has_prefix, new_id, parse_id
 
 UTC = timezone.utc
@@ -232,3 +233,16 @@ def test_has_prefix():
     assert not has_prefix(value, "cust")
     assert not has_prefix(value.lower(), "cus")
     assert not has_prefix("cus_", "cus")
+
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_the_body_is_the_value_in_crockford_base32(value: int) -> None:
+    """Checked against the plain definition: 26 digits of base 32, most significant first."""
+    digits, rest = [], value
+    for _ in range(26):
+        rest, digit = divmod(rest, 32)
+        digits.append(ALPHABET[digit])
+    body = ids._encode(value)
+    assert body == "".join(reversed(digits))
+    assert body_number(f"x_{body}") == value

@@ -320,9 +320,11 @@ def _after_rollback(session: Session, previous_transaction: Any) -> None:
 
 def history_values(row: Any, attribute: str) -> list[Any]:
     """An attribute's value now and, if this flush changed it, the value it replaced."""
-    history = sa.inspect(row).attrs[attribute].history
-    values = [getattr(row, attribute)]
-    values.extend(history.deleted or ())
+    state = sa.inspect(row)
+    value = getattr(row, attribute)
+    if attribute not in state.committed_state:  # not set since it was loaded: no history to read
+        return [] if value is None else [value]
+    values = [value, *(state.attrs[attribute].history.deleted or ())]
     return [value for value in values if value is not None]
 
 

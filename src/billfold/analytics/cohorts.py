@@ -103,6 +103,9 @@ def _root(session: Session) -> Any:
     return transaction
 
 
+_KNOWN = sa.select(UserCohort.user_id, UserCohort.cohort_type).where(UserCohort.user_id.in_(sa.bindparam("ids", expanding=True)))
+
+
 @event.listens_for(Session, "before_commit")
 def _write_noted(session: Session) -> None:
     if session.in_nested_transaction():  # a savepoint's commit: the transaction goes on
@@ -118,9 +121,7 @@ def _write_noted(session: Session) -> None:
     # them out, so the insert-ignore (on MariaDB a savepoint per row once one key is taken) is rare.
     users = sorted({user_id for user_id, _ in noted})
     for chunk in range(0, len(users), 500):
-        known = session.execute(
-            sa.select(UserCohort.user_id, UserCohort.cohort_type).where(UserCohort.user_id.in_(users[chunk:chunk + 500]))
-        )
+        known = session.execute(_KNOWN, {"ids": users[chunk:chunk + 500]})
         for user_id, cohort_type in known:
             noted.pop((user_id, cohort_type), None)
     now = clock.now()

@@ -97,6 +97,12 @@ def purchasable_product(session: Session, product_id: str) -> Product:
     return found
 
 
+_PRODUCTS = sa.select(Product).where(Product.id.in_(sa.bindparam("ids", expanding=True)))
+_SOLD_AS_VARIANTS = sa.select(Product.parent_product_id).where(
+    Product.parent_product_id.in_(sa.bindparam("ids", expanding=True)), Product.is_active.is_(True)
+).distinct()
+
+
 def purchasable_products(session: Session, product_ids: Sequence[str]) -> list[Product | BillfoldError]:
     """``purchasable_product`` for each id, in order: the product, or the error it would raise
     (not raised, so the caller can name the item). Two statements however many ids (three when a
@@ -105,13 +111,11 @@ def purchasable_products(session: Session, product_ids: Sequence[str]) -> list[P
     found: dict[str, Product] = {}
     sold_as_variants: set[str] = set()
     if wanted:
-        found = {p.id: p for p in session.scalars(sa.select(Product).where(Product.id.in_(wanted)))}
+        found = {p.id: p for p in session.scalars(_PRODUCTS, {"ids": wanted})}
         parents = sorted({p.parent_product_id for p in found.values() if p.parent_product_id} - set(found))
         if parents:
-            found.update({p.id: p for p in session.scalars(sa.select(Product).where(Product.id.in_(parents)))})
-        sold_as_variants = set(session.scalars(
-            sa.select(Product.parent_product_id).where(Product.parent_product_id.in_(wanted), Product.is_active.is_(True)).distinct()
-        ))
+            found.update({p.id: p for p in session.scalars(_PRODUCTS, {"ids": parents})})
+        sold_as_variants = set(session.scalars(_SOLD_AS_VARIANTS, {"ids": wanted}))
     answers: list[Product | BillfoldError] = []
     for product_id in product_ids:
         product = found.get(product_id) if has_prefix(product_id, "prod") else None

@@ -311,6 +311,15 @@ def _order_lines(session: Session, order: Order) -> list[LineIn]:
 
 
 _ORDER_INVOICES = "billfold_order_invoices"  # session.info: order id → its invoice's id, once known
+_ORDER_INVOICE = (
+    sa.select(Invoice).where(Invoice.order_id == sa.bindparam("order_id")).order_by(Invoice.created_at, Invoice.id).limit(1)
+)
+_PAID_THROUGH = (  # the provider of the order's latest payment that moved money
+    sa.select(Payment.provider_id)
+    .where(Payment.order_id == sa.bindparam("order_id"), Payment.status.in_(("completed", "refunded")))
+    .order_by(Payment.completed_at.desc(), Payment.id.desc())
+    .limit(1)
+)
 
 
 def invoice_for_order(session: Session, order: Order) -> Invoice:
@@ -320,18 +329,11 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
     known = session.info.setdefault(_ORDER_INVOICES, {})
     existing = session.get(Invoice, known[order.id]) if order.id in known else None
     if existing is None:
-        existing = session.scalars(
-            sa.select(Invoice).where(Invoice.order_id == order.id).order_by(Invoice.created_at, Invoice.id).limit(1)
-        ).first()
+        existing = session.scalars(_ORDER_INVOICE, {"order_id": order.id}).first()
     if existing is not None:
         known[order.id] = existing.id
         return existing
-    provider_id = session.scalar(
-        sa.select(Payment.provider_id)
-        .where(Payment.order_id == order.id, Payment.status.in_(("completed", "refunded")))
-        .order_by(Payment.completed_at.desc(), Payment.id.desc())
-        .limit(1)
-    )
+    provider_id = session.scalar(_PAID_THROUGH, {"order_id": order.id})
     wanted = InvoiceIn(
         currency=order.currency, lines=_order_lines(session, order), user_id=order.user_id,
         organization_id=order.organization_id, order_id=order.id, billing_address_id=order.billing_address_id,

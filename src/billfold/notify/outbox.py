@@ -84,6 +84,9 @@ def forget_endpoints(session: Session) -> None:
     session.info.pop(_MEMO, None)
 
 
+_ACTIVE_ENDPOINTS = sa.select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(WebhookEndpoint.is_active == sa.true())
+
+
 def _endpoints(session: Session) -> list[tuple[str, list[str]]]:
     transaction = session.get_transaction()
     while transaction is not None and transaction.parent is not None:
@@ -92,9 +95,7 @@ def _endpoints(session: Session) -> list[tuple[str, list[str]]]:
     if memo is not None and memo[0] is transaction:
         return memo[1]
     with session.no_autoflush:  # the caller may be half-way through building its rows
-        rows = session.execute(
-            sa.select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(WebhookEndpoint.is_active == sa.true())
-        ).all()
+        rows = session.execute(_ACTIVE_ENDPOINTS).all()
     found = [(row.id, list(row.event_types or [])) for row in rows]
     session.info[_MEMO] = (transaction, found)
     return found

@@ -112,12 +112,17 @@ def _lock_order(session: Session, order_id: str) -> Order:
     return session.scalars(for_update(statement, session)).one()
 
 
+_PAID = sa.select(sa.func.coalesce(sa.func.sum(Payment.amount_cents), 0)).where(
+    Payment.order_id == sa.bindparam("order_id"), Payment.status == "completed"
+)
+_UNDER_WAY = (
+    sa.select(Payment).where(Payment.order_id == sa.bindparam("order_id"), Payment.status == "pending")
+    .order_by(Payment.id.desc()).limit(1)
+)
+
+
 def _paid_in_full(session: Session, order: Order) -> bool:
-    paid = session.scalar(
-        sa.select(sa.func.coalesce(sa.func.sum(Payment.amount_cents), 0)).where(
-            Payment.order_id == order.id, Payment.status == "completed"
-        )
-    )
+    paid = session.scalar(_PAID, {"order_id": order.id})
     return int(paid or 0) >= order.total_cents
 
 
@@ -130,12 +135,7 @@ def _prepare(
     service.require_buyer(session, principal, order)
     if order.status != "pending":
         raise OrderNotPayable(f"order {order.order_number} is {order.status}; only a pending order can be paid")
-    under_way = session.scalars(
-        sa.select(Payment)
-        .where(Payment.order_id == order.id, Payment.status == "pending")
-        .order_by(Payment.id.desc())
-        .limit(1)
-    ).first()
+    under_way = session.scalars(_UNDER_WAY, {"order_id": order.id}).first()
     if under_way is not None:
         if waiting(under_way):
             raise PaymentRequiresAction(

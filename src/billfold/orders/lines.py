@@ -17,6 +17,10 @@ from billfold.models import OrderItem, Product
 _KEPT = "billfold_order_lines"  # session.info: (the transaction, {order id: lines})
 
 Lines = list[tuple[OrderItem, Product]]
+_LINES = (
+    sa.select(OrderItem, Product).join(Product, Product.id == OrderItem.product_id)
+    .where(OrderItem.order_id == sa.bindparam("order_id")).order_by(OrderItem.id)
+)
 
 
 def _kept(session: Session) -> dict[str, Lines]:
@@ -32,10 +36,7 @@ def lines_of(session: Session, order_id: str) -> Lines:
     kept = _kept(session)
     lines = kept.get(order_id)
     if lines is None:
-        rows = session.execute(
-            sa.select(OrderItem, Product).join(Product, Product.id == OrderItem.product_id)
-            .where(OrderItem.order_id == order_id).order_by(OrderItem.id)
-        )
+        rows = session.execute(_LINES, {"order_id": order_id})
         lines = _kept(session)[order_id] = [(item, product) for item, product in rows]  # the read began the transaction, if none had
     return lines
 

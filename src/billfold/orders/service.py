@@ -257,6 +257,11 @@ def require_buyer(session: Session, principal: Principal, order: Order) -> None:
     require_payer(session, principal, order, "only the customer who placed the order may do this")
 
 
+# Built once: a sale runs each of these (docs/performance.md, "statements built once").
+_ITEMS_OF = sa.select(OrderItem).where(OrderItem.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(OrderItem.id)
+_PAYMENTS_OF = sa.select(Payment).where(Payment.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(Payment.id)
+
+
 def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:
     grouped: dict[str, list[OrderItem]] = {order_id: [] for order_id in order_ids}
     unread = []
@@ -266,18 +271,14 @@ def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem
             unread.append(order_id)
         else:
             grouped[order_id] = [item for item, _ in lines]
-    rows = session.scalars(
-        sa.select(OrderItem).where(OrderItem.order_id.in_(unread)).order_by(OrderItem.id)
-    ).all() if unread else []
+    rows = session.scalars(_ITEMS_OF, {"ids": unread}).all() if unread else []
     for row in rows:
         grouped[row.order_id].append(row)
     return grouped
 
 
 def payments_of(session: Session, order_ids: list[str]) -> dict[str, list[Payment]]:
-    rows = session.scalars(
-        sa.select(Payment).where(Payment.order_id.in_(order_ids)).order_by(Payment.id)
-    ).all() if order_ids else []
+    rows = session.scalars(_PAYMENTS_OF, {"ids": order_ids}).all() if order_ids else []
     grouped: dict[str, list[Payment]] = {order_id: [] for order_id in order_ids}
     for row in rows:
         grouped[row.order_id].append(row)  # type: ignore[index]

@@ -94,10 +94,13 @@ def refunded_cents(session: Session, payment_id: str, statuses: tuple[str, ...] 
     )
 
 
+_REFUNDS_OF = sa.select(Refund).where(Refund.payment_id.in_(sa.bindparam("ids", expanding=True))).order_by(Refund.id)
+
+
 def refunds_of(session: Session, payment_ids: list[str]) -> dict[str, list[Refund]]:
     grouped: dict[str, list[Refund]] = {payment_id: [] for payment_id in payment_ids}
     if payment_ids:
-        for refund in session.scalars(sa.select(Refund).where(Refund.payment_id.in_(payment_ids)).order_by(Refund.id)):
+        for refund in session.scalars(_REFUNDS_OF, {"ids": payment_ids}):
             grouped[refund.payment_id].append(refund)
     return grouped
 

@@ -87,9 +87,11 @@ class Facts:
 # Rules
 
 
+_ACTIVE_RULES = sa.select(RoutingRule).where(RoutingRule.is_active.is_(True)).order_by(RoutingRule.position, RoutingRule.id)
+
+
 def active_rules(session: Session) -> list[RoutingRule]:
-    statement = sa.select(RoutingRule).where(RoutingRule.is_active.is_(True))
-    return list(session.scalars(statement.order_by(RoutingRule.position, RoutingRule.id)))
+    return list(session.scalars(_ACTIVE_RULES))
 
 
 def matches(rule: RoutingRule, facts: Facts) -> bool:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, field_validator
 
 from billfold import worker as background
-from billfold.accounts.auth import admin, optional_principal, required_principal
+from billfold.accounts.auth import optional_principal, require_admin, require_principal
 from billfold.accounts.schemas import In
 from billfold.accounts.security import Principal
 from billfold.kit import clock
@@ -28,7 +28,7 @@ def _admin(request: Request) -> Principal:
     # the catch-up runs its sweeps' transactions; so the caller is checked in a short one of its own.
     with transaction(request.app.state.sessions) as session:
         principal = optional_principal(request, session, request.app.state.security)
-        return admin(request, required_principal(principal))
+        return require_admin(request, require_principal(principal))
 
 
 Admin = Annotated[Principal, Depends(_admin)]

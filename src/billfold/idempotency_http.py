@@ -114,7 +114,7 @@ class IdempotentRequest:
         return answer_with(outcome.status, outcome.body, replayed=outcome.replayed)
 
 
-def idempotent_request(request: Request, session: DbSession, key: KeyHeader = None) -> IdempotentRequest:
+async def idempotent_request(request: Request, session: DbSession, key: KeyHeader = None) -> IdempotentRequest:
     return IdempotentRequest(request, session, key)
 
 

@@ -33,7 +33,11 @@ class CsrfFailed(Forbidden):
     code = "csrf_failed"
 
 
-def security_of(request: Request) -> Security:
+# The dependencies that do no I/O are ``async``: FastAPI runs a plain ``def`` dependency on a
+# worker thread, a hop (and a thread of the pool) for a line of code.
+
+
+async def security_of(request: Request) -> Security:
     return request.app.state.security
 
 
@@ -105,22 +109,30 @@ def _bearer_principal(request: Request, session: Session, security: Security, to
 _KEY_COLUMNS = [column.key for column in ApiKey.__table__.columns]
 
 
-def required_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+def require_principal(principal: Principal | None) -> Principal:
     if principal is None:
         raise Unauthorized("sign in, or send an API key")
     return principal
 
 
-def signed_in_user(principal: Annotated[Principal, Depends(required_principal)]) -> Principal:
+async def required_principal(principal: Annotated[Principal | None, Depends(optional_principal)]) -> Principal:
+    return require_principal(principal)
+
+
+async def signed_in_user(principal: Annotated[Principal, Depends(required_principal)]) -> Principal:
     if principal.user is None:
         raise Forbidden("this needs a signed-in user, not an API key")
     return principal
 
 
-def admin(request: Request, principal: Annotated[Principal, Depends(required_principal)]) -> Principal:
+def require_admin(request: Request, principal: Principal) -> Principal:
     principal.require_admin()
     principal.require_scope("read" if request.method in SAFE_METHODS else "write")
     return principal
+
+
+async def admin(request: Request, principal: Annotated[Principal, Depends(required_principal)]) -> Principal:
+    return require_admin(request, principal)
 
 
 def ids_only(document: Any, *, top: bool = True) -> Any:

@@ -310,7 +310,7 @@ class PageQuery(BaseModel):
     starting_after: str | None
 
 
-def page_query(
+async def page_query(
     limit: Annotated[int, Query(ge=1, le=100, description="How many items, 1 to 100."), QueryDigits] = 20,
     starting_after: Annotated[str | None, Query(max_length=255, description="The id after which the page starts.")] = None,
 ) -> PageQuery:

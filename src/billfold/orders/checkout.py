@@ -127,15 +127,23 @@ def _paid_in_full(session: Session, order: Order) -> bool:
 
 
 def _prepare(
-    session: Session, security: Security, principal: Principal, order_id: str, pay: routing.PayWith
+    session: Session, security: Security, principal: Principal, order_id: str, pay: routing.PayWith,
+    *, placed: Order | None = None,
 ) -> tuple[str, bool]:
     """The payment this request drives, and whether it was taken up (an earlier request's payment,
-    whose outcome this request did not hear)."""
-    order = service.get_order(session, principal, order_id, lock=True, change=True)
-    service.require_buyer(session, principal, order)
-    if order.status != "pending":
-        raise OrderNotPayable(f"order {order.order_number} is {order.status}; only a pending order can be paid")
-    under_way = session.scalars(_UNDER_WAY, {"order_id": order.id}).first()
+    whose outcome this request did not hear). ``placed``: the order, placed by this transaction
+    (``buy``): no one else can see it yet, so it is neither read nor locked again, and has no
+    payment under way."""
+    if placed is not None:
+        order = placed
+        service.require_buyer(session, principal, order)
+        under_way = None
+    else:
+        order = service.get_order(session, principal, order_id, lock=True, change=True)
+        service.require_buyer(session, principal, order)
+        if order.status != "pending":
+            raise OrderNotPayable(f"order {order.order_number} is {order.status}; only a pending order can be paid")
+        under_way = session.scalars(_UNDER_WAY, {"order_id": order.id}).first()
     if under_way is not None:
         if waiting(under_way):
             raise PaymentRequiresAction(
@@ -220,7 +228,7 @@ def buy(
         return _resume(sessions, security, principal, claim, respond)
     with transaction(sessions) as session:
         started: list[tuple[str, bool]] = []
-        place(session, lambda order: started.append(_prepare(session, security, principal, order.id, pay)))
+        place(session, lambda order: started.append(_prepare(session, security, principal, order.id, pay, placed=order)))
         [(payment_id, taken_up)] = started
         assert not taken_up, "a new order has no payment under way"
         if claim is not None:

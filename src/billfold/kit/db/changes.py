@@ -147,7 +147,6 @@ def marks_for(url: URL) -> Marks:
     return found
 
 
-
 # --- what a process keeps -------------------------------------------------------------------
 
 
@@ -189,16 +188,17 @@ class Keeper:
         none of the marks of ``keys`` moves and the clock is before ``until``."""
         since, taken = snapshot
         slots = sorted({slot(name) for name in keys})
-        value = Kept(value, tuple((index, marks.at(taken, index)) for index in slots), since, until)
+        entry = Kept(value, tuple((index, marks.at(taken, index)) for index in slots), since, until)
         with self._lock:
             kept = self._kept
             if len(kept) >= at_most:
                 for oldest in list(itertools.islice(kept, max(1, at_most // 8))):
                     kept.pop(oldest, None)
-            kept[key] = value
+            kept[key] = entry
 
     def forget(self, key: Any) -> None:
         self._kept.pop(key, None)
+
 
 # --- what moves the marks -------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from billfold import clock_api, instance
 from billfold.kit import clock
 from billfold import mailer
 from billfold.kit.db import DATABASE_FAILURES, create_engine, one_line, pool_options, session_factory
+from billfold.kit.db.changes import Keeper
 from billfold.kit.headers import API_HEADERS, HeadAsGet, ResponseHeaders
 from billfold.kit.http import AdmitRequests, LimitRequestBody, Problem, RefuseNulCharacters, refuse_unknown_query_parameters, database_busy, json_bytes, send_json, send_problem
 from billfold.payments.card_guard import RedactCardNumbers, RefuseCardData
@@ -242,6 +243,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.state.settings = settings
     app.state.sessions = session_factory(engine)
     app.state.security = Security.from_settings(settings)
+    app.state.api_keys_kept = Keeper()  # accounts.auth: the API keys this process has read
     mailer.configure(app.state.sessions, settings)
     mailer.deliver_after_commit(app.state.sessions, make_mailer(settings))
     # First: providers' deliveries are the busiest route, and routes are matched in order.

@@ -23,11 +23,12 @@ from sqlalchemy.orm import Session
 
 from billfold.analytics import events as analytics_events
 from billfold.kit import clock
+from billfold.kit.db import for_transaction, of_transaction
 from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent
 from billfold.notify import outbox
 
-_ROWS = "billfold_event_rows"  # session.info: (the transaction, rows still to write)
+_ROWS = "billfold_event_rows"  # rows still to write, for the transaction (kit.db.for_transaction)
 _INSERT = sa.insert(PaymentEvent.__table__)
 
 
@@ -54,25 +55,15 @@ def written(session: Session) -> None:
 
 
 def _rows(session: Session) -> list[dict[str, Any]]:
-    transaction = session.get_transaction()
-    if transaction is None:  # nothing has run yet: begin, so the rows belong to this transaction
-        session.connection()
-        transaction = session.get_transaction()
-    kept = session.info.get(_ROWS)
-    if kept is None or kept[0] is not transaction:
-        kept = session.info[_ROWS] = (transaction, [])
-    return kept[1]
+    return for_transaction(session, _ROWS, list)
 
 
 def _write(session: Session) -> None:
-    kept = session.info.get(_ROWS)
-    if not kept or not kept[1] or session.in_nested_transaction():
+    kept = of_transaction(session, _ROWS)
+    if not kept or session.in_nested_transaction():
         return
-    if kept[0] is not session.get_transaction():  # left by a transaction that ended (rolled back)
-        session.info.pop(_ROWS, None)
-        return
-    rows = list(kept[1])
-    kept[1].clear()
+    rows = list(kept)
+    kept.clear()
     session.connection().execute(_INSERT, rows)
 
 
@@ -84,8 +75,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
 @event.listens_for(Session, "do_orm_execute")
 def _before_reading_them(state: Any) -> None:
     """An ORM statement about events (a read of the trail in the same transaction) sees them all."""
-    kept = state.session.info.get(_ROWS)
-    if kept and kept[1] and any(mapper.class_ is PaymentEvent for mapper in state.all_mappers):
+    if of_transaction(state.session, _ROWS) and any(mapper.class_ is PaymentEvent for mapper in state.all_mappers):
         _write(state.session)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from billfold.accounts.security import Principal, Security
 from billfold.accounts.sessions import API_KEY_PREFIX, TOUCH_EVERY, csrf_token, principal_for_token
 from billfold.kit import clock
-from billfold.kit.db.changes import EVERYTHING, Keeper, marks_for
+from billfold.kit.db.changes import EVERYTHING, marks_for
 from billfold.kit.errors import BillfoldError, Forbidden, Unauthorized
 from billfold.kit.http import DbSession, end_step
 from billfold.models import ApiKey
@@ -88,10 +88,7 @@ def _bearer_principal(request: Request, session: Session, security: Security, to
     if not security.settings.entitlement_cache or not token.startswith(f"{API_KEY_PREFIX}_"):
         return principal_for_token(session, security, token)
     state = request.app.state
-    marks = marks_for(state.engine.url)
-    kept = getattr(state, "api_keys_kept", None)
-    if kept is None:
-        kept = state.api_keys_kept = Keeper()
+    marks, kept = marks_for(state.engine.url), state.api_keys_kept
     now = clock.now()
     key = kept.get(token, now, marks)
     if key is not None:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, aliased
 
 from billfold import instance
 from billfold.kit import clock
+from billfold.kit.db import for_transaction, of_transaction
 from billfold.kit.db.dialects import insert_ignore
 from billfold.kit.errors import InvalidInput
 from billfold.kit.ids import new_id
@@ -88,19 +89,8 @@ def _bucket(column: Any, months: list[date], value_type: sa.types.TypeEngine[Any
 def note_first(session: Session, user_id: str, cohort_type: str) -> None:
     """``user_id`` did what defines ``cohort_type`` now; their row is written at the commit unless
     they have one."""
-    transaction = _root(session)
-    memo = session.info.get(_NOTED)
-    if memo is None or memo[0] is not transaction:
-        memo = (transaction, {})
-        session.info[_NOTED] = memo
-    memo[1].setdefault((user_id, cohort_type), month_of(clock.now()))
-
-
-def _root(session: Session) -> Any:
-    transaction = session.get_transaction()
-    while transaction is not None and transaction.parent is not None:
-        transaction = transaction.parent
-    return transaction
+    noted: dict[tuple[str, str], date] = for_transaction(session, _NOTED, dict)
+    noted.setdefault((user_id, cohort_type), month_of(clock.now()))
 
 
 _KNOWN = sa.select(UserCohort.user_id, UserCohort.cohort_type).where(UserCohort.user_id.in_(sa.bindparam("ids", expanding=True)))
@@ -110,13 +100,12 @@ _KNOWN = sa.select(UserCohort.user_id, UserCohort.cohort_type).where(UserCohort.
 def _write_noted(session: Session) -> None:
     if session.in_nested_transaction():  # a savepoint's commit: the transaction goes on
         return
-    changed = session.info.pop(_CHANGED, None)
-    if changed is not None and changed[0] is _root(session):
-        forget(session, sorted(changed[1]))
-    memo = session.info.pop(_NOTED, None)
-    if memo is None or memo[0] is not _root(session):
+    changed = of_transaction(session, _CHANGED, pop=True)
+    if changed is not None:
+        forget(session, sorted(changed))
+    noted: dict[tuple[str, str], date] | None = of_transaction(session, _NOTED, pop=True)
+    if noted is None:
         return
-    noted: dict[tuple[str, str], date] = memo[1]
     # Nearly every user noted has their rows already (a renewal, a second purchase): one read leaves
     # them out, so the insert-ignore (on MariaDB a savepoint per row once one key is taken) is rare.
     users = sorted({user_id for user_id, _ in noted})
@@ -554,12 +543,7 @@ def note_changed(session: Session, moment: datetime | None) -> None:
     month's stored column is forgotten when the transaction commits."""
     if moment is None:
         return
-    transaction = _root(session)
-    memo = session.info.get(_CHANGED)
-    if memo is None or memo[0] is not transaction:
-        memo = (transaction, set())
-        session.info[_CHANGED] = memo
-    memo[1].add(month_of(moment))
+    for_transaction(session, _CHANGED, set).add(month_of(moment))
 
 
 def retention_cell(

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from billfold.kit import clock
+from billfold.kit.db import for_transaction
 from billfold.kit.ids import new_id
 from billfold.models.notify import WebhookDelivery, WebhookEndpoint
 
@@ -88,17 +89,12 @@ _ACTIVE_ENDPOINTS = sa.select(WebhookEndpoint.id, WebhookEndpoint.event_types).w
 
 
 def _endpoints(session: Session) -> list[tuple[str, list[str]]]:
-    transaction = session.get_transaction()
-    while transaction is not None and transaction.parent is not None:
-        transaction = transaction.parent
-    memo = session.info.get(_MEMO)
-    if memo is not None and memo[0] is transaction:
-        return memo[1]
-    with session.no_autoflush:  # the caller may be half-way through building its rows
-        rows = session.execute(_ACTIVE_ENDPOINTS).all()
-    found = [(row.id, list(row.event_types or [])) for row in rows]
-    session.info[_MEMO] = (transaction, found)
-    return found
+    def read() -> list[tuple[str, list[str]]]:
+        with session.no_autoflush:  # the caller may be half-way through building its rows
+            rows = session.execute(_ACTIVE_ENDPOINTS).all()
+        return [(row.id, list(row.event_types or [])) for row in rows]
+
+    return for_transaction(session, _MEMO, read)
 
 
 def _value(value: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from billfold.kit.db import for_transaction
 from billfold.models import OrderItem, Product
 
 _KEPT = "billfold_order_lines"  # session.info: (the transaction, {order id: lines})
@@ -24,11 +25,7 @@ _LINES = (
 
 
 def _kept(session: Session) -> dict[str, Lines]:
-    transaction = session.get_transaction()
-    kept = session.info.get(_KEPT)
-    if kept is None or transaction is None or kept[0] is not transaction:
-        kept = session.info[_KEPT] = (transaction, {})
-    return kept[1]
+    return for_transaction(session, _KEPT, dict)
 
 
 def lines_of(session: Session, order_id: str) -> Lines:
@@ -36,8 +33,7 @@ def lines_of(session: Session, order_id: str) -> Lines:
     kept = _kept(session)
     lines = kept.get(order_id)
     if lines is None:
-        rows = session.execute(_LINES, {"order_id": order_id})
-        lines = _kept(session)[order_id] = [(item, product) for item, product in rows]  # the read began the transaction, if none had
+        lines = kept[order_id] = [(item, product) for item, product in session.execute(_LINES, {"order_id": order_id})]
     return lines
 
 

@@ -8,10 +8,10 @@ or job, or rolls everything back. Services take a session and never commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -207,6 +207,26 @@ def hold(session: Session, *rows: object) -> None:
 
 
 _HELD = "billfold_held_rows"
+
+T = TypeVar("T")
+
+
+def for_transaction(session: Session, name: str, make: Callable[[], T]) -> T:
+    """What ``session.info[name]`` keeps for the session's current transaction, made by ``make()``
+    the first time it is asked for in that transaction (which is begun if none is): a value kept
+    for one transaction, committed or rolled back, is never taken for the next."""
+    transaction = session.get_transaction() or session.begin()
+    kept = session.info.get(name)
+    if kept is None or kept[0] is not transaction:
+        kept = session.info[name] = (transaction, make())
+    return kept[1]  # type: ignore[no-any-return]
+
+
+def of_transaction(session: Session, name: str, *, pop: bool = False) -> Any:
+    """What ``for_transaction`` kept under ``name`` for the current transaction, or None (nothing
+    kept, or kept for one that has ended); ``pop``: and forget it."""
+    kept = session.info.pop(name, None) if pop else session.info.get(name)
+    return kept[1] if kept is not None and kept[0] is session.get_transaction() else None
 
 
 @contextmanager

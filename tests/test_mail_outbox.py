@@ -11,6 +11,7 @@ import email
 import email.policy
 import os
 import signal
+import smtplib
 import socket
 import subprocess
 import threading
@@ -379,6 +380,47 @@ def test_two_workers_delivering_at_once_send_each_message_once(engine: Engine, a
     with sessions() as session:
         statuses = session.scalars(sa.select(OutboxEmail.status).where(OutboxEmail.to_address.like(f"%.{address}"))).all()
     assert statuses == ["sent"] * 40
+
+
+class Refusing:
+    """A mail server that takes every message but those to one address."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused, self.sent = refused, list[str]()
+
+    def send(self, message: mailer.Email) -> None:
+        if message.to == self.refused:
+            raise smtplib.SMTPRecipientsRefused({message.to: (450, b"mailbox busy")})
+        self.sent.append(message.to)
+
+
+@pytest.mark.every_database
+def test_a_batch_is_marked_in_a_statement_for_the_sent_and_one_for_the_refused(engine: Engine, address: str) -> None:
+    sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        for n in range(mailer.BATCH):
+            mailer.queue(session, mailer.Email(f"{n}.{address}", "Your receipt", "Thank you."))
+    marks: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE mail_outbox") and "mail_outbox.id IN" in statement:  # the marks, not the lease
+            marks.append(statement)
+
+    refusing = Refusing(f"7.{address}")
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        while mailer.deliver_due(sessions, refusing, limit=mailer.BATCH):
+            if len(refusing.sent) == mailer.BATCH - 1:
+                break
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    with sessions() as session:
+        found = dict(session.execute(
+            sa.select(OutboxEmail.to_address, OutboxEmail.status).where(OutboxEmail.to_address.like(f"%.{address}"))
+        ).all())
+    assert found == {f"{n}.{address}": "pending" if n == 7 else "sent" for n in range(mailer.BATCH)}
+    assert sorted(refusing.sent) == sorted(f"{n}.{address}" for n in range(mailer.BATCH) if n != 7)
+    assert len(marks) == 2, marks
 
 
 @pytest.mark.parametrize("subject, to, body", [

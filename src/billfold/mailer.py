@@ -236,8 +236,10 @@ def _send(mailer: Mailer, row: OutboxEmail | _Leased) -> str | None:
 
 def _record(session: Session, rows: Sequence[OutboxEmail | _Leased], outcomes: dict[str, str | None]) -> None:
     """Mark each row tried sent, or due again after its backoff (failed for good after the last
-    attempt); a row not tried goes back to being due now, its attempt not counted."""
+    attempt); a row not tried goes back to being due now, its attempt not counted. Rows given the
+    same values (those of a batch sent) are marked in one statement."""
     now = clock.now()
+    marks: dict[tuple[tuple[str, Any], ...], list[str]] = {}
     for row in rows:
         values: dict[str, Any]
         if row.id not in outcomes:
@@ -248,10 +250,12 @@ def _record(session: Session, rows: Sequence[OutboxEmail | _Leased], outcomes: d
             values = {"attempts": row.attempts, "status": "failed", "next_attempt_at": None, "last_error": error[:2000]}
         else:
             values = {"attempts": row.attempts, "next_attempt_at": now + backoff(row.attempts), "last_error": error[:2000]}
+        marks.setdefault(tuple(values.items()), []).append(row.id)
+    for values, ids in marks.items():
         session.execute(
             sa.update(OutboxEmail)
-            .where(OutboxEmail.id == row.id, OutboxEmail.status == "pending")
-            .values(updated_at=now, **values)
+            .where(OutboxEmail.id.in_(ids), OutboxEmail.status == "pending")
+            .values(updated_at=now, **dict(values))
         )
 
 

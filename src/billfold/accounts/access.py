@@ -23,6 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from billfold.accounts.organizations import service as organizations
 from billfold.accounts.organizations.service import Permission
 from billfold.accounts.security import Principal
+from billfold.kit.db import columns_of
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import Forbidden, NotFound
 from billfold.kit.ids import has_prefix
@@ -87,7 +88,7 @@ def me(principal: Principal) -> Owner:
 
 def user_owner(session: Session, user_id: str) -> Owner:
     """A user, named by an admin, as a customer; NotFound if there is no such user."""
-    if not has_prefix(user_id, "usr") or session.get(User, user_id) is None:
+    if not has_prefix(user_id, "usr") or columns_of(session, User, user_id, User.id) is None:
         raise NotFound(f"no user {user_id}")
     return Owner.user(user_id)
 

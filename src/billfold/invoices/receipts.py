@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from billfold.invoices import service as invoices
 from billfold import mailer
+from billfold.kit.db import columns_of
 from billfold.kit.money import Money
 from billfold.models import Invoice, Order, Organization, Payment, Product, Subscription, User
 from billfold.orders.lines import lines_of
@@ -36,8 +37,8 @@ def recipient(session: Session, user_id: str | None, organization_id: str | None
             return organization.business_email, organization.name
         owner = session.get(User, organization.owner_user_id)
         return (owner.email, owner.name) if owner else None
-    user = session.get(User, user_id) if user_id else None
-    return (user.email, user.name) if user else None
+    found = columns_of(session, User, user_id, User.email, User.name) if user_id else None
+    return (found[0], found[1]) if found else None
 
 
 def day(moment: datetime | None) -> str:

@@ -208,6 +208,27 @@ def hold(session: Session, *rows: object) -> None:
 
 _HELD = "billfold_held_rows"
 
+
+def columns_of(session: Session, model: type, row_id: str, *columns: Any) -> tuple[Any, ...] | None:
+    """``columns`` of ``model``'s row ``row_id`` (None: no such row): from the object when the
+    session holds it (with any change not yet flushed), else one SELECT of just those columns, with
+    no object built. For a hot path that needs a field or two of a wide row (a user's email and
+    name, not their passkeys)."""
+    held = session.identity_map.get(Session.identity_key(model, row_id))
+    if held is not None:
+        return tuple(getattr(held, column.key) for column in columns)
+    statement = _COLUMNS_OF.get((model, columns))
+    if statement is None:
+        key = sa.inspect(model).primary_key[0]
+        statement = _COLUMNS_OF[(model, columns)] = sa.select(*columns).where(key == sa.bindparam("row_id", type_=key.type))
+    with session.no_autoflush:
+        found = session.execute(statement, {"row_id": row_id}).first()
+    return tuple(found) if found is not None else None
+
+
+_COLUMNS_OF: dict[tuple[type, tuple[Any, ...]], sa.Select[Any]] = {}
+
+
 T = TypeVar("T")
 
 

@@ -59,6 +59,8 @@ def test_an_order_is_placed_and_paid_in_one_request_by_the_customer_or_a_write_a
         for_ada = buy(shop, item, user_id=ada.id)
         assert for_ada.status_code == 200, for_ada.text
         assert for_ada.json()["order"]["user_id"] == ada.id
+        nobody = buy(shop, item, user_id="usr_01JD0000000000000000000000")
+        assert nobody.status_code == 404 and "no user usr_01JD0000000000000000000000" in nobody.json()["detail"]
     with api.client(reader) as reporting:
         assert_problem(buy(reporting, item, user_id=ada.id), 403, "forbidden")
     with api.client(eve.token) as client:

@@ -305,21 +305,27 @@ def run_once(
 
 
 def _fenced_update(session: Session, claim: Claim, **values: Any) -> None:
-    updated = session.execute(
-        sa.update(IdempotencyKey)
-        .where(
-            IdempotencyKey.id == claim.id,
-            IdempotencyKey.lock_token == claim.lock_token,
-            IdempotencyKey.recovery_point != FINISHED,
+    statement = _FENCED.get(tuple(values))
+    if statement is None:  # built once for each set of columns (two: advance's and finish's)
+        keys = IdempotencyKey.__table__.c
+        statement = _FENCED[tuple(values)] = (
+            sa.update(IdempotencyKey.__table__)
+            .where(
+                keys.id == sa.bindparam("fence_id"),
+                keys.lock_token == sa.bindparam("fence_token"),
+                keys.recovery_point != FINISHED,
+            )
+            .values({name: sa.bindparam(f"set_{name}", type_=keys[name].type) for name in values})
         )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if updated != 1:
+    parameters = {"fence_id": claim.id, "fence_token": claim.lock_token, **{f"set_{k}": v for k, v in values.items()}}
+    if session.execute(statement, parameters).rowcount != 1:
         raise LostLock(
             f"another request took this {HEADER} over after this one's lock went stale; "
             "this attempt's work was rolled back"
         )
+
+
+_FENCED: dict[tuple[str, ...], Any] = {}
 
 
 def _in_use() -> IdempotencyKeyInUse:

@@ -52,10 +52,39 @@ def upsert(
 
 def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column: str, by: int = 1) -> int:
     """Add ``by`` to ``column`` of the row ``key`` (creating it at ``by``) and return the new value,
-    in one atomic statement (see ``upsert_row``). The row stays locked until the transaction ends."""
+    in one atomic statement (as ``upsert_row`` writes it). The row stays locked until the
+    transaction ends. The statements are built once per dialect and table (the numbers of every
+    order and invoice come from here)."""
     if by < 1:
         raise ValueError("increment by at least one")
-    return int(upsert_row(session, table, key, {column: by}, [(column, table.c[column] + by)], column))
+    dialect = session.get_bind().dialect.name
+    upsert, read = _increments(dialect, table, tuple(key), column)
+    values = {**{f"key_{name}": value for name, value in key.items()}, "by": by}
+    if read is None:
+        return int(session.execute(upsert, values).scalar_one())
+    session.execute(upsert, values)
+    return int(session.execute(read, values).scalar_one())
+
+
+_INCREMENTS: dict[tuple[str, sa.Table, tuple[str, ...], str], tuple[Any, Any]] = {}
+
+
+def _increments(dialect: str, table: sa.Table, key: tuple[str, ...], column: str) -> tuple[Any, Any]:
+    """``increment``'s statements: the upsert, and on MariaDB the read of the value after it."""
+    found = _INCREMENTS.get((dialect, table, key, column))
+    if found is None:
+        by = sa.bindparam("by", type_=table.c[column].type)
+        statement = _insert_for(dialect, table).values(
+            {**{name: sa.bindparam(f"key_{name}", type_=table.c[name].type) for name in key}, column: by}
+        )
+        where = [table.c[name] == sa.bindparam(f"key_{name}", type_=table.c[name].type) for name in key]
+        if dialect in ("mysql", "mariadb"):
+            found = (statement.on_duplicate_key_update([(column, table.c[column] + by)]), sa.select(table.c[column]).where(*where))
+        else:
+            found = (statement.on_conflict_do_update(index_elements=list(key), set_={column: table.c[column] + by})
+                     .returning(table.c[column]), None)
+        _INCREMENTS[(dialect, table, key, column)] = found
+    return found
 
 
 def upsert_row(

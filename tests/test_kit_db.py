@@ -12,10 +12,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from billfold.kit import clock
-from billfold.kit.db import create_engine, parse_database_url, session_factory
+from billfold.kit.db import changes, create_engine, insert_rows, parse_database_url, session_factory, transaction
 from billfold.kit.db.dialects import for_update, insert_ignore, upsert
 from billfold.kit.errors import ConfigurationError, InvalidInput
-from billfold.models import PaymentProvider, User
+from billfold.kit.ids import new_id
+from billfold.models import Order, PaymentProvider, User
 from tests import factories as make
 
 pytestmark = pytest.mark.every_database
@@ -181,3 +182,38 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_and_a_busy_one_is_not
         assert len(pings) == 1 and new_id != own_id
     finally:
         pool_engine.dispose()
+
+
+@pytest.mark.every_database
+def test_rows_inserted_with_core_are_the_sessions_own_as_a_flush_would_leave_them(engine: Engine) -> None:
+    """``insert_rows``: one INSERT for new objects, their defaults filled, then persistent (a change
+    flushes as an UPDATE), a watched row's mark moved after the commit (and not every mark), and
+    inside a savepoint the ORM's own way, so its rollback forgets them."""
+    sessions = session_factory(engine)
+    now = clock.SystemClock().now().replace(microsecond=0)
+    marks = changes.marks_for(engine.url)
+    before = marks.snapshot()
+    with clock.using(clock.FrozenClock(now)), transaction(sessions) as session:
+        person = User(name="Ada", last_name="Lovelace", email=f"{new_id('x')}@example.com", user_type="individual")
+        insert_rows(session, [person])
+        orders = [Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=n, total_cents=n) for n in (100, 250)]
+        insert_rows(session, orders)
+        assert [o.id[:4] for o in orders] == ["ord_", "ord_"] and orders[0].id != orders[1].id
+        assert [(o.status, o.currency, o.tax_cents, o.created_at, o.completed_at) for o in orders] == [("pending", "USD", 0, now, None)] * 2
+        orders[1].status = "paid"
+        session.flush()
+        with session.begin_nested() as savepoint:
+            gone = Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=1, total_cents=1)
+            insert_rows(session, [gone])
+            savepoint.rollback()
+        assert gone not in session
+    after = marks.snapshot()
+    assert marks.at(after, changes.slot(f"user:{person.id}")) > marks.at(before, changes.slot(f"user:{person.id}"))
+    assert marks.at(after, 0) == marks.at(before, 0), "a new row named its own mark, not every mark"
+    table = Order.__table__
+    with sessions() as session:
+        stored = session.execute(
+            sa.select(table.c.total_cents, table.c.status, table.c.metadata.is_(None)).where(table.c.user_id == person.id)
+            .order_by(table.c.total_cents)
+        ).all()
+    assert [tuple(row) for row in stored] == [(100, "pending", True), (250, "paid", True)], "metadata never set: SQL NULL"

@@ -49,7 +49,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from billfold.kit import clock
-from billfold.kit.db import transaction
+from billfold.kit.db import insert_rows, transaction
 from billfold.kit.errors import BillfoldError, Conflict, InvalidInput
 from billfold.kit.sweeps import Context, sweep
 from billfold.models.idempotency import FINISHED, STARTED, IdempotencyKey
@@ -160,8 +160,7 @@ def claim(
                     request_hash=digest, recovery_point=STARTED, lock_token=token, locked_at=now,
                     last_run_at=now, created_at=now,
                 )
-                session.add(row)
-                session.flush()
+                insert_rows(session, [row])
                 return Claim(row.id, token, STARTED)
         except sa.exc.IntegrityError as error:
             refused = error  # most likely the key exists: read it (a concurrent insert has committed by now)

@@ -29,7 +29,7 @@ from billfold.accounts.access import readable
 from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal
 from billfold.kit import clock
-from billfold.kit.db import hold
+from billfold.kit.db import hold, insert_rows
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
@@ -217,11 +217,10 @@ def draft_invoices(session: Session, wanted: Sequence[InvoiceIn], *, by: str | N
             provider_id=one.provider_id,
         )
         invoices.append(invoice)
-    session.add_all(invoices)
+    insert_rows(session, invoices)  # the invoices before their lines (foreign key)
     for invoice, one in zip(invoices, wanted, strict=True):
         INVOICE.start(session, invoice, "draft", by=by, order_id=one.order_id, subscription_id=one.subscription_id)
-    session.flush()  # the invoices before their lines (foreign key)
-    session.add_all(
+    insert_rows(session, [
         InvoiceLine(
             id=new_id("inl"),
             invoice_id=invoice.id,
@@ -239,7 +238,7 @@ def draft_invoices(session: Session, wanted: Sequence[InvoiceIn], *, by: str | N
         )
         for invoice, one in zip(invoices, wanted, strict=True)
         for position, line in enumerate(one.lines, start=1)
-    )
+    ])
     return invoices
 
 

@@ -26,6 +26,7 @@ from billfold.accounts.security import Principal
 from billfold.catalog.service import purchasable_products
 from billfold.config import Settings
 from billfold.kit import clock
+from billfold.kit.db import insert_rows
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, CurrencyMismatch, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
@@ -214,8 +215,7 @@ def create_order(
         shipping_address_id=shipping.id if shipping else None,
         metadata_={**(metadata or {}), **{k: v for k, v in extra.items() if v is not None}},
     )
-    session.add(order)
-    session.flush()
+    insert_rows(session, [order])
     placed = [
         (OrderItem(
             order_id=order.id,
@@ -227,8 +227,7 @@ def create_order(
         ), product)
         for line, product in zip(lines, products, strict=True)
     ]
-    session.add_all(item for item, _ in placed)
-    session.flush()
+    insert_rows(session, [item for item, _ in placed])
     order_lines.placed(session, order.id, placed)
     if before_numbering is not None:
         before_numbering(order)

@@ -8,7 +8,7 @@ or job, or rolls everything back. Services take a session and never commit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +16,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
+
+from billfold.kit.db import changes
 
 from billfold.kit.errors import ConfigurationError, DatabaseUnavailable
 
@@ -227,6 +229,48 @@ def columns_of(session: Session, model: type, row_id: str, *columns: Any) -> tup
 
 
 _COLUMNS_OF: dict[tuple[type, tuple[Any, ...]], sa.Select[Any]] = {}
+
+
+def insert_rows(session: Session, rows: Sequence[Any]) -> None:
+    """Write new ORM objects of one class with one Core INSERT (one multi-row statement for
+    several), and make them the session's own, as a flush would have left them: persistent, their
+    defaults (id, timestamps) filled, later changes flushed as UPDATEs, their change marks named.
+    A hot path's new rows skip the unit of work's bookkeeping (docs/performance.md). Inside a
+    savepoint, or for rows that do not set the same attributes, it falls back to ``add`` and
+    ``flush``, so a savepoint's rollback still forgets them."""
+    if not rows:
+        return
+    mapper = sa.inspect(type(rows[0]))
+    attributes = [(prop.key, prop.columns[0]) for prop in mapper.column_attrs]
+    given = [frozenset(key for key, _ in attributes if key in sa.inspect(row).dict) for row in rows]
+    if session.in_nested_transaction() or any(type(row) is not type(rows[0]) for row in rows) or len(set(given)) > 1:
+        session.add_all(rows)
+        session.flush()
+        return
+    values: list[dict[str, Any]] = []
+    for row in rows:
+        one: dict[str, Any] = {}
+        for key, column in attributes:
+            if key in given[0]:
+                one[column.key] = getattr(row, key)
+            elif column.default is not None and (column.default.is_scalar or column.default.is_callable):
+                value = column.default.arg if column.default.is_scalar else column.default.arg(None)
+                setattr(row, key, value)
+                one[column.key] = value
+            else:  # NULL, as the ORM leaves a column it has no value for
+                setattr(row, key, None)
+        values.append(one)
+    statement = _INSERTS.get(mapper)
+    if statement is None:
+        statement = _INSERTS[mapper] = sa.insert(mapper.local_table)
+    # Named, even as nothing: a write to a watched table that names nothing moves every mark.
+    session.execute(statement, values, execution_options={changes.OPTION: changes.new_keys(rows)})
+    for row in rows:
+        make_transient_to_detached(row)
+    session.add_all(rows)
+
+
+_INSERTS: dict[Any, Any] = {}
 
 
 T = TypeVar("T")

@@ -225,6 +225,17 @@ def watch(model: type, keys: Callable[[Any, str], Iterable[str]]) -> None:
     _listen()
 
 
+def new_keys(rows: Iterable[Any]) -> tuple[str, ...]:
+    """The marks new ``rows`` (not yet written) move, as an ORM flush inserting them would name
+    them: for a statement that writes them itself (``execution_options(billfold_changes=...)``)."""
+    found: set[str] = set()
+    for row in rows:
+        keys = _watched.get(type(row))
+        if keys is not None:
+            found.update(keys(row, "new"))
+    return tuple(sorted(found))
+
+
 def _writes_watched(statement: str) -> bool:
     verdict = _verdicts.get(statement)
     if verdict is None:

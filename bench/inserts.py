@@ -2,8 +2,9 @@
 
 A transaction inserts an order, two order items, a payment and a payment event, then commits.
 It runs N times through the bare DB-API driver (the ceiling), SQLAlchemy Core, and the ORM, on a
-freshly migrated database, and prints transactions per second, latency percentiles and each
-layer's ratio to the driver measured in the same run.
+freshly migrated database, and prints transactions per second, latency percentiles, this
+process's CPU per transaction and per statement (the layer's own cost), and each layer's ratio
+to the driver measured in the same run.
 
     python bench/inserts.py                                    # SQLite file in a temp folder
     python bench/inserts.py --database postgresql://postgres@127.0.0.1/postgres
@@ -106,16 +107,18 @@ def orm_layer(engine: sa.Engine) -> Callable[[], None]:
     return checkout
 
 
-def measure(checkout: Callable[[], None], n: int) -> tuple[float, list[float]]:
+def measure(checkout: Callable[[], None], n: int) -> tuple[float, list[float], float]:
+    """Transactions per second, each one's latency, and this process's CPU seconds per
+    transaction (the layer's own cost: the database server's is not in it)."""
     for _ in range(min(200, n // 10)):  # warm up caches and the pool
         checkout()
     latencies = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         t0 = time.perf_counter()
         checkout()
         latencies.append(time.perf_counter() - t0)
-    return n / (time.perf_counter() - started), latencies
+    return n / (time.perf_counter() - started), latencies, (time.process_time() - cpu) / n
 
 
 def main() -> None:
@@ -129,13 +132,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         engine = setup(backend, args.database, Path(folder))
         print(f"{backend}: {args.n} checkout-shaped transactions per layer (order, 2 items, payment, event, commit)")
-        baseline = None
+        baseline = cpu_baseline = None
         for name, layer in (("driver", driver_layer), ("core", core_layer), ("orm", orm_layer)):
-            rate, latencies = measure(layer(engine), args.n)
-            baseline = baseline or rate
+            rate, latencies, cpu = measure(layer(engine), args.n)
+            baseline, cpu_baseline = baseline or rate, cpu_baseline or cpu
             q = statistics.quantiles(latencies, n=100)
             print(f"  {name:<7} {rate:8.0f} tx/s   p50 {q[49] * 1000:6.2f} ms   p99 {q[98] * 1000:6.2f} ms   "
-                  f"{rate / baseline:5.0%} of driver")
+                  f"{rate / baseline:5.0%} of driver   Python CPU {cpu * 1e6:5.0f} µs a transaction, "
+                  f"{cpu * 1e6 / 5:4.0f} µs a statement ({cpu / cpu_baseline:.1f}× the driver's)")
         engine.dispose()
         if backend != "sqlite":
             databases.drop_database(backend, engine.url)

@@ -4,7 +4,8 @@ A transaction inserts an order, two order items, a payment and a payment event, 
 It runs N times through the bare DB-API driver (the ceiling), SQLAlchemy Core, and the ORM, on a
 freshly migrated database, and prints transactions per second, latency percentiles, this
 process's CPU per transaction and per statement (the layer's own cost), and each layer's ratio
-to the driver measured in the same run.
+to the driver measured in the same run; then what an empty transaction (one ``SELECT 1``) costs
+through each.
 
     python bench/inserts.py                                    # SQLite file in a temp folder
     python bench/inserts.py --database postgresql://postgres@127.0.0.1/postgres
@@ -107,6 +108,40 @@ def orm_layer(engine: sa.Engine) -> Callable[[], None]:
     return checkout
 
 
+def driver_empty(engine: sa.Engine) -> Callable[[], None]:
+    raw = engine.raw_connection()
+
+    def empty() -> None:
+        cursor = raw.cursor()
+        cursor.execute("SELECT 1")
+        cursor.fetchall()
+        raw.commit()
+        cursor.close()
+    return empty
+
+
+def core_empty(engine: sa.Engine) -> Callable[[], None]:
+    one = sa.select(sa.literal(1))
+
+    def empty() -> None:
+        with engine.begin() as connection:
+            connection.execute(one).all()
+    return empty
+
+
+def orm_empty(engine: sa.Engine) -> Callable[[], None]:
+    """Billfold's own unit of work (``kit.db.transaction``): a Session, its connection from the
+    pool, BEGIN, the statement, COMMIT."""
+    from billfold.kit.db import transaction
+
+    sessions, one = session_factory(engine), sa.select(sa.literal(1))
+
+    def empty() -> None:
+        with transaction(sessions) as session:
+            session.execute(one).all()
+    return empty
+
+
 def measure(checkout: Callable[[], None], n: int) -> tuple[float, list[float], float]:
     """Transactions per second, each one's latency, and this process's CPU seconds per
     transaction (the layer's own cost: the database server's is not in it)."""
@@ -140,6 +175,10 @@ def main() -> None:
             print(f"  {name:<7} {rate:8.0f} tx/s   p50 {q[49] * 1000:6.2f} ms   p99 {q[98] * 1000:6.2f} ms   "
                   f"{rate / baseline:5.0%} of driver   Python CPU {cpu * 1e6:5.0f} µs a transaction, "
                   f"{cpu * 1e6 / 5:4.0f} µs a statement ({cpu / cpu_baseline:.1f}× the driver's)")
+        print("  an empty transaction (one SELECT 1, commit), what every transaction costs before its statements:")
+        for name, layer in (("driver", driver_empty), ("core", core_empty), ("orm", orm_empty)):
+            rate, latencies, cpu = measure(layer(engine), args.n)
+            print(f"  {name:<7} {rate:8.0f} tx/s   Python CPU {cpu * 1e6:5.0f} µs a transaction")
         engine.dispose()
         if backend != "sqlite":
             databases.drop_database(backend, engine.url)

@@ -34,16 +34,16 @@ payments = APIRouter(prefix="/payments", tags=["payments"])
 checkouts = APIRouter(prefix="/checkouts", tags=["orders"])
 
 
-def order_out(session: Session, order: Order) -> OrderOut:
-    return orders_out(session, [order])[0]
+def order_out(session: Session, order: Order, *, new: bool = False) -> OrderOut:
+    """``new``: placed by this transaction, so it has no payments yet (none are read)."""
+    return orders_out(session, [order], new=new)[0]
 
 
-def orders_out(session: Session, rows: list[Order]) -> list[OrderOut]:
+def orders_out(session: Session, rows: list[Order], *, new: bool = False) -> list[OrderOut]:
     ids = [o.id for o in rows]
     items = service.items_of(session, ids)
-    paid = service.payments_of(session, ids)
-    refunds = refund_service.refunds_of(session, [p.id for ps in paid.values() for p in ps])
-    return [OrderOut.of(o, items[o.id], [PaymentOut.of(p, refunds[p.id]) for p in paid[o.id]]) for o in rows]
+    paid = {order_id: [] for order_id in ids} if new else service.payments_of(session, ids)
+    return [OrderOut.of(o, items[o.id], [PaymentOut.of(p, refunds) for p, refunds in paid[o.id]]) for o in rows]
 
 
 def payment_out(session: Session, payment: Payment) -> PaymentOut:
@@ -75,7 +75,7 @@ def create_order(body: OrderIn, request: Request, principal: Authenticated, idem
             user_id=body.user_id, organization_id=body.organization_id,
             billing_address_id=body.billing_address_id, shipping_address_id=body.shipping_address_id,
         )
-        return order_out(session, order)
+        return order_out(session, order, new=True)
 
     return idempotent.respond(principal.idempotency_scope, body, handler, status_code=201)
 

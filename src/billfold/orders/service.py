@@ -30,7 +30,7 @@ from billfold.kit.db import insert_rows
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, CurrencyMismatch, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
-from billfold.models import Address, Order, OrderItem, Payment, Product
+from billfold.models import Address, Order, OrderItem, Payment, Product, Refund
 from billfold import numbering, tax
 from billfold.orders import lines as order_lines, totals
 from billfold.orders.states import ORDER
@@ -258,9 +258,6 @@ def require_buyer(session: Session, principal: Principal, order: Order) -> None:
 
 # Built once: a sale runs each of these (docs/performance.md, "statements built once").
 _ITEMS_OF = sa.select(OrderItem).where(OrderItem.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(OrderItem.id)
-_PAYMENTS_OF = sa.select(Payment).where(Payment.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(Payment.id)
-
-
 def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:
     grouped: dict[str, list[OrderItem]] = {order_id: [] for order_id in order_ids}
     unread = []
@@ -276,11 +273,22 @@ def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem
     return grouped
 
 
-def payments_of(session: Session, order_ids: list[str]) -> dict[str, list[Payment]]:
-    rows = session.scalars(_PAYMENTS_OF, {"ids": order_ids}).all() if order_ids else []
-    grouped: dict[str, list[Payment]] = {order_id: [] for order_id in order_ids}
-    for row in rows:
-        grouped[row.order_id].append(row)  # type: ignore[index]
+_PAYMENTS_WITH_REFUNDS = (
+    sa.select(Payment, Refund).outerjoin(Refund, Refund.payment_id == Payment.id)
+    .where(Payment.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(Payment.id, Refund.id)
+)
+
+
+def payments_of(session: Session, order_ids: list[str]) -> dict[str, list[tuple[Payment, list[Refund]]]]:
+    """Each order's payments, oldest first, each with its refunds: one statement for all."""
+    grouped: dict[str, list[tuple[Payment, list[Refund]]]] = {order_id: [] for order_id in order_ids}
+    if order_ids:
+        for payment, refund in session.execute(_PAYMENTS_WITH_REFUNDS, {"ids": order_ids}):
+            paid = grouped[payment.order_id]
+            if not paid or paid[-1][0] is not payment:
+                paid.append((payment, []))
+            if refund is not None:
+                paid[-1][1].append(refund)
     return grouped
 
 

@@ -202,6 +202,14 @@ def test_rows_inserted_with_core_are_the_sessions_own_as_a_flush_would_leave_the
         assert [(o.status, o.currency, o.tax_cents, o.created_at, o.completed_at) for o in orders] == [("pending", "USD", 0, now, None)] * 2
         orders[1].status = "paid"
         session.flush()
+        # None where the type writes NULL is left out, as the ORM leaves it: the database's default
+        # (read when asked for); rows that leave out different columns are flushed the ORM's way.
+        defaulted = Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=5, total_cents=5, currency=None)
+        insert_rows(session, [defaulted])
+        assert defaulted.currency == "USD"
+        mixed = [Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=n, total_cents=n, metadata_=meta)
+                 for n, meta in ((7, {"gift": True}), (8, None))]
+        insert_rows(session, mixed)
         with session.begin_nested() as savepoint:
             gone = Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=1, total_cents=1)
             insert_rows(session, [gone])
@@ -216,4 +224,6 @@ def test_rows_inserted_with_core_are_the_sessions_own_as_a_flush_would_leave_the
             sa.select(table.c.total_cents, table.c.status, table.c.metadata.is_(None)).where(table.c.user_id == person.id)
             .order_by(table.c.total_cents)
         ).all()
-    assert [tuple(row) for row in stored] == [(100, "pending", True), (250, "paid", True)], "metadata never set: SQL NULL"
+    assert [tuple(row) for row in stored] == [
+        (5, "pending", True), (7, "pending", False), (8, "pending", True), (100, "pending", True), (250, "paid", True),
+    ], "metadata never set, or set to None: SQL NULL, as the ORM writes it"

@@ -19,7 +19,6 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
 
 from billfold.kit.db import changes
-
 from billfold.kit.errors import ConfigurationError, DatabaseUnavailable
 
 # Plain scheme names map to the drivers Billfold ships with.
@@ -232,40 +231,50 @@ _COLUMNS_OF: dict[tuple[type, tuple[Any, ...]], sa.Select[Any]] = {}
 
 
 def insert_rows(session: Session, rows: Sequence[Any]) -> None:
-    """Write new ORM objects of one class with one Core INSERT (one multi-row statement for
-    several), and make them the session's own, as a flush would have left them: persistent, their
-    defaults (id, timestamps) filled, later changes flushed as UPDATEs, their change marks named.
-    A hot path's new rows skip the unit of work's bookkeeping (docs/performance.md). Inside a
-    savepoint, or for rows that do not set the same attributes, it falls back to ``add`` and
-    ``flush``, so a savepoint's rollback still forgets them."""
+    """Write new ORM objects of one class, not yet added to the session, with one Core INSERT (one
+    multi-row statement for several), and make them the session's own as a flush would have left
+    them: persistent, their defaults (id, timestamps) filled, later changes flushed as UPDATEs,
+    their change marks named. A hot path's new rows skip the unit of work's bookkeeping
+    (docs/performance.md). A column is left out as the ORM leaves it out (no value and no default,
+    or None where the type writes None as NULL): the database's default or NULL. Inside a
+    savepoint, or for rows that would not leave out the same columns, it is ``add`` and ``flush``,
+    so a savepoint's rollback still forgets them."""
     if not rows:
         return
     mapper = sa.inspect(type(rows[0]))
-    attributes = [(prop.key, prop.columns[0]) for prop in mapper.column_attrs]
-    given = [frozenset(key for key, _ in attributes if key in sa.inspect(row).dict) for row in rows]
-    if session.in_nested_transaction() or any(type(row) is not type(rows[0]) for row in rows) or len(set(given)) > 1:
-        session.add_all(rows)
-        session.flush()
-        return
     values: list[dict[str, Any]] = []
     for row in rows:
-        one: dict[str, Any] = {}
-        for key, column in attributes:
-            if key in given[0]:
-                one[column.key] = getattr(row, key)
+        given, one = sa.inspect(row).dict, {}
+        for prop in mapper.column_attrs:
+            key, column = prop.key, prop.columns[0]
+            if key in given:
+                value = given[key]
+                if value is None and not column.type.should_evaluate_none:
+                    continue
             elif column.default is not None and (column.default.is_scalar or column.default.is_callable):
                 value = column.default.arg if column.default.is_scalar else column.default.arg(None)
                 setattr(row, key, value)
-                one[column.key] = value
-            else:  # NULL, as the ORM leaves a column it has no value for
-                setattr(row, key, None)
+            else:
+                continue
+            one[column.key] = value
         values.append(one)
+    if session.in_nested_transaction() or any(type(row) is not type(rows[0]) for row in rows) \
+            or len({frozenset(one) for one in values}) > 1:
+        session.add_all(rows)
+        session.flush()
+        return
     statement = _INSERTS.get(mapper)
     if statement is None:
         statement = _INSERTS[mapper] = sa.insert(mapper.local_table)
     # Named, even as nothing: a write to a watched table that names nothing moves every mark.
     session.execute(statement, values, execution_options={changes.OPTION: changes.new_keys(rows)})
+    left_out = [prop for prop in mapper.column_attrs if prop.columns[0].key not in values[0]]
     for row in rows:
+        for prop in left_out:  # NULL, unless the database gave a default: that one is read when asked for
+            if prop.columns[0].server_default is None:
+                sa.inspect(row).dict[prop.key] = None
+            else:
+                sa.inspect(row).dict.pop(prop.key, None)
         make_transient_to_detached(row)
     session.add_all(rows)
 

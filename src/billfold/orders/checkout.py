@@ -162,7 +162,7 @@ def _prepare(
         session, amount_cents=order.total_cents, currency=order.currency, provider_id=route.provider.id,
         method=route.method, user_id=order.user_id, organization_id=order.organization_id, order_id=order.id,
         token=pay.token, customer_id=customer.provider_customer_id if customer else None,
-        approval=route.adapter.capabilities.buyer_approval, by=actor(principal),
+        approval=route.adapter.capabilities.buyer_approval, by=actor(principal), write=True,
     )
     session.flush()
     hold(session, payment, order, route.provider)  # phase 2's read in this transaction (_read_new) finds them

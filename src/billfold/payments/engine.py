@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from billfold.accounts.security import Security
 from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.db import reading, transaction
+from billfold.kit.db import insert_rows, reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict
 from billfold.kit.ids import new_id
@@ -232,12 +232,14 @@ def start_payment(
     details: PaymentDetails | None = None,
     approval: bool = False,
     by: str | None,
+    write: bool = False,
 ) -> Payment:
     """A new ``pending`` payment of ``amount_cents`` for an order or a subscription, through
     ``provider_id`` with a saved ``method`` (at the provider's customer ``customer_id``) or a
     one-time ``token`` (or, with ``approval``, neither: the customer approves it on the provider's
-    page); added to the session with its event, not flushed. Its id makes its
-    provider key."""
+    page); added to the session with its event, not flushed (a batch's payments go in one
+    statement), or with ``write`` written at once (``kit.db.insert_rows``: a checkout's one
+    payment). Its id makes its provider key."""
     stored = (details or PaymentDetails()).but(
         provider_status="created",
         token=token,
@@ -258,7 +260,10 @@ def start_payment(
         status="pending",
         metadata_=stored.to_json(),
     )
-    session.add(payment)
+    if write:
+        insert_rows(session, [payment])
+    else:
+        session.add(payment)
     PAYMENT.start(
         session, payment, "pending", by=by, order_id=order_id, subscription_id=subscription_id,
         invoice_id=stored.invoice_id, amount_cents=amount_cents,

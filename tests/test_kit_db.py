@@ -4,7 +4,6 @@ the same on each database, and updated_at filled from Billfold's own clock."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from billfold.kit import clock
-from billfold.kit.db import changes, create_engine, insert_rows, parse_database_url, session_factory, transaction, update_rows
+from billfold.kit.db import changes, create_engine, insert_rows, parse_database_url, session_factory, transaction
 from billfold.kit.db.dialects import for_update, insert_ignore, upsert
 from billfold.kit.errors import ConfigurationError, InvalidInput
 from billfold.kit.ids import new_id
@@ -228,58 +227,3 @@ def test_rows_inserted_with_core_are_the_sessions_own_as_a_flush_would_leave_the
     assert [tuple(row) for row in stored] == [
         (5, "pending", True), (7, "pending", False), (8, "pending", True), (100, "pending", True), (250, "paid", True),
     ], "metadata never set, or set to None: SQL NULL, as the ORM writes it"
-
-
-@pytest.mark.every_database
-def test_changes_written_with_core_leave_the_rows_as_a_flush_would(engine: Engine) -> None:
-    """``update_rows``: a stored object's changes written now by one UPDATE, its ``updated_at``
-    moved with the clock, nothing left for the next flush to write again, the marks a flush would
-    move moved (an order's owner: every mark; its status: none), and inside a savepoint the ORM's
-    own flush, undone with it."""
-    sessions = session_factory(engine)
-    start = clock.SystemClock().now().replace(microsecond=0)
-    marks = changes.marks_for(engine.url)
-    with clock.using(clock.FrozenClock(start)) as frozen:
-        with transaction(sessions) as session:
-            person = User(name="Ada", last_name="Lovelace", email=f"{new_id('x')}@example.com", user_type="individual")
-            other = User(name="Bob", last_name="Babbage", email=f"{new_id('x')}@example.com", user_type="individual")
-            insert_rows(session, [person, other])
-            order = Order(order_number=new_id("num"), user_id=person.id, subtotal_cents=100, total_cents=100)
-            insert_rows(session, [order])
-            order_id, other_id = order.id, other.id
-        frozen.advance("1h")
-        written: list[str] = []
-
-        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            if statement.startswith("UPDATE orders"):
-                written.append(statement)
-
-        sa.event.listen(engine, "before_cursor_execute", count)
-        try:
-            with transaction(sessions) as session:
-                order = session.get(Order, order_id)
-                order.status = "paid"
-                before = marks.snapshot()
-                update_rows(session, [order])
-                assert (order.status, order.updated_at) == ("paid", start + timedelta(hours=1))
-                session.flush()
-                assert len(written) == 1, "written once, not again by the flush"
-                with session.begin_nested() as savepoint:
-                    order.status = "cancelled"
-                    update_rows(session, [order])
-                    savepoint.rollback()
-                assert order.status == "paid", "the object too"
-            assert marks.at(marks.snapshot(), 0) == marks.at(before, 0), "its status moves no mark"
-            frozen.advance("1h")  # (an update that leaves updated_at as it was gets the database's time)
-            with transaction(sessions) as session:
-                order = session.get(Order, order_id)
-                assert order.status == "paid", "the savepoint's change undone"
-                order.user_id = other_id
-                before = marks.snapshot()
-                update_rows(session, [order])
-            assert marks.at(marks.snapshot(), 0) > marks.at(before, 0), "its owner moves every mark"
-        finally:
-            sa.event.remove(engine, "before_cursor_execute", count)
-    with sessions() as session:
-        stored = session.get(Order, order_id)
-        assert (stored.status, stored.user_id, stored.updated_at) == ("paid", other_id, start + timedelta(hours=2))

@@ -29,7 +29,7 @@ from billfold.accounts.access import readable
 from billfold.accounts.organizations.service import actor_id
 from billfold.accounts.security import Principal
 from billfold.kit import clock
-from billfold.kit.db import hold, insert_rows, update_rows
+from billfold.kit.db import hold, insert_rows
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import InvalidAmount, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix
@@ -341,8 +341,8 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
     [invoice] = draft_invoices(session, [wanted], by="system")
     open_invoices(session, [invoice], by="system")
     if order.status in ("paid", "refunded"):
-        mark_paid(session, invoice, by="system")  # before the write: numbered and paid in one UPDATE
-    update_rows(session, [invoice])
+        mark_paid(session, invoice, by="system")  # before the flush: numbered and paid in one UPDATE
+    session.flush()
     known[order.id] = invoice.id
     hold(session, invoice)
     return invoice

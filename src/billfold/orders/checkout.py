@@ -51,7 +51,7 @@ from billfold.accounts.access import owner_of, readable
 from billfold.accounts.security import Principal, Security
 from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.db import hold, reading, transaction, update_rows
+from billfold.kit.db import hold, reading, transaction
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import NotFound
 from billfold.idempotency import Claim, advance, finish
@@ -93,7 +93,7 @@ class OrderPayments:
         if payment.status == "completed" and order.status == "pending" and _paid_in_full(session, order):
             ORDER.move(session, order, "paid", by=by, payment_id=payment.id)
             order.completed_at = clock.now()
-            update_rows(session, [order])
+            session.flush()
             events.order_paid(session, order)
 
     def refunded(self, session: Session, payment: Payment, *, by: str | None) -> None:

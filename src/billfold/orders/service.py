@@ -26,7 +26,7 @@ from billfold.accounts.security import Principal
 from billfold.catalog.service import purchasable_products
 from billfold.config import Settings
 from billfold.kit import clock
-from billfold.kit.db import insert_rows, update_rows
+from billfold.kit.db import insert_rows
 from billfold.kit.db.dialects import for_update
 from billfold.kit.errors import BillfoldError, Conflict, CurrencyMismatch, InvalidInput, NotFound
 from billfold.kit.ids import has_prefix, new_id
@@ -235,7 +235,7 @@ def create_order(
     # the less that happens after it, the more orders per second.
     order.order_number = numbering.order_number(session, clock.now().year, settings.order_number_prefix)
     ORDER.start(session, order, "pending", by=actor(principal), order_number=order.order_number)
-    update_rows(session, [order])
+    session.flush()
     return order
 
 

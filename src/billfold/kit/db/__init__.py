@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
 
 from billfold.kit.db import changes
 from billfold.kit.errors import ConfigurationError, DatabaseUnavailable
@@ -281,52 +280,6 @@ def insert_rows(session: Session, rows: Sequence[Any]) -> None:
 
 
 _INSERTS: dict[Any, Any] = {}
-
-
-def update_rows(session: Session, rows: Sequence[Any]) -> None:
-    """Write what changed in persistent objects now, one Core UPDATE each by its primary key, and
-    leave them as a flush would: their ``onupdate`` columns (``updated_at``) set, their change marks
-    named, their changes no longer pending. A hot path's state moves skip the unit of work's
-    bookkeeping (docs/performance.md). Inside a savepoint, or for a change that is not a column's,
-    it is a ``flush``, so a savepoint's rollback still undoes them."""
-    states = [sa.inspect(row) for row in rows]
-    if session.in_nested_transaction() or not all(state.persistent for state in states):
-        session.flush()
-        return
-    for row, state in zip(rows, states, strict=True):
-        mapper = state.mapper
-        changed: dict[str, Any] = {}
-        for key in list(state.committed_state):
-            if key not in mapper.column_attrs:
-                session.flush()
-                return
-            if state.attrs[key].history.has_changes():
-                changed[key] = state.dict[key]
-        if not changed:
-            continue
-        for prop in mapper.column_attrs:
-            onupdate = prop.columns[0].onupdate
-            if onupdate is not None and prop.key not in changed and (onupdate.is_scalar or onupdate.is_callable):
-                changed[prop.key] = onupdate.arg if onupdate.is_scalar else onupdate.arg(None)
-        keys = changes.changed_keys(row)  # before the history is gone
-        names = tuple(mapper.column_attrs[key].columns[0].key for key in changed)
-        statement = _UPDATES.get((mapper, names))
-        if statement is None:
-            [primary] = mapper.primary_key
-            statement = _UPDATES[(mapper, names)] = (
-                sa.update(mapper.local_table)
-                .where(primary == sa.bindparam("row_key", type_=primary.type))
-                .values({name: sa.bindparam(f"set_{name}", type_=mapper.local_table.c[name].type) for name in names})
-            )
-        values = {f"set_{name}": value for name, value in zip(names, changed.values(), strict=True)}
-        with session.no_autoflush:  # the unit of work would write the same change first
-            session.execute(statement, {**values, "row_key": mapper.primary_key_from_instance(row)[0]},
-                            execution_options={changes.OPTION: keys})
-        for key, value in changed.items():
-            set_committed_value(row, key, value)
-
-
-_UPDATES: dict[Any, Any] = {}
 
 
 T = TypeVar("T")

@@ -236,13 +236,6 @@ def new_keys(rows: Iterable[Any]) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def changed_keys(row: Any) -> tuple[str, ...]:
-    """The marks a change of ``row`` (stored, its changes not yet written) moves, as an ORM flush
-    would name them: for a statement that writes the change itself."""
-    keys = _watched.get(type(row))
-    return tuple(sorted(set(keys(row, "dirty")))) if keys is not None else ()
-
-
 def _writes_watched(statement: str) -> bool:
     verdict = _verdicts.get(statement)
     if verdict is None:

@@ -258,6 +258,8 @@ def require_buyer(session: Session, principal: Principal, order: Order) -> None:
 
 # Built once: a sale runs each of these (docs/performance.md, "statements built once").
 _ITEMS_OF = sa.select(OrderItem).where(OrderItem.order_id.in_(sa.bindparam("ids", expanding=True))).order_by(OrderItem.id)
+
+
 def items_of(session: Session, order_ids: list[str]) -> dict[str, list[OrderItem]]:
     grouped: dict[str, list[OrderItem]] = {order_id: [] for order_id in order_ids}
     unread = []

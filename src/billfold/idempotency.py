@@ -42,6 +42,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from datetime import timedelta
 from typing import Any, NamedTuple
 
@@ -304,27 +305,23 @@ def run_once(
 
 
 def _fenced_update(session: Session, claim: Claim, **values: Any) -> None:
-    statement = _FENCED.get(tuple(values))
-    if statement is None:  # built once for each set of columns (two: advance's and finish's)
-        keys = IdempotencyKey.__table__.c
-        statement = _FENCED[tuple(values)] = (
-            sa.update(IdempotencyKey.__table__)
-            .where(
-                keys.id == sa.bindparam("fence_id"),
-                keys.lock_token == sa.bindparam("fence_token"),
-                keys.recovery_point != FINISHED,
-            )
-            .values({name: sa.bindparam(f"set_{name}", type_=keys[name].type) for name in values})
-        )
     parameters = {"fence_id": claim.id, "fence_token": claim.lock_token, **{f"set_{k}": v for k, v in values.items()}}
-    if session.execute(statement, parameters).rowcount != 1:
+    if session.execute(_fenced(tuple(values)), parameters).rowcount != 1:
         raise LostLock(
             f"another request took this {HEADER} over after this one's lock went stale; "
             "this attempt's work was rolled back"
         )
 
 
-_FENCED: dict[tuple[str, ...], Any] = {}
+@cache
+def _fenced(names: tuple[str, ...]) -> Any:
+    """The fenced UPDATE of ``names``, built once for each set (two: advance's and finish's)."""
+    keys = IdempotencyKey.__table__.c
+    return (
+        sa.update(IdempotencyKey.__table__)
+        .where(keys.id == sa.bindparam("fence_id"), keys.lock_token == sa.bindparam("fence_token"), keys.recovery_point != FINISHED)
+        .values({name: sa.bindparam(f"set_{name}", type_=keys[name].type) for name in names})
+    )
 
 
 def _in_use() -> IdempotencyKeyInUse:

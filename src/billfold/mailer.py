@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -252,19 +253,19 @@ def _record(session: Session, rows: Sequence[OutboxEmail | _Leased], outcomes: d
             values = {"attempts": row.attempts, "next_attempt_at": now + backoff(row.attempts), "last_error": error[:2000]}
         marks.setdefault(tuple(values.items()), []).append(row.id)
     for values, ids in marks.items():
-        names = tuple(name for name, _ in values)
-        statement = _MARKS.get(names)
-        if statement is None:  # built once for each kind of mark
-            columns = OutboxEmail.__table__.c
-            statement = _MARKS[names] = (
-                sa.update(OutboxEmail.__table__)
-                .where(columns.id.in_(sa.bindparam("ids", expanding=True)), columns.status == "pending")
-                .values({name: sa.bindparam(f"set_{name}", type_=columns[name].type) for name in ("updated_at", *names)})
-            )
+        statement = _mark(tuple(name for name, _ in values))
         session.execute(statement, {"ids": ids, "set_updated_at": now, **{f"set_{name}": value for name, value in values}})
 
 
-_MARKS: dict[tuple[str, ...], Any] = {}
+@cache
+def _mark(names: tuple[str, ...]) -> Any:
+    """The UPDATE that marks pending rows with ``names``, built once for each kind of mark."""
+    columns = OutboxEmail.__table__.c
+    return (
+        sa.update(OutboxEmail.__table__)
+        .where(columns.id.in_(sa.bindparam("ids", expanding=True)), columns.status == "pending")
+        .values({name: sa.bindparam(f"set_{name}", type_=columns[name].type) for name in ("updated_at", *names)})
+    )
 
 
 def deliver_due(sessions: sessionmaker[Session], mailer: Mailer, *, limit: int = BATCH) -> int:

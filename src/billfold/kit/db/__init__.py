@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -218,16 +219,15 @@ def columns_of(session: Session, model: type, row_id: str, *columns: Any) -> tup
     held = session.identity_map.get(Session.identity_key(model, row_id))
     if held is not None:
         return tuple(getattr(held, column.key) for column in columns)
-    statement = _COLUMNS_OF.get((model, columns))
-    if statement is None:
-        key = sa.inspect(model).primary_key[0]
-        statement = _COLUMNS_OF[(model, columns)] = sa.select(*columns).where(key == sa.bindparam("row_id", type_=key.type))
     with session.no_autoflush:
-        found = session.execute(statement, {"row_id": row_id}).first()
+        found = session.execute(_columns_of(model, columns), {"row_id": row_id}).first()
     return tuple(found) if found is not None else None
 
 
-_COLUMNS_OF: dict[tuple[type, tuple[Any, ...]], sa.Select[Any]] = {}
+@cache
+def _columns_of(model: type, columns: tuple[Any, ...]) -> sa.Select[Any]:
+    key = sa.inspect(model).primary_key[0]
+    return sa.select(*columns).where(key == sa.bindparam("row_id", type_=key.type))
 
 
 def insert_rows(session: Session, rows: Sequence[Any]) -> None:
@@ -263,9 +263,7 @@ def insert_rows(session: Session, rows: Sequence[Any]) -> None:
         session.add_all(rows)
         session.flush()
         return
-    statement = _INSERTS.get(mapper)
-    if statement is None:
-        statement = _INSERTS[mapper] = sa.insert(mapper.local_table)
+    statement = _insert(mapper.local_table)
     # Named, even as nothing: a write to a watched table that names nothing moves every mark.
     session.execute(statement, values, execution_options={changes.OPTION: changes.new_keys(rows)})
     left_out = [prop for prop in mapper.column_attrs if prop.columns[0].key not in values[0]]
@@ -279,7 +277,9 @@ def insert_rows(session: Session, rows: Sequence[Any]) -> None:
     session.add_all(rows)
 
 
-_INSERTS: dict[Any, Any] = {}
+@cache
+def _insert(table: sa.Table) -> sa.Insert:
+    return sa.insert(table)
 
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -66,25 +67,17 @@ def increment(session: Session, table: sa.Table, key: Mapping[str, Any], column:
     return int(session.execute(read, values).scalar_one())
 
 
-_INCREMENTS: dict[tuple[str, sa.Table, tuple[str, ...], str], tuple[Any, Any]] = {}
-
-
+@cache
 def _increments(dialect: str, table: sa.Table, key: tuple[str, ...], column: str) -> tuple[Any, Any]:
-    """``increment``'s statements: the upsert, and on MariaDB the read of the value after it."""
-    found = _INCREMENTS.get((dialect, table, key, column))
-    if found is None:
-        by = sa.bindparam("by", type_=table.c[column].type)
-        statement = _insert_for(dialect, table).values(
-            {**{name: sa.bindparam(f"key_{name}", type_=table.c[name].type) for name in key}, column: by}
-        )
+    """``increment``'s statements, built once: the upsert, and on MariaDB the read of the value after it."""
+    by = sa.bindparam("by", type_=table.c[column].type)
+    statement = _insert_for(dialect, table).values(
+        {**{name: sa.bindparam(f"key_{name}", type_=table.c[name].type) for name in key}, column: by}
+    )
+    if dialect in ("mysql", "mariadb"):
         where = [table.c[name] == sa.bindparam(f"key_{name}", type_=table.c[name].type) for name in key]
-        if dialect in ("mysql", "mariadb"):
-            found = (statement.on_duplicate_key_update([(column, table.c[column] + by)]), sa.select(table.c[column]).where(*where))
-        else:
-            found = (statement.on_conflict_do_update(index_elements=list(key), set_={column: table.c[column] + by})
-                     .returning(table.c[column]), None)
-        _INCREMENTS[(dialect, table, key, column)] = found
-    return found
+        return statement.on_duplicate_key_update([(column, table.c[column] + by)]), sa.select(table.c[column]).where(*where)
+    return statement.on_conflict_do_update(index_elements=list(key), set_={column: table.c[column] + by}).returning(table.c[column]), None
 
 
 def upsert_row(

@@ -6,11 +6,13 @@ for the events the merchant's endpoints asked for, and ``billfold.analytics.even
 the ``analytics_events`` (and notes the ``user_cohorts``) the business counts.
 
 The rows are plain values, not ORM objects (an object cost more CPU than the rest of its event:
-a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the session's
-next flush or at its commit, whichever comes first, or before an ORM statement about
-``PaymentEvent`` in the same transaction (plain SQL reading them there calls ``written`` first). Inside a savepoint an event is an object
+a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the commit, or
+before an ORM statement about ``PaymentEvent`` in the same transaction (plain SQL reading them
+there calls ``written`` first). Not at each flush: a sale flushes four times in the transaction
+that records its payment, and each flush would have been an INSERT of its own. No table refers to
+an event's row, so nothing else has to wait for them. Inside a savepoint an event is an object
 added to the session, as before: rolled back with the savepoint; rows kept for the transaction
-around it wait for its flush or commit, so a savepoint rolled back never takes them along.
+around it wait for its commit, so a savepoint rolled back never takes them along.
 """
 
 from __future__ import annotations
@@ -65,11 +67,6 @@ def _write(session: Session) -> None:
     rows = list(kept)
     kept.clear()
     session.connection().execute(_INSERT, rows)
-
-
-@event.listens_for(Session, "before_flush")
-def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
-    _write(session)
 
 
 @event.listens_for(Session, "do_orm_execute")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from billfold.audit import audit
 from billfold.catalog.categories import descendant_ids
@@ -97,25 +97,28 @@ def purchasable_product(session: Session, product_id: str) -> Product:
     return found
 
 
-_PRODUCTS = sa.select(Product).where(Product.id.in_(sa.bindparam("ids", expanding=True)))
-_SOLD_AS_VARIANTS = sa.select(Product.parent_product_id).where(
-    Product.parent_product_id.in_(sa.bindparam("ids", expanding=True)), Product.is_active.is_(True)
-).distinct()
+_VARIANT = aliased(Product)
+_PRODUCTS = sa.select(  # each product, and whether it is sold as one of its active variants
+    Product,
+    sa.exists().where(_VARIANT.parent_product_id == Product.id, _VARIANT.is_active.is_(True)).label("sold_as_variants"),
+).where(Product.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 def purchasable_products(session: Session, product_ids: Sequence[str]) -> list[Product | BillfoldError]:
     """``purchasable_product`` for each id, in order: the product, or the error it would raise
-    (not raised, so the caller can name the item). Two statements however many ids (three when a
+    (not raised, so the caller can name the item). One statement however many ids (two when a
     variant's parent is not among them)."""
     wanted = list(dict.fromkeys(i for i in product_ids if has_prefix(i, "prod")))
     found: dict[str, Product] = {}
     sold_as_variants: set[str] = set()
     if wanted:
-        found = {p.id: p for p in session.scalars(_PRODUCTS, {"ids": wanted})}
+        for product, has_variants in session.execute(_PRODUCTS, {"ids": wanted}):
+            found[product.id] = product
+            if has_variants:
+                sold_as_variants.add(product.id)
         parents = sorted({p.parent_product_id for p in found.values() if p.parent_product_id} - set(found))
         if parents:
-            found.update({p.id: p for p in session.scalars(_PRODUCTS, {"ids": parents})})
-        sold_as_variants = set(session.scalars(_SOLD_AS_VARIANTS, {"ids": wanted}))
+            found.update({p.id: p for p, _ in session.execute(_PRODUCTS, {"ids": parents})})
     answers: list[Product | BillfoldError] = []
     for product_id in product_ids:
         product = found.get(product_id) if has_prefix(product_id, "prod") else None

@@ -18,7 +18,7 @@ Every paid order gets its invoice: :func:`issue_for_paid_order` reacts to paid o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -39,6 +39,7 @@ from billfold.states import machine
 from billfold.models import Invoice, InvoiceLine, Order, Payment
 from billfold.models.billing import INVOICE_LINE_KINDS
 from billfold import numbering
+from billfold.orders import events as order_events
 from billfold.orders import lines as order_lines
 
 INVOICE = machine(
@@ -176,16 +177,20 @@ def issue_invoice(
         subscription_id=subscription_id, order_id=order_id, billing_address_id=billing_address_id,
         tax_cents=tax_cents, discount_cents=discount_cents, due_in=due_in, provider_id=provider_id,
     )
-    [invoice] = draft_invoices(session, [wanted], by=by)
-    open_invoices(session, [invoice], by=by)
+    [invoice] = draft_invoices(session, [wanted], by=by, before_writing=lambda drafts: open_invoices(session, drafts, by=by))
     session.flush()
     return invoice
 
 
-def draft_invoices(session: Session, wanted: Sequence[InvoiceIn], *, by: str | None = None) -> list[Invoice]:
+def draft_invoices(
+    session: Session, wanted: Sequence[InvoiceIn], *, by: str | None = None,
+    before_writing: Callable[[list[Invoice]], None] | None = None,
+) -> list[Invoice]:
     """New ``draft`` invoices with their lines, issued now, written in a few statements for all of
     them. Each carries its id as a provisional number until :func:`open_invoices` numbers it,
-    which the caller does as the last thing before its commit (the series' lock is held from then)."""
+    which the caller does as the last thing before its commit (the series' lock is held from then).
+    ``before_writing(invoices)`` runs on the drafts before they are written: an invoice numbered
+    and opened (and paid) there is written so, with no UPDATE after its INSERT."""
     now = clock.now()
     invoices: list[Invoice] = []
     for one in wanted:
@@ -217,9 +222,11 @@ def draft_invoices(session: Session, wanted: Sequence[InvoiceIn], *, by: str | N
             provider_id=one.provider_id,
         )
         invoices.append(invoice)
-    insert_rows(session, invoices)  # the invoices before their lines (foreign key)
     for invoice, one in zip(invoices, wanted, strict=True):
         INVOICE.start(session, invoice, "draft", by=by, order_id=one.order_id, subscription_id=one.subscription_id)
+    if before_writing is not None:
+        before_writing(invoices)
+    insert_rows(session, invoices)  # the invoices before their lines (foreign key)
     insert_rows(session, [
         InvoiceLine(
             id=new_id("inl"),
@@ -332,16 +339,20 @@ def invoice_for_order(session: Session, order: Order) -> Invoice:
     if existing is not None:
         known[order.id] = existing.id
         return existing
-    provider_id = session.scalar(_PAID_THROUGH, {"order_id": order.id})
+    paying = order_events.paid_with(session, order.id)  # the payment paying it now is the latest
+    provider_id = paying.provider_id if paying is not None else session.scalar(_PAID_THROUGH, {"order_id": order.id})
     wanted = InvoiceIn(
         currency=order.currency, lines=_order_lines(session, order), user_id=order.user_id,
         organization_id=order.organization_id, order_id=order.id, billing_address_id=order.billing_address_id,
         tax_cents=order.tax_cents, discount_cents=order.discount_cents, due_in=timedelta(0), provider_id=provider_id,
     )
-    [invoice] = draft_invoices(session, [wanted], by="system")
-    open_invoices(session, [invoice], by="system")
-    if order.status in ("paid", "refunded"):
-        mark_paid(session, invoice, by="system")  # before the flush: numbered and paid in one UPDATE
+
+    def numbered(drafts: list[Invoice]) -> None:  # written numbered (and paid): no UPDATE after the INSERT
+        open_invoices(session, drafts, by="system")
+        if order.status in ("paid", "refunded"):
+            mark_paid(session, drafts[0], by="system")
+
+    [invoice] = draft_invoices(session, [wanted], by="system", before_writing=numbered)
     session.flush()
     known[order.id] = invoice.id
     hold(session, invoice)

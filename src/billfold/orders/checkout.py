@@ -90,11 +90,11 @@ class OrderPayments:
     def charged(self, session: Session, payment: Payment, error: Exception | None, *, by: str | None) -> None:
         order = _lock_order(session, payment.order_id or "")
         hold(session, order)  # the reactions and the answer read it again in this transaction
-        if payment.status == "completed" and order.status == "pending" and _paid_in_full(session, order):
+        if payment.status == "completed" and order.status == "pending" and _paid_in_full(session, order, payment):
             ORDER.move(session, order, "paid", by=by, payment_id=payment.id)
             order.completed_at = clock.now()
             session.flush()
-            events.order_paid(session, order)
+            events.order_paid(session, order, payment)
 
     def refunded(self, session: Session, payment: Payment, *, by: str | None) -> None:
         order = _lock_order(session, payment.order_id or "")
@@ -121,7 +121,11 @@ _UNDER_WAY = (
 )
 
 
-def _paid_in_full(session: Session, order: Order) -> bool:
+def _paid_in_full(session: Session, order: Order, completed: Payment) -> bool:
+    """Whether the order's completed payments, ``completed`` among them, cover its total; a payment
+    of the whole total covers it alone, with no sum to read."""
+    if completed.currency == order.currency and completed.amount_cents >= order.total_cents:
+        return True
     paid = session.scalar(_PAID, {"order_id": order.id})
     return int(paid or 0) >= order.total_cents
 

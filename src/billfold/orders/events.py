@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from billfold.kit.db import for_transaction, of_transaction
 from billfold.kit.errors import ConfigurationError
 from billfold.models import Order, Payment, Refund
 
@@ -29,6 +30,7 @@ _REFUNDED: tuple[Reaction, ...] = ()
 _REFUND: tuple[PaymentReaction, ...] = ()
 _REFUND_REVERSED: tuple[RefundReaction, ...] = ()
 _attached = False
+_PAID_WITH = "billfold_order_paid_with"  # kit.db.for_transaction: order id → the payment that paid it
 
 
 class NotWired(ConfigurationError):
@@ -65,10 +67,19 @@ def _require_attached(what: str) -> None:
         )
 
 
-def order_paid(session: Session, order: Order) -> None:
+def order_paid(session: Session, order: Order, payment: Payment | None = None) -> None:
+    """Run the reactions to ``order`` paid in full; ``payment``: the payment whose completion paid
+    it, which a reaction may ask for (``paid_with``) rather than read the order's payments."""
     _require_attached(f"order {order.id} was paid")
+    if payment is not None:
+        for_transaction(session, _PAID_WITH, dict)[order.id] = payment
     for reaction in _PAID:
         reaction(session, order)
+
+
+def paid_with(session: Session, order_id: str) -> Payment | None:
+    """The payment that paid ``order_id`` in full in this transaction, if one did."""
+    return (of_transaction(session, _PAID_WITH) or {}).get(order_id)
 
 
 def order_refunded(session: Session, order: Order) -> None:

@@ -1,7 +1,7 @@
 """The audit trail's rows (``billfold.audit``): written as plain rows at the commit, in one
-statement however often the session flushed before it, yet exactly the events of what was committed: none of a rolled-back transaction or
-savepoint, all of the transaction around a savepoint rolled back, and every one visible to a read
-in the same transaction."""
+statement however often the session flushed before it, yet exactly the events of what was
+committed: none of a rolled-back transaction or savepoint, all of the transaction around a
+savepoint rolled back, and every one visible to a read in the same transaction."""
 
 from __future__ import annotations
 

@@ -205,6 +205,22 @@ def test_a_paid_order_is_posted_signed_and_can_be_redelivered(shop: Shop, receiv
     assert delivery["status"] == "delivered" and len(delivery["attempts"]) == 2
 
 
+def test_a_paid_orders_invoice_is_told_with_its_number_and_status(shop: Shop, receiver: Receiver) -> None:
+    """The invoice is written numbered and paid by one INSERT, after its moves were recorded: what
+    the endpoint is told is the invoice as it was written, not a bare id."""
+    shop.register(receiver.url, ["invoice.paid"])
+    order_id = shop.paid_order()
+    assert shop.sweep() >= 1
+    [got] = receiver.received
+    data = got.payload["data"]
+    assert got.payload["type"] == "invoice.paid" and data["object"] == "invoice"
+    assert data["order_id"] == order_id and data["status"] == "paid" and data["total_cents"] > 0
+    assert data["invoice_number"].split("-")[-1].isdigit(), data
+    with shop.api.client(shop.admin.token) as client:
+        stored = client.get(f"/v1/invoices/{data['id']}").json()
+    assert stored["invoice_number"] == data["invoice_number"] and stored["order_id"] == order_id
+
+
 def test_a_failing_endpoint_is_tried_again_on_the_schedule_with_every_attempt_recorded(shop: Shop, receiver: Receiver) -> None:
     made = shop.register(receiver.url)
     receiver.script = [500, 502]

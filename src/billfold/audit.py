@@ -34,10 +34,14 @@ _ROWS = "billfold_event_rows"  # rows still to write, for the transaction (kit.d
 _INSERT = sa.insert(PaymentEvent.__table__)
 
 
-def audit(session: Session, entity_type: str, entity_id: str, event_type: str, **data: object) -> None:
+def audit(
+    session: Session, entity_type: str, entity_id: str, event_type: str, *, subject: object = None, **data: object
+) -> None:
     """Record ``event_type`` for the entity, with ``data`` (none: NULL); an event worth telling the
     merchant's webhook endpoints is queued for them in the same transaction (``billfold.notify.outbox``),
-    and one the business counts is an analytics event (``billfold.analytics.events``)."""
+    and one the business counts is an analytics event (``billfold.analytics.events``). ``subject``:
+    the entity's row, when the caller has it (a row not written yet, such as an invoice numbered
+    before its INSERT, is not in the session for the outbox to find)."""
     event_id = new_id("evt")
     row = {
         "id": event_id, "entity_type": entity_type, "entity_id": entity_id, "event_type": event_type,
@@ -47,7 +51,7 @@ def audit(session: Session, entity_type: str, entity_id: str, event_type: str, *
         session.add(PaymentEvent(**row))
     else:
         _rows(session).append(row)
-    outbox.enqueue(session, event_id, entity_type, entity_id, event_type, data)
+    outbox.enqueue(session, event_id, entity_type, entity_id, event_type, data, subject)
     analytics_events.record(session, entity_type, entity_id, event_type, data)
 
 

@@ -65,7 +65,7 @@ class StateMachine:
 
     def _record(self, session: Session, row: Any, before: str | None, after: str, by: str | None, data: dict[str, Any]) -> None:
         moved = {"from": before, "to": after, "by": by, **{k: v for k, v in data.items() if v is not None}}
-        audit(session, self.entity, row.id, f"{self.entity}.{after}", **moved)
+        audit(session, self.entity, row.id, f"{self.entity}.{after}", subject=row, **moved)
 
 
 def machine(entity: str, moves: Mapping[str | None, set[str] | frozenset[str]]) -> StateMachine:

@@ -177,7 +177,9 @@ def issue_invoice(
         subscription_id=subscription_id, order_id=order_id, billing_address_id=billing_address_id,
         tax_cents=tax_cents, discount_cents=discount_cents, due_in=due_in, provider_id=provider_id,
     )
-    [invoice] = draft_invoices(session, [wanted], by=by, before_writing=lambda drafts: open_invoices(session, drafts, by=by))
+    [invoice] = draft_invoices(  # numbered and opened before its INSERT: no UPDATE after it
+        session, [wanted], by=by, before_writing=lambda drafts: open_invoices(session, drafts, by=by)
+    )
     session.flush()
     return invoice
 

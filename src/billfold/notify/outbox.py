@@ -103,16 +103,18 @@ def _value(value: Any) -> Any:
     return value
 
 
-def snapshot(session: Session, entity_type: str, entity_id: str) -> dict[str, Any]:
-    """The entity as the payload shows it, from the session's identity map (the row that just moved)."""
+def snapshot(session: Session, entity_type: str, entity_id: str, row: Any = None) -> dict[str, Any]:
+    """The entity as the payload shows it: ``row`` (the row that just moved) when given, else from
+    the session's identity map."""
     from billfold import models
 
     model = {
         "order": models.Order, "payment": models.Payment, "refund": models.Refund, "invoice": models.Invoice,
         "subscription": models.Subscription, "membership": models.UserMembership,
     }.get(entity_type)
-    with session.no_autoflush:
-        row = session.get(model, entity_id) if model is not None else None
+    if row is None or type(row) is not model:
+        with session.no_autoflush:
+            row = session.get(model, entity_id) if model is not None else None
     shown: dict[str, Any] = {"object": entity_type, "id": entity_id}
     if row is not None:
         columns = sa.inspect(type(row)).columns.keys()
@@ -120,8 +122,12 @@ def snapshot(session: Session, entity_type: str, entity_id: str) -> dict[str, An
     return shown
 
 
-def enqueue(session: Session, event_id: str, entity_type: str, entity_id: str, event_type: str, data: dict[str, Any]) -> None:
-    """One delivery per active endpoint that wants this event (none if it is not told)."""
+def enqueue(
+    session: Session, event_id: str, entity_type: str, entity_id: str, event_type: str, data: dict[str, Any],
+    row: Any = None,
+) -> None:
+    """One delivery per active endpoint that wants this event (none if it is not told); ``row``: the
+    entity's row, when the caller has it."""
     told = outgoing_type(entity_type, event_type, data)
     if told is None:
         return
@@ -132,7 +138,7 @@ def enqueue(session: Session, event_id: str, entity_type: str, entity_id: str, e
     payload = {
         "type": told,
         "timestamp": now.isoformat(),
-        "data": {**snapshot(session, entity_type, entity_id), "event": {k: _value(v) for k, v in data.items()}},
+        "data": {**snapshot(session, entity_type, entity_id, row), "event": {k: _value(v) for k, v in data.items()}},
     }
     for endpoint_id in wanting:
         session.add(

@@ -444,8 +444,9 @@ def run_clients(
 # One script run = one complete checkout's database work, transaction for transaction and
 # statement for statement as the trace prints it (PostgreSQL, two items, a customer with a default
 # address and a purchase before, an API key the server has seen): 6 transactions, 39 statements
-# (2026-12-07, seventh session: the events of a transaction in one INSERT at its commit, no
-# sum of an order paid by one payment, an invoice written numbered; 46 in the sixth, 48 in the
+# (2026-12-07, seventh session: a transaction's events, analytics events and mail written at its
+# commit, one INSERT each; no sum of an order paid by one payment; an invoice written numbered;
+# 46 in the sixth, 48 in the
 # fifth, 8 transactions and 59 before it), the
 # same rows written, the same rows locked (the order's and the invoice's number rows included). No
 # Python. Two small lookup tables (bench_customers, bench_products) turn pgbench's random numbers
@@ -493,8 +494,6 @@ INSERT INTO payment_events (id, entity_type, entity_id, event_type, data, create
 COMMIT;
 BEGIN;
 SELECT * FROM payments WHERE id IN (:pay) ORDER BY id FOR UPDATE;
-INSERT INTO analytics_events (id, user_id, session_id, event_type, event_category, entity_type, entity_id, properties, revenue_cents, currency, created_at)
-  VALUES ('aev_' || md5(random()::text), :u_id, NULL, 'payment_completed', 'revenue', 'payment', :pay, '{"provider_id": "sandbox"}', 3239, 'USD', now());
 UPDATE payments SET provider_payment_id = 'ch_' || md5(random()::text), status = 'completed', metadata = '{"provider_status": "succeeded", "token": "tok_sandbox_visa"}', updated_at = now(), completed_at = now() WHERE id = :pay;
 SELECT * FROM orders WHERE id = :o FOR UPDATE;
 SELECT id, event_types FROM webhook_endpoints WHERE is_active = true;
@@ -508,19 +507,21 @@ INSERT INTO invoice_lines (id, invoice_id, position, kind, description, product_
   ('inl_' || md5(random()::text), :inv, 1, 'item', 'Bench product', (SELECT product_id FROM bench_products WHERE n = :p), 1, 1999, 1999, NULL, NULL, now()),
   ('inl_' || md5(random()::text), :inv, 2, 'item', 'Bench product', (SELECT product_id FROM bench_products WHERE n = :q), 2, 350, 700, NULL, NULL, now());
 SELECT * FROM users WHERE id = :u_id;
-INSERT INTO mail_outbox (id, to_address, subject, body, status, attempts, next_attempt_at, last_error, sent_at, created_at, updated_at)
-  VALUES ('mail_' || md5(random()::text), 'bench@example.com', 'Your receipt', repeat('x', 400), 'pending', 0, now() + interval '5 minutes', NULL, NULL, now(), now()) RETURNING id AS mail \gset
 SELECT * FROM payments p LEFT JOIN refunds r ON r.payment_id = p.id WHERE p.order_id IN (:o) ORDER BY p.id, r.id;
 UPDATE idempotency_keys SET recovery_point = 'finished', lock_token = NULL, locked_at = NULL, last_run_at = now(), response_code = 200,
   response_body = '{"order": {"id": "ord", "items": [{}, {}], "payments": [{}], "status": "paid"}, "payment": {"status": "completed"}}' WHERE id = :k2 AND recovery_point != 'finished';
-SELECT user_id, cohort_type FROM user_cohorts WHERE user_id IN (:u_id);
-INSERT INTO user_cohorts (id, user_id, cohort_month, cohort_type, created_at) VALUES ('coh_' || md5(random()::text), :u_id, date_trunc('month', now())::date, 'first_purchase', now()) ON CONFLICT DO NOTHING;
 INSERT INTO payment_events (id, entity_type, entity_id, event_type, data, created_at) VALUES
   ('evt_' || md5(random()::text), 'payment', :pay, 'payment.completed', '{"to": "completed", "by": "key"}', now()),
   ('evt_' || md5(random()::text), 'order', :o, 'order.paid', '{"to": "paid", "by": "key"}', now()),
   ('evt_' || md5(random()::text), 'invoice', :inv, 'invoice.draft', '{"to": "draft", "by": "system"}', now()),
   ('evt_' || md5(random()::text), 'invoice', :inv, 'invoice.open', '{"to": "open", "by": "system"}', now()),
   ('evt_' || md5(random()::text), 'invoice', :inv, 'invoice.paid', '{"to": "paid", "by": "system"}', now());
+INSERT INTO analytics_events (id, user_id, session_id, event_type, event_category, entity_type, entity_id, properties, revenue_cents, currency, created_at)
+  VALUES ('aev_' || md5(random()::text), :u_id, NULL, 'payment_completed', 'revenue', 'payment', :pay, '{"provider_id": "sandbox"}', 3239, 'USD', now());
+INSERT INTO mail_outbox (id, to_address, subject, body, status, attempts, next_attempt_at, last_error, sent_at, created_at, updated_at)
+  VALUES ('mail_' || md5(random()::text), 'bench@example.com', 'Your receipt', repeat('x', 400), 'pending', 0, now() + interval '5 minutes', NULL, NULL, now(), now()) RETURNING id AS mail \gset
+SELECT user_id, cohort_type FROM user_cohorts WHERE user_id IN (:u_id);
+INSERT INTO user_cohorts (id, user_id, cohort_month, cohort_type, created_at) VALUES ('coh_' || md5(random()::text), :u_id, date_trunc('month', now())::date, 'first_purchase', now()) ON CONFLICT DO NOTHING;
 COMMIT;
 BEGIN;
 UPDATE mail_outbox SET status = 'sent', attempts = 1, next_attempt_at = NULL, last_error = NULL, sent_at = now(), updated_at = now() WHERE id = :mail AND status = 'pending';

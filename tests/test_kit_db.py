@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from billfold.kit import clock
-from billfold.kit.db import changes, create_engine, insert_rows, parse_database_url, session_factory, transaction
+from billfold.kit.db import changes, create_engine, insert_at_commit, insert_rows, parse_database_url, session_factory, transaction
 from billfold.kit.db.dialects import for_update, insert_ignore, upsert
 from billfold.kit.errors import ConfigurationError, InvalidInput
 from billfold.kit.ids import new_id
-from billfold.models import Order, PaymentProvider, User
+from billfold.models import AnalyticsEvent, Order, PaymentProvider, User
 from tests import factories as make
 
 pytestmark = pytest.mark.every_database
@@ -227,3 +228,55 @@ def test_rows_inserted_with_core_are_the_sessions_own_as_a_flush_would_leave_the
     assert [tuple(row) for row in stored] == [
         (5, "pending", True), (7, "pending", False), (8, "pending", True), (100, "pending", True), (250, "paid", True),
     ], "metadata never set, or set to None: SQL NULL, as the ORM writes it"
+
+
+@pytest.mark.every_database
+def test_rows_kept_for_the_commit_are_written_once_after_the_rows_they_refer_to(engine: Engine) -> None:
+    """``insert_at_commit``: append-only rows written at the commit, one INSERT a table however
+    often the session flushed; after the session's last flush, so a row naming a user added in the
+    same transaction finds it (a foreign key); seen by an ORM read in the transaction; a
+    savepoint's own row rolled back with it; none for a transaction rolled back."""
+    sessions = session_factory(engine)
+    inserts: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO analytics_events"):
+            inserts.append(statement)
+
+    def event(user_id: str, kind: str) -> dict[str, Any]:
+        return {"id": new_id("aev"), "user_id": user_id, "session_id": None, "event_type": kind, "event_category": "engagement",
+                "entity_type": None, "entity_id": None, "properties": None, "revenue_cents": 0, "currency": None,
+                "created_at": clock.now()}
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with transaction(sessions) as session:
+            person = User(name="Ada", last_name="Lovelace", email=f"{new_id('x')}@example.com", user_type="individual")
+            session.add(person)
+            session.flush()
+            insert_at_commit(session, AnalyticsEvent, event(person.id, "first"))
+            with session.begin_nested() as savepoint:
+                insert_at_commit(session, AnalyticsEvent, event(person.id, "rolled_back"))
+                savepoint.rollback()
+            session.flush()
+            assert inserts == [], "nothing written at a flush"
+            later = User(id=new_id("usr"), name="Grace", last_name="Hopper", email=f"{new_id('x')}@example.com",
+                         user_type="individual")
+            session.add(later)  # not flushed yet when the commit comes
+            insert_at_commit(session, AnalyticsEvent, event(later.id, "second"))
+        assert len(inserts) == 1, "two rows, one statement, at the commit"
+        with transaction(sessions) as session:
+            insert_at_commit(session, AnalyticsEvent, event(person.id, "read_back"))
+            found = session.scalars(sa.select(AnalyticsEvent.event_type).where(AnalyticsEvent.user_id == person.id)).all()
+            assert sorted(found) == ["first", "read_back"], "an ORM read sees the rows kept so far"
+        with pytest.raises(RuntimeError), transaction(sessions) as session:
+            insert_at_commit(session, AnalyticsEvent, event(person.id, "never"))
+            raise RuntimeError("the request failed")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    with sessions() as session:
+        stored = session.execute(
+            sa.select(AnalyticsEvent.user_id, AnalyticsEvent.event_type).where(AnalyticsEvent.user_id.in_([person.id, later.id]))
+        ).all()
+    assert sorted(kind for _, kind in stored) == ["first", "read_back", "second"]
+    assert {user_id for user_id, kind in stored if kind == "second"} == {later.id}

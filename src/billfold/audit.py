@@ -6,32 +6,25 @@ for the events the merchant's endpoints asked for, and ``billfold.analytics.even
 the ``analytics_events`` (and notes the ``user_cohorts``) the business counts.
 
 The rows are plain values, not ORM objects (an object cost more CPU than the rest of its event:
-a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the commit, or
-before an ORM statement about ``PaymentEvent`` in the same transaction (plain SQL reading them
-there calls ``written`` first). Not at each flush: a sale flushes four times in the transaction
-that records its payment, and each flush would have been an INSERT of its own. No table refers to
-an event's row, so nothing else has to wait for them. Inside a savepoint an event is an object
-added to the session, as before: rolled back with the savepoint; rows kept for the transaction
-around it wait for its commit, so a savepoint rolled back never takes them along.
+a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the commit
+(``kit.db.insert_at_commit``), or before an ORM statement about ``PaymentEvent`` in the same
+transaction (plain SQL reading them there calls ``written`` first). Not at each flush: a sale
+flushes four times in the transaction that records its payment, and each flush would have been an
+INSERT of its own. Inside a savepoint an event is an object added to the session, rolled back with
+the savepoint; rows kept for the transaction around it wait for its commit, so a savepoint rolled
+back never takes them along.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from billfold.analytics import events as analytics_events
 from billfold.kit import clock
-from billfold.kit.db import for_transaction, of_transaction
+from billfold.kit.db import insert_at_commit, write_at_commit_rows
 from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent
 from billfold.notify import outbox
-
-_ROWS = "billfold_event_rows"  # rows still to write, for the transaction (kit.db.for_transaction)
-_INSERT = sa.insert(PaymentEvent.__table__)
 
 
 def audit(
@@ -47,39 +40,11 @@ def audit(
         "id": event_id, "entity_type": entity_type, "entity_id": entity_id, "event_type": event_type,
         "data": data or None, "created_at": clock.now(),
     }
-    if session.in_nested_transaction():  # a savepoint may be rolled back: the event goes with it
-        session.add(PaymentEvent(**row))
-    else:
-        _rows(session).append(row)
+    insert_at_commit(session, PaymentEvent, row)
     outbox.enqueue(session, event_id, entity_type, entity_id, event_type, data, subject)
     analytics_events.record(session, entity_type, entity_id, event_type, data)
 
 
 def written(session: Session) -> None:
     """Write the events this transaction has recorded so far (a read of them follows)."""
-    _write(session)
-
-
-def _rows(session: Session) -> list[dict[str, Any]]:
-    return for_transaction(session, _ROWS, list)
-
-
-def _write(session: Session) -> None:
-    kept = of_transaction(session, _ROWS)
-    if not kept or session.in_nested_transaction():
-        return
-    rows = list(kept)
-    kept.clear()
-    session.connection().execute(_INSERT, rows)
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _before_reading_them(state: Any) -> None:
-    """An ORM statement about events (a read of the trail in the same transaction) sees them all."""
-    if of_transaction(state.session, _ROWS) and any(mapper.class_ is PaymentEvent for mapper in state.all_mappers):
-        _write(state.session)
-
-
-@event.listens_for(Session, "before_commit")
-def _before_commit(session: Session) -> None:
-    _write(session)
+    write_at_commit_rows(session, {PaymentEvent})

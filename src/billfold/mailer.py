@@ -44,7 +44,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from billfold.kit import clock
-from billfold.kit.db import one_line, transaction
+from billfold.kit.db import insert_at_commit, one_line, transaction
 from billfold.kit.ids import new_id
 from billfold.kit.sweeps import RETRY_BACKOFF, Context, backoff, claim_batch, sweep
 from billfold.models.mail import OutboxEmail
@@ -203,15 +203,16 @@ def queue(session: Session, email: Email) -> str:
     Returns the row's id."""
     delivers = bool(session.info.get(_DELIVERS))
     now = clock.now()
-    row = OutboxEmail(
-        id=new_id("mail"), to_address=email.to, subject=email.subject, body=email.body, status="pending", attempts=0,
+    mail_id = new_id("mail")
+    insert_at_commit(session, OutboxEmail, {  # a plain row, written with the transaction's others at its commit
+        "id": mail_id, "to_address": email.to, "subject": email.subject, "body": email.body, "status": "pending",
+        "attempts": 0, "last_error": None, "sent_at": None, "created_at": now, "updated_at": now,
         # A process that sends right after commit holds the row for a lease; the worker's own mail is due at once.
-        next_attempt_at=now + LEASE if delivers else now, created_at=now, updated_at=now,
-    )
-    session.add(row)
+        "next_attempt_at": now + LEASE if delivers else now,
+    })
     if delivers:
-        session.info.setdefault(_QUEUED, []).append(row)
-    return row.id
+        session.info.setdefault(_QUEUED, []).append(_Leased(mail_id, email.to, email.subject, email.body, now))
+    return mail_id
 
 
 # --- sending ---------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def deliver_after_commit(sessions: sessionmaker[Session], mailer: Mailer) -> Non
 @dataclass
 class _Leased:
     """A row this process wrote leased to itself, as it was committed: sent from memory, with no
-    read of the outbox (sessions keep their objects' values after a commit)."""
+    read of the outbox."""
 
     id: str
     to_address: str
@@ -334,10 +335,9 @@ class _Leased:
     attempts: int = 1
 
 
-def _deliver_now(sessions: sessionmaker[Session], mailer: Mailer, committed: list[OutboxEmail]) -> None:
+def _deliver_now(sessions: sessionmaker[Session], mailer: Mailer, rows: list[_Leased]) -> None:
     # The request has committed: nothing here may turn it into an error. The rows are leased to
     # this process (next_attempt_at = now + LEASE), so no worker sends them meanwhile.
-    rows = [_Leased(r.id, r.to_address, r.subject, r.body, r.created_at) for r in committed]
     try:
         outcomes = {row.id: _send(mailer, row) for row in rows}
         with transaction(sessions) as session:

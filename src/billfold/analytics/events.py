@@ -3,8 +3,9 @@ in the transaction of the change it records. ``billfold.audit.audit`` calls ``re
 audit row (beside ``outbox.enqueue``), so no service writes these rows itself; an audit event of
 another kind costs a dictionary lookup. See docs/analytics.md, "Events and cohorts".
 
-Cheap on the hot paths (checkout, renewals): the row is added to the session with its id given
-here, so the flush that writes the audit rows writes these in the same executemany; what it says
+Cheap on the hot paths (checkout, renewals): the row is a plain value, written with the
+transaction's other analytics events by one INSERT at its commit (``kit.db.insert_at_commit``,
+as the audit rows are), with no ORM object; what it says
 is read from the rows the change just moved, already in the session's identity map (never a query:
 a linked row that is not there leaves its fields out). A first purchase or first subscription also
 names the user's cohort (``billfold.analytics.cohorts.note_first``), written once per transaction.
@@ -18,6 +19,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from billfold.kit import clock
+from billfold.kit.db import insert_at_commit
 from billfold.kit.ids import new_id
 from billfold.models import AnalyticsEvent, Payment, Refund, Subscription, UserMembership
 from billfold.analytics import cohorts
@@ -182,13 +185,12 @@ def record(session: Session, entity_type: str, entity_id: str, event_type: str, 
     if reader is None:
         return
     for kind, user_id, currency, revenue_cents, properties in reader(session, entity_id, event_type, data):
-        session.add(
-            AnalyticsEvent(
-                id=new_id("aev"), user_id=user_id, session_id=None, event_type=kind, event_category=CATEGORIES[kind],
-                entity_type=entity_type, entity_id=entity_id, properties=properties or None,
-                revenue_cents=revenue_cents, currency=currency,
-            )
-        )
+        insert_at_commit(session, AnalyticsEvent, {  # with the audit rows, at the commit (kit.db)
+            "id": new_id("aev"), "user_id": user_id, "session_id": None, "event_type": kind,
+            "event_category": CATEGORIES[kind], "entity_type": entity_type, "entity_id": entity_id,
+            "properties": properties or None, "revenue_cents": revenue_cents, "currency": currency,
+            "created_at": clock.now(),
+        })
         first = _FIRSTS.get(kind)
         if first is not None and user_id is not None:
             cohorts.note_first(session, user_id, first)

@@ -303,6 +303,54 @@ def of_transaction(session: Session, name: str, *, pop: bool = False) -> Any:
     return kept[1] if kept is not None and kept[0] is session.get_transaction() else None
 
 
+_AT_COMMIT = "billfold_rows_at_commit"  # for_transaction: model → rows to insert at the commit
+
+
+def insert_at_commit(session: Session, model: type, row: dict[str, Any]) -> None:
+    """``row`` (every column of ``model`` that its other rows give too) inserted at the commit,
+    with the transaction's other such rows of ``model`` in one statement: an append-only row that
+    nothing in the transaction reads back (an audit event, an analytics event, a queued mail) costs
+    no ORM object and no INSERT of its own at each flush. The rows are written after the session's
+    last flush (a row they refer to is written first), or before an ORM statement about ``model``
+    in the same transaction (``write_at_commit_rows`` for plain SQL), and never for a transaction
+    rolled back. Inside a savepoint the row is an object added to the session, so the savepoint's
+    rollback takes it along; rows kept for the transaction around it wait for its commit. For
+    tables no change mark watches (a Core INSERT on a watched one would move every mark)."""
+    if session.in_nested_transaction():
+        session.add(model(**row))
+        return
+    for_transaction(session, _AT_COMMIT, dict).setdefault(model, []).append(row)
+
+
+def write_at_commit_rows(session: Session, models: Any = None) -> None:
+    """Write the rows kept by ``insert_at_commit`` now (those of ``models``, else all): a read of
+    them follows."""
+    kept: dict[type, list[dict[str, Any]]] | None = of_transaction(session, _AT_COMMIT)
+    if not kept or session.in_nested_transaction():
+        return
+    for model in [m for m in kept if models is None or m in models]:
+        rows = kept.pop(model)
+        session.connection().execute(_insert(sa.inspect(model).local_table), rows)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _before_reading_kept(state: Any) -> None:
+    kept = of_transaction(state.session, _AT_COMMIT)
+    if kept:
+        wanted = {mapper.class_ for mapper in state.all_mappers} & set(kept)
+        if wanted:
+            if state.session.autoflush:
+                state.session.flush()  # as the read's own autoflush would: the rows they refer to first
+            write_at_commit_rows(state.session, wanted)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    if of_transaction(session, _AT_COMMIT) and not session.in_nested_transaction():
+        session.flush()  # the rows they refer to first (the commit's own flush comes after this hook)
+        write_at_commit_rows(session)
+
+
 @contextmanager
 def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A read between two phases of a job or request: nothing is written and nothing committed.

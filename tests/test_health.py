@@ -89,7 +89,7 @@ def test_the_openapi_document_describes_the_workers_health(tmp_path: Path) -> No
     engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
         with serving(engine) as url:
-            document = httpx.get(f"{url}/openapi.json").json()
+            document = httpx.get(f"{url}/openapi.json", timeout=60).json()  # built on first ask: seconds on a busy machine
     finally:
         engine.dispose()
     schema = document["components"]["schemas"]["WorkerHealth"]

@@ -8,7 +8,7 @@ the ``analytics_events`` (and notes the ``user_cohorts``) the business counts.
 The rows are plain values, not ORM objects (an object cost more CPU than the rest of its event:
 a renewal writes about eight), written by one SQLAlchemy Core ``executemany`` at the commit
 (``kit.db.insert_at_commit``), or before an ORM statement about ``PaymentEvent`` in the same
-transaction (plain SQL reading them there calls ``written`` first). Not at each flush: a sale
+transaction (plain SQL reading them there calls ``kit.db.write_at_commit_rows`` first). Not at each flush: a sale
 flushes four times in the transaction that records its payment, and each flush would have been an
 INSERT of its own. Inside a savepoint an event is an object added to the session, rolled back with
 the savepoint; rows kept for the transaction around it wait for its commit, so a savepoint rolled
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from billfold.analytics import events as analytics_events
 from billfold.kit import clock
-from billfold.kit.db import insert_at_commit, write_at_commit_rows
+from billfold.kit.db import insert_at_commit
 from billfold.kit.ids import new_id
 from billfold.models import PaymentEvent
 from billfold.notify import outbox
@@ -44,7 +44,3 @@ def audit(
     outbox.enqueue(session, event_id, entity_type, entity_id, event_type, data, subject)
     analytics_events.record(session, entity_type, entity_id, event_type, data)
 
-
-def written(session: Session) -> None:
-    """Write the events this transaction has recorded so far (a read of them follows)."""
-    write_at_commit_rows(session, {PaymentEvent})
